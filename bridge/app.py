@@ -1,0 +1,199 @@
+"""The Quart app: routes, error answers, and the lifetime of the shared services."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+from quart import Quart, Response, request
+from werkzeug.exceptions import HTTPException
+
+from bridge import run_id as run_ids
+from bridge.errors import BridgeError, Draining
+from bridge.history import Event
+from bridge.hub import Channel, Hub, create_hub
+from bridge.metrics import Metrics
+from bridge.pollers import PollerRegistry
+from bridge.settings import Settings
+from bridge.stream import StreamLimits, events
+from bridge.upstream import UpstreamClient, forwardable
+
+log = logging.getLogger("bridge.app")
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+class Bridge:
+    """The services one app shares: upstream client, hub, pollers, metrics."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.upstream = UpstreamClient(settings, self.metrics)
+        self.hub: Hub = create_hub(
+            settings.redis_url,
+            history_size=settings.history_size,
+            history_runs=settings.history_runs,
+            history_ttl=settings.history_ttl,
+        )
+        self.pollers = PollerRegistry(settings, self.upstream, self.hub, self.metrics)
+        self.metrics.track(lambda: self.pollers.active)
+        self.draining = False
+
+    async def start(self) -> None:
+        await self.upstream.start()
+
+    async def stop(self) -> None:
+        self.drain()
+        await self.pollers.close()
+        await self.upstream.close()
+
+    def drain(self) -> None:
+        """Refuse new streams and end the open ones (clients reconnect and resume)."""
+        self.draining = True
+        for channel in self.hub.live_channels():
+            channel.close_all()
+
+    def limits(self) -> StreamLimits:
+        s = self.settings
+        # Jitter spreads the reconnects of many viewers after a restart.
+        retry = int(s.retry_ms * (1 + random.uniform(0, 0.2)))
+        return StreamLimits(s.ping_interval, s.stream_timeout, s.viewer_buffer, retry)
+
+    def credentials(self) -> dict[str, str]:
+        return forwardable(self.settings.forward_headers, request.headers)
+
+
+def error_response(error: BridgeError) -> Response:
+    response = Response(
+        _json(error.body()), status=error.status, content_type="application/json"
+    )
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    return response
+
+
+def _json(value: Any) -> str:
+    from bridge.sse import encode_json
+
+    return encode_json(value)
+
+
+def last_event_id() -> str | None:
+    """Last-Event-ID header, else the cursor (or since) query parameter."""
+    value = request.headers.get("Last-Event-ID")
+    if not value:
+        value = request.args.get("cursor") or request.args.get("since")
+    return value or None
+
+
+def create_app(settings: Settings) -> Quart:
+    app = Quart("bridge")
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    bridge = Bridge(settings)
+    app.extensions["bridge"] = bridge
+
+    @app.before_serving
+    async def _start() -> None:
+        await bridge.start()
+
+    @app.after_serving
+    async def _stop() -> None:
+        await bridge.stop()
+
+    @app.errorhandler(BridgeError)
+    async def _bridge_error(error: BridgeError) -> Response:
+        bridge.metrics.streams_refused.labels(error.code).inc()
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(error: HTTPException) -> Response:
+        code = (error.name or "error").lower().replace(" ", "_")
+        body = {"error": code, "message": error.description or code}
+        return Response(_json(body), status=error.code or 500, content_type="application/json")
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return Response(_json({"status": "ok"}), content_type="application/json")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if bridge.draining:
+            return error_response(Draining("The bridge is shutting down."))
+        return Response(_json({"status": "ready"}), content_type="application/json")
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(bridge.metrics.render(), content_type=bridge.metrics.content_type)
+
+    @app.get("/v1/runs/<run_id>")
+    async def run_status(run_id: str) -> Response:
+        run_ids.validate(run_id)
+        async with bridge.pollers.lease(run_id, bridge.credentials()) as channel:
+            latest = channel.history.latest
+            assert latest is not None  # a lease always comes with a first status
+            response = Response(latest.data, content_type="application/json")
+            response.headers["Cache-Control"] = "no-cache"
+            return response
+
+    @app.get("/v1/runs/<run_id>/stream")
+    async def run_stream(run_id: str) -> Response:
+        run_ids.validate(run_id)
+        if bridge.draining:
+            raise Draining("The bridge is shutting down.")
+        body = _stream_body(bridge, run_id, bridge.credentials(), last_event_id())
+        try:
+            opening = await anext(body)
+        except StopAsyncIteration:
+            # The viewer already has the run's final event: 204 stops EventSource.
+            return Response("", status=204)
+        bridge.metrics.streams_opened.inc()
+        response = Response(_prepend(opening, body), headers=SSE_HEADERS)
+        # Quart's RESPONSE_TIMEOUT (60 s) would cut every stream; ours ends by itself.
+        response.timeout = None
+        return response
+
+    @app.route("/v1/runs/<path:rest>", methods=["GET"])
+    async def bad_run_path(rest: str) -> Response:
+        # An id with an (encoded) slash or a dot segment lands here, not upstream.
+        raise run_ids.InvalidRunId("The run id must not contain '/' or be '.' or '..'.")
+
+    return app
+
+
+async def _stream_body(
+    bridge: Bridge, run_id: str, headers: dict[str, str], resume_from: str | None
+) -> AsyncGenerator[bytes, None]:
+    """Opens the lease and subscription (raising before the first yield on refusal)."""
+    async with AsyncExitStack() as stack:
+        channel: Channel = await stack.enter_async_context(
+            bridge.pollers.lease(run_id, headers)
+        )
+        subscription = await stack.enter_async_context(bridge.hub.subscribe(channel))
+        history = channel.history
+        first: list[Event] = history.resume(resume_from)
+        cursor = history.holds(resume_from) or 0
+        if not first and history.terminal:
+            return
+        bridge.metrics.open_streams.inc()
+        try:
+            async for chunk in events(subscription, first, cursor, bridge.limits()):
+                yield chunk
+        finally:
+            bridge.metrics.open_streams.dec()
+
+
+async def _prepend(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+    try:
+        yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await rest.aclose()

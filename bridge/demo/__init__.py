@@ -1,0 +1,1 @@
+"""The zero-configuration demo: a simulated legacy API with the bridge in front of it."""

@@ -1,0 +1,253 @@
+"""A simulated legacy run API on aiohttp: the demo's upstream and the tests' real upstream.
+
+    GET  /runs               the runs, newest first (summaries)
+    POST /runs               start a run; JSON body {"outcome": "completed"|"failed"|"cancelled"} optional
+    GET  /runs/{id}          one run's ExecutionStatus (what the bridge polls)
+    POST /runs/{id}/cancel   cancel a queued or running run
+
+Tests drive it directly: scripted runs that move on command, per-run credentials, a
+request log, and faults injected on command (status codes, hangs, resets, bad bodies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import itertools
+import random
+import socket
+from collections import Counter, deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from bridge.demo.runs import Outcome, ScriptedRun, TimedRun, scripted_statuses
+from bridge.tasks import cancel_and_wait
+
+Run = TimedRun | ScriptedRun
+
+#: Faults the API can be told to commit on a run's next requests.
+FAULTS = (
+    "status",       # answer with fault.status (and fault.headers), e.g. 500, 503, 429
+    "hang",         # never answer (until the client gives up)
+    "reset",        # close the connection without an answer
+    "malformed",    # 200 with a body that is not JSON
+    "not-object",   # 200 with JSON that is not an object
+    "huge",         # 200 with a body of fault.size bytes
+    "gzip-bomb",    # 200, gzip-encoded, that inflates to fault.size bytes
+    "redirect",     # 302 to fault.location
+    "slow",         # answer after fault.delay seconds
+)
+
+
+@dataclass
+class Fault:
+    kind: str
+    #: How many requests it applies to; None = until cleared.
+    times: int | None = 1
+    status: int = 503
+    headers: dict[str, str] = field(default_factory=dict)
+    size: int = 2 * 1024 * 1024
+    location: str = "http://127.0.0.1:9/elsewhere"
+    delay: float = 0.0
+
+
+@dataclass
+class Credential:
+    header: str
+    value: str
+
+
+@dataclass(frozen=True)
+class SeenRequest:
+    run_id: str
+    path: str
+    headers: dict[str, str]
+
+
+class LegacyApi:
+    def __init__(self, *, step: float = 1.5, seed: int | None = None) -> None:
+        self.step = step
+        self.runs: dict[str, Run] = {}
+        self.requests: Counter[str] = Counter()
+        #: The last requests for run statuses, newest last (bounded).
+        self.seen: deque[SeenRequest] = deque(maxlen=10_000)
+        self.faults: dict[str, deque[Fault]] = {}
+        self.credentials: dict[str, Credential] = {}
+        self._rng = random.Random(seed)
+        self._ids = itertools.count(1)
+        self.app = web.Application()
+        self.app.add_routes(
+            [
+                web.get("/runs", self._list),
+                web.post("/runs", self._create),
+                web.get("/runs/{run_id}", self._status),
+                web.post("/runs/{run_id}/cancel", self._cancel),
+            ]
+        )
+        self.url = ""
+
+    # --- what tests and the demo call --------------------------------------------
+
+    def new_run(self, outcome: Outcome | None = None, *, step: float | None = None) -> TimedRun:
+        run_id = f"run-{next(self._ids):04d}"
+        run = TimedRun.random(run_id, step or self.step, self._rng)
+        if outcome is not None:
+            run.outcome = outcome
+        self.runs[run_id] = run
+        return run
+
+    def scripted(
+        self,
+        run_id: str,
+        statuses: list[dict[str, Any]] | None = None,
+        *,
+        nodes: tuple[str, ...] = ("fetch", "build", "test"),
+        outcome: Outcome = "completed",
+    ) -> ScriptedRun:
+        run = ScriptedRun(run_id, statuses or scripted_statuses(run_id, nodes, outcome))
+        self.runs[run_id] = run
+        return run
+
+    def require(self, run_id: str, header: str, value: str) -> None:
+        """Answer 401 without the header and 403 with another value."""
+        self.credentials[run_id] = Credential(header.lower(), value)
+
+    def inject(self, run_id: str, fault: Fault) -> None:
+        self.faults.setdefault(run_id, deque()).append(fault)
+
+    def clear_faults(self, run_id: str) -> None:
+        self.faults.pop(run_id, None)
+
+    # --- handlers -------------------------------------------------------------------
+
+    async def _list(self, request: web.Request) -> web.Response:
+        summaries = []
+        for run in reversed(list(self.runs.values())):
+            status = run.status()
+            summaries.append({k: status.get(k) for k in ("id", "status", "progress")})
+        return web.json_response({"runs": summaries[:200]})
+
+    async def _create(self, request: web.Request) -> web.Response:
+        outcome: Any = None
+        if request.can_read_body:
+            with suppress(ValueError):
+                body = await request.json()
+                outcome = body.get("outcome") if isinstance(body, dict) else None
+        if outcome not in (None, "completed", "failed", "cancelled"):
+            return web.json_response({"error": "outcome must be completed, failed or cancelled"},
+                                     status=400)
+        run = self.new_run(outcome)
+        return web.json_response(run.status(), status=201)
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        run = self.runs.get(request.match_info["run_id"])
+        if run is None:
+            return web.json_response({"error": "no such run"}, status=404)
+        run.cancel()
+        return web.json_response(run.status())
+
+    async def _status(self, request: web.Request) -> web.StreamResponse:
+        run_id = request.match_info["run_id"]
+        self.requests[run_id] += 1
+        self.seen.append(SeenRequest(run_id, request.raw_path, dict(request.headers)))
+        fault = self._next_fault(run_id)
+        if fault is not None:
+            return await self._commit(request, fault)
+        credential = self.credentials.get(run_id)
+        if credential is not None:
+            given = request.headers.get(credential.header)
+            if given is None:
+                return web.json_response({"error": "unauthorized"}, status=401)
+            if given != credential.value:
+                return web.json_response({"error": "forbidden"}, status=403)
+        run = self.runs.get(run_id)
+        if run is None:
+            return web.json_response({"error": "not found"}, status=404)
+        return web.json_response(run.status())
+
+    def _next_fault(self, run_id: str) -> Fault | None:
+        queue = self.faults.get(run_id)
+        if not queue:
+            return None
+        fault = queue[0]
+        if fault.times is not None:
+            fault.times -= 1
+            if fault.times <= 0:
+                queue.popleft()
+        return fault
+
+    async def _commit(self, request: web.Request, fault: Fault) -> web.StreamResponse:
+        if fault.kind == "status":
+            return web.json_response({"error": "fault"}, status=fault.status, headers=fault.headers)
+        if fault.kind == "hang":
+            await asyncio.sleep(3600)
+        if fault.kind == "reset":
+            transport = request.transport
+            if transport is not None:
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    # SO_LINGER 0 turns close() into a RST.
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+                transport.close()
+            return web.Response(status=500)
+        if fault.kind == "malformed":
+            return web.Response(body=b'{"status": "running", ', content_type="application/json")
+        if fault.kind == "not-object":
+            return web.json_response(["running", 0.5])
+        if fault.kind == "huge":
+            return web.Response(body=b"{" + b" " * fault.size + b"}", content_type="application/json")
+        if fault.kind == "gzip-bomb":
+            bomb = gzip.compress(b"{" + b" " * fault.size + b"}", compresslevel=9)
+            return web.Response(body=bomb, content_type="application/json",
+                                headers={"Content-Encoding": "gzip"})
+        if fault.kind == "redirect":
+            return web.Response(status=302, headers={"Location": fault.location})
+        if fault.kind == "slow":
+            await asyncio.sleep(fault.delay)
+            run = self.runs.get(request.match_info["run_id"])
+            if run is None:
+                return web.json_response({"error": "not found"}, status=404)
+            return web.json_response(run.status())
+        raise ValueError(f"unknown fault {fault.kind!r}")
+
+
+@asynccontextmanager
+async def serving(
+    api: LegacyApi, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[LegacyApi]:
+    """Run the API on ``host:port`` (0 = any free port) until the block ends."""
+    runner = web.AppRunner(api.app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    try:
+        server = site._server
+        assert server is not None and server.sockets  # type: ignore[attr-defined]
+        bound = server.sockets[0].getsockname()  # type: ignore[attr-defined]
+        api.url = f"http://{host}:{bound[1]}"
+        yield api
+    finally:
+        await runner.cleanup()
+
+
+async def spawn_runs(api: LegacyApi, every: float, keep: int) -> None:
+    """Start a new run every ``every`` seconds while fewer than ``keep`` are in flight."""
+    while True:
+        await asyncio.sleep(every)
+        active = sum(1 for r in api.runs.values() if r.status()["status"] in ("queued", "running"))
+        if active < keep:
+            api.new_run()
+
+
+@asynccontextmanager
+async def spawning(api: LegacyApi, every: float, keep: int) -> AsyncIterator[None]:
+    task = asyncio.create_task(spawn_runs(api, every, keep), name="demo:spawn-runs")
+    try:
+        yield
+    finally:
+        await cancel_and_wait(task)
+

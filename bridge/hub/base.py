@@ -1,0 +1,62 @@
+"""A channel: one run's history as seen with one set of credentials, and its viewers."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from bridge.history import Event, RunHistory
+
+
+class ChannelKey(NamedTuple):
+    run_id: str
+    #: Keyed digest of the forwarded credentials; viewers share only what they could fetch.
+    credentials: str
+
+
+@dataclass(eq=False, slots=True)
+class Subscription:
+    """One viewer's place on a channel; ``wake`` is set whenever there is news."""
+
+    channel: Channel
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set by the owner (e.g. shutdown) to end the stream without a terminal event.
+    closed: bool = False
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake.set()
+
+
+class Channel:
+    def __init__(self, key: ChannelKey, history: RunHistory) -> None:
+        self.key = key
+        self.history = history
+        self._subscribers: set[Subscription] = set()
+        #: True when the terminal event was made by the bridge (it gave up, or the
+        #: credentials were refused) rather than sent by the upstream: such a history
+        #: must not be served from cache to the next viewer.
+        self.synthetic_end = False
+
+    @property
+    def viewers(self) -> int:
+        return len(self._subscribers)
+
+    def publish(self, name: str, status: dict[str, Any], *, synthetic: bool = False) -> Event:
+        event = self.history.append(name, status)
+        if synthetic:
+            self.synthetic_end = True
+        for subscription in self._subscribers:
+            subscription.wake.set()
+        return event
+
+    def add(self, subscription: Subscription) -> None:
+        self._subscribers.add(subscription)
+
+    def discard(self, subscription: Subscription) -> None:
+        self._subscribers.discard(subscription)
+
+    def close_all(self) -> None:
+        for subscription in list(self._subscribers):
+            subscription.close()

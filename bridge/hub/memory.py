@@ -1,0 +1,63 @@
+"""The in-process hub: live channels in a dict, stopped ones in a bounded TTL cache."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+
+from cachetools import TTLCache
+
+from bridge.history import RunHistory
+from bridge.hub.base import Channel, ChannelKey, Subscription
+
+
+class MemoryHub:
+    def __init__(self, *, history_size: int, history_runs: int, history_ttl: float) -> None:
+        self._history_size = history_size
+        self._live: dict[ChannelKey, Channel] = {}
+        # Kept a while after the poller stopped so that a reconnect, even after the run
+        # ended, is answered from memory; bounded in count and in time.
+        self._retired: TTLCache[ChannelKey, Channel] = TTLCache(
+            maxsize=history_runs, ttl=max(history_ttl, 1e-9)
+        )
+        self._keep_retired = history_ttl > 0
+
+    def find(self, key: ChannelKey) -> Channel | None:
+        return self._live.get(key) or self._retired.get(key)
+
+    def open(self, key: ChannelKey) -> Channel:
+        """The live channel for ``key``, revived from the cache or made new."""
+        channel = self._live.get(key)
+        if channel is None:
+            channel = self._retired.pop(key, None)
+            if channel is None or channel.synthetic_end:
+                channel = Channel(key, RunHistory(self._history_size))
+            self._live[key] = channel
+        return channel
+
+    def retire(self, key: ChannelKey) -> None:
+        channel = self._live.pop(key, None)
+        if channel is None or not self._keep_retired or channel.synthetic_end:
+            return
+        if channel.history.latest is not None:
+            self._retired[key] = channel
+
+    @asynccontextmanager
+    async def subscribe(self, channel: Channel) -> AsyncIterator[Subscription]:
+        subscription = Subscription(channel)
+        channel.add(subscription)
+        try:
+            yield subscription
+        finally:
+            channel.discard(subscription)
+
+    def live_channels(self) -> Iterator[Channel]:
+        return iter(list(self._live.values()))
+
+    @property
+    def live_count(self) -> int:
+        return len(self._live)
+
+    @property
+    def retired_count(self) -> int:
+        return len(self._retired)

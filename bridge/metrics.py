@@ -1,0 +1,49 @@
+"""Prometheus metrics, one registry per app (so tests can build many apps).
+
+Labels never carry a run id, a header or a credential: only fixed, low-cardinality words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.streams_opened = Counter(
+            "bridge_streams_opened", "SSE streams opened", registry=self.registry
+        )
+        self.streams_refused = Counter(
+            "bridge_streams_refused",
+            "Requests answered with an error before a stream opened",
+            ["code"],
+            registry=self.registry,
+        )
+        self.upstream_requests = Counter(
+            "bridge_upstream_requests",
+            "Requests sent to the upstream API, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.events_published = Counter(
+            "bridge_events_published",
+            "Events published to a run's viewers (once per change, not per viewer)",
+            ["event"],
+            registry=self.registry,
+        )
+        self.open_streams = Gauge(
+            "bridge_open_streams", "SSE streams open now", registry=self.registry
+        )
+        self.pollers = Gauge("bridge_pollers", "Pollers running now", registry=self.registry)
+
+    def track(self, pollers: Callable[[], float]) -> None:
+        self.pollers.set_function(pollers)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

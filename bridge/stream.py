@@ -1,0 +1,69 @@
+"""One viewer's event stream: history replay, live changes, pings, timeout and shutdown.
+
+Everything a viewer waits for (a change on its channel, the next ping, its deadline,
+shutdown) sets the one ``wake`` event of its subscription, so a viewer costs one
+suspended coroutine and two timer handles, never a task of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import suppress
+from dataclasses import dataclass
+
+from bridge import sse
+from bridge.history import Event
+from bridge.hub import Subscription
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    ping_interval: float
+    stream_timeout: float
+    viewer_buffer: int
+    retry_ms: int
+
+
+async def events(
+    subscription: Subscription, first: list[Event], cursor: int, limits: StreamLimits
+) -> AsyncIterator[bytes]:
+    """Frames for one viewer; ends after a terminal event, a timeout or ``close()``.
+
+    ``first`` is what the viewer gets before anything live (replay or current status),
+    ``cursor`` the seq the viewer already has when ``first`` is empty.
+    """
+    history = subscription.channel.history
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + limits.stream_timeout
+    next_ping = started + limits.ping_interval
+
+    yield sse.retry(limits.retry_ms)
+    pending = first
+    while True:
+        for event in pending:
+            yield event.frame
+            cursor = event.seq
+            if event.terminal:
+                return
+        if subscription.closed:
+            return
+        now = loop.time()
+        if now >= deadline:
+            yield sse.timeout(limits.stream_timeout)
+            return
+        if now >= next_ping:
+            yield sse.ping(time.time())
+            next_ping = max(next_ping + limits.ping_interval, now)
+            pending = []
+            continue
+        pending = history.after(cursor, limits.viewer_buffer)
+        if pending:
+            continue
+        subscription.wake.clear()
+        with suppress(TimeoutError):
+            async with asyncio.timeout_at(min(deadline, next_ping)):
+                await subscription.wake.wait()
+        pending = history.after(cursor, limits.viewer_buffer)

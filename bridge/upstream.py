@@ -1,0 +1,160 @@
+"""The one client the bridge uses to ask the legacy API for a run's status.
+
+One ``aiohttp.ClientSession`` for the app's lifetime. Redirects are not followed (a
+redirect could carry forwarded credentials to another host), bodies are capped after
+decompression (so a gzip bomb costs at most the cap), only allow-listed viewer headers
+are sent, and every failure becomes an ``UpstreamError`` whose message is the bridge's
+own sentence: aiohttp's exceptions carry the request headers and are never shown.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from bridge import run_id as run_ids
+from bridge.errors import (
+    UpstreamError,
+    UpstreamRefused,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from bridge.metrics import Metrics
+from bridge.settings import Settings
+
+log = logging.getLogger("bridge.upstream")
+
+#: Headers that are never forwarded whatever the allow-list says: they describe the
+#: viewer's connection to the bridge, not a credential for the upstream.
+NEVER_FORWARDED = frozenset(
+    {
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "accept-encoding",
+        "last-event-id",
+    }
+)
+
+
+def forwardable(allow: tuple[str, ...], headers: Mapping[str, str]) -> dict[str, str]:
+    """The viewer headers that go upstream: allow-listed, never hop-by-hop or X-Forwarded-*."""
+    allowed = {name for name in allow if name not in NEVER_FORWARDED}
+    chosen: dict[str, str] = {}
+    for name, value in headers.items():
+        key = name.lower()
+        if key in allowed and not key.startswith("x-forwarded-"):
+            chosen[key] = value
+    return dict(sorted(chosen.items()))
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON; accepting them would make the status unsendable.
+    raise ValueError(name)
+
+
+class UpstreamClient:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._base = settings.upstream_base()
+        self._session: aiohttp.ClientSession | None = None
+        #: Requests sent, by outcome; read by metrics and tests.
+        self.requests_sent = 0
+
+    async def start(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=self._settings.upstream_timeout)
+        connector = aiohttp.TCPConnector(limit=100, ttl_dns_cache=60)
+        self._session = aiohttp.ClientSession(
+            timeout=timeout,
+            connector=connector,
+            headers={"Accept": "application/json", "User-Agent": "sse-bridge"},
+            # The bridge forwards cookies as headers; it keeps none of its own.
+            cookie_jar=aiohttp.DummyCookieJar(),
+            raise_for_status=False,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def url_for(self, run_id: str) -> str:
+        return self._base + run_ids.upstream_path(self._settings.upstream_run_path, run_id)
+
+    async def fetch_status(self, run_id: str, headers: Mapping[str, str]) -> dict[str, Any]:
+        """GET one run's status; a JSON object or an UpstreamError."""
+        if self._session is None:
+            raise RuntimeError("UpstreamClient.start() was not awaited")
+        url = self.url_for(run_id)
+        self.requests_sent += 1
+        outcome = "ok"
+        try:
+            return await self._get(url, headers)
+        except UpstreamError as error:
+            outcome = error.code
+            raise
+        finally:
+            if self._metrics is not None:
+                self._metrics.upstream_requests.labels(outcome).inc()
+
+    async def _get(self, url: str, headers: Mapping[str, str]) -> dict[str, Any]:
+        assert self._session is not None
+        try:
+            async with self._session.get(
+                url, headers=dict(headers), allow_redirects=False
+            ) as response:
+                if UpstreamRefused.handles(response.status):
+                    raise UpstreamRefused(response.status)
+                if response.status != 200:
+                    raise UpstreamUnavailable(
+                        f"The upstream API answered with HTTP {response.status}."
+                    )
+                body = await self._read_capped(response)
+        except UpstreamError:
+            raise
+        except TimeoutError:
+            raise UpstreamTimeout() from None
+        except (aiohttp.ClientError, OSError) as error:
+            # type(error).__name__ only: str(error) may carry the request headers.
+            log.debug("upstream request failed: %s", type(error).__name__)
+            raise UpstreamUnavailable("The upstream API could not be reached.") from None
+        return self._parse(body)
+
+    async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
+        cap = self._settings.upstream_max_bytes
+        declared = response.content_length
+        if declared is not None and declared > cap:
+            raise UpstreamUnavailable("The upstream status body is larger than allowed.")
+        body = await response.content.read(cap + 1)
+        while len(body) <= cap and not response.content.at_eof():
+            more = await response.content.read(cap + 1 - len(body))
+            if not more:
+                break
+            body += more
+        if len(body) > cap:
+            raise UpstreamUnavailable("The upstream status body is larger than allowed.")
+        return body
+
+    @staticmethod
+    def _parse(body: bytes) -> dict[str, Any]:
+        try:
+            value = json.loads(body, parse_constant=_reject_constant)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise UpstreamUnavailable("The upstream API sent a body that is not JSON.") from None
+        if not isinstance(value, dict):
+            raise UpstreamUnavailable("The upstream API sent JSON that is not an object.")
+        return value
+
