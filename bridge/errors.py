@@ -4,11 +4,17 @@
     ├── InvalidRunId             400 invalid_run_id: the id is not acceptable; upstream never called
     ├── InvalidRequest           400 invalid_request: some other part of the request is unusable
     ├── OverCapacity             503 over_capacity: the bridge is at its connection limit
+    ├── TooManyStreams           429 too_many_streams: this client is at its connection limit
     ├── Draining                 503 draining: the bridge is shutting down
     └── UpstreamError            anything the upstream said or failed to say
         ├── UpstreamRefused      401 unauthorized / 403 forbidden / 404 not_found, passed through
-        ├── UpstreamUnavailable  502 upstream_unavailable: unreachable, 5xx, redirect, bad body
+        ├── UpstreamUnavailable  502 upstream_unavailable: unreachable, 5xx, redirect, bad body,
+        │                        or the circuit breaker is open
+        ├── UpstreamBusy         503 upstream_busy: the upstream said 429 (Retry-After passed on)
         └── UpstreamTimeout      504 upstream_timeout: no full answer within BRIDGE_UPSTREAM_TIMEOUT
+
+``UpstreamError.outage`` tells the circuit breaker whether the failure says the upstream
+as a whole is down (unreachable, 5xx, 429, timeout) rather than something about one run.
 
 Messages are fixed sentences written here. They never contain anything taken from the
 request or from an aiohttp exception, whose repr carries request headers (credentials).
@@ -49,6 +55,11 @@ class OverCapacity(BridgeError):
         self.retry_after = retry_after
 
 
+class TooManyStreams(OverCapacity):
+    status = 429
+    code = "too_many_streams"
+
+
 class Draining(BridgeError):
     status = 503
     code = "draining"
@@ -60,6 +71,17 @@ class UpstreamError(BridgeError):
     code = "upstream_error"
     #: True where polling again may succeed (a fault, not a verdict on the credentials).
     transient = True
+    #: True where the failure says the upstream as a whole is in trouble.
+    outage = False
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, outage: bool | None = None
+    ) -> None:
+        super().__init__(message)
+        if retry_after is not None:
+            self.retry_after = retry_after
+        if outage is not None:
+            self.outage = outage
 
 
 _REFUSALS = {
@@ -88,9 +110,16 @@ class UpstreamUnavailable(UpstreamError):
     code = "upstream_unavailable"
 
 
+class UpstreamBusy(UpstreamError):
+    status = 503
+    code = "upstream_busy"
+    outage = True
+
+
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
+    outage = True
 
     def __init__(self, message: str = "The upstream API did not answer in time.") -> None:
         super().__init__(message)

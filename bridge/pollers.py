@@ -23,6 +23,7 @@ from bridge import sse
 from bridge.errors import UpstreamError, UpstreamRefused
 from bridge.hub import Channel, ChannelKey, Hub
 from bridge.metrics import Metrics
+from bridge.resilience import Backoff
 from bridge.settings import Settings
 from bridge.status import Classifier, is_terminal
 from bridge.tasks import cancel_and_wait
@@ -77,36 +78,7 @@ class Poller:
                 self.first.set_result(None)
                 return
             self.first.set_result(None)
-            failing_since: float | None = None
-            next_tick = time.monotonic() + interval
-            while True:
-                if not await self._sleep_until(next_tick):
-                    return
-                try:
-                    status = await self._fetch()
-                except UpstreamRefused as error:
-                    self._end_with_error(error.code, error.message)
-                    return
-                except UpstreamError as error:
-                    now = time.monotonic()
-                    failing_since = failing_since if failing_since is not None else now
-                    if now - failing_since >= settings.upstream_give_up:
-                        self._end_with_error(
-                            "upstream_unavailable",
-                            f"The bridge gave up on the upstream API after "
-                            f"{settings.upstream_give_up:g} seconds of failures.",
-                        )
-                        return
-                    log.warning("poll of run %s failed: %s", self.key.run_id, error.code)
-                else:
-                    failing_since = None
-                    if self._publish_if_changed(status):
-                        return
-                next_tick += interval
-                now = time.monotonic()
-                if next_tick <= now:
-                    # A slow poll skips the ticks it overran instead of bunching up.
-                    next_tick += interval * (1 + int((now - next_tick) // interval))
+            await self._poll_forever(interval)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -120,6 +92,48 @@ class Poller:
             if not self.first.cancelled():
                 self.first.exception()
             self._registry._forget(self)
+
+    async def _poll_forever(self, interval: float) -> None:
+        """Poll on a fixed cadence until terminal, refused, given up, or idle."""
+        settings = self._registry.settings
+        backoff = Backoff(interval, max(settings.backoff_max, interval))
+        failing_since: float | None = None
+        next_poll = time.monotonic() + interval
+        while True:
+            if not await self._sleep_until(next_poll):
+                return
+            started = time.monotonic()
+            try:
+                status = await self._fetch()
+            except UpstreamRefused as error:
+                self._end_with_error(error.code, error.message)
+                return
+            except UpstreamError as error:
+                if failing_since is None:
+                    failing_since = started
+                    # Logged when a run starts failing and when it recovers, not per poll.
+                    log.warning("polls of run %s are failing: %s", self.key.run_id, error.code)
+                if time.monotonic() - failing_since >= settings.upstream_give_up:
+                    self._end_with_error(
+                        "upstream_unavailable",
+                        f"The bridge gave up on the upstream API after "
+                        f"{settings.upstream_give_up:g} seconds of failures.",
+                    )
+                    return
+                next_poll = time.monotonic() + backoff.next_delay(error.retry_after)
+                continue
+            if failing_since is not None:
+                log.info("polls of run %s recovered", self.key.run_id)
+                failing_since = None
+                backoff.reset()
+                next_poll = time.monotonic()
+            if self._publish_if_changed(status):
+                return
+            next_poll += interval
+            now = time.monotonic()
+            if next_poll <= now:
+                # A slow poll skips the ticks it overran instead of bunching up.
+                next_poll += interval * (1 + int((now - next_poll) // interval))
 
     async def _fetch(self) -> dict[str, Any]:
         self.polls += 1

@@ -66,11 +66,21 @@ class Settings(BaseSettings):
     """Largest upstream status body accepted (after decompression), in bytes."""
     upstream_give_up: float = Field(60.0, gt=0)
     """Seconds of continuous upstream failure before viewers get an `error` event."""
+    upstream_concurrency: int = Field(64, ge=1, le=10_000)
+    """Upstream requests in flight at most, over all runs."""
+    backoff_max: float = Field(30.0, gt=0)
+    """Longest wait between polls of a failing run, in seconds (backoff starts at the poll interval)."""
+    breaker_threshold: int = Field(5, ge=1)
+    """Consecutive upstream outages (unreachable, 5xx, 429, timeout) that open the circuit."""
+    breaker_cooldown: float = Field(10.0, gt=0)
+    """Seconds the open circuit refuses requests before one trial is let through."""
     log_level: str = "INFO"
     access_log: bool = True
     """Access log lines carry the path only, never the query string."""
     dashboard: bool = False
     """Serve the live dashboard page at `/` (always on in `sse-bridge demo`)."""
+    multi_max_runs: int = Field(50, ge=1, le=500)
+    """Most runs one `GET /v1/streams?runs=...` connection may carry."""
     shutdown_grace: float = Field(10.0, ge=0, le=600)
     """Seconds open streams get to end cleanly after SIGTERM."""
 
@@ -106,7 +116,9 @@ class Settings(BaseSettings):
                 "BRIDGE_SUCCESS_STATUSES and BRIDGE_FAILURE_STATUSES must not share a state"
             )
         if not self.success_statuses and not self.failure_statuses:
-            raise ValueError("at least one terminal state is needed")
+            raise ValueError(
+                "BRIDGE_SUCCESS_STATUSES and BRIDGE_FAILURE_STATUSES must not both be empty"
+            )
         return self
 
     def upstream_base(self) -> str:

@@ -9,8 +9,11 @@ own sentence: aiohttp's exceptions carry the request headers and are never shown
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,12 +21,14 @@ import aiohttp
 
 from bridge import run_id as run_ids
 from bridge.errors import (
+    UpstreamBusy,
     UpstreamError,
     UpstreamRefused,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
 from bridge.metrics import Metrics
+from bridge.resilience import CircuitBreaker, parse_retry_after
 from bridge.settings import Settings
 
 log = logging.getLogger("bridge.upstream")
@@ -65,18 +70,32 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(name)
 
 
+def _finite_float(text: str) -> float:
+    # 1e400 is valid JSON but parses to inf, which the bridge cannot send on: same as above.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
 class UpstreamClient:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self._settings = settings
         self._metrics = metrics
         self._base = settings.upstream_base()
         self._session: aiohttp.ClientSession | None = None
-        #: Requests sent, by outcome; read by metrics and tests.
+        #: Requests sent; read by tests and /readyz.
         self.requests_sent = 0
+        self.last_request: float | None = None
+        self.breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown)
+        # A global cap on requests in flight, whatever the number of pollers.
+        self._slots = asyncio.Semaphore(settings.upstream_concurrency)
 
     async def start(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self._settings.upstream_timeout)
-        connector = aiohttp.TCPConnector(limit=100, ttl_dns_cache=60)
+        connector = aiohttp.TCPConnector(
+            limit=self._settings.upstream_concurrency, ttl_dns_cache=60
+        )
         self._session = aiohttp.ClientSession(
             timeout=timeout,
             connector=connector,
@@ -99,16 +118,43 @@ class UpstreamClient:
         if self._session is None:
             raise RuntimeError("UpstreamClient.start() was not awaited")
         url = self.url_for(run_id)
-        self.requests_sent += 1
+        if not self.breaker.allow():
+            self._count("circuit_open")
+            raise UpstreamUnavailable(
+                "The upstream API is failing; the bridge is giving it a rest.",
+                retry_after=self.breaker.cooldown,
+            )
         outcome = "ok"
+        verdict = False
         try:
-            return await self._get(url, headers)
+            # One deadline covers the wait for a slot and the request itself.
+            async with asyncio.timeout(self._settings.upstream_timeout):
+                async with self._slots:
+                    self.requests_sent += 1
+                    self.last_request = time.monotonic()
+                    status = await self._get(url, headers)
+            verdict = True
+            self.breaker.success()
+            return status
+        except TimeoutError:
+            outcome, verdict = "upstream_timeout", True
+            self.breaker.failure()
+            raise UpstreamTimeout() from None
         except UpstreamError as error:
-            outcome = error.code
+            outcome, verdict = error.code, True
+            if error.outage:
+                self.breaker.failure()
+            else:
+                self.breaker.success()
             raise
         finally:
-            if self._metrics is not None:
-                self._metrics.upstream_requests.labels(outcome).inc()
+            if not verdict:
+                self.breaker.release_trial()
+            self._count(outcome)
+
+    def _count(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.upstream_requests.labels(outcome).inc()
 
     async def _get(self, url: str, headers: Mapping[str, str]) -> dict[str, Any]:
         assert self._session is not None
@@ -118,19 +164,28 @@ class UpstreamClient:
             ) as response:
                 if UpstreamRefused.handles(response.status):
                     raise UpstreamRefused(response.status)
+                if response.status == 429:
+                    raise UpstreamBusy(
+                        "The upstream API asked the bridge to slow down.",
+                        retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                    )
                 if response.status != 200:
                     raise UpstreamUnavailable(
-                        f"The upstream API answered with HTTP {response.status}."
+                        f"The upstream API answered with HTTP {response.status}.",
+                        retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                        outage=response.status >= 500,
                     )
                 body = await self._read_capped(response)
         except UpstreamError:
             raise
         except TimeoutError:
-            raise UpstreamTimeout() from None
+            raise
         except (aiohttp.ClientError, OSError) as error:
             # type(error).__name__ only: str(error) may carry the request headers.
             log.debug("upstream request failed: %s", type(error).__name__)
-            raise UpstreamUnavailable("The upstream API could not be reached.") from None
+            raise UpstreamUnavailable(
+                "The upstream API could not be reached.", outage=True
+            ) from None
         return self._parse(body)
 
     async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
@@ -151,7 +206,7 @@ class UpstreamClient:
     @staticmethod
     def _parse(body: bytes) -> dict[str, Any]:
         try:
-            value = json.loads(body, parse_constant=_reject_constant)
+            value = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise UpstreamUnavailable("The upstream API sent a body that is not JSON.") from None
         if not isinstance(value, dict):

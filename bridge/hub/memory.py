@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
@@ -43,8 +44,11 @@ class MemoryHub:
             self._retired[key] = channel
 
     @asynccontextmanager
-    async def subscribe(self, channel: Channel) -> AsyncIterator[Subscription]:
-        subscription = Subscription(channel)
+    async def subscribe(
+        self, channel: Channel, wake: asyncio.Event | None = None
+    ) -> AsyncIterator[Subscription]:
+        """Watch ``channel``; several subscriptions may share one ``wake`` event."""
+        subscription = Subscription(channel, wake) if wake is not None else Subscription(channel)
         channel.add(subscription)
         try:
             yield subscription
