@@ -1,0 +1,1 @@
+"""The sse-bridge benchmark suite: see bench/README.md (`bench/run`, `bench/run --quick`)."""

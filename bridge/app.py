@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -12,14 +13,19 @@ from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
 from bridge import run_id as run_ids
-from bridge.errors import BridgeError, Draining
+from bridge.errors import BridgeError, Draining, InvalidRunId
+from bridge.auth import ForwardAuth
+from bridge.cors import install_cors
 from bridge.history import Event
 from bridge.hub import Channel, Hub, create_hub
+from bridge.limits import StreamLimiter
 from bridge.metrics import Metrics
 from bridge.pollers import PollerRegistry
+from bridge.readiness import Readiness
 from bridge.settings import Settings
 from bridge.stream import StreamLimits, events
 from bridge.upstream import UpstreamClient, forwardable
+from bridge.watchdog import SendWatchdog
 
 log = logging.getLogger("bridge.app")
 
@@ -45,14 +51,24 @@ class Bridge:
         )
         self.pollers = PollerRegistry(settings, self.upstream, self.hub, self.metrics)
         self.metrics.track(lambda: self.pollers.active)
+        self.limiter = StreamLimiter(settings.max_streams, settings.max_streams_per_client)
+        self.watchdog = SendWatchdog(settings.send_timeout)
+        self.auth = ForwardAuth(settings) if settings.auth_url is not None else None
+        self.readiness = Readiness(settings, self.upstream)
         self.draining = False
 
     async def start(self) -> None:
         await self.upstream.start()
+        if self.auth is not None:
+            await self.auth.start()
+        self.watchdog.start()
 
     async def stop(self) -> None:
         self.drain()
+        await self.watchdog.stop()
         await self.pollers.close()
+        if self.auth is not None:
+            await self.auth.close()
         await self.upstream.close()
 
     def drain(self) -> None:
@@ -68,7 +84,27 @@ class Bridge:
         return StreamLimits(s.ping_interval, s.stream_timeout, s.viewer_buffer, retry)
 
     def credentials(self) -> dict[str, str]:
-        return forwardable(self.settings.forward_headers, request.headers)
+        return forwardable(self.settings.forward_headers, dict(request.headers.items()))
+
+    async def upstream_headers(self, run_id: str, viewer: dict[str, str]) -> dict[str, str]:
+        """The headers this request's viewer polls ``run_id`` with (after admission).
+
+        Viewer mode: the viewer's own allow-listed headers, so a viewer shares a poller
+        only with viewers presenting the same credentials. Forward-auth mode: the auth
+        service admits the viewer (or raises), then the bridge's own headers are used.
+        """
+        if self.auth is None:
+            return viewer
+        await self.auth.admit(run_id, viewer)
+        return dict(self.settings.upstream_headers)
+
+    def client_address(self) -> str:
+        if self.settings.trust_forwarded_for:
+            forwarded = request.headers.get("X-Forwarded-For", "")
+            hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+            if hops:
+                return hops[-1]
+        return request.remote_addr or "unknown"
 
 
 def error_response(error: BridgeError) -> Response:
@@ -99,6 +135,7 @@ def create_app(settings: Settings) -> Quart:
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     bridge = Bridge(settings)
     app.extensions["bridge"] = bridge
+    install_cors(app, settings)
 
     @app.before_serving
     async def _start() -> None:
@@ -127,7 +164,9 @@ def create_app(settings: Settings) -> Quart:
     async def readyz() -> Response:
         if bridge.draining:
             return error_response(Draining("The bridge is shutting down."))
-        return Response(_json({"status": "ready"}), content_type="application/json")
+        report = await bridge.readiness.check()
+        status = 200 if report["ready"] else 503
+        return Response(_json(report), status=status, content_type="application/json")
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -136,7 +175,8 @@ def create_app(settings: Settings) -> Quart:
     @app.get("/v1/runs/<run_id>")
     async def run_status(run_id: str) -> Response:
         run_ids.validate(run_id)
-        async with bridge.pollers.lease(run_id, bridge.credentials()) as channel:
+        headers = await bridge.upstream_headers(run_id, bridge.credentials())
+        async with bridge.pollers.lease(run_id, headers) as channel:
             latest = channel.history.latest
             assert latest is not None  # a lease always comes with a first status
             response = Response(latest.data, content_type="application/json")
@@ -148,14 +188,16 @@ def create_app(settings: Settings) -> Quart:
         run_ids.validate(run_id)
         if bridge.draining:
             raise Draining("The bridge is shutting down.")
-        body = _stream_body(bridge, run_id, bridge.credentials(), last_event_id())
+        body = _stream_body(
+            bridge, run_id, bridge.credentials(), bridge.client_address(), last_event_id()
+        )
         try:
             opening = await anext(body)
         except StopAsyncIteration:
             # The viewer already has the run's final event: 204 stops EventSource.
             return Response("", status=204)
         bridge.metrics.streams_opened.inc()
-        response = Response(_prepend(opening, body), headers=SSE_HEADERS)
+        response = Response(watched(bridge, opening, body), headers=SSE_HEADERS)
         # Quart's RESPONSE_TIMEOUT (60 s) would cut every stream; ours ends by itself.
         response.timeout = None
         return response
@@ -163,16 +205,29 @@ def create_app(settings: Settings) -> Quart:
     @app.route("/v1/runs/<path:rest>", methods=["GET"])
     async def bad_run_path(rest: str) -> Response:
         # An id with an (encoded) slash or a dot segment lands here, not upstream.
-        raise run_ids.InvalidRunId("The run id must not contain '/' or be '.' or '..'.")
+        raise InvalidRunId("The run id must not contain '/' or be '.' or '..'.")
 
+    from bridge.dashboard import register_watching  # imports this module
+
+    register_watching(app, bridge)  # /v1/streams, the dashboard page, the demo's run list
     return app
 
 
 async def _stream_body(
-    bridge: Bridge, run_id: str, headers: dict[str, str], resume_from: str | None
+    bridge: Bridge,
+    run_id: str,
+    viewer: dict[str, str],
+    client: str,
+    resume_from: str | None,
 ) -> AsyncGenerator[bytes, None]:
-    """Opens the lease and subscription (raising before the first yield on refusal)."""
+    """Takes a stream slot, admits the viewer, opens the lease and subscription.
+
+    Everything that can refuse the viewer happens before the first yield, so the
+    handler can still answer with an error status and JSON body.
+    """
     async with AsyncExitStack() as stack:
+        stack.enter_context(bridge.limiter.hold(client))
+        headers = await bridge.upstream_headers(run_id, viewer)
         channel: Channel = await stack.enter_async_context(
             bridge.pollers.lease(run_id, headers)
         )
@@ -190,10 +245,20 @@ async def _stream_body(
             bridge.metrics.open_streams.dec()
 
 
-async def _prepend(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+async def watched(
+    bridge: Bridge, first: bytes, rest: AsyncGenerator[bytes, None]
+) -> AsyncIterator[bytes]:
+    """The response body: ``first``, then ``rest``, each send timed by the watchdog."""
+    loop = asyncio.get_running_loop()
+    sending = bridge.watchdog.watch()
     try:
+        sending.since = loop.time()
         yield first
+        sending.since = None
         async for chunk in rest:
+            sending.since = loop.time()
             yield chunk
+            sending.since = None
     finally:
+        bridge.watchdog.unwatch(sending)
         await rest.aclose()

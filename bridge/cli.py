@@ -63,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1", help="where the bridge listens")
     demo.add_argument("--port", type=int, default=None, help="default BRIDGE_PORT or 8080")
     demo.set_defaults(func=_demo)
+
+    watch = commands.add_parser(
+        "watch",
+        help="follow one run in the terminal (exit 0 complete, 1 error, 2 timeout/refused)",
+    )
+    from bridge import watch as watch_command
+
+    watch_command.add_arguments(watch)
+    watch.set_defaults(func=watch_command.main)
     return parser
 
 

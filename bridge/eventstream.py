@@ -6,6 +6,7 @@ parser that knows nothing of how the bridge writes it.
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -26,7 +27,8 @@ class EventStreamParser:
     def __init__(self) -> None:
         self._buffer = ""
         self._pending_cr = False
-        self._decoder_bytes = b""
+        # Keeps an incomplete UTF-8 sequence across chunks; invalid bytes become U+FFFD.
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._data: list[str] = []
         self._event = ""
         self._saw_id = False
@@ -35,18 +37,7 @@ class EventStreamParser:
         self.retry: int | None = None
 
     def feed(self, chunk: bytes) -> list[ParsedEvent]:
-        data = self._decoder_bytes + chunk
-        try:
-            text = data.decode("utf-8")
-            self._decoder_bytes = b""
-        except UnicodeDecodeError as error:
-            if error.end == len(data) and len(data) - error.start < 4:
-                # An incomplete multi-byte sequence at the end: wait for the rest.
-                text = data[: error.start].decode("utf-8")
-                self._decoder_bytes = data[error.start :]
-            else:
-                text = data.decode("utf-8", errors="replace")
-                self._decoder_bytes = b""
+        text = self._decoder.decode(chunk)
         if self._first and text:
             text = text.removeprefix("\ufeff")
             self._first = False
@@ -89,9 +80,8 @@ class EventStreamParser:
             if "\0" not in value:
                 self.last_event_id = value
                 self._saw_id = True
-        elif name == "retry":
-            if value.isascii() and value.isdigit():
-                self.retry = int(value)
+        elif name == "retry" and value.isascii() and value.isdigit():
+            self.retry = int(value)
 
     def _dispatch(self) -> ParsedEvent | None:
         saw_id, self._saw_id = self._saw_id, False

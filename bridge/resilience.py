@@ -39,7 +39,7 @@ class Backoff:
     def next_delay(self, retry_after: float | None = None) -> float:
         delay = min(self.cap, self.base * (2 ** min(self.failures, 30)))
         self.failures += 1
-        jittered = delay * self._rng.uniform(0.5, 1.0)
+        jittered: float = delay * self._rng.uniform(0.5, 1.0)
         return max(jittered, retry_after or 0.0)
 
     def reset(self) -> None:

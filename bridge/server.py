@@ -8,32 +8,82 @@ import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
+from hypercorn.logging import Logger
 from quart import Quart
 
 from bridge.app import Bridge
 from bridge.settings import Settings
 
-#: Path only: query strings may carry tokens (EventSource cannot set headers).
-ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'
+log = logging.getLogger("bridge.server")
+
+class AccessLogger(Logger):
+    """Hypercorn's logger, but access lines carry only what is safe to keep.
+
+    Hypercorn's own access record passes every request header as log arguments, where a
+    JSON log handler would write out Authorization and Cookie; and the query string may
+    carry tokens (EventSource cannot set headers). This one logs the path without query,
+    and its arguments are just the values in the line.
+    """
+
+    async def access(
+        self, request: Any, response: Any, request_time: float
+    ) -> None:
+        if self.access_logger is None:
+            return
+        client = request.get("client")
+        remote = f"{client[0]}:{client[1]}" if client else "-"
+        status = response["status"] if response is not None else "-"
+        self.access_logger.info(
+            '%s "%s %s HTTP/%s" %s %.6fs',
+            remote,
+            request.get("method", "-"),
+            request.get("path", "-"),
+            request.get("http_version", "-"),
+            status,
+            request_time,
+        )
 
 
-def hypercorn_config(settings: Settings, sock: socket.socket | None = None) -> Config:
+def listen_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+def bound_port(sock: socket.socket) -> int:
+    port: int = sock.getsockname()[1]
+    return port
+
+
+def abort_stalled_sends(sock: socket.socket, send_timeout: float) -> None:
+    """Let the kernel drop a connection whose sent data stays unacknowledged.
+
+    Accepted sockets inherit TCP_USER_TIMEOUT from the listener (Linux): a viewer that
+    stops reading (zero window) is reset after ``send_timeout`` and its buffers freed.
+    """
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, option, int(send_timeout * 1000))
+
+
+def hypercorn_config(settings: Settings, sock: socket.socket) -> Config:
     config = Config()
-    if sock is not None:
-        # Hypercorn takes ownership of (and closes) the fd it is given: give it a dup,
-        # so the caller's socket outlives this server (a restart can listen on it again).
-        config.bind = [f"fd://{os.dup(sock.fileno())}"]
-    else:
-        host = f"[{settings.host}]" if ":" in settings.host else settings.host
-        config.bind = [f"{host}:{settings.port}"]
+    # Hypercorn takes ownership of (and closes) the fd it is given: give it a dup, so the
+    # caller's socket outlives this server (a restart can listen on it again).
+    config.bind = [f"fd://{os.dup(sock.fileno())}"]
     config.accesslog = logging.getLogger("bridge.access") if settings.access_log else None
-    config.access_log_format = ACCESS_LOG_FORMAT
+    config.logger_class = AccessLogger
     config.errorlog = logging.getLogger("bridge.server")
-    # Seconds open connections get after the shutdown trigger fired.
-    config.graceful_timeout = settings.shutdown_grace
+    # Seconds open connections get once the listener closed (after the drain delay).
+    config.graceful_timeout = max(settings.shutdown_grace - settings.drain_delay, 0.0)
     # Headers larger than this are refused by h11 before the app sees them (bytes).
     config.h11_max_incomplete_size = 16 * 1024
     config.keep_alive_timeout = 75
@@ -60,12 +110,31 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     sock: socket.socket | None = None,
 ) -> None:
-    """Serve until the trigger fires, then drain: streams end cleanly, pollers stop."""
+    """Serve until the trigger fires, then drain.
+
+    Drain: new streams are refused and /readyz answers 503, open streams end cleanly
+    (EventSource reconnects, elsewhere, and resumes by Last-Event-ID), the listener
+    stays open BRIDGE_DRAIN_DELAY seconds so load balancers see the 503, then Hypercorn
+    closes it and waits for the remaining requests; pollers stop as the app shuts down.
+    """
     bridge: Bridge = app.extensions["bridge"]
     trigger = shutdown_trigger or signal_trigger()
+    own_socket = sock is None
+    listener = sock if sock is not None else listen_socket(settings.host, settings.port)
+    abort_stalled_sends(listener, settings.send_timeout)
 
     async def drain_then_stop() -> None:
         await trigger()
+        log.info("draining: refusing new streams, ending open ones")
         bridge.drain()
+        await asyncio.sleep(settings.drain_delay)
 
-    await hypercorn_serve(app, hypercorn_config(settings, sock), shutdown_trigger=drain_then_stop)  # type: ignore[arg-type]
+    try:
+        await hypercorn_serve(
+            app,
+            hypercorn_config(settings, listener),
+            shutdown_trigger=drain_then_stop,
+        )
+    finally:
+        if own_socket:
+            listener.close()

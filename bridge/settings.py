@@ -82,9 +82,39 @@ class Settings(BaseSettings):
     multi_max_runs: int = Field(50, ge=1, le=500)
     """Most runs one `GET /v1/streams?runs=...` connection may carry."""
     shutdown_grace: float = Field(10.0, ge=0, le=600)
-    """Seconds open streams get to end cleanly after SIGTERM."""
+    """Seconds from SIGTERM to exit, at most (drain delay included)."""
+    drain_delay: float = Field(1.0, ge=0, le=60)
+    """Seconds `/readyz` answers 503 after SIGTERM before the listener closes (load balancers notice)."""
 
-    @field_validator("forward_headers", "success_statuses", "failure_statuses", mode="before")
+    # --- limits ---
+    max_streams: int = Field(20_000, ge=1)
+    """Open streams at most, over all viewers; over it: 503 with Retry-After."""
+    max_streams_per_client: int = Field(64, ge=1)
+    """Open streams at most from one client address; over it: 429 with Retry-After."""
+    trust_forwarded_for: bool = False
+    """Take the client address for the per-client cap from the last X-Forwarded-For hop
+    (only behind a proxy that sets it). X-Forwarded-* is never forwarded upstream."""
+    send_timeout: float = Field(30.0, gt=0)
+    """Seconds one frame may take to reach a viewer before that viewer is dropped."""
+
+    # --- CORS ---
+    cors_origins: CsvList = ()
+    """Origins allowed to read the bridge from a browser; `*` for any (then never with credentials)."""
+    cors_credentials: bool = False
+    """Allow cookies/Authorization on cross-origin requests (explicit origins only)."""
+
+    # --- forward-auth mode ---
+    auth_url: AnyHttpUrl | None = None
+    """When set, each new viewer is admitted by this URL (2xx admits, 401/403 refuse), and
+    the upstream is polled with BRIDGE_UPSTREAM_HEADERS instead of the viewer's headers."""
+    auth_cache_ttl: float = Field(30.0, ge=0, le=3600)
+    """Seconds an admission (or refusal) by BRIDGE_AUTH_URL is remembered."""
+    upstream_headers: dict[str, str] = Field(default_factory=dict)
+    """JSON object of headers the bridge itself sends upstream in forward-auth mode."""
+
+    @field_validator(
+        "forward_headers", "success_statuses", "failure_statuses", "cors_origins", mode="before"
+    )
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -119,6 +149,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 "BRIDGE_SUCCESS_STATUSES and BRIDGE_FAILURE_STATUSES must not both be empty"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        if self.cors_credentials and "*" in self.cors_origins:
+            raise ValueError(
+                "BRIDGE_CORS_CREDENTIALS needs explicit BRIDGE_CORS_ORIGINS, never '*'"
+            )
+        if self.drain_delay > self.shutdown_grace:
+            raise ValueError("BRIDGE_DRAIN_DELAY must not exceed BRIDGE_SHUTDOWN_GRACE")
         return self
 
     def upstream_base(self) -> str:

@@ -87,6 +87,8 @@ class UpstreamClient:
         #: Requests sent; read by tests and /readyz.
         self.requests_sent = 0
         self.last_request: float | None = None
+        #: When an upstream request last got any HTTP answer (the upstream is reachable).
+        self.last_success: float | None = None
         self.breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown)
         # A global cap on requests in flight, whatever the number of pollers.
         self._slots = asyncio.Semaphore(settings.upstream_concurrency)
@@ -135,6 +137,7 @@ class UpstreamClient:
                     status = await self._get(url, headers)
             verdict = True
             self.breaker.success()
+            self.last_success = time.monotonic()
             return status
         except TimeoutError:
             outcome, verdict = "upstream_timeout", True
@@ -146,11 +149,25 @@ class UpstreamClient:
                 self.breaker.failure()
             else:
                 self.breaker.success()
+                self.last_success = time.monotonic()
             raise
         finally:
             if not verdict:
                 self.breaker.release_trial()
             self._count(outcome)
+
+    async def probe(self) -> bool:
+        """True when the upstream base URL gives any HTTP answer (no credentials sent)."""
+        if self._session is None:
+            return False
+        try:
+            async with asyncio.timeout(min(self._settings.upstream_timeout, 5.0)):
+                async with self._session.get(self._base + "/", allow_redirects=False) as r:
+                    await r.release()
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return False
+        self.last_success = time.monotonic()
+        return True
 
     def _count(self, outcome: str) -> None:
         if self._metrics is not None:

@@ -28,6 +28,7 @@ FAST = {
     "linger": 0.0,
     "retry_ms": 1000,
     "access_log": False,
+    "drain_delay": 0.0,
 }
 
 

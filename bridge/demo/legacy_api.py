@@ -16,6 +16,7 @@ import gzip
 import itertools
 import random
 import socket
+import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -66,6 +67,8 @@ class SeenRequest:
     run_id: str
     path: str
     headers: dict[str, str]
+    #: time.monotonic() when the request arrived.
+    at: float
 
 
 class LegacyApi:
@@ -77,6 +80,9 @@ class LegacyApi:
         self.seen: deque[SeenRequest] = deque(maxlen=10_000)
         self.faults: dict[str, deque[Fault]] = {}
         self.credentials: dict[str, Credential] = {}
+        #: Status requests being answered now, and the most ever at once.
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._rng = random.Random(seed)
         self._ids = itertools.count(1)
         self.app = web.Application()
@@ -153,7 +159,17 @@ class LegacyApi:
     async def _status(self, request: web.Request) -> web.StreamResponse:
         run_id = request.match_info["run_id"]
         self.requests[run_id] += 1
-        self.seen.append(SeenRequest(run_id, request.raw_path, dict(request.headers)))
+        self.seen.append(
+            SeenRequest(run_id, request.raw_path, dict(request.headers), time.monotonic())
+        )
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer(request, run_id)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: web.Request, run_id: str) -> web.StreamResponse:
         fault = self._next_fault(run_id)
         if fault is not None:
             return await self._commit(request, fault)

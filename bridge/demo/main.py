@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from bridge.app import create_app
+from bridge.dashboard import enable_demo_api
 from bridge.demo.legacy_api import LegacyApi, serving, spawning
 from bridge.server import serve, signal_trigger
 from bridge.settings import Settings
@@ -26,6 +27,7 @@ async def run_demo(
     async with serving(api, "127.0.0.1", api_port), spawning(api, every=8 * step, keep=4):
         demo_settings = settings.model_copy(update={"upstream_url": api.url, "dashboard": True})
         app = create_app(demo_settings)
+        enable_demo_api(app, api.url)  # the page lists, starts and cancels runs
         base = f"http://{_display_host(settings.host)}:{settings.port}"
         first = next(iter(api.runs))
         announce(

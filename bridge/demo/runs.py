@@ -51,7 +51,8 @@ class TimedRun:
     @classmethod
     def random(cls, run_id: str, step: float, rng: random.Random) -> TimedRun:
         nodes = rng.choice(NODE_SETS)
-        outcome: Outcome = rng.choices(["completed", "failed", "cancelled"], [6, 2, 1])[0]
+        choices: list[Outcome] = ["completed", "failed", "cancelled"]
+        outcome = rng.choices(choices, [6, 2, 1])[0]
         return cls(run_id, outcome, nodes, step, stop_at=rng.randrange(len(nodes)))
 
     def cancel(self, now: float | None = None) -> None:

@@ -1,0 +1,131 @@
+"""``python -m bench``: run the suite, profile the bridge, or regenerate the report.
+
+    python -m bench [run] [--quick] [--targets nchan,floor,bridge,naive] [--interval S]
+    python -m bench profile [--viewers N] [--rounds N] [--native]
+    python -m bench report [--results bench/out/results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from bench.common import BENCH_DIR, OUT_DIR
+from bench.suite import ALL_TARGETS, Config, Runner
+
+
+def _env_pairs(values: list[str]) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key.startswith("BRIDGE_"):
+            raise SystemExit(f"--bridge-env wants BRIDGE_NAME=value, not {value!r}")
+        pairs[key] = val
+    return pairs
+
+
+def _run(args: argparse.Namespace, command: str) -> int:
+    from bench.report import render
+
+    overrides: dict[str, object] = {}
+    if args.targets:
+        names = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+        unknown = set(names) - set(ALL_TARGETS)
+        if unknown:
+            raise SystemExit(f"unknown targets: {', '.join(sorted(unknown))}")
+        overrides["targets"] = names
+    if args.interval is not None:
+        overrides["interval"] = args.interval
+    if args.client_procs is not None:
+        overrides["client_procs"] = args.client_procs
+    if args.bridge_env:
+        overrides["bridge_env"] = _env_pairs(args.bridge_env)
+    config = Config.quick_config(**overrides) if args.quick else Config(**overrides)  # type: ignore[arg-type]
+    results = Runner(config).run(command)
+    config.out.mkdir(parents=True, exist_ok=True)
+    results_path = config.out / "results.json"
+    results_path.write_text(json.dumps(results, indent=1))
+    report_path = config.out / "RESULTS.md" if args.quick else BENCH_DIR / "RESULTS.md"
+    report_path.write_text(render(results, _profile(OUT_DIR / "profile.json")))
+    print(f"wrote {results_path} and {report_path}")
+    return 0
+
+
+def _profile(path: Path) -> dict[str, object] | None:
+    try:
+        data: dict[str, object] = json.loads(path.read_text())
+        return data
+    except (OSError, ValueError):
+        return None
+
+
+def _profile_cmd(args: argparse.Namespace, command: str) -> int:
+    from bench.profile import profile
+
+    data = profile(
+        viewers=args.viewers,
+        rounds=args.rounds,
+        native=args.native,
+        interval=args.interval or 2.0,
+        client_procs=args.client_procs or 4,
+        bridge_env=_env_pairs(args.bridge_env or []),
+        command=command,
+    )
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    path = OUT_DIR / "profile.json"
+    path.write_text(json.dumps(data, indent=1))
+    print(f"wrote {path}")
+    return 0
+
+
+def _report(args: argparse.Namespace, command: str) -> int:
+    from bench.report import render
+
+    results = json.loads(Path(args.results).read_text())
+    out = BENCH_DIR / "RESULTS.md" if not results["meta"]["config"].get("quick") else (
+        Path(args.results).parent / "RESULTS.md"
+    )
+    out.write_text(render(results, _profile(OUT_DIR / "profile.json")))
+    print(f"wrote {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = "bench/run " + shlex.join(argv) if argv else "bench/run"
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--interval", type=float, default=None, help="poll interval, seconds")
+        p.add_argument("--client-procs", type=int, default=None, help="load client processes")
+        p.add_argument(
+            "--bridge-env", action="append", metavar="BRIDGE_X=V", help="extra bridge setting"
+        )
+
+    run = sub.add_parser("run", help="the whole suite (the default)")
+    for p in (parser, run):
+        p.add_argument("--quick", action="store_true", help="1,000 viewers, 2 rounds, ~1 min")
+        p.add_argument("--targets", help=f"comma-separated subset of {','.join(ALL_TARGETS)}")
+        common(p)
+    prof = sub.add_parser("profile", help="py-spy the bridge at N viewers during rounds")
+    prof.add_argument("--viewers", type=int, default=10_000)
+    prof.add_argument("--rounds", type=int, default=12)
+    prof.add_argument("--native", action="store_true", help="py-spy --native")
+    common(prof)
+    rep = sub.add_parser("report", help="regenerate RESULTS.md from a results.json")
+    rep.add_argument("--results", default=str(OUT_DIR / "results.json"))
+    args = parser.parse_args(argv)
+    if args.command == "profile":
+        return _profile_cmd(args, command)
+    if args.command == "report":
+        return _report(args, command)
+    return _run(args, command)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""Bench-only: time every garbage collection of the process it is loaded into.
+
+Loaded by putting ``bench/gcprobe`` on ``PYTHONPATH`` (the bench does this for the bridge
+and nothing else). Does nothing unless ``BENCH_GC_LOG`` names a file; at exit it writes
+there, as JSON, per generation the count, total and longest pause, and every pause of
+at least ``BENCH_GC_MIN_MS`` (default 1 ms) with its wall-clock end time, so that
+pauses can be matched to the bench's rounds. Memory is bounded (a ring of pauses).
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import json
+import os
+import time
+from collections import deque
+from typing import Any
+
+_PATH = os.environ.get("BENCH_GC_LOG")
+
+
+def _install(path: str) -> None:
+    min_ns = int(float(os.environ.get("BENCH_GC_MIN_MS", "1")) * 1e6)
+    totals = {g: [0, 0, 0, 0] for g in range(3)}  # count, total_ns, max_ns, collected
+    pauses: deque[tuple[int, int, int, int]] = deque(maxlen=100_000)
+    started = [0]
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter_ns()
+            return
+        took = time.perf_counter_ns() - started[0]
+        generation = int(info.get("generation", 0))
+        row = totals.setdefault(generation, [0, 0, 0, 0])
+        row[0] += 1
+        row[1] += took
+        row[2] = max(row[2], took)
+        row[3] += int(info.get("collected", 0))
+        if took >= min_ns:
+            pauses.append((time.time_ns(), took, generation, int(info.get("collected", 0))))
+
+    def dump() -> None:
+        data = {
+            "pid": os.getpid(),
+            "thresholds": gc.get_threshold(),
+            "frozen": gc.get_freeze_count(),
+            "generations": {
+                str(g): {"count": r[0], "total_ms": r[1] / 1e6, "max_ms": r[2] / 1e6, "collected": r[3]}
+                for g, r in totals.items()
+            },
+            "pauses": [
+                {"end_ns": end, "ms": took / 1e6, "generation": gen, "collected": col}
+                for end, took, gen, col in pauses
+            ],
+        }
+        with open(path, "w") as f:
+            json.dump(data, f)
+
+    gc.callbacks.append(callback)
+    atexit.register(dump)
+
+
+if _PATH:
+    _install(_PATH)

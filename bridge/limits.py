@@ -1,0 +1,45 @@
+"""Connection caps: how many streams the bridge, and one client, may hold open."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from bridge.errors import OverCapacity, TooManyStreams
+
+
+class StreamLimiter:
+    def __init__(self, total: int, per_client: int, retry_after: float = 5.0) -> None:
+        self.total = total
+        self.per_client = per_client
+        self.retry_after = retry_after
+        self.open = 0
+        # Only clients with open streams have an entry, so this stays as small as `open`.
+        self._by_client: dict[str, int] = {}
+
+    @contextmanager
+    def hold(self, client: str) -> Iterator[None]:
+        if self.open >= self.total:
+            raise OverCapacity(
+                "The bridge is at its connection limit; try again shortly.", self.retry_after
+            )
+        held = self._by_client.get(client, 0)
+        if held >= self.per_client:
+            raise TooManyStreams(
+                "This client has too many open streams; close some and try again.",
+                self.retry_after,
+            )
+        self.open += 1
+        self._by_client[client] = held + 1
+        try:
+            yield
+        finally:
+            self.open -= 1
+            left = self._by_client[client] - 1
+            if left:
+                self._by_client[client] = left
+            else:
+                del self._by_client[client]
+
+    def clients(self) -> int:
+        return len(self._by_client)

@@ -1,0 +1,468 @@
+// sse-bridge dashboard: every run on the page over ONE EventSource (/v1/streams).
+// Plain browser JavaScript, no build step, no third-party code.
+//
+// Runs come from the simulated API in demo mode (/demo/api/runs), else from ?runs=a,b,c
+// or the "Watch" box. The stream is reopened, with the last event id as cursor, whenever
+// the set of unfinished runs changes; the bridge then replays only what the page lacks.
+"use strict";
+
+(() => {
+  const TERMINAL = new Set(["complete", "error"]);
+  const params = new URLSearchParams(location.search);
+  const $ = (id) => document.getElementById(id);
+
+  const state = {
+    config: { demo: false, maxRuns: 50, pollInterval: 2 },
+    limit: 30,
+    runs: new Map(), // id -> {id, status, data, event, finished, refused, el}
+    order: [], // newest first
+    es: null,
+    streamRuns: "", // the runs the open stream carries, comma-separated
+    lastId: "", // the multi-stream cursor: covers every run received so far
+    opened: false,
+    retryTimer: 0,
+    failures: 0,
+    dirty: new Set(),
+    frame: 0,
+  };
+
+  // --- connection state ---------------------------------------------------------
+
+  function setConnection(name, text) {
+    const el = $("connection");
+    if (el.dataset.state === name && el.querySelector(".label").textContent === text) return;
+    el.dataset.state = name;
+    el.querySelector(".label").textContent = text;
+  }
+
+  function notice(text) {
+    const el = $("notice");
+    el.textContent = text || "";
+    el.hidden = !text;
+  }
+
+  // --- the stream -----------------------------------------------------------------
+
+  function unfinished() {
+    return state.order.filter((id) => {
+      const run = state.runs.get(id);
+      return run && !run.finished && !run.refused;
+    }).slice(0, state.config.maxRuns);
+  }
+
+  function streamUrl(ids) {
+    let url = "/v1/streams?runs=" + ids.map(encodeURIComponent).join(",");
+    if (state.lastId) url += "&cursor=" + encodeURIComponent(state.lastId);
+    return url;
+  }
+
+  // Open (or reopen) the stream for the runs still going; close it when none are.
+  function connect() {
+    clearTimeout(state.retryTimer);
+    const ids = unfinished();
+    const wanted = ids.join(",");
+    if (state.es && wanted === state.streamRuns) return;
+    closeStream();
+    if (!ids.length) {
+      setConnection("idle", state.order.length ? "all runs finished" : "waiting for runs");
+      return;
+    }
+    const url = streamUrl(ids);
+    const es = new EventSource(url);
+    state.es = es;
+    state.streamRuns = wanted;
+    state.opened = false;
+    es.onopen = () => {
+      if (state.es !== es) return;
+      state.opened = true;
+      state.failures = 0;
+      notice("");
+      setConnection("live", "live");
+    };
+    for (const name of ["progress", "complete"]) {
+      es.addEventListener(name, (e) => onRunEvent(es, name, e));
+    }
+    // "error" is both the run's error event (a MessageEvent with data) and the
+    // EventSource's own connection error (a plain Event).
+    es.addEventListener("error", (e) => {
+      if (typeof e.data === "string") onRunEvent(es, "error", e);
+      else onConnectionError(es, url);
+    });
+    es.addEventListener("timeout", () => {
+      // The bridge ends streams after BRIDGE_STREAM_TIMEOUT: pick up where we are.
+      if (state.es === es) { closeStream(); connect(); }
+    });
+  }
+
+  function closeStream() {
+    if (state.es) state.es.close();
+    state.es = null;
+    state.streamRuns = "";
+  }
+
+  function onRunEvent(es, name, e) {
+    if (state.es !== es) return;
+    let message;
+    try { message = JSON.parse(e.data); } catch { return; }
+    if (e.lastEventId) state.lastId = e.lastEventId;
+    const run = state.runs.get(message.run_id);
+    if (!run) return;
+    run.data = message.data && typeof message.data === "object" ? message.data : {};
+    run.event = name;
+    run.status = String(run.data.status || (name === "error" ? "error" : "unknown"));
+    run.receivedAt = performance.now();
+    if (TERMINAL.has(name)) run.finished = true;
+    markDirty(run);
+    if (TERMINAL.has(name) && !unfinished().length) {
+      // Every run has ended: close before the browser tries to reconnect.
+      closeStream();
+      setConnection("idle", "all runs finished");
+    }
+  }
+
+  function onConnectionError(es, url) {
+    if (state.es !== es) return;
+    if (es.readyState === EventSource.CONNECTING) {
+      // The browser reconnects by itself and sends Last-Event-ID.
+      setConnection("reconnecting", "reconnecting…");
+      return;
+    }
+    // The browser gave up (an HTTP error, or 204): find out why, then retry with backoff.
+    closeStream();
+    setConnection("reconnecting", "reconnecting…");
+    diagnose(url).finally(() => scheduleRetry());
+  }
+
+  function scheduleRetry() {
+    clearTimeout(state.retryTimer);
+    state.failures += 1;
+    const base = Math.min(1000 * 2 ** Math.min(state.failures - 1, 4), 10000);
+    state.retryTimer = setTimeout(connect, base * (1 + Math.random() * 0.25));
+  }
+
+  // EventSource hides the answer of a refused stream; ask once more to read its JSON.
+  async function diagnose(url) {
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), 5000);
+    try {
+      const response = await fetch(url, { headers: { Accept: "text/event-stream" }, signal: abort.signal });
+      if (response.ok) return;
+      let body = {};
+      try { body = await response.json(); } catch { /* not JSON */ }
+      const run = body.run_id && state.runs.get(body.run_id);
+      if (run && response.status >= 400 && response.status < 500) {
+        // This run cannot be watched with our credentials: show why, keep the others.
+        run.refused = body.message || "refused";
+        run.status = body.error || "refused";
+        markDirty(run);
+        state.failures = 0;
+      } else if (response.status === 204) {
+        for (const id of state.streamRuns.split(",")) {
+          const r = state.runs.get(id);
+          if (r) r.finished = true;
+        }
+      } else if (body.message) {
+        notice(body.message);
+      }
+    } catch {
+      // The bridge is unreachable: the retry will tell.
+    } finally {
+      clearTimeout(timer);
+      abort.abort();
+    }
+  }
+
+  // --- runs -----------------------------------------------------------------------
+
+  function addRun(id, summary, { front = false } = {}) {
+    if (state.runs.has(id)) return false;
+    const run = {
+      id,
+      status: (summary && summary.status) || "unknown",
+      data: summary || { id },
+      event: "",
+      finished: false,
+      refused: "",
+      el: null,
+    };
+    state.runs.set(id, run);
+    if (front) state.order.unshift(id);
+    else state.order.push(id);
+    markDirty(run);
+    return true;
+  }
+
+  function trim() {
+    // Keep at most `limit` cards: drop the oldest finished ones first.
+    while (state.order.length > state.limit) {
+      let index = -1;
+      for (let i = state.order.length - 1; i >= 0; i--) {
+        const run = state.runs.get(state.order[i]);
+        if (run.finished || run.refused) { index = i; break; }
+      }
+      if (index < 0) index = state.order.length - 1;
+      const [id] = state.order.splice(index, 1);
+      const run = state.runs.get(id);
+      if (run.el) run.el.remove();
+      state.runs.delete(id);
+    }
+  }
+
+  async function refreshDemoRuns() {
+    let body;
+    try {
+      const response = await fetch("/demo/api/runs", { cache: "no-store" });
+      if (!response.ok) return;
+      body = await response.json();
+    } catch {
+      return;
+    }
+    const listed = Array.isArray(body.runs) ? body.runs.slice(0, state.limit) : [];
+    let added = false;
+    // The list is newest first; add unknown ones in that order at the right place.
+    const fresh = listed.filter((r) => r && typeof r.id === "string" && !state.runs.has(r.id));
+    for (const summary of fresh.reverse()) {
+      added = addRun(summary.id, summary, { front: state.order.length > 0 }) || added;
+    }
+    if (added) {
+      sortNewestFirst(listed.map((r) => r.id));
+      trim();
+      connect();
+    }
+  }
+
+  function sortNewestFirst(listedIds) {
+    const rank = new Map(listedIds.map((id, i) => [id, i]));
+    state.order.sort((a, b) => (rank.get(a) ?? 1e9) - (rank.get(b) ?? 1e9));
+    const container = $("runs");
+    for (const id of state.order) {
+      const run = state.runs.get(id);
+      if (run.el) container.appendChild(run.el);
+    }
+  }
+
+  async function startRun(outcome) {
+    const button = $("start-run");
+    button.disabled = true;
+    try {
+      const response = await fetch("/demo/api/runs", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(outcome ? { outcome } : {}),
+      });
+      const body = await response.json().catch(() => ({}));
+      if (!response.ok) {
+        notice(body.message || body.error || "Could not start a run.");
+        return;
+      }
+      notice("");
+      if (typeof body.id === "string" && addRun(body.id, body, { front: true })) {
+        trim();
+        connect();
+      }
+    } catch {
+      notice("Could not reach the bridge to start a run.");
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function cancelRun(id) {
+    try {
+      await fetch("/demo/api/runs/" + encodeURIComponent(id) + "/cancel", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: "{}",
+      });
+    } catch {
+      // The stream shows what happened, or the next try will.
+    }
+  }
+
+  // --- rendering (batched per animation frame) ---------------------------------------
+
+  function markDirty(run) {
+    state.dirty.add(run.id);
+    if (state.frame) return;
+    const flush = () => { state.frame = 0; render(); };
+    state.frame = document.hidden ? setTimeout(flush, 50) : requestAnimationFrame(flush);
+  }
+
+  function percentOf(progress) {
+    const value = Number(progress);
+    if (!Number.isFinite(value)) return 0;
+    const pct = value <= 1 ? value * 100 : value;
+    return Math.max(0, Math.min(100, Math.round(pct)));
+  }
+
+  function timeOf(iso) {
+    const t = Date.parse(iso);
+    return Number.isFinite(t) ? t : null;
+  }
+
+  function describeWhen(data) {
+    const started = timeOf(data.startedAt);
+    const finished = timeOf(data.finishedAt);
+    if (started !== null && finished !== null) {
+      return "took " + Math.max(0, Math.round((finished - started) / 1000)) + " s";
+    }
+    if (started !== null) return "started " + new Date(started).toLocaleTimeString();
+    return "";
+  }
+
+  function text(value) {
+    if (value === null || value === undefined) return "";
+    if (typeof value === "string") return value;
+    return JSON.stringify(value);
+  }
+
+  function card(run) {
+    if (run.el) return run.el;
+    const el = $("run-template").content.firstElementChild.cloneNode(true);
+    el.dataset.runId = run.id;
+    el.querySelector(".run-id").textContent = run.id;
+    el.querySelector(".run-id").title = run.id;
+    el.querySelector(".cancel").addEventListener("click", () => cancelRun(run.id));
+    run.el = el;
+    const container = $("runs");
+    const index = state.order.indexOf(run.id);
+    const next = state.order.slice(index + 1).map((id) => state.runs.get(id).el).find(Boolean);
+    container.insertBefore(el, next || null);
+    return el;
+  }
+
+  function render() {
+    for (const id of state.dirty) {
+      const run = state.runs.get(id);
+      if (run) renderRun(run);
+    }
+    state.dirty.clear();
+    renderSummary();
+  }
+
+  function renderRun(run) {
+    const el = card(run);
+    const data = run.data || {};
+    const pct = percentOf(data.progress);
+    el.dataset.status = run.status;
+    el.dataset.event = run.event;
+    el.dataset.progress = String(pct);
+    el.dataset.outcome = run.refused || run.event === "error" ? "error" : run.finished ? "ok" : "";
+    el.querySelector(".state").textContent = run.refused ? "refused" : run.status;
+    const bar = el.querySelector(".bar");
+    bar.setAttribute("aria-valuenow", String(pct));
+    bar.setAttribute("aria-label", run.id + " progress");
+    el.querySelector(".fill").style.width = pct + "%";
+    el.querySelector(".percent").textContent = pct + " %";
+    const running = Array.isArray(data.nodes)
+      ? data.nodes.filter((n) => n && n.status === "running").map((n) => text(n.id))
+      : [];
+    const current = data.currentNode ? text(data.currentNode) : running.join(", ");
+    el.querySelector(".current").textContent = current ? "▸ " + current : "";
+    el.querySelector(".when").textContent = describeWhen(data);
+    renderNodes(el.querySelector(".nodes"), Array.isArray(data.nodes) ? data.nodes : []);
+    renderResult(el.querySelector(".result"), run, data);
+    const cancel = el.querySelector(".cancel");
+    cancel.hidden = !state.config.demo || run.finished || Boolean(run.refused)
+      || !["queued", "running"].includes(run.status);
+    el.dataset.renderedAt = String(performance.now());
+  }
+
+  function renderNodes(list, nodes) {
+    while (list.children.length > nodes.length) list.lastElementChild.remove();
+    nodes.forEach((node, i) => {
+      let li = list.children[i];
+      if (!li) { li = document.createElement("li"); list.appendChild(li); }
+      const name = text(node && node.id);
+      const status = text(node && node.status) || "pending";
+      if (li.textContent !== name) li.textContent = name;
+      if (li.dataset.status !== status) li.dataset.status = status;
+      li.title = name + ": " + status;
+    });
+  }
+
+  function renderResult(box, run, data) {
+    box.replaceChildren();
+    box.className = "result";
+    if (run.refused) {
+      box.classList.add("error");
+      box.textContent = run.refused;
+    } else if (run.finished && run.event === "error") {
+      box.classList.add("error");
+      box.textContent = text(data.errorMessage) || "The run failed (" + run.status + ").";
+    } else if (run.finished && data.outputs && typeof data.outputs === "object") {
+      box.classList.add("outputs");
+      const dl = document.createElement("dl");
+      for (const [key, value] of Object.entries(data.outputs).slice(0, 8)) {
+        const dt = document.createElement("dt");
+        dt.textContent = key;
+        const dd = document.createElement("dd");
+        dd.textContent = Array.isArray(value) ? value.map(text).join("\n") : text(value);
+        dl.append(dt, dd);
+      }
+      box.appendChild(dl);
+    }
+    box.hidden = !box.firstChild;
+  }
+
+  function renderSummary() {
+    const counts = {};
+    for (const run of state.runs.values()) {
+      const key = run.refused ? "refused" : run.status;
+      counts[key] = (counts[key] || 0) + 1;
+    }
+    const parts = Object.entries(counts).sort().map(([k, n]) => n + " " + k);
+    $("summary").textContent = state.runs.size
+      ? state.runs.size + " runs · " + parts.join(" · ")
+      : "";
+    $("empty").hidden = state.runs.size > 0;
+  }
+
+  // --- start --------------------------------------------------------------------------
+
+  function urlRuns() {
+    return (params.get("runs") || "").split(",").map((s) => s.trim()).filter(Boolean);
+  }
+
+  async function main() {
+    try {
+      const response = await fetch("/dashboard/config.json", { cache: "no-store" });
+      if (response.ok) Object.assign(state.config, await response.json());
+    } catch { /* defaults */ }
+    const limit = parseInt(params.get("limit") || "", 10);
+    state.limit = Math.min(Number.isFinite(limit) && limit > 0 ? limit : 30, state.config.maxRuns);
+
+    for (const id of urlRuns()) addRun(id, null);
+    if (state.config.demo) {
+      $("start").hidden = false;
+      $("start").addEventListener("submit", (e) => {
+        e.preventDefault();
+        startRun($("outcome").value);
+      });
+      await refreshDemoRuns();
+      const every = Math.max(1000, Math.min(5000, state.config.pollInterval * 1000));
+      setInterval(refreshDemoRuns, every);
+    } else {
+      $("watch").hidden = false;
+      $("watch").addEventListener("submit", (e) => {
+        e.preventDefault();
+        const input = $("run-id");
+        const id = input.value.trim();
+        if (!id) return;
+        if (addRun(id, null, { front: true })) {
+          const ids = [id, ...urlRuns().filter((r) => r !== id)];
+          params.set("runs", ids.join(","));
+          history.replaceState(null, "", "?" + params.toString());
+          trim();
+          connect();
+        }
+        input.value = "";
+      });
+    }
+    trim();
+    renderSummary();
+    connect();
+  }
+
+  main();
+})();

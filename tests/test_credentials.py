@@ -1,0 +1,168 @@
+"""Credentials never leak; forward-auth mode; CORS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from bridge.demo.legacy_api import Fault, LegacyApi
+from tests.support import running_bridge, sse, wait_for
+
+SECRETS = ("Bearer tok-SECRET-1", "sess=COOKIE-SECRET-2", "KEY-SECRET-3", "QUERY-SECRET-4")
+
+
+async def test_no_secret_in_logs_error_bodies_or_metrics(
+    legacy: LegacyApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    legacy.scripted("s")
+    headers = {"Authorization": SECRETS[0], "Cookie": SECRETS[1], "X-Api-Key": SECRETS[2]}
+    bodies: list[bytes] = []
+    async with running_bridge(
+        legacy.url, access_log=True, upstream_timeout=0.2, backoff_max=0.05,
+        upstream_give_up=1.0, breaker_threshold=1000,
+    ) as b, aiohttp.ClientSession() as http:
+        stream_url = f"{b.url}/v1/runs/s/stream?token={SECRETS[3]}"
+        # aiohttp retries an idempotent GET once after a reset: two resets make a 502.
+        for fault in (Fault("reset", times=2), Fault("status", status=500), Fault("hang"),
+                      Fault("malformed"), Fault("redirect")):
+            legacy.inject("s", fault)
+            async with http.get(stream_url, headers=headers) as response:
+                assert response.status in (502, 504)
+                bodies.append(await response.read())
+        legacy.require("s", "authorization", "Bearer other")
+        async with http.get(stream_url, headers=headers) as response:
+            assert response.status == 403
+            bodies.append(await response.read())
+        legacy.credentials.clear()
+        async with sse(stream_url, headers) as s:
+            await s.next_named("progress")
+            legacy.inject("s", Fault("reset", times=None))
+            event = await s.next_named("error", timeout=10)  # gave up
+            bodies.append(event.data.encode())
+        async with http.get(f"{b.url}/metrics") as response:
+            bodies.append(await response.read())
+    text = "\n".join(r.getMessage() + str(r.args) + str(r.exc_info) for r in caplog.records)
+    text += caplog.text
+    everything = text.encode() + b"\n".join(bodies)
+    assert b"/v1/runs/s/stream" in everything  # the access log was captured
+    for secret in SECRETS:
+        for part in (secret, secret.split()[-1], secret.split("=")[-1]):
+            assert part.encode() not in everything, part
+
+
+@asynccontextmanager
+async def auth_service(allowed: set[str]) -> AsyncIterator[tuple[str, Counter[str]]]:
+    calls: Counter[str] = Counter()
+
+    async def check(request: web.Request) -> web.Response:
+        token = request.headers.get("Authorization", "")
+        calls[token] += 1
+        assert request.headers["X-Bridge-Run-Id"] == request.query["run_id"]
+        if not token:
+            return web.Response(status=401)
+        return web.Response(status=204 if token in allowed else 403)
+
+    app = web.Application()
+    app.router.add_get("/check", check)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}/check", calls
+    finally:
+        await runner.cleanup()
+
+
+async def test_forward_auth_mode_admits_refuses_and_shares_one_poller(legacy: LegacyApi) -> None:
+    run = legacy.scripted("fa")
+    legacy.require("fa", "x-api-key", "bridge-own-key")
+    async with auth_service({"Bearer alice", "Bearer bob"}) as (auth_url, calls), running_bridge(
+        legacy.url, auth_url=auth_url, upstream_headers={"x-api-key": "bridge-own-key"}
+    ) as b, aiohttp.ClientSession() as http:
+        url = f"{b.url}/v1/runs/fa/stream"
+        async with sse(url, {"Authorization": "Bearer alice"}) as alice, sse(
+            url, {"Authorization": "Bearer bob"}
+        ) as bob:
+            assert json.loads((await alice.next_named("progress")).data) == run.statuses[0]
+            assert json.loads((await bob.next_named("progress")).data) == run.statuses[0]
+            assert b.bridge.pollers.active == 1
+            for headers, status in (({"Authorization": "Bearer eve"}, 403), ({}, 401)):
+                async with http.get(url, headers=headers) as response:
+                    assert response.status == status
+                    assert b"queued" not in await response.read()
+            # The upstream only ever saw the bridge's own key, never a viewer's token.
+            assert {r.headers.get("x-api-key") for r in legacy.seen} == {"bridge-own-key"}
+            assert all("Authorization" not in r.headers for r in legacy.seen)
+            # Verdicts are cached: alice again costs no auth request.
+            async with sse(url, {"Authorization": "Bearer alice"}) as again:
+                await again.next_named("progress")
+            assert calls["Bearer alice"] == 1
+            run.advance()
+            for viewer in (alice, bob):
+                assert json.loads((await viewer.next_named("progress")).data) == run.statuses[1]
+
+
+async def test_forward_auth_concurrent_first_asks_share_one_request(legacy: LegacyApi) -> None:
+    legacy.scripted("fb")
+    async with auth_service({"Bearer c"}) as (auth_url, calls), running_bridge(
+        legacy.url, auth_url=auth_url
+    ) as b, aiohttp.ClientSession() as http:
+        async def status() -> int:
+            async with http.get(f"{b.url}/v1/runs/fb", headers={"Authorization": "Bearer c"}) as r:
+                return r.status
+        assert await asyncio.gather(*(status() for _ in range(20))) == [200] * 20
+        assert calls["Bearer c"] == 1
+
+
+async def test_cors_explicit_origins_with_credentials(legacy: LegacyApi) -> None:
+    legacy.scripted("co")
+    async with running_bridge(
+        legacy.url, cors_origins=("https://app.example",), cors_credentials=True
+    ) as b, aiohttp.ClientSession() as http:
+        url = f"{b.url}/v1/runs/co"
+        async with http.get(url, headers={"Origin": "https://app.example"}) as r:
+            assert r.headers["Access-Control-Allow-Origin"] == "https://app.example"
+            assert r.headers["Access-Control-Allow-Credentials"] == "true"
+            assert "Origin" in r.headers["Vary"]
+        async with http.get(url, headers={"Origin": "https://evil.example"}) as r:
+            assert "Access-Control-Allow-Origin" not in r.headers
+        polls = legacy.requests["co"]
+        async with http.options(
+            f"{b.url}/v1/runs/co/stream",
+            headers={"Origin": "https://app.example", "Access-Control-Request-Method": "GET",
+                     "Access-Control-Request-Headers": "last-event-id"},
+        ) as r:
+            assert r.status == 200
+            assert "last-event-id" in r.headers["Access-Control-Allow-Headers"]
+        assert legacy.requests["co"] == polls  # a preflight never polls
+
+
+async def test_cors_any_origin_never_with_credentials(legacy: LegacyApi) -> None:
+    legacy.scripted("ca")
+    async with running_bridge(legacy.url, cors_origins=("*",)) as b, aiohttp.ClientSession() as http:
+        async with http.get(f"{b.url}/v1/runs/ca", headers={"Origin": "https://x.example"}) as r:
+            assert r.headers["Access-Control-Allow-Origin"] == "*"
+            assert "Access-Control-Allow-Credentials" not in r.headers
+
+
+def test_cors_star_with_credentials_is_a_config_error() -> None:
+    from bridge.settings import ConfigError, load
+
+    with pytest.raises(ConfigError, match="BRIDGE_CORS_CREDENTIALS"):
+        load(cors_origins=("*",), cors_credentials=True)
+
+
+async def test_wait_helper_is_bounded() -> None:
+    with pytest.raises(TimeoutError):
+        await wait_for(lambda: False, timeout=0.05)

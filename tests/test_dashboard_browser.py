@@ -1,0 +1,314 @@
+"""The dashboard page in real headless Chromium (Debian's package, driven by Playwright).
+
+No browser is downloaded: Playwright launches /usr/bin/chromium (``CHROMIUM`` overrides),
+which ``scripts/install`` installs when it is missing. Without it these tests fail, with
+a message saying so; they are never skipped.
+
+``UPDATE_SCREENSHOT=1`` also writes docs/dashboard.png, the README's picture.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from bridge.dashboard import enable_demo_api
+from bridge.demo.legacy_api import LegacyApi, serving
+from bridge.demo.runs import TimedRun
+from tests.support import RunningBridge, loopback_socket, running_bridge
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ROOT = Path(__file__).resolve().parent.parent
+WAIT_MS = 15_000
+
+#: Records every change of a card's state as the page renders it (wall clock, ms).
+RECORDER = """
+window.__changes = [];
+new MutationObserver((records) => {
+  const t = Date.now();
+  for (const r of records) {
+    const el = r.target;
+    if (!el.dataset || !el.dataset.runId) continue;
+    window.__changes.push({run: el.dataset.runId, status: el.dataset.status,
+                           progress: Number(el.dataset.progress), t});
+  }
+}).observe(document, {subtree: true, attributes: true,
+                      attributeFilter: ["data-progress", "data-status"]});
+"""
+
+
+def chromium_path() -> str:
+    path = shutil.which(CHROMIUM) or (CHROMIUM if os.access(CHROMIUM, os.X_OK) else None)
+    if path is None:
+        pytest.fail(
+            f"Chromium is missing ({CHROMIUM}): run scripts/install, which installs Debian's "
+            "chromium package, or set CHROMIUM to a Chromium binary",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    executable = chromium_path()
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=executable, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[LegacyApi]:
+    """The simulated legacy API with steps long enough to see each one in the page."""
+    async with serving(LegacyApi(step=0.25, seed=11)) as legacy:
+        yield legacy
+
+
+@asynccontextmanager
+async def demo_bridge(api: LegacyApi, **overrides: Any) -> AsyncIterator[RunningBridge]:
+    """What `sse-bridge demo` runs: the bridge with the page and the demo's run list."""
+    async with running_bridge(api.url, dashboard=True, **overrides) as b:
+        enable_demo_api(b.app, api.url)
+        yield b
+
+
+async def open_page(browser: Browser, url: str, width: int = 1280, height: int = 900) -> Page:
+    page = await browser.new_page(viewport={"width": width, "height": height})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    await page.add_init_script(RECORDER)
+    await page.goto(url)
+    page.errors = errors  # type: ignore[attr-defined]
+    return page
+
+
+async def changes(page: Page, run_id: str) -> list[dict[str, Any]]:
+    recorded: list[dict[str, Any]] = await page.evaluate("window.__changes")
+    return [c for c in recorded if c["run"] == run_id]
+
+
+def card(page: Page, run_id: str) -> Any:
+    return page.locator(f'.run[data-run-id="{run_id}"]')
+
+
+async def test_start_a_run_and_watch_it_complete(
+    browser: Browser, api: LegacyApi, tmp_path: Path
+) -> None:
+    async with demo_bridge(api) as b:
+        page = await open_page(browser, b.url + "/")
+        await expect(page.locator("#start-run")).to_be_visible()
+        await page.select_option("#outcome", "completed")
+        await page.click("#start-run")
+        run_id = "run-0001"
+        await expect(card(page, run_id)).to_be_visible(timeout=WAIT_MS)
+        await expect(card(page, run_id)).to_have_attribute(
+            "data-status", "completed", timeout=WAIT_MS
+        )
+        run = card(page, run_id)
+        await expect(run).to_have_attribute("data-progress", "100")
+        await expect(run.locator(".state")).to_have_text("completed")
+        await expect(run.locator(".percent")).to_have_text("100 %")
+        assert await run.locator(".fill").evaluate("e => e.style.width") == "100%"
+        # Every node done, and the outputs shown.
+        nodes = run.locator(".nodes li")
+        names = api.runs[run_id].status()["nodes"]
+        assert await nodes.count() == len(names)
+        for i in range(len(names)):
+            await expect(nodes.nth(i)).to_have_attribute("data-status", "completed")
+        await expect(run.locator(".result.outputs")).to_contain_text(f"{run_id}/result.json")
+        # The bar moved through the run live, never backwards.
+        seen = [c["progress"] for c in await changes(page, run_id)]
+        assert len(set(seen)) >= 4, seen
+        assert seen == sorted(seen) and seen[-1] == 100
+        await expect(page.locator("#connection")).to_have_attribute("data-state", "idle")
+        await page.screenshot(path=tmp_path / "completed.png", full_page=True)
+        assert not page.errors  # type: ignore[attr-defined]
+
+
+async def test_a_failing_run_shows_its_error(browser: Browser, api: LegacyApi) -> None:
+    async with demo_bridge(api) as b:
+        page = await open_page(browser, b.url + "/")
+        await page.select_option("#outcome", "failed")
+        await page.click("#start-run")
+        run = card(page, "run-0001")
+        await expect(run).to_have_attribute("data-status", "failed", timeout=WAIT_MS)
+        final = api.runs["run-0001"].status()
+        await expect(run).to_have_attribute("data-event", "error")
+        await expect(run.locator(".result.error")).to_have_text(final["errorMessage"])
+        failed = [n["id"] for n in final["nodes"] if n["status"] == "failed"]
+        assert len(failed) == 1
+        await expect(run.locator(".nodes li", has_text=failed[0])).to_have_attribute(
+            "data-status", "failed"
+        )
+        await expect(run.locator(".state")).to_have_text("failed")
+
+
+async def test_ten_runs_update_on_one_connection(
+    browser: Browser, api: LegacyApi, tmp_path: Path
+) -> None:
+    runs = [api.new_run("completed" if i % 3 else "failed") for i in range(10)]
+    for run in runs:
+        run.stop_at = len(run.nodes) - 1  # failing ones fail at their last node
+    async with demo_bridge(api) as b:
+        page = await browser.new_page(viewport={"width": 1280, "height": 2000})
+        streams: list[str] = []
+        page.on("request", lambda r: streams.append(r.url) if "/v1/streams" in r.url else None)
+        await page.add_init_script(RECORDER)
+        await page.goto(b.url + "/?limit=10")
+        cards = page.locator(".run")
+        await expect(cards).to_have_count(10)
+        for run in runs:
+            await expect(card(page, run.id)).to_be_in_viewport()
+        for run in runs:
+            final = run.status(run.created + 60)["status"]
+            await expect(card(page, run.id)).to_have_attribute(
+                "data-status", final, timeout=WAIT_MS
+            )
+        for run in runs:
+            seen = {(c["status"], c["progress"]) for c in await changes(page, run.id)}
+            # Each card went through several live states, not just the first and last.
+            assert len(seen) >= 3, (run.id, seen)
+        # All ten over one EventSource (the browser would stall from the seventh).
+        assert len(streams) == 1, streams
+        await page.screenshot(path=tmp_path / "ten-runs.png", full_page=True)
+
+
+async def test_the_page_recovers_when_the_bridge_restarts(
+    browser: Browser, api: LegacyApi, tmp_path: Path
+) -> None:
+    run = api.scripted("nightly-build", nodes=("checkout", "build", "test", "package"))
+    sock = loopback_socket()
+    try:
+        async with demo_bridge(api, sock=sock) as b:
+            url = b.url
+            page = await open_page(browser, url + "/")
+            it = card(page, run.id)
+            await expect(it).to_have_attribute("data-status", "queued", timeout=WAIT_MS)
+            await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+            run.advance()
+            await expect(it).to_have_attribute("data-progress", "0")
+            await expect(it).to_have_attribute("data-status", "running", timeout=WAIT_MS)
+        # The bridge is gone: the page says so, and keeps what it had.
+        await expect(page.locator("#connection")).to_have_attribute(
+            "data-state", "reconnecting", timeout=WAIT_MS
+        )
+        await expect(page.locator("#connection")).to_have_text("reconnecting…")
+        run.advance(2)
+        async with demo_bridge(api, sock=sock):
+            await expect(page.locator("#connection")).to_have_attribute(
+                "data-state", "live", timeout=WAIT_MS
+            )
+            expected = str(round(run.status()["progress"] * 100))
+            await expect(it).to_have_attribute("data-progress", expected, timeout=WAIT_MS)
+            await expect(it.locator(".current")).to_have_text("▸ test")
+            run.advance(len(run.statuses))
+            await expect(it).to_have_attribute("data-status", "completed", timeout=WAIT_MS)
+            await expect(it).to_have_attribute("data-progress", "100")
+            # A run started after the restart shows up and completes too.
+            await page.select_option("#outcome", "completed")
+            await page.click("#start-run")
+            await expect(card(page, "run-0001")).to_have_attribute(
+                "data-status", "completed", timeout=WAIT_MS
+            )
+            await page.screenshot(path=tmp_path / "after-restart.png", full_page=True)
+        assert url == b.url
+    finally:
+        sock.close()
+
+
+def frozen(run: TimedRun, at: float) -> dict[str, Any]:
+    return run.status(run.created + at)
+
+
+async def test_readable_on_a_phone_and_the_readme_screenshot(
+    browser: Browser, api: LegacyApi, tmp_path: Path
+) -> None:
+    # Runs frozen at telling moments, so the picture is the same every time.
+    now = time.time()
+    shots = [
+        ("completed", 30.0),
+        ("running", 2.6),
+        ("failed", 30.0),
+        ("running", 6.1),
+        ("cancelled", 30.0),
+        ("queued", 0.1),
+    ]
+    for i, (outcome, at) in enumerate(shots):
+        timed = TimedRun.random(f"run-{101 + i:04d}", 1.0, api._rng)
+        timed.created = now - at
+        timed.outcome = outcome if outcome in ("completed", "failed", "cancelled") else "completed"  # type: ignore[assignment]
+        api.scripted(timed.id, [frozen(timed, at)])
+    async with demo_bridge(api) as b:
+        for name, width, height in (("desktop", 1200, 900), ("phone", 390, 844)):
+            page = await open_page(browser, b.url + "/", width, height)
+            await expect(page.locator(".run")).to_have_count(len(shots))
+            await expect(page.locator(".run[data-event]:not([data-event=''])")).to_have_count(
+                len(shots), timeout=WAIT_MS
+            )
+            # Nothing wider than the screen, text not shrunk to unreadable.
+            overflow = await page.evaluate(
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert overflow <= 0, (name, overflow)
+            size = await page.locator(".run h2").first.evaluate(
+                "e => parseFloat(getComputedStyle(e).fontSize)"
+            )
+            assert size >= 14
+            await page.wait_for_timeout(500)  # let the bars finish their transition
+            await page.screenshot(path=tmp_path / f"dashboard-{name}.png", full_page=True)
+            if name == "desktop" and os.environ.get("UPDATE_SCREENSHOT") == "1":
+                (ROOT / "docs").mkdir(exist_ok=True)
+                await page.screenshot(path=ROOT / "docs" / "dashboard.png", full_page=True)
+            await page.close()
+
+
+async def test_the_page_is_off_outside_demo_mode_unless_enabled(api: LegacyApi) -> None:
+    async with running_bridge(api.url) as b, aiohttp.ClientSession() as session:
+        for path in ("/", "/static/dashboard.js", "/dashboard/config.json", "/demo/api/runs"):
+            async with session.get(b.url + path) as response:
+                assert response.status == 404, path
+                assert (await response.json())["error"] == "not_found"
+    async with running_bridge(api.url, dashboard=True) as b, aiohttp.ClientSession() as session:
+        async with session.get(b.url + "/") as response:
+            assert response.status == 200
+            assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+            page = await response.text()
+            # Everything the page loads is its own: no CDN, works offline.
+            assert "http://" not in page and "https://" not in page
+        for path in ("/static/dashboard.js", "/static/dashboard.css"):
+            async with session.get(b.url + path) as response:
+                assert response.status == 200
+                assert "http://" not in await response.text()
+        for path in ("/static/%2e%2e/app.py", "/static/py.typed", "/static/nothing.js"):
+            async with session.get(b.url + path) as response:
+                assert response.status == 404, path
+        # Not in demo mode: no run list to forward to.
+        async with session.get(b.url + "/demo/api/runs") as response:
+            assert response.status == 404
+        async with session.get(b.url + "/dashboard/config.json") as response:
+            assert (await response.json())["demo"] is False
