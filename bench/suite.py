@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.client import ClientPool
-from bench.common import OUT_DIR, marker, percentile, pin, raise_nofile
+from bench.common import OUT_DIR, Machine, marker, percentile, pin, raise_nofile
 from bench.servers import (
     Bridge,
     Floor,
@@ -57,7 +57,7 @@ class Config:
     #: BRIDGE_POLL_INTERVAL and the naive server's interval (seconds).
     interval: float = 2.0
     #: Poll intervals each ladder step is held for, to count upstream requests.
-    hold_intervals: int = 3
+    hold_intervals: int = 4
     mixed_runs: int = 100
     mixed_viewers: int = 100
     mixed_rounds: int = 4
@@ -67,6 +67,8 @@ class Config:
     server_core: int | None = 0
     client_core: int | None = 1
     bridge_env: dict[str, str] = field(default_factory=dict)
+    #: Seconds at most to wait, before each timed phase, for other processes to go quiet.
+    quiet_wait: float = 20.0
     out: Path = OUT_DIR
 
     @classmethod
@@ -79,7 +81,8 @@ class Config:
             "naive_levels": (1, 10, 100, 1_000),
             "naive_timed_levels": (1_000,),
             "interval": 1.0,
-            "hold_intervals": 2,
+            "hold_intervals": 3,
+            "quiet_wait": 3.0,
             "mixed_runs": 10,
             "mixed_viewers": 100,
             "mixed_rounds": 2,
@@ -113,6 +116,7 @@ class Runner:
         self.logs = config.out / "logs"
         self.notes: list[str] = []
         self.seq = 0
+        self.machine = Machine()
 
     # --- one target -----------------------------------------------------------------
 
@@ -137,11 +141,13 @@ class Runner:
             # A random phase against the poller's cadence.
             time.sleep(random.uniform(0.05, 0.25))
             cpu0 = target.cpu_ns()
+            machine0 = self.machine.snapshot()
             changed_at = target.change({channel: (seq, mark)})
             wait = (cfg.interval * 2 if target.polls else 0) + 30
             arrivals, missing = pool.wait(wait)
             time.sleep(0.1)
             cpu1 = target.cpu_ns()
+            foreign = self.machine.foreign_ms(machine0, self.machine.snapshot())
             t0 = target.fanout_start({channel: mark}, changed_at)[channel]
             stamps = arrivals.get(mark, [])
             row: dict[str, Any] = {
@@ -154,6 +160,7 @@ class Runner:
                 "t_last_ns": max(stamps) if stamps else None,
                 "cpu_ms": round((cpu1 - cpu0) / 1e6, 3),
                 "cpu_us_per_frame": round((cpu1 - cpu0) / 1e3 / len(stamps), 2) if stamps else None,
+                "foreign_cpu_ms": foreign,
             }
             if t0 is not None:
                 row.update(delay_stats([s - t0 for s in stamps]))
@@ -203,6 +210,7 @@ class Runner:
             step["rss_kib"] = rss
             step["rss_per_stream_kib"] = round((rss - base_rss) / viewers, 2) if viewers else None
             if level in timed:
+                step["quiet_waited_s"] = self.machine.wait_quiet(cfg.quiet_wait)
                 step["rounds"] = self.rounds(target, pool, channel, index, rounds)
             if target.polls and upstream is not None:
                 step["upstream"] = self.count_upstream(
@@ -229,30 +237,36 @@ class Runner:
     def count_upstream(
         self, upstream: Upstream, channel: str, t_before: int, t_connected: int, detailed: bool
     ) -> dict[str, Any]:
-        """Upstream GETs of ``channel`` in the whole poll intervals since the step connected.
+        """Upstream GETs of ``channel`` in whole poll intervals after the step connected.
 
-        ``detailed`` also lists when each came (from before the connects) and the shortest
-        gap between two, in intervals: below 1 would be a double poll.
+        ``detailed`` (one poller expected): the window starts half an interval before the
+        first poll after the connects, so a steady cadence counts exactly one per interval
+        whatever its phase; it also lists when each request came (from before the
+        connects) and the shortest gap between two, in intervals (below 1: a double poll).
+        Otherwise (many pollers, any phase) the window starts when the step connected.
         """
         cfg = self.config
         interval_ns = int(cfg.interval * 1e9)
         time.sleep(max(0.0, (t_connected + cfg.hold_intervals * interval_ns - time.time_ns()) / 1e9))
-        k = max(1, (time.time_ns() - t_connected) // interval_ns)
-        until = t_connected + k * interval_ns
-        since = t_before if detailed else t_connected
-        counts, times = upstream.requests([channel], since, until, times=detailed)
-        stamps = times.get(channel, [])
-        in_window = sum(1 for t in stamps if t >= t_connected) if detailed else counts[channel]
-        out: dict[str, Any] = {
-            "intervals": k,
-            "requests": in_window,
-            "per_interval": round(in_window / k, 3),
-        }
-        if detailed and len(stamps) <= 32:
-            out["at_ms"] = [round((t - t_connected) / 1e6, 1) for t in stamps]
-        if len(stamps) > 1:
-            gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-            out["min_gap_intervals"] = round(min(gaps) / interval_ns, 3)
+        now = time.time_ns()
+        out: dict[str, Any] = {}
+        if detailed:
+            _, times = upstream.requests([channel], t_before, now, times=True)
+            stamps = times.get(channel, [])
+            after = [t for t in stamps if t >= t_connected]
+            start = (after[0] if after else t_connected) - interval_ns // 2
+            k = max(1, (now - start) // interval_ns)
+            requests = sum(1 for t in stamps if start <= t < start + k * interval_ns)
+            if len(stamps) <= 32:
+                out["at_ms"] = [round((t - t_connected) / 1e6, 1) for t in stamps]
+            if len(stamps) > 1:
+                gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+                out["min_gap_intervals"] = round(min(gaps) / interval_ns, 3)
+        else:
+            k = max(1, (now - t_connected) // interval_ns)
+            counts, _ = upstream.requests([channel], t_connected, t_connected + k * interval_ns)
+            requests = counts[channel]
+        out.update({"intervals": int(k), "requests": requests, "per_interval": round(requests / k, 3)})
         return out
 
     def mixed(self, target: Target, pool: ClientPool) -> dict[str, Any]:
@@ -271,7 +285,9 @@ class Runner:
             for ch, (_, mark) in changes.items():
                 armed[mark] = target.sub_path(ch)
         expected = pool.arm(armed)
+        quiet_waited = self.machine.wait_quiet(cfg.quiet_wait)
         cpu0 = target.cpu_ns()
+        machine0 = self.machine.snapshot()
         start = time.monotonic() + 0.2
         changed: list[dict[str, int]] = []
         for r, changes in enumerate(plan):
@@ -280,6 +296,7 @@ class Runner:
         arrivals, missing = pool.wait(cfg.interval * 2 + 30)
         time.sleep(0.1)
         cpu1 = target.cpu_ns()
+        foreign = self.machine.foreign_ms(machine0, self.machine.snapshot())
         fanout: list[int] = []
         end_to_end: list[int] = []
         per_round_last: list[float | None] = []
@@ -314,6 +331,8 @@ class Runner:
             "cpu_ms": round((cpu1 - cpu0) / 1e6, 1),
             "cpu_us_per_frame": round((cpu1 - cpu0) / 1e3 / delivered, 2) if delivered else None,
             "interval_ms": cfg.interval * 1000,
+            "quiet_waited_s": quiet_waited,
+            "foreign_cpu_ms": foreign,
         }
         pool.close()
         print(
@@ -349,6 +368,7 @@ class Runner:
         cfg = self.config
         naive = target.name == "naive"
         target.start()
+        self.machine.ours.update(target.pids())
         result: dict[str, Any] = {"pids": target.pids()}
         try:
             result["ladder"] = self.ladder(
@@ -407,6 +427,7 @@ class Runner:
         }
         upstream = Upstream(cfg.client_core, self.logs)
         pool = ClientPool(cfg.client_procs, cfg.client_core)
+        self.machine.ours.update([upstream.proc.pid, *pool.pids])
         try:
             for name in targets:
                 print(f"{name}:", flush=True)

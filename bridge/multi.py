@@ -40,7 +40,6 @@ from bridge.app import SSE_HEADERS, Bridge, error_response, last_event_id, watch
 from bridge.errors import Draining, InvalidRequest, UpstreamError
 from bridge.history import Event
 from bridge.hub import Channel, Subscription
-from bridge.pollers import PollerRegistry
 from bridge.stream import StreamLimits
 
 VERSION = "m1"
@@ -217,22 +216,23 @@ async def multi_events(
 
 
 async def lease_all(
-    stack: AsyncExitStack,
-    pollers: PollerRegistry,
-    runs: list[str],
-    headers: Mapping[str, str],
+    stack: AsyncExitStack, bridge: Bridge, runs: list[str], viewer: Mapping[str, str]
 ) -> list[Channel]:
     """One lease per run, taken concurrently, each released when ``stack`` closes.
 
-    Raises RunRefused for the first run (in request order) the upstream refused, after
-    every other lease attempt has finished (and been put on ``stack`` for release).
+    Each run is admitted and leased exactly as a single-run stream would be (forward-auth
+    admission, then the poller shared by viewers with the same upstream headers).
+    Raises RunRefused for the first run (in request order) that was refused, after every
+    other attempt has finished (and its lease, if any, been put on ``stack``).
     """
     channels: dict[str, Channel] = {}
     refused: dict[str, UpstreamError] = {}
 
     async def one(run_id: str) -> None:
         try:
-            channels[run_id] = await stack.enter_async_context(pollers.lease(run_id, headers))
+            headers = await bridge.upstream_headers(run_id, dict(viewer))
+            lease = bridge.pollers.lease(run_id, headers)
+            channels[run_id] = await stack.enter_async_context(lease)
         except UpstreamError as error:
             refused[run_id] = error
 
@@ -249,14 +249,22 @@ async def lease_all(
 
 
 async def multi_body(
-    bridge: Bridge, runs: list[str], headers: Mapping[str, str], resume_from: str | None
+    bridge: Bridge,
+    runs: list[str],
+    viewer: Mapping[str, str],
+    client: str,
+    resume_from: str | None,
 ) -> AsyncGenerator[bytes, None]:
-    """Leases and subscriptions first (RunRefused before the first yield), then frames.
+    """A stream slot, leases and subscriptions first, then frames.
 
-    Yields nothing at all when the viewer already has every run's final event.
+    Every refusal (BridgeError, RunRefused) comes before the first yield, so the handler
+    can still answer with an error status and JSON body. Yields nothing at all when the
+    viewer already has every run's final event.
     """
     async with AsyncExitStack() as stack:
-        channels = await lease_all(stack, bridge.pollers, runs, headers)
+        # One connection, one slot of the stream limits, however many runs it carries.
+        stack.enter_context(bridge.limiter.hold(client))
+        channels = await lease_all(stack, bridge, runs, viewer)
         wake = asyncio.Event()
         resume = decode_cursor(resume_from)
         views = []
@@ -299,7 +307,9 @@ def register(app: Quart, bridge: Bridge) -> None:
         runs = parse_runs(request.args.getlist("runs"), bridge.settings.multi_max_runs)
         if bridge.draining:
             raise Draining("The bridge is shutting down.")
-        body = multi_body(bridge, runs, bridge.credentials(), last_event_id())
+        body = multi_body(
+            bridge, runs, bridge.credentials(), bridge.client_address(), last_event_id()
+        )
         try:
             opening = await anext(body)
         except StopAsyncIteration:

@@ -121,6 +121,8 @@ class Poller:
                     )
                     return
                 next_poll = time.monotonic() + backoff.next_delay(error.retry_after)
+                # One last try exactly when the give-up time comes, not a backoff later.
+                next_poll = min(next_poll, failing_since + settings.upstream_give_up)
                 continue
             if failing_since is not None:
                 log.info("polls of run %s recovered", self.key.run_id)

@@ -23,7 +23,14 @@ def _split_csv(value: object) -> object:
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="BRIDGE_", extra="ignore", frozen=True, validate_default=True
+        env_prefix="BRIDGE_",
+        extra="ignore",
+        frozen=True,
+        validate_default=True,
+        # An empty variable (as in config/example.env) means "use the default".
+        env_ignore_empty=True,
+        # The docstring under each field is its documentation (config/example.env, README).
+        use_attribute_docstrings=True,
     )
 
     # --- the contract (DESIGN.md) ---
@@ -32,7 +39,9 @@ class Settings(BaseSettings):
     upstream_run_path: str = "/runs/{run_id}"
     """Path template of one run's status; must contain `{run_id}` once."""
     host: str = "0.0.0.0"
+    """Address the bridge listens on."""
     port: int = Field(8080, ge=0, le=65535)
+    """Port the bridge listens on."""
     poll_interval: float = Field(2.0, gt=0, le=3600)
     """Seconds between upstream polls of one run."""
     ping_interval: float = Field(15.0, gt=0, le=3600)
@@ -44,10 +53,14 @@ class Settings(BaseSettings):
     forward_headers: CsvList = ("authorization", "x-api-key", "cookie")
     """Viewer request headers forwarded upstream (an allow-list, case-insensitive)."""
     status_field: str = Field("status", min_length=1)
+    """Field of the status object that holds the state."""
     success_statuses: CsvList = ("completed",)
+    """States that end a stream with `complete` (comma-separated)."""
     failure_statuses: CsvList = ("failed", "cancelled")
+    """States that end a stream with `error` (comma-separated)."""
     redis_url: str | None = None
-    """Cluster mode; unset means one process, in memory."""
+    """Cluster mode (replicas sharing pollers and history); not in this release: unset means
+    one process, in memory."""
 
     # --- the developers' additions ---
     retry_ms: int = Field(3000, ge=0, le=600_000)
@@ -75,6 +88,7 @@ class Settings(BaseSettings):
     breaker_cooldown: float = Field(10.0, gt=0)
     """Seconds the open circuit refuses requests before one trial is let through."""
     log_level: str = "INFO"
+    """DEBUG, INFO, WARNING, ERROR or CRITICAL."""
     access_log: bool = True
     """Access log lines carry the path only, never the query string."""
     dashboard: bool = False
@@ -129,6 +143,15 @@ class Settings(BaseSettings):
     def _run_path(cls, value: str) -> str:
         if value.count("{run_id}") != 1 or not value.startswith("/"):
             raise ValueError("must start with '/' and contain {run_id} exactly once")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, value: str | None) -> str | None:
+        if value and not value.startswith("memory://"):
+            raise ValueError(
+                "cluster mode is not in this release; leave it unset (one process, in memory)"
+            )
         return value
 
     @field_validator("log_level")

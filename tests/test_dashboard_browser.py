@@ -9,6 +9,7 @@ a message saying so; they are never skipped.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import time
@@ -312,3 +313,114 @@ async def test_the_page_is_off_outside_demo_mode_unless_enabled(api: LegacyApi) 
             assert response.status == 404
         async with session.get(b.url + "/dashboard/config.json") as response:
             assert (await response.json())["demo"] is False
+
+
+# --- how many runs one page watches smoothly (not a test: python -m tests.test_dashboard_browser)
+
+PROBE = """
+window.__arrivals = {};
+window.__rendered = [];
+window.__frames = [];
+const Native = window.EventSource;
+window.EventSource = class extends Native {
+  constructor(url, options) {
+    super(url, options);
+    for (const name of ["progress", "complete", "error"]) {
+      this.addEventListener(name, (e) => {
+        if (typeof e.data !== "string") return;
+        const m = JSON.parse(e.data);
+        window.__arrivals[m.run_id + "|" + m.id] = {t: performance.now(), data: m.data};
+      });
+    }
+  }
+};
+new MutationObserver((records) => {
+  const t = performance.now();
+  for (const r of records) {
+    const id = r.target.dataset && r.target.dataset.eventId;
+    if (id) window.__rendered.push({key: r.target.dataset.runId + "|" + id, t});
+  }
+}).observe(document, {subtree: true, attributes: true, attributeFilter: ["data-event-id"]});
+let last = 0;
+const tick = (now) => {
+  if (last) window.__frames.push(now - last);
+  last = now;
+  requestAnimationFrame(tick);
+};
+requestAnimationFrame(tick);
+"""
+
+
+async def measure(runs: int, poll: float, seconds: float = 12.0) -> dict[str, float]:
+    """``runs`` runs, each changing every ``poll`` seconds, on one page, for ``seconds``."""
+    import random
+    import statistics
+
+    rng = random.Random(runs)
+    async with serving(LegacyApi(step=poll)) as legacy:
+        start = time.time()
+        timed: dict[str, TimedRun] = {}
+        for i in range(runs):
+            nodes = tuple(f"n{k}" for k in range(int(seconds / poll)))
+            run = TimedRun(f"run-{i:04d}", "completed", nodes, poll, start - rng.uniform(0, poll))
+            legacy.runs[run.id] = timed[run.id] = run
+        async with (
+            demo_bridge(legacy, poll_interval=poll, multi_max_runs=max(runs, 50)) as b,
+            async_playwright() as playwright,
+        ):
+            browser = await playwright.chromium.launch(
+                executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS
+            )
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            await page.add_init_script(PROBE)
+            await page.goto(f"{b.url}/?limit={runs}")
+            await expect(page.locator(".run")).to_have_count(runs, timeout=WAIT_MS)
+            await page.wait_for_timeout(1000)
+            await page.evaluate("window.__frames = []; window.__rendered = []")
+            offset = await page.evaluate("Date.now() - performance.now()")
+            await page.wait_for_timeout(seconds * 1000 - 2000)
+            arrivals = await page.evaluate("window.__arrivals")
+            rendered = await page.evaluate("window.__rendered")
+            frames = await page.evaluate("window.__frames")
+            await browser.close()
+    in_page = []
+    total = []
+    for item in rendered:
+        arrival = arrivals.get(item["key"])
+        if arrival is None:
+            continue
+        in_page.append(item["t"] - arrival["t"])
+        run = timed[item["key"].split("|")[0]]
+        status = arrival["data"]
+        # When the upstream changed to this status: the first step that shows it.
+        k = int((offset / 1000 + item["t"] / 1000 - run.created) / run.step)
+        while k > 0 and run.status(run.created + k * run.step + 1e-6) != status:
+            k -= 1
+        while k > 0 and run.status(run.created + (k - 1) * run.step + 1e-6) == status:
+            k -= 1
+        changed = run.created + k * run.step
+        total.append(offset + item["t"] - changed * 1000)
+
+    def pct(values: list[float], q: float) -> float:
+        return sorted(values)[min(len(values) - 1, int(q * len(values)))] if values else 0.0
+
+    return {
+        "runs": runs,
+        "events_per_s": len(rendered) / (seconds - 3),
+        "page_ms_p50": statistics.median(in_page) if in_page else 0.0,
+        "page_ms_p95": pct(in_page, 0.95),
+        "change_to_dom_ms_p50": statistics.median(total) if total else 0.0,
+        "change_to_dom_ms_p95": pct(total, 0.95),
+        "frames_over_50ms_pct": 100 * sum(f > 50 for f in frames) / max(len(frames), 1),
+        "longest_frame_ms": max(frames, default=0.0),
+        "fps": 1000 * len(frames) / max(sum(frames), 1),
+    }
+
+
+if __name__ == "__main__":
+    import json as _json
+    import sys
+
+    poll = float(os.environ.get("POLL", "0.5"))
+    for count in [int(a) for a in sys.argv[1:]] or [10, 25, 50]:
+        print(_json.dumps({k: round(v, 1) for k, v in asyncio.run(measure(count, poll)).items()}))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from bridge.demo.legacy_api import LegacyApi
 from bridge.eventstream import ParsedEvent
@@ -228,3 +231,63 @@ def test_the_multi_id_round_trips_and_ignores_garbage() -> None:
     for garbage in (None, "", "1700-3", "m2.abc", "m1.zz-1-1", "m1." + "a" * 40000, "m1..-.--"):
         assert decode_cursor(garbage) == {}
     assert decode_cursor(value + ".broken") == decode_cursor(value)
+
+
+async def test_one_connection_takes_one_stream_slot(legacy: LegacyApi) -> None:
+    for i in range(5):
+        legacy.scripted(f"r{i}", nodes=NODES)
+    url = f"/v1/streams?runs={','.join(f'r{i}' for i in range(5))}"
+    async with running_bridge(legacy.url, max_streams_per_client=1) as b:
+        async with sse(b.url + url) as s:
+            assert {(await next_run_event(s))[1] for _ in range(5)} == {f"r{i}" for i in range(5)}
+            assert b.bridge.limiter.open == 1
+            async with aiohttp.ClientSession() as http, http.get(b.url + url) as response:
+                assert response.status == 429
+                assert (await response.json())["error"] == "too_many_streams"
+        await wait_for(lambda: b.bridge.limiter.open == 0)
+
+
+@asynccontextmanager
+async def auth_service(allowed: set[tuple[str, str]]) -> AsyncIterator[str]:
+    """Admits (token, run) pairs; 401 without a token, 403 otherwise."""
+
+    async def check(request: web.Request) -> web.Response:
+        token = request.headers.get("Authorization", "")
+        if not token:
+            return web.Response(status=401)
+        return web.Response(status=204 if (token, request.query["run_id"]) in allowed else 403)
+
+    app = web.Application()
+    app.router.add_get("/check", check)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}/check"
+    finally:
+        await runner.cleanup()
+
+
+async def test_forward_auth_admits_each_run(legacy: LegacyApi) -> None:
+    for run_id in ("mine", "also-mine", "theirs"):
+        legacy.scripted(run_id, nodes=NODES)
+        legacy.require(run_id, "x-api-key", "bridge-own-key")
+    allowed = {("Bearer alice", "mine"), ("Bearer alice", "also-mine"), ("Bearer bob", "theirs")}
+    async with (
+        auth_service(allowed) as auth_url,
+        running_bridge(
+            legacy.url, auth_url=auth_url, upstream_headers={"x-api-key": "bridge-own-key"}
+        ) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        alice = {"Authorization": "Bearer alice"}
+        async with http.get(f"{b.url}/v1/streams?runs=mine,theirs", headers=alice) as response:
+            assert response.status == 403
+            assert (await response.json())["run_id"] == "theirs"
+            assert b"queued" not in await response.read()
+        async with sse(f"{b.url}/v1/streams?runs=mine,also-mine", alice) as s:
+            assert {(await next_run_event(s))[1] for _ in range(2)} == {"mine", "also-mine"}
+        # The upstream only ever saw the bridge's own key.
+        assert {r.headers.get("x-api-key") for r in legacy.seen} == {"bridge-own-key"}

@@ -109,8 +109,8 @@
     if (!run) return;
     run.data = message.data && typeof message.data === "object" ? message.data : {};
     run.event = name;
+    run.eventId = typeof message.id === "string" ? message.id : "";
     run.status = String(run.data.status || (name === "error" ? "error" : "unknown"));
-    run.receivedAt = performance.now();
     if (TERMINAL.has(name)) run.finished = true;
     markDirty(run);
     if (TERMINAL.has(name) && !unfinished().length) {
@@ -346,6 +346,7 @@
     const pct = percentOf(data.progress);
     el.dataset.status = run.status;
     el.dataset.event = run.event;
+    el.dataset.eventId = run.eventId || "";
     el.dataset.progress = String(pct);
     el.dataset.outcome = run.refused || run.event === "error" ? "error" : run.finished ? "ok" : "";
     el.querySelector(".state").textContent = run.refused ? "refused" : run.status;
@@ -365,7 +366,6 @@
     const cancel = el.querySelector(".cancel");
     cancel.hidden = !state.config.demo || run.finished || Boolean(run.refused)
       || !["queued", "running"].includes(run.status);
-    el.dataset.renderedAt = String(performance.now());
   }
 
   function renderNodes(list, nodes) {
