@@ -43,6 +43,8 @@ def _run(args: argparse.Namespace, command: str) -> int:
         overrides["client_procs"] = args.client_procs
     if args.bridge_env:
         overrides["bridge_env"] = _env_pairs(args.bridge_env)
+    if args.rt:
+        overrides["rt_priority"] = 10
     config = Config.quick_config(**overrides) if args.quick else Config(**overrides)  # type: ignore[arg-type]
     results = Runner(config).run(command)
     config.out.mkdir(parents=True, exist_ok=True)
@@ -105,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--client-procs", type=int, default=None, help="load client processes")
         p.add_argument(
             "--bridge-env", action="append", metavar="BRIDGE_X=V", help="extra bridge setting"
+        )
+        p.add_argument(
+            "--rt", action="store_true", help="servers and client under SCHED_FIFO (busy box)"
         )
 
     run = sub.add_parser("run", help="the whole suite (the default)")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import multiprocessing
+import os
 import select
 import socket
 import struct
@@ -344,8 +345,10 @@ class Worker:
         }
 
 
-def worker_main(conn: Connection, index: int, core: int | None) -> None:
+def worker_main(conn: Connection, index: int, core: int | None, rt_priority: int) -> None:
     pin(core)
+    if rt_priority:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(rt_priority))
     raise_nofile()
     try:
         Worker(conn, index).run()
@@ -356,14 +359,16 @@ def worker_main(conn: Connection, index: int, core: int | None) -> None:
 class ClientPool:
     """The parent's handle on the worker processes; every call has a deadline."""
 
-    def __init__(self, procs: int, core: int | None) -> None:
+    def __init__(self, procs: int, core: int | None, rt_priority: int = 0) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.conns: list[Connection] = []
         self.procs: list[multiprocessing.process.BaseProcess] = []
         for index in range(procs):
             parent, child = ctx.Pipe()
             process = ctx.Process(
-                target=worker_main, args=(child, index, core), name=f"bench-client-{index}"
+                target=worker_main,
+                args=(child, index, core, rt_priority),
+                name=f"bench-client-{index}",
             )
             process.start()
             child.close()

@@ -77,11 +77,15 @@ class Process:
 #: Niceness of every bench process (servers, upstream, client): other developers' test
 #: runs share these cores, and at -20 they get little of them while the bench runs.
 NICE = -20
+#: Set by ``--rt``: run the servers under SCHED_FIFO at this priority (0: no).
+RT_PRIORITY = 0
 
 
 def pinned(core: int | None, argv: list[str]) -> list[str]:
-    """``argv`` on one core (``taskset``) at the bench's niceness (``nice``)."""
-    if NICE:
+    """``argv`` on one core (``taskset``) at the bench's niceness (``nice``), or real-time."""
+    if RT_PRIORITY:
+        argv = ["chrt", "-f", str(RT_PRIORITY), *argv]
+    elif NICE:
         argv = ["nice", "-n", str(NICE), *argv]
     return argv if core is None else ["taskset", "-c", str(core), *argv]
 

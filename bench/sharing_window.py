@@ -23,22 +23,32 @@ from tests.support import running_bridge, sse
 async def measure(viewers: int, window: float, interval: float) -> dict[str, float]:
     async with serving(LegacyApi()) as api:
         api.scripted("r")
-        async with running_bridge(api.url, poll_interval=interval, linger=0.0) as b, AsyncExitStack() as stack:
+        async with (
+            running_bridge(api.url, poll_interval=interval, linger=0.0) as b,
+            AsyncExitStack() as stack,
+        ):
             session = await stack.enter_async_context(
                 aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
             )
             streams = await asyncio.gather(
-                *(stack.enter_async_context(sse(f"{b.url}/v1/runs/r/stream", session=session))
-                  for _ in range(viewers))
+                *(
+                    stack.enter_async_context(sse(f"{b.url}/v1/runs/r/stream", session=session))
+                    for _ in range(viewers)
+                )
             )
             await asyncio.gather(*(s.next_named("progress") for s in streams))
             before = api.requests["r"]
             await asyncio.sleep(window)  # the measurement window itself
             requests = api.requests["r"] - before
             total = api.requests["r"]
-    return {"viewers": viewers, "window_s": window, "interval_s": interval,
-            "upstream_requests": requests, "per_interval": requests / (window / interval),
-            "since_first_connect": total}
+    return {
+        "viewers": viewers,
+        "window_s": window,
+        "interval_s": interval,
+        "upstream_requests": requests,
+        "per_interval": requests / (window / interval),
+        "since_first_connect": total,
+    }
 
 
 async def main() -> None:
@@ -52,8 +62,10 @@ async def main() -> None:
     (out / "sharing_window.json").write_text(json.dumps(rows, indent=2))
     print("viewers  upstream requests in window  per interval  incl. connect phase")
     for row in rows:
-        print(f"{row['viewers']:>7}  {row['upstream_requests']:>27}  {row['per_interval']:>12.2f}"
-              f"  {row['since_first_connect']:>19}")
+        print(
+            f"{row['viewers']:>7}  {row['upstream_requests']:>27}  {row['per_interval']:>12.2f}"
+            f"  {row['since_first_connect']:>19}"
+        )
 
 
 if __name__ == "__main__":

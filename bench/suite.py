@@ -28,8 +28,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import servers
 from bench.client import ClientPool
-from bench.common import OUT_DIR, Machine, marker, percentile, pin, raise_nofile
+from bench.common import (
+    OUT_DIR,
+    Machine,
+    marker,
+    own_autogroup,
+    percentile,
+    pin,
+    raise_nofile,
+)
 from bench.servers import (
     Bridge,
     Floor,
@@ -67,6 +76,8 @@ class Config:
     server_core: int | None = 0
     client_core: int | None = 1
     bridge_env: dict[str, str] = field(default_factory=dict)
+    #: SCHED_FIFO priority for servers and client workers (0: autogroup + nice only).
+    rt_priority: int = 0
     #: Seconds at most to wait, before each timed phase, for other processes to go quiet.
     quiet_wait: float = 20.0
     out: Path = OUT_DIR
@@ -382,8 +393,10 @@ class Runner:
             if not naive:
                 result["mixed"] = self.mixed(target, pool)
         finally:
-            pool.close()
-            target.stop()
+            try:
+                pool.close()
+            finally:
+                target.stop()
         if isinstance(target, Bridge):
             rounds = [r for step in result["ladder"]["steps"] for r in step.get("rounds", [])]
             gc = self.gc_report(target, rounds)
@@ -410,6 +423,8 @@ class Runner:
         cfg = self.config
         cfg.out.mkdir(parents=True, exist_ok=True)
         nofile = raise_nofile()
+        autogroup = own_autogroup()
+        servers.RT_PRIORITY = cfg.rt_priority
         pin(cfg.client_core)
         targets = list(cfg.targets)
         if "nchan" in targets and not ensure_nchan(self.notes):
@@ -422,11 +437,16 @@ class Runner:
                 "host": host_info(),
                 "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
                 "nofile": nofile,
+                "autogroup": autogroup,
             },
             "targets": {},
         }
         upstream = Upstream(cfg.client_core, self.logs)
-        pool = ClientPool(cfg.client_procs, cfg.client_core)
+        try:
+            pool = ClientPool(cfg.client_procs, cfg.client_core, cfg.rt_priority)
+        except BaseException:
+            upstream.stop()
+            raise
         self.machine.ours.update([upstream.proc.pid, *pool.pids])
         try:
             for name in targets:

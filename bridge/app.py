@@ -13,9 +13,9 @@ from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
 from bridge import run_id as run_ids
-from bridge.errors import BridgeError, Draining, InvalidRunId
 from bridge.auth import ForwardAuth
 from bridge.cors import install_cors
+from bridge.errors import BridgeError, Draining, InvalidRunId
 from bridge.history import Event
 from bridge.hub import Channel, Hub, create_hub
 from bridge.limits import StreamLimiter
@@ -108,9 +108,7 @@ class Bridge:
 
 
 def error_response(error: BridgeError) -> Response:
-    response = Response(
-        _json(error.body()), status=error.status, content_type="application/json"
-    )
+    response = Response(_json(error.body()), status=error.status, content_type="application/json")
     if error.retry_after is not None:
         response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
     return response
@@ -228,9 +226,7 @@ async def _stream_body(
     async with AsyncExitStack() as stack:
         stack.enter_context(bridge.limiter.hold(client))
         headers = await bridge.upstream_headers(run_id, viewer)
-        channel: Channel = await stack.enter_async_context(
-            bridge.pollers.lease(run_id, headers)
-        )
+        channel: Channel = await stack.enter_async_context(bridge.pollers.lease(run_id, headers))
         subscription = await stack.enter_async_context(bridge.hub.subscribe(channel))
         history = channel.history
         first: list[Event] = history.resume(resume_from)

@@ -85,9 +85,7 @@ class Poller:
             log.exception("poller for run %s failed", self.key.run_id)
         finally:
             if not self.first.done():
-                self.first.set_exception(
-                    UpstreamError("The bridge stopped polling this run.")
-                )
+                self.first.set_exception(UpstreamError("The bridge stopped polling this run."))
             # Retrieve it so asyncio never reports "exception was never retrieved".
             if not self.first.cancelled():
                 self.first.exception()

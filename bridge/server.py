@@ -20,6 +20,7 @@ from bridge.settings import Settings
 
 log = logging.getLogger("bridge.server")
 
+
 class AccessLogger(Logger):
     """Hypercorn's logger, but access lines carry only what is safe to keep.
 
@@ -29,9 +30,7 @@ class AccessLogger(Logger):
     and its arguments are just the values in the line.
     """
 
-    async def access(
-        self, request: Any, response: Any, request_time: float
-    ) -> None:
+    async def access(self, request: Any, response: Any, request_time: float) -> None:
         if self.access_logger is None:
             return
         client = request.get("client")

@@ -27,8 +27,6 @@ class Settings(BaseSettings):
         extra="ignore",
         frozen=True,
         validate_default=True,
-        # An empty variable (as in config/example.env) means "use the default".
-        env_ignore_empty=True,
         # The docstring under each field is its documentation (config/example.env, README).
         use_attribute_docstrings=True,
     )
@@ -144,6 +142,12 @@ class Settings(BaseSettings):
         if value.count("{run_id}") != 1 or not value.startswith("/"):
             raise ValueError("must start with '/' and contain {run_id} exactly once")
         return value
+
+    @field_validator("upstream_url", "auth_url", "redis_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # BRIDGE_AUTH_URL= in an env file means "not set", not "an invalid URL".
+        return None if value == "" else value
 
     @field_validator("redis_url")
     @classmethod

@@ -229,4 +229,3 @@ class UpstreamClient:
         if not isinstance(value, dict):
             raise UpstreamUnavailable("The upstream API sent JSON that is not an object.")
         return value
-

@@ -157,7 +157,8 @@ async def sse(
     session = session or aiohttp.ClientSession()
     try:
         async with session.get(
-            url, headers={"Accept": "text/event-stream", **(headers or {})},
+            url,
+            headers={"Accept": "text/event-stream", **(headers or {})},
             timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
         ) as response:
             yield SseStream(response)

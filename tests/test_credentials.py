@@ -26,14 +26,26 @@ async def test_no_secret_in_logs_error_bodies_or_metrics(
     legacy.scripted("s")
     headers = {"Authorization": SECRETS[0], "Cookie": SECRETS[1], "X-Api-Key": SECRETS[2]}
     bodies: list[bytes] = []
-    async with running_bridge(
-        legacy.url, access_log=True, upstream_timeout=0.2, backoff_max=0.05,
-        upstream_give_up=1.0, breaker_threshold=1000,
-    ) as b, aiohttp.ClientSession() as http:
+    async with (
+        running_bridge(
+            legacy.url,
+            access_log=True,
+            upstream_timeout=0.2,
+            backoff_max=0.05,
+            upstream_give_up=1.0,
+            breaker_threshold=1000,
+        ) as b,
+        aiohttp.ClientSession() as http,
+    ):
         stream_url = f"{b.url}/v1/runs/s/stream?token={SECRETS[3]}"
         # aiohttp retries an idempotent GET once after a reset: two resets make a 502.
-        for fault in (Fault("reset", times=2), Fault("status", status=500), Fault("hang"),
-                      Fault("malformed"), Fault("redirect")):
+        for fault in (
+            Fault("reset", times=2),
+            Fault("status", status=500),
+            Fault("hang"),
+            Fault("malformed"),
+            Fault("redirect"),
+        ):
             legacy.inject("s", fault)
             async with http.get(stream_url, headers=headers) as response:
                 assert response.status in (502, 504)
@@ -87,13 +99,18 @@ async def auth_service(allowed: set[str]) -> AsyncIterator[tuple[str, Counter[st
 async def test_forward_auth_mode_admits_refuses_and_shares_one_poller(legacy: LegacyApi) -> None:
     run = legacy.scripted("fa")
     legacy.require("fa", "x-api-key", "bridge-own-key")
-    async with auth_service({"Bearer alice", "Bearer bob"}) as (auth_url, calls), running_bridge(
-        legacy.url, auth_url=auth_url, upstream_headers={"x-api-key": "bridge-own-key"}
-    ) as b, aiohttp.ClientSession() as http:
+    async with (
+        auth_service({"Bearer alice", "Bearer bob"}) as (auth_url, calls),
+        running_bridge(
+            legacy.url, auth_url=auth_url, upstream_headers={"x-api-key": "bridge-own-key"}
+        ) as b,
+        aiohttp.ClientSession() as http,
+    ):
         url = f"{b.url}/v1/runs/fa/stream"
-        async with sse(url, {"Authorization": "Bearer alice"}) as alice, sse(
-            url, {"Authorization": "Bearer bob"}
-        ) as bob:
+        async with (
+            sse(url, {"Authorization": "Bearer alice"}) as alice,
+            sse(url, {"Authorization": "Bearer bob"}) as bob,
+        ):
             assert json.loads((await alice.next_named("progress")).data) == run.statuses[0]
             assert json.loads((await bob.next_named("progress")).data) == run.statuses[0]
             assert b.bridge.pollers.active == 1
@@ -115,21 +132,28 @@ async def test_forward_auth_mode_admits_refuses_and_shares_one_poller(legacy: Le
 
 async def test_forward_auth_concurrent_first_asks_share_one_request(legacy: LegacyApi) -> None:
     legacy.scripted("fb")
-    async with auth_service({"Bearer c"}) as (auth_url, calls), running_bridge(
-        legacy.url, auth_url=auth_url
-    ) as b, aiohttp.ClientSession() as http:
+    async with (
+        auth_service({"Bearer c"}) as (auth_url, calls),
+        running_bridge(legacy.url, auth_url=auth_url) as b,
+        aiohttp.ClientSession() as http,
+    ):
+
         async def status() -> int:
             async with http.get(f"{b.url}/v1/runs/fb", headers={"Authorization": "Bearer c"}) as r:
                 return r.status
+
         assert await asyncio.gather(*(status() for _ in range(20))) == [200] * 20
         assert calls["Bearer c"] == 1
 
 
 async def test_cors_explicit_origins_with_credentials(legacy: LegacyApi) -> None:
     legacy.scripted("co")
-    async with running_bridge(
-        legacy.url, cors_origins=("https://app.example",), cors_credentials=True
-    ) as b, aiohttp.ClientSession() as http:
+    async with (
+        running_bridge(
+            legacy.url, cors_origins=("https://app.example",), cors_credentials=True
+        ) as b,
+        aiohttp.ClientSession() as http,
+    ):
         url = f"{b.url}/v1/runs/co"
         async with http.get(url, headers={"Origin": "https://app.example"}) as r:
             assert r.headers["Access-Control-Allow-Origin"] == "https://app.example"
@@ -140,8 +164,11 @@ async def test_cors_explicit_origins_with_credentials(legacy: LegacyApi) -> None
         polls = legacy.requests["co"]
         async with http.options(
             f"{b.url}/v1/runs/co/stream",
-            headers={"Origin": "https://app.example", "Access-Control-Request-Method": "GET",
-                     "Access-Control-Request-Headers": "last-event-id"},
+            headers={
+                "Origin": "https://app.example",
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "last-event-id",
+            },
         ) as r:
             assert r.status == 200
             assert "last-event-id" in r.headers["Access-Control-Allow-Headers"]
@@ -150,7 +177,10 @@ async def test_cors_explicit_origins_with_credentials(legacy: LegacyApi) -> None
 
 async def test_cors_any_origin_never_with_credentials(legacy: LegacyApi) -> None:
     legacy.scripted("ca")
-    async with running_bridge(legacy.url, cors_origins=("*",)) as b, aiohttp.ClientSession() as http:
+    async with (
+        running_bridge(legacy.url, cors_origins=("*",)) as b,
+        aiohttp.ClientSession() as http,
+    ):
         async with http.get(f"{b.url}/v1/runs/ca", headers={"Origin": "https://x.example"}) as r:
             assert r.headers["Access-Control-Allow-Origin"] == "*"
             assert "Access-Control-Allow-Credentials" not in r.headers

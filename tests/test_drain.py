@@ -29,8 +29,13 @@ async def test_sigterm_drains_and_exits_within_grace(legacy: LegacyApi) -> None:
         "BRIDGE_SHUTDOWN_GRACE": "5",
     }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge", "serve", env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "bridge",
+        "serve",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -85,7 +90,7 @@ async def test_reconnect_with_final_id_gets_204(legacy: LegacyApi) -> None:
             await s.next_named("progress")
             run.advance(10)
             events = await s.rest()
-        final = [e for e in events if e.event == "complete"][0]
+        final = next(e for e in events if e.event == "complete")
         async with aiohttp.ClientSession() as http:
             async with http.get(
                 f"{b.url}/v1/runs/ended/stream", headers={"Last-Event-ID": final.id}
@@ -107,4 +112,3 @@ async def test_retry_values_are_jittered(legacy: LegacyApi) -> None:
                 retries.append(s.parser.retry)
         assert all(1000 <= r <= 1200 for r in retries)
         assert len(set(retries)) > 1
-

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from bridge import sse
-from bridge.demo.legacy_api import LegacyApi
+from bridge.demo.legacy_api import Fault, LegacyApi
 from bridge.eventstream import EventStreamParser, ParsedEvent
 from bridge.history import RunHistory
 from bridge.status import Classifier
@@ -582,6 +583,38 @@ async def test_connection_headers_never_reach_upstream_even_if_allow_listed(
         values = " ".join(headers.values())
         for secret in ("evil.example", "cHJveHktc2VjcmV0", "203.0.113.9", "X-Viewer-Hop"):
             assert secret not in values
+
+
+SECRET = "Bearer s3cr3t-viewer-t0ken"
+
+
+@pytest.mark.parametrize(
+    "fault",
+    ["401", "403", "500", "reset", "hang", "malformed", "not-object", "redirect", "huge"],
+)
+async def test_the_viewers_credentials_never_appear_in_answers_or_logs(
+    legacy: LegacyApi, caplog: pytest.LogCaptureFixture, fault: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    legacy.scripted("cred")
+    if fault in ("401", "403"):
+        legacy.require("cred", "authorization", "Bearer other")
+        headers = {} if fault == "401" else {"Authorization": SECRET}
+    else:
+        kind, status = ("status", 500) if fault == "500" else (fault, 503)
+        legacy.inject("cred", Fault(kind, times=None, status=status))
+        headers = {"Authorization": SECRET}
+    async with (
+        running_bridge(legacy.url, upstream_timeout=0.3, upstream_max_bytes=4096) as b,
+        aiohttp.ClientSession() as http,
+        asyncio.timeout(10),
+        http.get(f"{b.url}/v1/runs/cred/stream", headers=headers) as response,
+    ):
+        assert response.status in (401, 403, 502, 504)
+        body = await response.read()
+        assert json.loads(body)["error"]
+    assert b"s3cr3t" not in body
+    assert "s3cr3t" not in caplog.text
 
 
 # --- oversized requests ----------------------------------------------------------------------

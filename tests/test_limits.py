@@ -18,7 +18,10 @@ from tests.support import loopback_socket, running_bridge, sse, wait_for
 
 async def test_global_cap_503_and_per_client_cap_429(legacy: LegacyApi) -> None:
     legacy.scripted("cap")
-    async with running_bridge(legacy.url, max_streams=3, max_streams_per_client=2) as b, AsyncExitStack() as stack:
+    async with (
+        running_bridge(legacy.url, max_streams=3, max_streams_per_client=2) as b,
+        AsyncExitStack() as stack,
+    ):
         url = f"{b.url}/v1/runs/cap/stream"
         first = [await stack.enter_async_context(sse(url)) for _ in range(2)]
         for s in first:
@@ -28,9 +31,12 @@ async def test_global_cap_503_and_per_client_cap_429(legacy: LegacyApi) -> None:
             assert response.headers["Retry-After"].isdigit()
             assert (await response.json())["error"] == "too_many_streams"
         # Another client (the cap is per address, so pretend via X-Forwarded-For).
-    async with running_bridge(
-        legacy.url, max_streams=3, max_streams_per_client=2, trust_forwarded_for=True
-    ) as b, AsyncExitStack() as stack:
+    async with (
+        running_bridge(
+            legacy.url, max_streams=3, max_streams_per_client=2, trust_forwarded_for=True
+        ) as b,
+        AsyncExitStack() as stack,
+    ):
         url = f"{b.url}/v1/runs/cap/stream"
         for i in range(3):
             s = await stack.enter_async_context(sse(url, {"X-Forwarded-For": f"10.0.0.{i}"}))
@@ -45,7 +51,9 @@ async def test_global_cap_503_and_per_client_cap_429(legacy: LegacyApi) -> None:
     assert b.bridge.limiter.open == 0
 
 
-async def test_slow_viewer_is_coalesced_then_dropped_and_never_delays_others(legacy: LegacyApi) -> None:
+async def test_slow_viewer_is_coalesced_then_dropped_and_never_delays_others(
+    legacy: LegacyApi,
+) -> None:
     big = "x" * 20_000
     statuses = [{"status": "running", "step": i, "blob": big} for i in range(40)]
     statuses.append({"status": "completed", "step": 40})

@@ -66,7 +66,8 @@ def test_overrides_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         ("a,B", ("a", "b")),
         (" Authorization , X-Api-Key ,, ", ("authorization", "x-api-key")),
         ("cookie", ("cookie",)),
-        ("", ()),
+        (",", ()),  # explicitly nothing
+        ("", ("authorization", "x-api-key", "cookie")),  # empty variable: the default
     ],
 )
 def test_forward_headers_is_a_lower_cased_csv_list(
@@ -107,7 +108,6 @@ def test_csv_override_may_be_a_tuple_or_a_string() -> None:
         ("BRIDGE_UPSTREAM_RUN_PATH", "/runs/"),
         ("BRIDGE_UPSTREAM_RUN_PATH", "runs/{run_id}"),
         ("BRIDGE_UPSTREAM_RUN_PATH", "/runs/{run_id}/{run_id}"),
-        ("BRIDGE_STATUS_FIELD", ""),
         ("BRIDGE_LOG_LEVEL", "loud"),
         ("BRIDGE_ACCESS_LOG", "maybe"),
         ("BRIDGE_HISTORY_SIZE", "0"),
@@ -136,8 +136,14 @@ def test_shared_terminal_state_names_both_variables(monkeypatch: pytest.MonkeyPa
     assert "\n" not in message
 
 
+def test_empty_status_field_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(status_field="")
+    assert "BRIDGE_STATUS_FIELD" in str(caught.value)
+
+
 def test_no_terminal_state_at_all_names_the_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BRIDGE_SUCCESS_STATUSES", "")
+    monkeypatch.setenv("BRIDGE_SUCCESS_STATUSES", ",")
     monkeypatch.setenv("BRIDGE_FAILURE_STATUSES", " , ")
     with pytest.raises(ConfigError) as caught:
         load()

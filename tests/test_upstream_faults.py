@@ -25,13 +25,21 @@ FAULTS = [
 ]
 
 
-@pytest.mark.parametrize("fault", FAULTS, ids=lambda f: f.kind + str(f.status if f.kind == "status" else ""))
+@pytest.mark.parametrize(
+    "fault", FAULTS, ids=lambda f: f.kind + str(f.status if f.kind == "status" else "")
+)
 async def test_stream_survives_fault_and_recovers(legacy: LegacyApi, fault: Fault) -> None:
     run = legacy.scripted("f")
-    async with running_bridge(
-        legacy.url, upstream_timeout=0.3, ping_interval=0.1, backoff_max=0.2,
-        breaker_threshold=100,
-    ) as b, sse(f"{b.url}/v1/runs/f/stream") as s:
+    async with (
+        running_bridge(
+            legacy.url,
+            upstream_timeout=0.3,
+            ping_interval=0.1,
+            backoff_max=0.2,
+            breaker_threshold=100,
+        ) as b,
+        sse(f"{b.url}/v1/runs/f/stream") as s,
+    ):
         await s.next_named("progress")
         before = legacy.requests["f"]
         legacy.inject("f", fault)
@@ -47,7 +55,10 @@ async def test_stream_survives_fault_and_recovers(legacy: LegacyApi, fault: Faul
 
 async def test_retry_after_is_honoured(legacy: LegacyApi) -> None:
     legacy.scripted("ra")
-    async with running_bridge(legacy.url, poll_interval=0.05) as b, sse(f"{b.url}/v1/runs/ra/stream") as s:
+    async with (
+        running_bridge(legacy.url, poll_interval=0.05) as b,
+        sse(f"{b.url}/v1/runs/ra/stream") as s,
+    ):
         await s.next_named("progress")
         legacy.inject("ra", Fault("status", status=429, headers={"Retry-After": "1"}))
         await wait_for(lambda: not legacy.faults.get("ra"), timeout=3)  # the 429 was served
@@ -60,9 +71,12 @@ async def test_retry_after_is_honoured(legacy: LegacyApi) -> None:
 
 async def test_give_up_sends_error_event(legacy: LegacyApi) -> None:
     legacy.scripted("down")
-    async with running_bridge(
-        legacy.url, upstream_give_up=0.4, backoff_max=0.1, breaker_threshold=1000
-    ) as b, sse(f"{b.url}/v1/runs/down/stream") as s:
+    async with (
+        running_bridge(
+            legacy.url, upstream_give_up=0.4, backoff_max=0.1, breaker_threshold=1000
+        ) as b,
+        sse(f"{b.url}/v1/runs/down/stream") as s,
+    ):
         await s.next_named("progress")
         legacy.inject("down", Fault("status", status=503, times=None))
         event = await s.next_named("error", timeout=5)
@@ -81,7 +95,10 @@ async def test_failing_poller_does_not_disturb_another(legacy: LegacyApi) -> Non
     legacy.scripted("sick")
     healthy = legacy.scripted("well")
     async with running_bridge(legacy.url, breaker_threshold=1000) as b:
-        async with sse(f"{b.url}/v1/runs/sick/stream") as sick, sse(f"{b.url}/v1/runs/well/stream") as well:
+        async with (
+            sse(f"{b.url}/v1/runs/sick/stream") as sick,
+            sse(f"{b.url}/v1/runs/well/stream") as well,
+        ):
             await sick.next_named("progress")
             await well.next_named("progress")
             legacy.inject("sick", Fault("status", status=500, times=None))
@@ -95,9 +112,13 @@ async def test_failing_poller_does_not_disturb_another(legacy: LegacyApi) -> Non
 
 async def test_circuit_breaker_opens_shows_in_readyz_and_recovers(legacy: LegacyApi) -> None:
     legacy.scripted("cb")
-    async with running_bridge(
-        legacy.url, breaker_threshold=3, breaker_cooldown=0.5, backoff_max=0.05
-    ) as b, aiohttp.ClientSession() as http, sse(f"{b.url}/v1/runs/cb/stream") as s:
+    async with (
+        running_bridge(
+            legacy.url, breaker_threshold=3, breaker_cooldown=0.5, backoff_max=0.05
+        ) as b,
+        aiohttp.ClientSession() as http,
+        sse(f"{b.url}/v1/runs/cb/stream") as s,
+    ):
         await s.next_named("progress")
         legacy.inject("cb", Fault("status", status=503, times=None))
         await wait_for(lambda: b.bridge.upstream.breaker.state == "open", timeout=5)
@@ -121,7 +142,10 @@ async def test_global_cap_on_concurrent_upstream_requests(legacy: LegacyApi) -> 
     for run_id in ids:
         legacy.scripted(run_id)
         legacy.inject(run_id, Fault("slow", delay=0.2, times=None))
-    async with running_bridge(legacy.url, upstream_concurrency=2) as b, aiohttp.ClientSession() as http:
+    async with (
+        running_bridge(legacy.url, upstream_concurrency=2) as b,
+        aiohttp.ClientSession() as http,
+    ):
         statuses = await asyncio.gather(
             *(_status(http, f"{b.url}/v1/runs/{run_id}") for run_id in ids)
         )
@@ -134,12 +158,15 @@ async def _status(http: aiohttp.ClientSession, url: str) -> int:
         return response.status
 
 
-async def test_no_traceback_per_failed_poll(legacy: LegacyApi, caplog: pytest.LogCaptureFixture) -> None:
+async def test_no_traceback_per_failed_poll(
+    legacy: LegacyApi, caplog: pytest.LogCaptureFixture
+) -> None:
     legacy.scripted("noisy")
     caplog.set_level(logging.DEBUG)
-    async with running_bridge(
-        legacy.url, backoff_max=0.05, breaker_threshold=1000
-    ) as b, sse(f"{b.url}/v1/runs/noisy/stream") as s:
+    async with (
+        running_bridge(legacy.url, backoff_max=0.05, breaker_threshold=1000) as b,
+        sse(f"{b.url}/v1/runs/noisy/stream") as s,
+    ):
         await s.next_named("progress")
         before = legacy.requests["noisy"]
         legacy.inject("noisy", Fault("reset", times=None))

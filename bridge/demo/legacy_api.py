@@ -1,7 +1,7 @@
 """A simulated legacy run API on aiohttp: the demo's upstream and the tests' real upstream.
 
     GET  /runs               the runs, newest first (summaries)
-    POST /runs               start a run; JSON body {"outcome": "completed"|"failed"|"cancelled"} optional
+    POST /runs               start a run; optional JSON body {"outcome": "completed"|"failed"|...}
     GET  /runs/{id}          one run's ExecutionStatus (what the bridge polls)
     POST /runs/{id}/cancel   cancel a queued or running run
 
@@ -32,15 +32,15 @@ Run = TimedRun | ScriptedRun
 
 #: Faults the API can be told to commit on a run's next requests.
 FAULTS = (
-    "status",       # answer with fault.status (and fault.headers), e.g. 500, 503, 429
-    "hang",         # never answer (until the client gives up)
-    "reset",        # close the connection without an answer
-    "malformed",    # 200 with a body that is not JSON
-    "not-object",   # 200 with JSON that is not an object
-    "huge",         # 200 with a body of fault.size bytes
-    "gzip-bomb",    # 200, gzip-encoded, that inflates to fault.size bytes
-    "redirect",     # 302 to fault.location
-    "slow",         # answer after fault.delay seconds
+    "status",  # answer with fault.status (and fault.headers), e.g. 500, 503, 429
+    "hang",  # never answer (until the client gives up)
+    "reset",  # close the connection without an answer
+    "malformed",  # 200 with a body that is not JSON
+    "not-object",  # 200 with JSON that is not an object
+    "huge",  # 200 with a body of fault.size bytes
+    "gzip-bomb",  # 200, gzip-encoded, that inflates to fault.size bytes
+    "redirect",  # 302 to fault.location
+    "slow",  # answer after fault.delay seconds
 )
 
 
@@ -144,8 +144,9 @@ class LegacyApi:
                 body = await request.json()
                 outcome = body.get("outcome") if isinstance(body, dict) else None
         if outcome not in (None, "completed", "failed", "cancelled"):
-            return web.json_response({"error": "outcome must be completed, failed or cancelled"},
-                                     status=400)
+            return web.json_response(
+                {"error": "outcome must be completed, failed or cancelled"}, status=400
+            )
         run = self.new_run(outcome)
         return web.json_response(run.status(), status=201)
 
@@ -215,11 +216,14 @@ class LegacyApi:
         if fault.kind == "not-object":
             return web.json_response(["running", 0.5])
         if fault.kind == "huge":
-            return web.Response(body=b"{" + b" " * fault.size + b"}", content_type="application/json")
+            return web.Response(
+                body=b"{" + b" " * fault.size + b"}", content_type="application/json"
+            )
         if fault.kind == "gzip-bomb":
             bomb = gzip.compress(b"{" + b" " * fault.size + b"}", compresslevel=9)
-            return web.Response(body=bomb, content_type="application/json",
-                                headers={"Content-Encoding": "gzip"})
+            return web.Response(
+                body=bomb, content_type="application/json", headers={"Content-Encoding": "gzip"}
+            )
         if fault.kind == "redirect":
             return web.Response(status=302, headers={"Location": fault.location})
         if fault.kind == "slow":
@@ -266,4 +270,3 @@ async def spawning(api: LegacyApi, every: float, keep: int) -> AsyncIterator[Non
         yield
     finally:
         await cancel_and_wait(task)
-

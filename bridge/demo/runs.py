@@ -85,29 +85,56 @@ class TimedRun:
             "startedAt": _iso(self.created + self.step) if steps >= 1 else None,
         }
         if steps < 1 and self.cancelled_at is None:
-            return {**base, "status": "queued", "progress": 0.0, "currentNode": None,
-                    "nodes": node_states, "outputs": None, "errorMessage": None}
+            return {
+                **base,
+                "status": "queued",
+                "progress": 0.0,
+                "currentNode": None,
+                "nodes": node_states,
+                "outputs": None,
+                "errorMessage": None,
+            }
         running = [n["id"] for n in node_states if n["status"] == "running"]
         completed = sum(1 for n in node_states if n["status"] == "completed")
         progress = round(min(done_steps - 1, 2 * total) / (2 * total), 3)
         if not finished:
-            return {**base, "status": "running", "progress": max(progress, 0.0),
-                    "currentNode": running[0] if running else None,
-                    "nodes": node_states, "outputs": None, "errorMessage": None}
+            return {
+                **base,
+                "status": "running",
+                "progress": max(progress, 0.0),
+                "currentNode": running[0] if running else None,
+                "nodes": node_states,
+                "outputs": None,
+                "errorMessage": None,
+            }
         if self.cancelled_at is not None:
             for n in node_states:
                 if n["status"] == "running":
                     n["status"] = "cancelled"
-            return {**base, "status": "cancelled", "progress": max(progress, 0.0),
-                    "currentNode": None, "nodes": node_states, "outputs": None,
-                    "errorMessage": "Run was cancelled", "finishedAt": _iso(now)}
+            return {
+                **base,
+                "status": "cancelled",
+                "progress": max(progress, 0.0),
+                "currentNode": None,
+                "nodes": node_states,
+                "outputs": None,
+                "errorMessage": "Run was cancelled",
+                "finishedAt": _iso(now),
+            }
         if self.outcome == "completed":
-            return {**base, "status": "completed", "progress": 1.0, "currentNode": None,
-                    "nodes": node_states,
-                    "outputs": {"summary": f"{total} nodes completed",
-                                "artifacts": [f"s3://demo-bucket/{self.id}/result.json"]},
-                    "errorMessage": None,
-                    "finishedAt": _iso(self.created + (last + 1) * self.step)}
+            return {
+                **base,
+                "status": "completed",
+                "progress": 1.0,
+                "currentNode": None,
+                "nodes": node_states,
+                "outputs": {
+                    "summary": f"{total} nodes completed",
+                    "artifacts": [f"s3://demo-bucket/{self.id}/result.json"],
+                },
+                "errorMessage": None,
+                "finishedAt": _iso(self.created + (last + 1) * self.step),
+            }
         failed_node = self.nodes[self.stop_at]
         for n in node_states:
             if n["id"] == failed_node:
@@ -116,14 +143,27 @@ class TimedRun:
             for n in node_states:
                 if n["status"] == "failed":
                     n["status"] = "cancelled"
-            return {**base, "status": "cancelled", "progress": progress, "currentNode": None,
-                    "nodes": node_states, "outputs": None, "errorMessage": "Run was cancelled",
-                    "finishedAt": _iso(self.created + (last + 1) * self.step)}
+            return {
+                **base,
+                "status": "cancelled",
+                "progress": progress,
+                "currentNode": None,
+                "nodes": node_states,
+                "outputs": None,
+                "errorMessage": "Run was cancelled",
+                "finishedAt": _iso(self.created + (last + 1) * self.step),
+            }
         message = FAILURES[hash(self.id) % len(FAILURES)].format(node=failed_node)
-        return {**base, "status": "failed", "progress": round(completed / total, 3),
-                "currentNode": None, "nodes": node_states, "outputs": None,
-                "errorMessage": message,
-                "finishedAt": _iso(self.created + (last + 1) * self.step)}
+        return {
+            **base,
+            "status": "failed",
+            "progress": round(completed / total, 3),
+            "currentNode": None,
+            "nodes": node_states,
+            "outputs": None,
+            "errorMessage": message,
+            "finishedAt": _iso(self.created + (last + 1) * self.step),
+        }
 
 
 @dataclass
@@ -144,15 +184,25 @@ class ScriptedRun:
         self.index = len(self.statuses) - 1
 
 
-def scripted_statuses(run_id: str, nodes: tuple[str, ...], outcome: Outcome) -> list[dict[str, Any]]:
+def scripted_statuses(
+    run_id: str, nodes: tuple[str, ...], outcome: Outcome
+) -> list[dict[str, Any]]:
     """queued, then each node running and done, then the outcome: 2 + 2n statuses."""
     out: list[dict[str, Any]] = []
     states = ["pending"] * len(nodes)
 
     def snap(status: str, progress: float, current: str | None, **extra: Any) -> dict[str, Any]:
         node_list = [{"id": n, "status": s} for n, s in zip(nodes, states, strict=True)]
-        return {"id": run_id, "status": status, "progress": progress, "currentNode": current,
-                "nodes": node_list, "outputs": None, "errorMessage": None, **extra}
+        return {
+            "id": run_id,
+            "status": status,
+            "progress": progress,
+            "currentNode": current,
+            "nodes": node_list,
+            "outputs": None,
+            "errorMessage": None,
+            **extra,
+        }
 
     out.append(snap("queued", 0.0, None))
     for i, node in enumerate(nodes):
@@ -165,8 +215,9 @@ def scripted_statuses(run_id: str, nodes: tuple[str, ...], outcome: Outcome) -> 
     if outcome == "completed":
         out.append(snap("completed", 1.0, None, outputs={"result": f"{run_id} done"}))
     elif outcome == "failed":
-        out.append(snap("failed", out[-1]["progress"], None,
-                        errorMessage=f"Node {nodes[-1]} failed"))
+        out.append(
+            snap("failed", out[-1]["progress"], None, errorMessage=f"Node {nodes[-1]} failed")
+        )
     else:
         out.append(snap("cancelled", out[-1]["progress"], None, errorMessage="Run was cancelled"))
     return out

@@ -17,5 +17,7 @@ __all__ = ["Channel", "ChannelKey", "Hub", "MemoryHub", "Subscription", "create_
 def create_hub(url: str | None, *, history_size: int, history_runs: int, history_ttl: float) -> Hub:
     scheme = (url or "memory://").split(":", 1)[0].lower()
     if scheme == "memory":
-        return MemoryHub(history_size=history_size, history_runs=history_runs, history_ttl=history_ttl)
+        return MemoryHub(
+            history_size=history_size, history_runs=history_runs, history_ttl=history_ttl
+        )
     raise ValueError(f"no hub backend for the scheme {scheme!r}")

@@ -353,7 +353,7 @@
     const bar = el.querySelector(".bar");
     bar.setAttribute("aria-valuenow", String(pct));
     bar.setAttribute("aria-label", run.id + " progress");
-    el.querySelector(".fill").style.width = pct + "%";
+    el.querySelector(".fill").style.transform = "scaleX(" + pct / 100 + ")";
     el.querySelector(".percent").textContent = pct + " %";
     const running = Array.isArray(data.nodes)
       ? data.nodes.filter((n) => n && n.status === "running").map((n) => text(n.id))
