@@ -1,8 +1,8 @@
 """``python -m bench``: run the suite, profile the bridge, or regenerate the report.
 
-    python -m bench [run] [--quick] [--targets nchan,floor,bridge,naive] [--interval S]
-    python -m bench profile [--viewers N] [--rounds N] [--native]
-    python -m bench report [--results bench/out/results.json]
+python -m bench [run] [--quick] [--targets nchan,floor,bridge,naive] [--interval S]
+python -m bench profile [--viewers N] [--rounds N] [--native]
+python -m bench report [--results bench/out/results.json]
 """
 
 from __future__ import annotations
@@ -87,8 +87,10 @@ def _report(args: argparse.Namespace, command: str) -> int:
     from bench.report import render
 
     results = json.loads(Path(args.results).read_text())
-    out = BENCH_DIR / "RESULTS.md" if not results["meta"]["config"].get("quick") else (
-        Path(args.results).parent / "RESULTS.md"
+    out = (
+        BENCH_DIR / "RESULTS.md"
+        if not results["meta"]["config"].get("quick")
+        else (Path(args.results).parent / "RESULTS.md")
     )
     out.write_text(render(results, _profile(OUT_DIR / "profile.json")))
     print(f"wrote {out}")
@@ -98,8 +100,9 @@ def _report(args: argparse.Namespace, command: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = "bench/run " + shlex.join(argv) if argv else "bench/run"
-    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="bench/run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command")
 
     def common(p: argparse.ArgumentParser) -> None:

@@ -393,9 +393,7 @@ class ClientPool:
     def _same(self, name: str, args: dict[str, Any], timeout: float) -> list[Any]:
         return self._call([(name, args)] * len(self.conns), timeout)
 
-    def connect(
-        self, port: int, paths: list[str], inflight: int, timeout: float
-    ) -> dict[str, Any]:
+    def connect(self, port: int, paths: list[str], inflight: int, timeout: float) -> dict[str, Any]:
         """Open one stream per path, split over the workers; the aggregate outcome."""
         n = len(self.conns)
         per_worker = max(1, inflight // n)

@@ -6,12 +6,14 @@ All times that cross a process boundary are CLOCK_REALTIME nanoseconds
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import math
 import os
 import resource
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +50,8 @@ def pin(core: int | None, nice: int = -20) -> None:
     """Run this process on ``core`` at niceness ``nice`` (as far as allowed)."""
     if core is not None:
         os.sched_setaffinity(0, {core})
-    try:
+    with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, 0, nice)
-    except OSError:
-        pass
 
 
 def status_doc(run_id: str, seq: int, mark: str) -> dict[str, Any]:
@@ -128,7 +128,9 @@ class Http:
     ) -> tuple[int, bytes]:
         for attempt in range(2):
             if self._conn is None:
-                self._conn = http.client.HTTPConnection("127.0.0.1", self._port, timeout=self._timeout)
+                self._conn = http.client.HTTPConnection(
+                    "127.0.0.1", self._port, timeout=self._timeout
+                )
             try:
                 self._conn.request(method, path, body=body, headers=headers or {})
                 response = self._conn.getresponse()
@@ -171,7 +173,7 @@ def wait_http(port: int, path: str, timeout: float, ok: tuple[int, ...] = (200,)
     raise TimeoutError(f"127.0.0.1:{port}{path} not ready after {timeout:g} s ({last!r})")
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
+def percentile(sorted_values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of an already sorted list (q in 0..100)."""
     if not sorted_values:
         return float("nan")
@@ -235,10 +237,8 @@ def own_autogroup(nice: int = -20) -> str:
     the CPU equally with ours whatever our niceness. A new session is a new group; its
     nice is what weighs against theirs. Children inherit the session.
     """
-    try:
-        os.setsid()
-    except OSError:
-        pass  # already a group leader: the current session's group is used
+    with contextlib.suppress(OSError):
+        os.setsid()  # fails for a group leader: the current session's group is used
     try:
         with open("/proc/self/autogroup", "w") as f:
             f.write(str(nice))

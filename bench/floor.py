@@ -83,7 +83,7 @@ class Connection(asyncio.Protocol):
                 return
             head = self.buffer[:end].decode("latin-1")
             lines = head.split("\r\n")
-            method, path, _ = (lines[0].split(" ") + ["", "", ""])[:3]
+            method, path, _ = [*lines[0].split(" "), "", "", ""][:3]
             length = 0
             for line in lines[1:]:
                 name, _, value = line.partition(":")

@@ -59,6 +59,7 @@ class Naive:
         last: dict[str, Any] | None = None
         seq = 0
         while loop.time() < deadline:
+            status: dict[str, Any] | None
             try:
                 status = await self.fetch(run_id)
             except (aiohttp.ClientError, TimeoutError):

@@ -1,5 +1,375 @@
+"""RESULTS.md from results.json (and, when present, the profile): tables and ratios to nchan."""
+
 from __future__ import annotations
-import json
+
 from typing import Any
-def render(results: dict[str, Any], profile: dict[str, Any] | None) -> str:
-    return "```\n" + json.dumps(results["summary"], indent=1) + "\n```\n"
+
+REFERENCE = "nchan"
+ORDER = ("bridge", "nchan", "floor", "naive")
+
+
+def _f(value: Any, digits: int = 1, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        text = f"{value:,.{digits}f}"
+    elif isinstance(value, int):
+        text = f"{value:,}"
+    else:
+        text = str(value)
+    return text + unit
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def _x(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def _targets(results: dict[str, Any]) -> list[str]:
+    present = results["targets"]
+    return [name for name in ORDER if name in present]
+
+
+def _steps(results: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    steps: list[dict[str, Any]] = results["targets"][name].get("ladder", {}).get("steps", [])
+    return steps
+
+
+def _step(results: dict[str, Any], name: str, level: int) -> dict[str, Any] | None:
+    for step in _steps(results, name):
+        if step["level"] == level:
+            return step
+    return None
+
+
+def _summary(results: dict[str, Any], name: str, level: int) -> dict[str, Any]:
+    entry: dict[str, Any] = results["summary"].get(name, {}).get(str(level), {})
+    return entry
+
+
+def _largest_timed(results: dict[str, Any]) -> int | None:
+    levels = results["meta"]["config"]["timed_levels"]
+    return max(levels) if levels else None
+
+
+def _connect_step(results: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The step that added the most streams at once: its rate is the least noisy."""
+    steps = [s for s in _steps(results, name) if s.get("new_streams_per_s")]
+    return max(steps, key=lambda s: s["added"]) if steps else None
+
+
+def targets_table(results: dict[str, Any]) -> list[str]:
+    cfg = results["meta"]["config"]
+    top = _largest_timed(results)
+    lines = [
+        "| target (issue 4) | measured | required | met |",
+        "|---|---|---|---|",
+    ]
+    if top is None or "bridge" not in results["targets"]:
+        return [*lines, "| (the bridge was not measured) | | | |"]
+    bridge = _summary(results, "bridge", top)
+    ref = _summary(results, REFERENCE, top)
+
+    def met(ok: bool | None) -> str:
+        return "n/a" if ok is None else ("yes" if ok else "**no**")
+
+    median = _ratio(bridge.get("last_ms_median"), ref.get("last_ms_median"))
+    worst = _ratio(bridge.get("last_ms_worst"), ref.get("last_ms_median"))
+    worst_own = _ratio(bridge.get("last_ms_worst"), ref.get("last_ms_worst"))
+    lines.append(
+        f"| last of {top:,} viewers reached, median round, vs nchan | {_x(median)} "
+        f"({_f(bridge.get('last_ms_median'))} ms vs {_f(ref.get('last_ms_median'))} ms) "
+        f"| <= 1.5x | {met(None if median is None else median <= 1.5)} |"
+    )
+    lines.append(
+        f"| worst round, vs nchan's median round | {_x(worst)} "
+        f"({_f(bridge.get('last_ms_worst'))} ms; nchan's worst {_f(ref.get('last_ms_worst'))} ms, "
+        f"{_x(worst_own)}) | <= 2x | {met(None if worst is None else worst <= 2)} |"
+    )
+    rss = bridge.get("rss_per_stream_kib")
+    lines.append(
+        f"| RSS per open stream at {top:,} | {_f(rss, 1, ' KiB')} "
+        f"(nchan {_f(ref.get('rss_per_stream_kib'), 1, ' KiB')}) "
+        f"| <= 16 KiB | {met(None if rss is None else rss <= 16)} |"
+    )
+    step = _connect_step(results, "bridge")
+    ref_step = _connect_step(results, REFERENCE)
+    rate = step["new_streams_per_s"] if step else None
+    lines.append(
+        f"| new streams per second ({_f(step['added'] if step else None)} opened at once) "
+        f"| {_f(rate, 0)} (nchan {_f(ref_step['new_streams_per_s'] if ref_step else None, 0)}) "
+        f"| >= 4,000 | {met(None if rate is None else rate >= 4000)} |"
+    )
+    polls = [
+        (s["level"], s["upstream"]["per_interval"], s["upstream"].get("min_gap_intervals"))
+        for s in _steps(results, "bridge")
+        if "upstream" in s
+    ]
+    exact = all(p == 1.0 for _, p, _ in polls) and all(g is None or g >= 0.9 for _, _, g in polls)
+    gaps = [g for _, _, g in polls if g is not None]
+    lines.append(
+        f"| upstream polls per run per interval, {polls[0][0]:,} to {polls[-1][0]:,} viewers "
+        f"| {', '.join(_f(p, 2) for _, p, _ in polls)}; "
+        f"shortest gap {_f(min(gaps) if gaps else None, 3)} intervals "
+        f"| exactly 1 | {met(exact if polls else None)} |"
+        if polls
+        else "| upstream polls per run per interval | n/a | exactly 1 | n/a |"
+    )
+    mixed = results["targets"]["bridge"].get("mixed")
+    if mixed:
+        last = mixed["fanout"]["last_ms"]
+        interval_ms = cfg["interval"] * 1000
+        ok = last is not None and last <= interval_ms and mixed["missing"] == 0
+        lines.append(
+            f"| mixed {mixed['runs']} runs x {mixed['viewers_per_run']} viewers: "
+            "latest event after "
+            f"the bridge received the change | {_f(last)} ms, {mixed['missing']} missed "
+            f"(from the change at the upstream: {_f(mixed['from_change']['last_ms'])} ms) "
+            f"| <= 1 interval ({interval_ms:,.0f} ms) | {met(ok)} |"
+        )
+    return lines
+
+
+def fanout_table(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "| viewers | target | p50 ms | p99 ms | last ms (median round) | last ms (worst round) "
+        "| last vs nchan | CPU us/frame | rounds | missed | foreign CPU ms (max round) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    levels = sorted(
+        set(results["meta"]["config"]["timed_levels"])
+        | set(results["meta"]["config"]["naive_timed_levels"])
+    )
+    for level in levels:
+        ref = _summary(results, REFERENCE, level)
+        for name in _targets(results):
+            entry = _summary(results, name, level)
+            if "rounds" not in entry:
+                continue
+            step = _step(results, name, level) or {}
+            foreign = max(
+                (r.get("foreign_cpu_ms") or 0 for r in step.get("rounds", [])), default=None
+            )
+            label = name + (" (from the change)" if name == "naive" else "")
+            lines.append(
+                f"| {level:,} | {label} | {_f(entry.get('p50_ms'))} | {_f(entry.get('p99_ms'))} "
+                f"| {_f(entry.get('last_ms_median'))} | {_f(entry.get('last_ms_worst'))} "
+                f"| {_x(_ratio(entry.get('last_ms_median'), ref.get('last_ms_median')))} "
+                f"| {_f(entry.get('cpu_us_per_frame'))} | {entry['rounds']} "
+                f"| {entry.get('missing')} "
+                f"| {_f(foreign, 0)} |"
+            )
+    return lines
+
+
+def upstream_table(results: dict[str, Any]) -> list[str]:
+    names = [n for n in ("bridge", "naive") if n in results["targets"]]
+    if not names:
+        return []
+    levels = sorted({s["level"] for n in names for s in _steps(results, n) if "upstream" in s})
+    lines = [
+        "| viewers | " + " | ".join(f"{n}: requests / interval (window)" for n in names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for level in levels:
+        cells = []
+        for name in names:
+            step = _step(results, name, level)
+            up = step.get("upstream") if step else None
+            if up is None:
+                cells.append("not run")
+            else:
+                gap = up.get("min_gap_intervals")
+                cells.append(
+                    f"{_f(up['per_interval'], 2)} "
+                    f"({up['requests']:,} in {up['intervals']} intervals"
+                    + (f", shortest gap {gap:.3f}" if gap is not None and name == "bridge" else "")
+                    + ")"
+                )
+        lines.append(f"| {level:,} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def memory_table(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "| target | viewers | RSS MiB | RSS per stream KiB | vs nchan | new streams/s (step) "
+        "| server CPU us per new stream | connect p99 ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in _targets(results):
+        steps = _steps(results, name)
+        if not steps:
+            continue
+        top = steps[-1]
+        ref = _steps(results, REFERENCE)
+        ref_top = next((s for s in ref if s["level"] == top["level"]), None)
+        ref_rss = ref_top.get("rss_per_stream_kib") if ref_top else None
+        connect = _connect_step(results, name)
+        lines.append(
+            f"| {name} | {top['viewers']:,} | {_f(top['rss_kib'] / 1024)} "
+            f"| {_f(top.get('rss_per_stream_kib'))} "
+            f"| {_x(_ratio(top.get('rss_per_stream_kib'), ref_rss))} "
+            f"| {_f(connect['new_streams_per_s'] if connect else None, 0)} "
+            f"({_f(connect['added'] if connect else None)} added) "
+            f"| {_f(connect.get('connect_cpu_us_per_stream') if connect else None)} "
+            f"| {_f(connect['connect'].get('latency_p99_ms_max_worker') if connect else None)} |"
+        )
+    return lines
+
+
+def mixed_table(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "| target | events expected | missed | fan-out p50 / p99 / last ms | last per round ms "
+        "| from the change p99 / last ms | CPU us/frame | foreign CPU ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in _targets(results):
+        mixed = results["targets"][name].get("mixed")
+        if not mixed:
+            continue
+        fan = mixed["fanout"]
+        change = mixed["from_change"]
+        per_round = ", ".join(_f(v) for v in mixed["fanout_last_per_round_ms"])
+        lines.append(
+            f"| {name} | {mixed['expected']:,} | {mixed['missing']} "
+            f"| {_f(fan['p50_ms'])} / {_f(fan['p99_ms'])} / {_f(fan['last_ms'])} | {per_round} "
+            f"| {_f(change['p99_ms'])} / {_f(change['last_ms'])} | {_f(mixed['cpu_us_per_frame'])} "
+            f"| {_f(mixed.get('foreign_cpu_ms'), 0)} |"
+        )
+    return lines
+
+
+def gc_lines(results: dict[str, Any]) -> list[str]:
+    bridge = results["targets"].get("bridge", {})
+    gc = bridge.get("gc")
+    if not gc:
+        return ["(no GC log: the bridge did not exit cleanly, or was not measured)"]
+    lines = [
+        f"Thresholds {gc['thresholds']}, frozen objects {gc['frozen']:,}. "
+        f"Longest pause {gc['longest_ms']} ms; pauses of 10 ms or more: {gc['pauses_over_10ms']}.",
+        "",
+        "| generation | collections | total ms | longest ms |",
+        "|---|---|---|---|",
+    ]
+    for gen, row in sorted(gc["generations"].items()):
+        lines.append(f"| {gen} | {row['count']:,} | {_f(row['total_ms'])} | {_f(row['max_ms'])} |")
+    rounds = [
+        (step["level"], r)
+        for step in _steps(results, "bridge")
+        for r in step.get("rounds", [])
+        if "gc_longest_ms" in r
+    ]
+    if rounds:
+        lines += [
+            "",
+            "Longest GC pause inside each fan-out round (t0 to last viewer):",
+            "",
+            "| viewers | round last ms | longest GC pause in it ms |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {level:,} | {_f(r.get('last_ms'))} | {_f(r['gc_longest_ms'], 2)} |"
+            for level, r in rounds
+        ]
+    return lines
+
+
+def profile_lines(profile: dict[str, Any] | None) -> list[str]:
+    if not profile:
+        return ["(not run: `bench/run profile` writes bench/out/profile.json)"]
+    lines = [
+        f"`{profile['command']}` at {profile['started']}: {profile['viewers']:,} viewers, "
+        f"{profile['rounds']} rounds, {profile['samples']:,} samples at {profile['rate']} Hz "
+        f"({'native' if profile.get('native') else 'Python'} frames). "
+        "Bridge CPU per delivered frame during the profile: "
+        f"{_f(profile.get('cpu_us_per_frame'))} us; "
+        f"last viewer per round: {', '.join(_f(v) for v in profile.get('last_ms', []))} ms.",
+        "",
+        "Where the samples fall (by package; self time):",
+        "",
+        "| package | share of samples |",
+        "|---|---|",
+    ]
+    lines += [f"| {row['name']} | {row['share']:.1%} |" for row in profile["by_package"]]
+    lines += [
+        "",
+        "Functions by inclusive share (top 20):",
+        "",
+        "| function | inclusive | self |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| `{row['name']}` | {row['inclusive']:.1%} | {row['self']:.1%} |"
+        for row in profile["functions"][:20]
+    ]
+    return lines
+
+
+def render(results: dict[str, Any], profile: dict[str, Any] | None = None) -> str:
+    meta = results["meta"]
+    cfg = meta["config"]
+    host = meta["host"]
+    sched = (
+        f"SCHED_FIFO {cfg['rt_priority']}"
+        if cfg.get("rt_priority")
+        else f"autogroup {meta.get('autogroup')}"
+    )
+    out = [
+        "# Benchmark results",
+        "",
+        "Generated by `bench/report.py` from the run's `results.json`; see `bench/README.md` "
+        "for what each figure means and how it is measured.",
+        "",
+        f"- command: `{meta['command']}` (started {meta['started']}, took {meta['seconds']} s)",
+        f"- host: {host['cpu']}, {host['cores']} cores, Linux {host['kernel']}, "
+        f"Python {host['python']}, "
+        f"nginx {host.get('nginx', '?')}, nchan {host.get('nchan', '?')}",
+        f"- servers on core {cfg['server_core']}; load client ({cfg['client_procs']} processes), "
+        f"scripted upstream and orchestrator on core {cfg['client_core']}; scheduling: {sched}",
+        f"- poll interval {cfg['interval']:g} s; "
+        f"viewer steps {', '.join(f'{v:,}' for v in cfg['levels'])}; "
+        f"{cfg['rounds']} rounds at {', '.join(f'{v:,}' for v in cfg['timed_levels'])}; "
+        f"mixed {cfg['mixed_runs']} x {cfg['mixed_viewers']} for {cfg['mixed_rounds']} intervals",
+        "",
+        "## Targets",
+        "",
+        *targets_table(results),
+        "",
+        "## Fan-out delay: t0 to each viewer's kernel receive time",
+        "",
+        "t0: bridge, when the upstream first served the changed status; nchan and floor, just "
+        "before the publish POST; naive, the change at the upstream "
+        "(each viewer polls on its own).",
+        "",
+        *fanout_table(results),
+        "",
+        "## Upstream requests per run per poll interval",
+        "",
+        *upstream_table(results),
+        "",
+        "## Memory and new streams",
+        "",
+        *memory_table(results),
+        "",
+        "## Mixed load: every run changes once per interval",
+        "",
+        *mixed_table(results),
+        "",
+        "## The bridge's garbage collector",
+        "",
+        *gc_lines(results),
+        "",
+        "## Profile of the bridge (py-spy)",
+        "",
+        *profile_lines(profile),
+        "",
+    ]
+    notes = meta.get("notes") or []
+    if notes:
+        out += ["## Notes from the run", "", *[f"- {n}" for n in notes], ""]
+    return "\n".join(out)

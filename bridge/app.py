@@ -10,7 +10,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from quart import Quart, Response, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, NotFound
 
 from bridge import run_id as run_ids
 from bridge.auth import ForwardAuth
@@ -130,6 +130,9 @@ def last_event_id() -> str | None:
 
 def create_app(settings: Settings) -> Quart:
     app = Quart("bridge")
+    # Werkzeug would 308-redirect /v1/runs//stream to /v1/runs/stream: the status of a
+    # run called "stream". Empty segments must be refused, not merged.
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     bridge = Bridge(settings)
     app.extensions["bridge"] = bridge
@@ -147,6 +150,15 @@ def create_app(settings: Settings) -> Quart:
     async def _bridge_error(error: BridgeError) -> Response:
         bridge.metrics.streams_refused.labels(error.code).inc()
         return error_response(error)
+
+    @app.errorhandler(NotFound)
+    async def _not_found(error: NotFound) -> Response:
+        if request.path.startswith("/v1/runs/"):
+            # An empty id or one with an (encoded) slash matches no route.
+            return error_response(
+                InvalidRunId("The run id must not be empty or contain '/' or be '.' or '..'.")
+            )
+        return await _http_error(error)
 
     @app.errorhandler(HTTPException)
     async def _http_error(error: HTTPException) -> Response:

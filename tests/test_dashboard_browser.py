@@ -242,6 +242,35 @@ async def test_the_page_recovers_when_the_bridge_restarts(
         sock.close()
 
 
+async def test_outside_demo_mode_the_page_follows_the_runs_in_its_address(
+    browser: Browser, api: LegacyApi
+) -> None:
+    visible = api.scripted("visible-run", nodes=("a", "b"))
+    api.scripted("secret-run", nodes=("a", "b"))
+    api.require("secret-run", "x-api-key", "k-1")
+    async with running_bridge(api.url, dashboard=True) as b:
+        page = await open_page(browser, b.url + "/?runs=visible-run,secret-run")
+        await expect(page.locator("#start-run")).to_be_hidden()
+        # The run this viewer may not see is shown as refused; the other one streams.
+        secret = card(page, "secret-run")
+        await expect(secret).to_have_attribute("data-status", "unauthorized", timeout=WAIT_MS)
+        await expect(secret.locator(".result.error")).to_have_text(
+            "The upstream API refused these credentials."
+        )
+        it = card(page, "visible-run")
+        await expect(it).to_have_attribute("data-status", "queued", timeout=WAIT_MS)
+        visible.advance(len(visible.statuses))
+        await expect(it).to_have_attribute("data-status", "completed", timeout=WAIT_MS)
+        # Runs typed into the page join the same stream.
+        api.scripted("typed-run", nodes=("a",))
+        await page.fill("#run-id", "typed-run")
+        await page.click("#watch button")
+        await expect(card(page, "typed-run")).to_have_attribute(
+            "data-status", "queued", timeout=WAIT_MS
+        )
+        assert "runs=typed-run" in page.url
+
+
 def frozen(run: TimedRun, at: float) -> dict[str, Any]:
     return run.status(run.created + at)
 

@@ -353,11 +353,6 @@ async def test_bad_run_id_is_400_json_and_upstream_is_never_called(
     assert sum(legacy.requests.values()) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bridge/app.py: werkzeug merges '//' and answers 308 to /v1/runs/stream "
-    "(which is the status endpoint of run 'stream'); the empty id gives 404",
-)
 @pytest.mark.parametrize("raw_id", ["%2F", "", "%2F%2F", "%2Fa"])
 async def test_id_of_slashes_is_400_not_a_redirect(legacy: LegacyApi, raw_id: str) -> None:
     legacy.scripted("stream")

@@ -67,7 +67,6 @@ def test_overrides_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         (" Authorization , X-Api-Key ,, ", ("authorization", "x-api-key")),
         ("cookie", ("cookie",)),
         (",", ()),  # explicitly nothing
-        ("", ("authorization", "x-api-key", "cookie")),  # empty variable: the default
     ],
 )
 def test_forward_headers_is_a_lower_cased_csv_list(

@@ -46,7 +46,12 @@ def _install(path: str) -> None:
             "thresholds": gc.get_threshold(),
             "frozen": gc.get_freeze_count(),
             "generations": {
-                str(g): {"count": r[0], "total_ms": r[1] / 1e6, "max_ms": r[2] / 1e6, "collected": r[3]}
+                str(g): {
+                    "count": r[0],
+                    "total_ms": r[1] / 1e6,
+                    "max_ms": r[2] / 1e6,
+                    "collected": r[3],
+                }
                 for g, r in totals.items()
             },
             "pauses": [
