@@ -37,7 +37,7 @@ from quart import Quart, Response, request
 from bridge import run_id as run_ids
 from bridge import sse
 from bridge.app import SSE_HEADERS, Bridge, error_response, last_event_id, watched
-from bridge.errors import Draining, InvalidRequest, UpstreamError
+from bridge.errors import BridgeError, Draining, InvalidRequest
 from bridge.history import Event
 from bridge.hub import Channel, Subscription
 from bridge.stream import StreamLimits
@@ -49,9 +49,9 @@ _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 class RunRefused(Exception):
-    """The upstream refused one of the runs: the request is answered with ``error``."""
+    """One of the runs was refused: the whole request is answered with ``error``."""
 
-    def __init__(self, run_id: str, error: UpstreamError) -> None:
+    def __init__(self, run_id: str, error: BridgeError) -> None:
         super().__init__(run_id)
         self.run_id = run_id
         self.error = error
@@ -226,14 +226,14 @@ async def lease_all(
     other attempt has finished (and its lease, if any, been put on ``stack``).
     """
     channels: dict[str, Channel] = {}
-    refused: dict[str, UpstreamError] = {}
+    refused: dict[str, BridgeError] = {}
 
     async def one(run_id: str) -> None:
         try:
             headers = await bridge.upstream_headers(run_id, dict(viewer))
             lease = bridge.pollers.lease(run_id, headers)
             channels[run_id] = await stack.enter_async_context(lease)
-        except UpstreamError as error:
+        except BridgeError as error:  # UpstreamError, or a refusal of the auth service
             refused[run_id] = error
 
     if len(runs) == 1:

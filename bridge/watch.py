@@ -188,7 +188,9 @@ class Display:
     def state(self, text: str) -> None:
         """A change of the connection, not of the run (reconnecting, ...)."""
         if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, state=text)
+            # Above the live bar, on the same terminal, so the two never garble each other.
+            self._progress.console.print(f"sse-bridge watch: {text}", markup=False, style="dim")
+            return
         self.err_console.print(f"sse-bridge watch: {text}", markup=False, style="dim")
 
     def finish(self, event: str, data: Any) -> None:
@@ -231,6 +233,8 @@ class Watch:
     retry_after: float | None = None
     failures: int = 0
     saw_204: bool = False
+    #: True once the current attempt got an event stream.
+    connected: bool = False
     _unreachable_since: float | None = field(default=None, repr=False)
 
     @property
@@ -242,6 +246,8 @@ class Watch:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self.idle_timeout)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
+                self.connected = False
+                why = "no event stream"
                 try:
                     code = await self.follow(session)
                 except Refused as refusal:
@@ -251,18 +257,21 @@ class Watch:
                 except (aiohttp.ClientError, TimeoutError) as error:
                     code = None
                     self.failures += 1
-                    now = loop.time()
-                    if self._unreachable_since is None:
-                        self._unreachable_since = now
-                    if now - self._unreachable_since >= self.reconnect_for:
-                        self.display.err.write(
-                            f"sse-bridge watch: the bridge at {self.base_url} stayed "
-                            f"unreachable for {self.reconnect_for:g} s "
-                            f"({type(error).__name__})\n"
-                        )
-                        return EXIT_OTHER
+                    why = type(error).__name__
                 if code is not None:
                     return code
+                # Unreachable, or answering 503, for too long: give up.
+                now = loop.time()
+                if self.connected:
+                    self._unreachable_since = None
+                elif self._unreachable_since is None:
+                    self._unreachable_since = now
+                elif now - self._unreachable_since >= self.reconnect_for:
+                    self.display.err.write(
+                        f"sse-bridge watch: no stream from the bridge at {self.base_url} "
+                        f"for {self.reconnect_for:g} s ({why})\n"
+                    )
+                    return EXIT_OTHER
                 delay = self.next_delay()
                 self.display.state(f"reconnecting in {delay:.1f} s")
                 await asyncio.sleep(delay)
@@ -280,13 +289,13 @@ class Watch:
         if self.last_id:
             headers["Last-Event-ID"] = self.last_id
         async with session.get(self.stream_url, headers=headers) as response:
-            self._unreachable_since = None
             if response.status == 204:
                 # The bridge thinks we have the final event; ask for the current state.
                 if self.saw_204 or not self.last_id:
                     raise Refused("the bridge has nothing to stream for this run (HTTP 204)")
                 self.saw_204, self.last_id = True, ""
                 self.failures = 0
+                self.connected = True
                 return None
             if response.status == 503:
                 self.failures += 1
@@ -300,6 +309,7 @@ class Watch:
             if self.failures:
                 self.display.state("connected")
             self.failures = 0
+            self.connected = True
             parser = EventStreamParser()
             async for chunk in response.content.iter_any():
                 for event in parser.feed(chunk):

@@ -203,3 +203,13 @@ async def test_reconnects_after_the_bridge_restarts(legacy: LegacyApi) -> None:
         assert "reconnecting" in err
     finally:
         sock.close()
+
+
+async def test_gives_up_with_2_when_the_bridge_stays_unreachable() -> None:
+    sock = loopback_socket()
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now: every connection is refused
+    async with watch("r1", "--url", f"http://127.0.0.1:{port}", "--reconnect-for", "1") as w:
+        code, out, err = await w.finish()
+    assert (code, out) == (2, "")
+    assert f"no stream from the bridge at http://127.0.0.1:{port} for 1 s" in err
