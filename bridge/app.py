@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException, NotFound
 
 from bridge import run_id as run_ids
 from bridge.auth import ForwardAuth
+from bridge.cluster import Cluster
 from bridge.cors import install_cors
 from bridge.errors import BridgeError, Draining, InvalidRunId
 from bridge.history import Event
@@ -55,10 +56,18 @@ class Bridge:
         self.watchdog = SendWatchdog(settings.send_timeout)
         self.auth = ForwardAuth(settings) if settings.auth_url is not None else None
         self.readiness = Readiness(settings, self.upstream)
+        self.cluster: Cluster | None = None
+        if settings.redis_url is not None:
+            # Cluster mode: pollers lead or follow through Redis (bridge/cluster/).
+            self.cluster = Cluster(settings, self.upstream, self.hub, self.metrics)
+            self.pollers = self.cluster.pollers
+            self.readiness = self.cluster.readiness
         self.draining = False
 
     async def start(self) -> None:
         await self.upstream.start()
+        if self.cluster is not None:
+            await self.cluster.start()
         if self.auth is not None:
             await self.auth.start()
         self.watchdog.start()
@@ -67,6 +76,8 @@ class Bridge:
         self.drain()
         await self.watchdog.stop()
         await self.pollers.close()
+        if self.cluster is not None:
+            await self.cluster.close()
         if self.auth is not None:
             await self.auth.close()
         await self.upstream.close()

@@ -65,6 +65,31 @@ class RunHistory:
         self._events.append(event)
         return event
 
+    def mirror(
+        self, epoch: int, seq: int, name: str, status: dict[str, Any], data: str
+    ) -> Event | None:
+        """Take one event of this run's history as another replica wrote it, id and all.
+
+        Cluster mode: the replica polling the run numbers the events, the others copy
+        them. An empty history adopts ``epoch``. An event of another epoch, one already
+        held, or one after the end is ignored (None). A seq that skips ahead (events this
+        copy never saw and can no longer get) drops the events held, so that a viewer
+        behind the gap gets the latest status instead of a hole.
+        """
+        if self._seq == 0 and not self._events:
+            self.epoch = epoch
+        if epoch != self.epoch or seq <= self._seq or self.terminal:
+            return None
+        if seq != self._seq + 1:
+            self._events.clear()
+        self._seq = seq - 1
+        return self.append(name, status, data=data)
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the newest event ever appended (0: none yet)."""
+        return self._seq
+
     @property
     def latest(self) -> Event | None:
         return self._events[-1] if self._events else None

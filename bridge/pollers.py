@@ -32,6 +32,13 @@ from bridge.upstream import UpstreamClient
 log = logging.getLogger("bridge.pollers")
 
 
+def credentials_digest(secret: bytes, headers: Mapping[str, str]) -> str:
+    """The keyed digest that tells viewers' credentials apart (never the credentials)."""
+    material = "\n".join(f"{k}:{v}" for k, v in sorted(headers.items()))
+    digest = hmac.new(secret, material.encode("utf-8", "surrogatepass"), hashlib.sha256)
+    return digest.hexdigest()[:32]
+
+
 class Poller:
     def __init__(
         self,
@@ -201,9 +208,11 @@ class PollerRegistry:
         self._secret = os.urandom(32)
 
     def key(self, run_id: str, headers: Mapping[str, str]) -> ChannelKey:
-        material = "\n".join(f"{k}:{v}" for k, v in sorted(headers.items()))
-        digest = hmac.new(self._secret, material.encode("utf-8", "surrogatepass"), hashlib.sha256)
-        return ChannelKey(run_id, digest.hexdigest()[:32])
+        return ChannelKey(run_id, credentials_digest(self._secret, headers))
+
+    def _start_poller(self, key: ChannelKey, headers: Mapping[str, str]) -> Poller:
+        """A new poller for ``key`` (cluster mode starts one that leads or follows)."""
+        return Poller(self, key, headers, self.hub.open(key))
 
     @asynccontextmanager
     async def lease(self, run_id: str, headers: Mapping[str, str]) -> AsyncIterator[Channel]:
@@ -219,7 +228,7 @@ class PollerRegistry:
             return
         poller = self._pollers.get(key)
         if poller is None:
-            poller = Poller(self, key, headers, self.hub.open(key))
+            poller = self._start_poller(key, headers)
             self._pollers[key] = poller
             self._tasks.add(poller.task)
             poller.task.add_done_callback(self._tasks.discard)

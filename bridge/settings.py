@@ -8,9 +8,11 @@ keeps them in step).
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import AnyHttpUrl, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from redis.asyncio.connection import parse_url as parse_redis_url
 
 CsvList = Annotated[tuple[str, ...], NoDecode]
 
@@ -60,8 +62,8 @@ class Settings(BaseSettings):
     failure_statuses: CsvList = ("failed", "cancelled")
     """States that end a stream with `error` (comma-separated)."""
     redis_url: str | None = None
-    """Cluster mode (replicas sharing pollers and history); not in this release: unset means
-    one process, in memory."""
+    """Cluster mode: replicas share pollers and history through this Redis (`redis://`,
+    `rediss://` or `unix://` URL; see docs/cluster.md). Unset: one process, in memory."""
 
     # --- the developers' additions ---
     retry_ms: int = Field(3000, ge=0, le=600_000)
@@ -102,6 +104,14 @@ class Settings(BaseSettings):
     drain_delay: float = Field(1.0, ge=0, le=60)
     """Seconds `/readyz` answers 503 after SIGTERM before the listener closes (so load
     balancers notice)."""
+
+    # --- cluster mode (BRIDGE_REDIS_URL) ---
+    redis_prefix: str = "sse-bridge:"
+    """Prefix of every Redis key and channel the bridge uses: the same on replicas that share
+    pollers, another for bridges of another upstream sharing the Redis."""
+    redis_timeout: float = Field(2.0, gt=0, le=60)
+    """Seconds one Redis command (connecting included) may take before Redis counts as
+    unavailable."""
 
     # --- limits ---
     max_streams: int = Field(20_000, ge=1)
@@ -158,10 +168,43 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis(cls, value: str | None) -> str | None:
-        if value and not value.startswith("memory://"):
+        # Messages never echo the value: it may carry a password.
+        if value is None or value.startswith("memory://"):
+            return None  # memory:// is the one-process default, spelled out
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme not in ("redis", "rediss", "unix"):
             raise ValueError(
-                "cluster mode is not in this release; leave it unset (one process, in memory)"
+                "must be a redis://, rediss:// or unix:// URL, e.g. redis://redis:6379/0"
             )
+        try:
+            parts = urlsplit(value)
+            port = parts.port
+        except ValueError:
+            raise ValueError("is not a valid URL (check the host and port)") from None
+        if scheme == "unix":
+            if not parts.path:
+                raise ValueError("a unix:// URL needs the socket path, e.g. unix:///run/redis.sock")
+        else:
+            if not parts.hostname:
+                raise ValueError("needs a host, e.g. redis://redis:6379/0")
+            if port == 0:
+                raise ValueError("has port 0")
+            db = parts.path.strip("/")
+            if db and not (db.isascii() and db.isdigit()):
+                raise ValueError("the path must be a database number, e.g. redis://redis:6379/0")
+        try:
+            parse_redis_url(value)
+        except ValueError:
+            raise ValueError("has a query parameter redis cannot use") from None
+        return value
+
+    @field_validator("redis_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not 1 <= len(value) <= 64 or not all(33 <= ord(c) < 127 for c in value):
+            raise ValueError("must be 1 to 64 printable ASCII characters without spaces")
+        if "{" in value or "}" in value:
+            raise ValueError("must not contain { or } (the bridge uses them in key names)")
         return value
 
     @field_validator("log_level")

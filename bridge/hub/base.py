@@ -51,6 +51,26 @@ class Channel:
             subscription.wake.set()
         return event
 
+    def mirror(
+        self,
+        epoch: int,
+        seq: int,
+        name: str,
+        status: dict[str, Any],
+        data: str,
+        *,
+        synthetic: bool = False,
+    ) -> Event | None:
+        """An event another replica published (cluster mode), with its id; None if held."""
+        event = self.history.mirror(epoch, seq, name, status, data)
+        if event is None:
+            return None
+        if synthetic:
+            self.synthetic_end = True
+        for subscription in self._subscribers:
+            subscription.wake.set()
+        return event
+
     def add(self, subscription: Subscription) -> None:
         self._subscribers.add(subscription)
 

@@ -1,0 +1,229 @@
+"""A replica's link to Redis: a bounded command pool, one pub/sub connection, and health.
+
+One listener task per replica owns the only pub/sub connection: it subscribes to the
+cluster's events channel, hands each message to the pollers (in order, without a queue),
+and decides whether Redis is *up*. It logs a line when Redis is lost and one when it is
+back, never one per failed command; while Redis is down it retries with backoff.
+Pollers that see a command fail call ``trouble()``: the link is marked down at once
+(so /readyz says so) and the listener checks it again right away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from urllib.parse import urlsplit
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
+
+from bridge.errors import BridgeError
+from bridge.resilience import Backoff
+from bridge.settings import Settings
+from bridge.tasks import cancel_and_wait
+
+log = logging.getLogger("bridge.cluster")
+
+#: What a failed Redis command raises (redis-py's errors, socket errors, our timeouts).
+REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+
+#: Seconds between health checks of a quiet link.
+CHECK_EVERY = 1.0
+#: Commands in flight at most per replica (more wait for a free connection).
+MAX_CONNECTIONS = 32
+
+
+class ClusterUnavailable(BridgeError):
+    """503: the replica cannot reach Redis, so it can neither share nor start a poller."""
+
+    status = 503
+    code = "cluster_unavailable"
+    retry_after = 2.0
+
+
+def safe_url(url: str) -> str:
+    """The Redis URL for logs: scheme, host, port and database, never a password."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def describe(error: BaseException) -> str:
+    """A few words on why Redis failed, without anything a message might carry."""
+    if isinstance(error, AuthenticationError) or (
+        isinstance(error, ResponseError) and str(error).startswith(("NOAUTH", "WRONGPASS"))
+    ):
+        return "it refused the credentials in BRIDGE_REDIS_URL"
+    if isinstance(error, TimeoutError) or type(error).__name__ == "TimeoutError":
+        return "it did not answer within BRIDGE_REDIS_TIMEOUT"
+    if isinstance(error, ResponseError):
+        word = str(error).split(" ", 1)[0]
+        return (
+            f"it answered {word}" if word.isalpha() and word.isupper() else "it answered an error"
+        )
+    return f"unreachable ({type(error).__name__})"
+
+
+class RedisLink:
+    def __init__(self, settings: Settings, on_message: Callable[[bytes], None]) -> None:
+        assert settings.redis_url is not None
+        self.where = safe_url(settings.redis_url)
+        timeout = settings.redis_timeout
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            # One quick retry on a fresh connection: a pooled connection to a Redis that
+            # restarted fails once, and that is not an outage.
+            retry=Retry(NoBackoff(), 1),
+        )
+        self.client = Redis(connection_pool=pool)
+        self.up = False
+        #: The cluster's credentials-digest key (None until Redis first answered).
+        self.secret: bytes | None = None
+        self._on_message = on_message
+        self._prefix = settings.redis_prefix
+        self._timeout = timeout
+        self._check_now = asyncio.Event()
+        self._settled = asyncio.Event()
+        self._reported = False  # an outage was logged and not yet its end
+        self._task: asyncio.Task[None] | None = None
+        self._check_every = min(CHECK_EVERY, settings.poll_interval)
+
+    @property
+    def events_channel(self) -> str:
+        return f"{self._prefix}events"
+
+    async def start(self) -> None:
+        """Start the listener; wait (at most BRIDGE_REDIS_TIMEOUT) for a first verdict.
+
+        Redis down at start is not fatal: the replica serves, /readyz answers 503 and
+        stream requests get 503 until Redis answers (no crash loop when Redis and the
+        bridge start together).
+        """
+        self._task = asyncio.create_task(self._listen(), name="cluster-listener")
+        with suppress(TimeoutError):
+            async with asyncio.timeout(self._timeout + 0.5):
+                await self._settled.wait()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            await cancel_and_wait(self._task)
+            self._task = None
+        self.up = False
+        with suppress(*REDIS_FAILURES):
+            await self.client.aclose(close_connection_pool=True)
+
+    def trouble(self, error: BaseException) -> None:
+        """A command failed: Redis counts as down until the listener sees it answer."""
+        self._down(error)
+        self._check_now.set()
+
+    # --- the listener ----------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        backoff = Backoff(0.05, 2.0)
+        while True:
+            try:
+                await self._session(backoff)
+            except asyncio.CancelledError:
+                raise
+            except REDIS_FAILURES as error:
+                self._down(error)
+            self._settled.set()
+            self._check_now.clear()
+            with suppress(TimeoutError):
+                async with asyncio.timeout(backoff.next_delay()):
+                    await self._check_now.wait()
+
+    async def _session(self, backoff: Backoff) -> None:
+        """Subscribe, then pass messages on and check health until something fails."""
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            async with asyncio.timeout(self._timeout):
+                await pubsub.subscribe(self.events_channel)
+                await self._check()
+            backoff.reset()
+            checked = time.monotonic()
+            while True:
+                message = await pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=self._check_every
+                )
+                if message is not None and message.get("type") == "message":
+                    self._deliver(message.get("data"))
+                now = time.monotonic()
+                if self._check_now.is_set() or now - checked >= CHECK_EVERY:
+                    self._check_now.clear()
+                    async with asyncio.timeout(self._timeout):
+                        await self._check()
+                    checked = now
+        finally:
+            with suppress(*REDIS_FAILURES):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _check(self) -> None:
+        """Redis answers (and keeps the cluster's digest key): the link is up."""
+        secret = await _shared_secret(self.client, f"{self._prefix}secret", self.secret)
+        if self.secret is not None and secret != self.secret:
+            log.warning(
+                "cluster: the shared credentials key in Redis changed (was Redis flushed?); "
+                "viewers that connect now may start a second poller for a run"
+            )
+        self.secret = secret
+        if not self.up:
+            self.up = True
+            log.info("cluster: connected to Redis at %s", self.where)
+            self._reported = False
+        self._settled.set()
+
+    def _deliver(self, data: object) -> None:
+        if isinstance(data, bytes):
+            try:
+                self._on_message(data)
+            except Exception:
+                # A poller's bug must not end the listener: the tick repairs the copy.
+                log.exception("cluster: a pub/sub message could not be applied")
+
+    def _down(self, error: BaseException) -> None:
+        was_up, self.up = self.up, False
+        if was_up or not self._reported:
+            self._reported = True
+            if was_up:
+                log.warning(
+                    "cluster: lost Redis at %s (%s); viewers keep their streams, polling "
+                    "pauses and /readyz answers 503 until it is back",
+                    self.where,
+                    describe(error),
+                )
+            else:
+                log.warning(
+                    "cluster: cannot use Redis at %s (%s); /readyz answers 503 and new "
+                    "streams get 503 until it answers; retrying",
+                    self.where,
+                    describe(error),
+                )
+
+
+async def _shared_secret(client: Redis, key: str, mine: bytes | None) -> bytes:
+    """The digest key in Redis; a new random one if none is there (first replica wins).
+
+    A replica that already has one puts it back (Redis restarted empty), so that the
+    digests of running pollers stay valid for the whole cluster.
+    """
+    candidate = mine if mine is not None else os.urandom(32)
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.set(key, candidate, nx=True)
+        pipe.get(key)
+        _, value = await pipe.execute()
+    return bytes(value) if isinstance(value, bytes) and value else candidate

@@ -1,0 +1,313 @@
+"""What cluster mode keeps in Redis, and the Lua scripts that change it atomically.
+
+For one channel key K = ``<credentials digest>:<run id>`` (all its keys share the hash
+tag ``{K}``)::
+
+    <prefix>{K}:lease     string  the token of the poller that polls K now (PX lease)
+    <prefix>{K}:meta      hash    epoch, seq (of the newest event), end ("" | t | s),
+                                  ok (token of the lease holder whose poll last
+                                  succeeded), polled (Redis time of that poll, ms)
+    <prefix>{K}:events    list    the newest BRIDGE_HISTORY_SIZE records, oldest first
+    <prefix>{K}:interest  zset    tokens of pollers whose replica has viewers of K,
+                                  scored by when that interest expires (ms)
+    <prefix>secret        string  the key of the credentials digest, made once (SET NX)
+    <prefix>events        pub/sub ``K\\n<record>`` for each new event, ``K\\n!`` when a
+                                  new lease holder's first poll confirmed the history
+
+A record is ``<epoch> <seq> <name> <kind>\\n<data>``: kind ``p`` (progress), ``t`` (a
+terminal state the upstream reported) or ``s`` (a terminal event the bridge made: it
+gave up, or the credentials were refused), data the status as one line of JSON.
+
+Nothing here carries a credential: forwarded headers never leave the replica, K holds
+only their keyed digest. Times are Redis's own (``TIME``), never a replica's clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.typing import EncodableT
+
+from bridge import sse
+from bridge.hub import ChannelKey
+
+#: Kinds of record.
+PROGRESS, TERMINAL, SYNTHETIC = "p", "t", "s"
+_NAMES = frozenset({sse.PROGRESS, sse.COMPLETE, sse.ERROR})
+
+# KEYS: lease, meta, interest. ARGV: token, lease ms, active (0/1).
+# Refreshes (or withdraws) this poller's interest, renews the lease it holds or takes a
+# free one (never for an ended run), and says what Redis holds.
+_TICK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local others = redis.call('ZCARD', KEYS[3])
+if ARGV[3] == '1' then
+  if redis.call('ZADD', KEYS[3], now + ttl, ARGV[1]) == 0 then others = others - 1 end
+  redis.call('PEXPIRE', KEYS[3], ttl * 2)
+else
+  others = others - redis.call('ZREM', KEYS[3], ARGV[1])
+end
+local meta = redis.call('HMGET', KEYS[2], 'epoch', 'seq', 'end', 'ok', 'polled')
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+elseif (not holder) and ARGV[3] == '1' and meta[3] ~= 't' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+  holder = ARGV[1]
+end
+local since = -1
+if meta[5] then since = now - tonumber(meta[5]) end
+return {holder or '', meta[1] or '', meta[2] or '0', meta[3] or '', meta[4] or '', others, since}
+"""
+
+# KEYS: lease, meta, events. ARGV: token, lease ms, keep ms, size, base epoch, base seq,
+# channel, K, name, kind ('' when the status did not change), data.
+# Only the lease holder writes, and only on top of the history it has (base): returns
+# {1, epoch, seq} (written), {-1} (not the holder), {-2} (base out of date), {-3} (ended).
+_COMMIT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1} end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local meta = redis.call('HMGET', KEYS[2], 'epoch', 'seq', 'end', 'ok')
+local epoch, seq = meta[1], tonumber(meta[2] or '0')
+local base = tonumber(ARGV[6])
+if (not epoch) or (meta[3] == 's' and base == 0) then
+  if base ~= 0 then return {-2} end
+  -- a new history; its epoch differs from the one it replaces
+  local fresh = tonumber(ARGV[5])
+  if epoch and fresh <= tonumber(epoch) then fresh = tonumber(epoch) + 1 end
+  redis.call('DEL', KEYS[3])
+  epoch, seq = tostring(fresh), 0
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'seq', 0, 'end', '')
+  meta[4] = false
+elseif meta[3] == 't' or meta[3] == 's' then
+  return {-3}
+elseif epoch ~= ARGV[5] or seq ~= base then
+  return {-2}
+end
+redis.call('HSET', KEYS[2], 'ok', ARGV[1], 'polled', now)
+if ARGV[10] ~= '' then
+  seq = seq + 1
+  local record = epoch .. ' ' .. seq .. ' ' .. ARGV[9] .. ' ' .. ARGV[10] .. '\\n' .. ARGV[11]
+  redis.call('RPUSH', KEYS[3], record)
+  redis.call('LTRIM', KEYS[3], -tonumber(ARGV[4]), -1)
+  local ended = ''
+  if ARGV[10] ~= 'p' then ended = ARGV[10] end
+  redis.call('HSET', KEYS[2], 'seq', seq, 'end', ended)
+  redis.call('PUBLISH', ARGV[7], ARGV[8] .. '\\n' .. record)
+elseif meta[4] ~= ARGV[1] then
+  redis.call('PUBLISH', ARGV[7], ARGV[8] .. '\\n!')
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+return {1, epoch, seq}
+"""
+
+# KEYS: meta, events. ARGV: epoch, seq, record, keep ms.
+# Puts a replica's newest event back when Redis lost the history (restarted without
+# persistence, or evicted it) or holds an older part of it: the highest seq wins.
+_RESTORE = """
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
+if meta[1] and not (meta[1] == ARGV[1] and tonumber(meta[2]) < tonumber(ARGV[2])) then
+  return 0
+end
+redis.call('DEL', KEYS[2])
+redis.call('RPUSH', KEYS[2], ARGV[3])
+redis.call('HDEL', KEYS[1], 'ok')
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'seq', ARGV[2], 'end', '')
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return 1
+"""
+
+# KEYS: lease, interest. ARGV: token. Gives up the lease (if still ours) and the interest.
+_RESIGN = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    epoch: int
+    seq: int
+    name: str
+    kind: str
+    data: str
+
+    @property
+    def synthetic(self) -> bool:
+        return self.kind == SYNTHETIC
+
+    def encode(self) -> str:
+        return f"{self.epoch} {self.seq} {self.name} {self.kind}\n{self.data}"
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Record | None:
+        """A record, or None for anything malformed (never trusted blindly)."""
+        head, sep, data = raw.partition(b"\n")
+        parts = head.split(b" ")
+        if not sep or len(parts) != 4:
+            return None
+        try:
+            epoch, seq = int(parts[0]), int(parts[1])
+            name, kind = parts[2].decode("ascii"), parts[3].decode("ascii")
+            text = data.decode("ascii")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if name not in _NAMES or kind not in (PROGRESS, TERMINAL, SYNTHETIC) or seq < 1:
+            return None
+        return cls(epoch, seq, name, kind, text)
+
+
+@dataclass(frozen=True, slots=True)
+class TickView:
+    """What Redis holds for a channel key, as one tick saw it."""
+
+    holder: str
+    epoch: int | None
+    seq: int
+    end: str
+    ok: str
+    #: Pollers of other replicas whose viewers watch this key.
+    others: int
+    #: Milliseconds since the last successful poll by any replica (None: never).
+    since_poll: int | None
+
+    @property
+    def fresh(self) -> bool:
+        """The current lease holder has polled successfully: the history is up to date."""
+        return bool(self.ok) and self.ok == self.holder
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    #: 1 written, -1 not the lease holder, -2 base out of date, -3 the history ended.
+    code: int
+    epoch: int = 0
+    seq: int = 0
+
+
+WRITTEN, NOT_HOLDER, OUT_OF_DATE, ENDED = 1, -1, -2, -3
+
+#: Records read beyond those asked for (see ``Store.records``).
+RECORDS_MARGIN = 16
+
+
+def channel_name(key: ChannelKey) -> str:
+    """K: how a channel key is named in Redis (run ids never contain a newline)."""
+    return f"{key.credentials}:{key.run_id}"
+
+
+def parse_channel_name(name: str) -> ChannelKey | None:
+    digest, sep, run_id = name.partition(":")
+    return ChannelKey(run_id, digest) if sep and run_id else None
+
+
+def _text(value: Any) -> str:
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+
+
+class Store:
+    """The cluster's reads and writes for channel keys; every call is one round trip."""
+
+    def __init__(
+        self,
+        client: Redis,
+        prefix: str,
+        *,
+        lease_ms: int,
+        keep_ms: int,
+        history_size: int,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.events_channel = f"{prefix}events"
+        self.lease_ms = lease_ms
+        self.keep_ms = keep_ms
+        self.history_size = history_size
+        self._tick = client.register_script(_TICK)
+        self._commit = client.register_script(_COMMIT)
+        self._restore = client.register_script(_RESTORE)
+        self._resign = client.register_script(_RESIGN)
+
+    def key(self, key: ChannelKey, part: str) -> str:
+        return f"{self.prefix}{{{channel_name(key)}}}:{part}"
+
+    async def tick(self, key: ChannelKey, token: str, *, active: bool) -> TickView:
+        keys = [self.key(key, "lease"), self.key(key, "meta"), self.key(key, "interest")]
+        reply = await self._tick(keys=keys, args=[token, self.lease_ms, int(active)])
+        holder, epoch, seq, end, ok, others, since = reply
+        epoch_text = _text(epoch)
+        return TickView(
+            holder=_text(holder),
+            epoch=int(epoch_text) if epoch_text else None,
+            seq=int(_text(seq) or 0),
+            end=_text(end),
+            ok=_text(ok),
+            others=max(int(others), 0),
+            since_poll=None if int(since) < 0 else int(since),
+        )
+
+    async def commit(
+        self,
+        key: ChannelKey,
+        token: str,
+        base_epoch: int,
+        base_seq: int,
+        name: str = "",
+        kind: str = "",
+        data: str = "",
+    ) -> Committed:
+        keys = [self.key(key, "lease"), self.key(key, "meta"), self.key(key, "events")]
+        args: list[EncodableT] = [
+            token,
+            self.lease_ms,
+            self.keep_ms,
+            self.history_size,
+            base_epoch,
+            base_seq,
+            self.events_channel,
+            channel_name(key),
+            name,
+            kind,
+            data,
+        ]
+        reply = await self._commit(keys=keys, args=args)
+        code = int(reply[0])
+        if code != WRITTEN:
+            return Committed(code)
+        return Committed(code, int(_text(reply[1])), int(reply[2]))
+
+    async def restore(self, key: ChannelKey, record: Record) -> bool:
+        keys = [self.key(key, "meta"), self.key(key, "events")]
+        args: list[EncodableT] = [record.epoch, record.seq, record.encode(), self.keep_ms]
+        return bool(await self._restore(keys=keys, args=args))
+
+    async def records(self, key: ChannelKey, count: int) -> list[Record]:
+        """At least the newest ``count`` records (at most the history size), oldest first.
+
+        A few more are read than asked for: events written since the caller looked at
+        the head would otherwise push the oldest wanted ones out of the window.
+        """
+        count = min(count + RECORDS_MARGIN, self.history_size)
+        if count <= 0:
+            return []
+        raw = await self.client.lrange(self.key(key, "events"), -count, -1)
+        out = [Record.decode(i if isinstance(i, bytes) else i.encode()) for i in raw]
+        return sorted((r for r in out if r is not None), key=lambda r: r.seq)
+
+    async def resign(self, pollers: list[tuple[ChannelKey, str]]) -> None:
+        """Give up the leases and interests of these (key, token) pairs, in one round trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key, token in pollers:
+                keys = [self.key(key, "lease"), self.key(key, "interest")]
+                await self._resign(keys=keys, args=[token], client=pipe)
+            await pipe.execute()

@@ -1,0 +1,645 @@
+"""Cluster mode, for real: two bridges sharing a real redis-server, in front of the real
+simulated legacy API. One upstream poll per run per interval across replicas, the same
+ids everywhere, resume on another replica, takeover, cluster-wide stop, credentials that
+never cross, and Redis lost and back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bridge.cluster import Cluster
+from bridge.cluster.store import Record
+from bridge.demo.legacy_api import Fault, LegacyApi
+from bridge.eventstream import ParsedEvent
+from bridge.history import RunHistory
+from bridge.settings import ConfigError, load
+from tests.support import RunningBridge, running_bridge, sse, wait_for
+
+pytestmark = pytest.mark.redis
+
+
+# --- a real redis-server -------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """redis-server on a loopback port, without persistence, in its own directory."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        binary = shutil.which("redis-server") or (
+            "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+        )
+        if binary is None:
+            pytest.fail(
+                "redis-server is not installed, and the cluster tests need a real one: "
+                "run scripts/install (or apt-get install redis-server)",
+                pytrace=False,
+            )
+        self.binary = binary
+        self.workdir = workdir
+        self.port = port or _free_port()
+        self.extra_args: list[str] = []
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def spawn(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(self.workdir),
+                "--loglevel", "warning",
+                *self.extra_args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64)[:1] in (b"+", b"-")  # PONG, or NOAUTH: it is up
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        self.spawn()
+        deadline = time.monotonic() + 10
+        while not self.answers():
+            assert self.process is not None and self.process.poll() is None, "redis died"
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.01)
+
+    async def astart(self) -> None:
+        self.spawn()
+        async with asyncio.timeout(10):
+            while not await asyncio.to_thread(self.answers):
+                await asyncio.sleep(0.01)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def cluster(redis_server: RedisServer) -> dict[str, Any]:
+    """Settings of one cluster: the shared Redis, and a key prefix of this test's own."""
+    return {"redis_url": redis_server.url, "redis_prefix": f"t{uuid.uuid4().hex[:10]}:"}
+
+
+@asynccontextmanager
+async def replicas(
+    legacy: LegacyApi, cluster: dict[str, Any], **overrides: Any
+) -> AsyncIterator[tuple[RunningBridge, RunningBridge]]:
+    async with (
+        running_bridge(legacy.url, **cluster, **overrides) as a,
+        running_bridge(legacy.url, **cluster, **overrides) as b,
+    ):
+        yield a, b
+
+
+def cluster_of(b: RunningBridge) -> Cluster:
+    assert b.bridge.cluster is not None
+    return b.bridge.cluster
+
+
+def seq(event: ParsedEvent) -> tuple[int, int]:
+    epoch, _, number = event.id.partition("-")
+    return int(epoch), int(number)
+
+
+async def status_of(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http, http.get(url, headers=headers or {}) as r:
+        return r.status, json.loads(await r.read() or b"null")
+
+
+# --- the parts, without servers ----------------------------------------------------------
+
+
+def test_a_copy_of_a_history_keeps_the_leaders_ids() -> None:
+    copy = RunHistory(4)
+    assert copy.mirror(77, 5, "progress", {"n": 5}, '{"n":5}') is not None
+    assert (copy.epoch, copy.last_seq, copy.latest and copy.latest.id) == (77, 5, "77-5")
+    assert copy.mirror(77, 5, "progress", {"n": 5}, '{"n":5}') is None  # held already
+    assert copy.mirror(78, 6, "progress", {"n": 6}, '{"n":6}') is None  # another history
+    copy.mirror(77, 6, "progress", {"n": 6}, '{"n":6}')
+    assert [e.id for e in copy.after(5)] == ["77-6"]
+    # A gap (events never seen) drops what is held: a viewer behind it gets the latest.
+    copy.mirror(77, 9, "progress", {"n": 9}, '{"n":9}')
+    assert [e.id for e in copy.resume("77-6")] == ["77-9"]
+    assert [e.id for e in copy.after(6)] == ["77-9"]
+    assert copy.mirror(77, 10, "complete", {"n": 10}, '{"n":10}') is not None
+    assert copy.terminal and copy.mirror(77, 11, "progress", {}, "{}") is None
+
+
+def test_records_round_trip_and_garbage_is_refused() -> None:
+    record = Record(1763827200123, 7, "error", "s", '{"status":"forbidden"}')
+    assert Record.decode(record.encode().encode()) == record
+    assert record.synthetic
+    for garbage in (
+        b"",
+        b"1 2 progress p",
+        b"x 2 progress p\n{}",
+        b"1 2 ping p\n{}",
+        b"1 0 progress p\n{}",
+    ):
+        assert Record.decode(garbage) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "accepted"),
+    [
+        ("redis://redis:6379/0", True),
+        ("rediss://user:pw@redis.internal:6380/2", True),
+        ("unix:///run/redis/redis.sock", True),
+        ("http://redis:6379", False),
+        ("redis://", False),
+        ("redis://redis:99999", False),
+        ("redis://redis/x", False),
+        ("unix://", False),
+        ("redis://:hunter2@redis:99999/0", False),
+        ("redis://:hunter2@redis:6379/db", False),
+    ],
+)
+def test_redis_url_is_validated_without_echoing_it(url: str, accepted: bool) -> None:
+    if accepted:
+        assert load(redis_url=url).redis_url == url
+        return
+    with pytest.raises(ConfigError) as error:
+        load(redis_url=url)
+    assert str(error.value).startswith("BRIDGE_REDIS_URL: ")
+    assert "hunter2" not in str(error.value)
+
+
+def test_memory_url_and_empty_mean_one_process() -> None:
+    assert load(redis_url="memory://").redis_url is None
+    assert load(redis_url="").redis_url is None
+    with pytest.raises(ConfigError, match="BRIDGE_REDIS_PREFIX"):
+        load(redis_prefix="has space")
+
+
+# --- sharing ---------------------------------------------------------------------------
+
+
+async def test_viewers_on_two_replicas_cost_one_poll_per_interval(
+    legacy: LegacyApi, cluster: dict[str, Any]
+) -> None:
+    run = legacy.scripted("shared", nodes=("a", "b"))
+    interval = 0.1
+    async with (
+        replicas(legacy, cluster, poll_interval=interval) as (a, b),
+        AsyncExitStack() as stack,
+    ):
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        streams = await asyncio.gather(
+            *(
+                stack.enter_async_context(sse(f"{r.url}/v1/runs/shared/stream", session=session))
+                for r in (a, b) * 10
+            )
+        )
+        firsts = await asyncio.gather(*(s.next_named("progress") for s in streams))
+        assert all(json.loads(e.data) == run.statuses[0] for e in firsts)
+        assert len({e.id for e in firsts}) == 1
+        # Concurrent cold connects on both replicas: only the leader ever asked upstream.
+        assert min(a.bridge.upstream.requests_sent, b.bridge.upstream.requests_sent) == 0
+        # One leader in the cluster, one follower.
+        assert a.bridge.pollers.active == b.bridge.pollers.active == 1
+        await wait_for(lambda: cluster_of(a).pollers.leading + cluster_of(b).pollers.leading == 1)
+
+        # 20 viewers over 2 replicas, a fixed window: about one request per interval.
+        window = 1.5
+        before = legacy.requests["shared"]
+        await asyncio.sleep(window)
+        polls = legacy.requests["shared"] - before
+        print(
+            f"\nupstream requests, 20 viewers over 2 replicas, {window} s at {interval} s: {polls}"
+        )
+        assert window / interval - 3 <= polls <= window / interval + 2
+
+        # Every change reaches every viewer on both replicas, with the same id.
+        last = seq(firsts[0])
+        for expected in run.statuses[1:]:
+            run.advance()
+            got = await asyncio.gather(*(s.next_named("progress", "complete") for s in streams))
+            assert all(json.loads(e.data) == expected for e in got)
+            assert len({e.id for e in got}) == 1
+            assert seq(got[0]) == (last[0], last[1] + 1)
+            last = seq(got[0])
+        assert got[0].event == "complete"
+        assert await asyncio.gather(*(s.rest() for s in streams)) == [[]] * len(streams)
+
+
+async def test_a_viewer_on_a_follower_gets_the_latest_status_without_a_request(
+    legacy: LegacyApi, cluster: dict[str, Any]
+) -> None:
+    run = legacy.scripted("late")
+    async with replicas(legacy, cluster, poll_interval=5.0) as (a, b):
+        async with sse(f"{a.url}/v1/runs/late/stream") as first:
+            on_a = await first.next_named("progress")
+            before = legacy.requests["late"]
+            async with sse(f"{b.url}/v1/runs/late/stream") as second:
+                on_b = await second.next_named("progress")
+            assert json.loads(on_b.data) == run.statuses[0]
+            assert on_b.id == on_a.id
+            assert legacy.requests["late"] == before
+            assert b.bridge.upstream.requests_sent == 0
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{b.url}/v1/runs/late") as r:
+                    assert r.status == 200 and await r.json() == run.statuses[0]
+                for replica, leading in ((a, 1), (b, 0)):
+                    async with http.get(f"{replica.url}/metrics") as r:
+                        text = await r.text()
+                        assert "bridge_redis_connected 1.0" in text
+                        assert f"bridge_pollers_leading {leading:.1f}" in text
+            assert legacy.requests["late"] == before
+
+
+async def test_an_ended_run_is_answered_from_redis_on_any_replica(
+    legacy: LegacyApi, cluster: dict[str, Any]
+) -> None:
+    run = legacy.scripted("ended", nodes=("a",))
+    async with replicas(legacy, cluster) as (a, b):
+        async with sse(f"{a.url}/v1/runs/ended/stream") as s:
+            await s.next_named("progress")
+            run.advance(len(run.statuses))
+            final = await s.next_named("complete", "progress")
+            while final.event == "progress":
+                final = await s.next_named("complete", "progress")
+        await wait_for(lambda: a.bridge.pollers.active == 0)
+        before = legacy.requests["ended"]
+        async with sse(f"{b.url}/v1/runs/ended/stream") as s:
+            events = await s.rest()
+        assert [(e.event, e.id) for e in events] == [("complete", final.id)]
+        # Reconnecting with the final id: 204, which stops EventSource.
+        async with aiohttp.ClientSession() as http:
+            headers = {"Last-Event-ID": final.id}
+            async with http.get(f"{b.url}/v1/runs/ended/stream", headers=headers) as r:
+                assert r.status == 204
+        assert legacy.requests["ended"] == before
+
+
+async def test_resume_on_another_replica_loses_nothing_and_repeats_nothing(
+    legacy: LegacyApi, cluster: dict[str, Any]
+) -> None:
+    run = legacy.scripted("resume", nodes=("a", "b", "c"))
+    async with (
+        replicas(legacy, cluster) as (a, b),
+        sse(f"{b.url}/v1/runs/resume/stream") as keeper,
+    ):
+        await keeper.next_named("progress")
+        async with sse(f"{a.url}/v1/runs/resume/stream") as viewer:
+            await viewer.next_named("progress")
+            run.advance()
+            seen = await viewer.next_named("progress")
+            assert (await keeper.next_named("progress")).id == seen.id
+        # Two changes while the viewer is away.
+        missed = []
+        for _ in range(2):
+            run.advance()
+            missed.append(await keeper.next_named("progress"))
+        await wait_for(lambda: a.bridge.pollers.active == 0)
+        # On the replica with the live copy, and on the one that has none any more.
+        for replica in (b, a):
+            url = f"{replica.url}/v1/runs/resume/stream"
+            async with sse(url, {"Last-Event-ID": seen.id}) as resumed:
+                got = [await resumed.next_named("progress") for _ in missed]
+                assert [(e.id, e.data) for e in got] == [(e.id, e.data) for e in missed]
+                with pytest.raises(TimeoutError):
+                    await resumed.next_event(timeout=0.3)
+        # The cursor query parameter works the same across replicas.
+        async with sse(f"{a.url}/v1/runs/resume/stream?cursor={missed[0].id}") as resumed:
+            assert (await resumed.next_named("progress")).id == missed[1].id
+
+
+# --- takeover ----------------------------------------------------------------------------
+
+
+async def test_leader_stopped_the_other_replica_takes_over_the_same_history(
+    legacy: LegacyApi, cluster: dict[str, Any]
+) -> None:
+    run = legacy.scripted("takeover", nodes=("a", "b", "c"))
+    async with AsyncExitStack() as outer:
+        b = await outer.enter_async_context(running_bridge(legacy.url, **cluster))
+        async with AsyncExitStack() as inner:
+            a = await inner.enter_async_context(running_bridge(legacy.url, **cluster))
+            on_a = await inner.enter_async_context(sse(f"{a.url}/v1/runs/takeover/stream"))
+            await on_a.next_named("progress")
+            await wait_for(lambda: cluster_of(a).pollers.leading == 1)
+            on_b = await outer.enter_async_context(sse(f"{b.url}/v1/runs/takeover/stream"))
+            await on_b.next_named("progress")
+            assert cluster_of(b).pollers.leading == 0
+            run.advance()
+            last = await on_a.next_named("progress")
+            assert (await on_b.next_named("progress")).id == last.id
+        # Replica a is gone (its viewers' streams ended; they reconnect elsewhere).
+        await wait_for(lambda: cluster_of(b).pollers.leading == 1)
+        for expected in run.statuses[2:4]:
+            run.advance()
+            event = await on_b.next_named("progress")
+            assert json.loads(event.data) == expected
+            assert seq(event) == (seq(last)[0], seq(last)[1] + 1)
+            last = event
+        # a's viewer, reconnecting to b with its last id, gets exactly what it missed.
+        async with sse(
+            f"{b.url}/v1/runs/takeover/stream", {"Last-Event-ID": on_a.events[-1].id}
+        ) as s:
+            got = [await s.next_named("progress") for _ in range(2)]
+            assert [e.id for e in got] == [e.id for e in on_b.events[-2:]]
+
+
+async def test_a_dead_replicas_lease_is_taken_over_once_it_expires(
+    legacy: LegacyApi, cluster: dict[str, Any]
+) -> None:
+    run = legacy.scripted("orphan", nodes=("a", "b"))
+    async with (
+        running_bridge(legacy.url, **cluster) as b,
+        sse(f"{b.url}/v1/runs/orphan/stream") as s,
+    ):
+        first = await s.next_named("progress")
+        store = cluster_of(b).store
+        key = b.bridge.pollers.key("orphan", {})
+        # A replica that died holding the lease: nobody may poll until it expires.
+        stolen = time.monotonic()
+        await store.client.set(store.key(key, "lease"), "dead-replica-1", px=600)
+        run.advance()
+        event = await s.next_named("progress", timeout=5)
+        assert time.monotonic() - stolen >= 0.55
+        during = [
+            r for r in legacy.seen if r.run_id == "orphan" and stolen + 0.1 < r.at < stolen + 0.55
+        ]
+        assert during == []
+        assert cluster_of(b).pollers.leading == 1
+        assert json.loads(event.data) == run.statuses[1]
+        assert seq(event) == (seq(first)[0], seq(first)[1] + 1)
+
+
+# --- stopping --------------------------------------------------------------------------
+
+
+async def test_polling_stops_after_the_last_viewer_on_every_replica_left(
+    legacy: LegacyApi, cluster: dict[str, Any]
+) -> None:
+    legacy.scripted("leave")
+    async with replicas(legacy, cluster) as (a, b):
+        on_a = AsyncExitStack()
+        on_b = AsyncExitStack()
+        async with on_b:
+            async with on_a:
+                s = await on_a.enter_async_context(sse(f"{a.url}/v1/runs/leave/stream"))
+                await s.next_named("progress")
+                await wait_for(lambda: cluster_of(a).pollers.leading == 1)
+                s = await on_b.enter_async_context(sse(f"{b.url}/v1/runs/leave/stream"))
+                await s.next_named("progress")
+            # The leader's viewers left; b's viewer keeps the run polled (by a, still).
+            count = legacy.requests["leave"]
+            await wait_for(lambda: legacy.requests["leave"] >= count + 5)
+        await wait_for(lambda: a.bridge.pollers.active == b.bridge.pollers.active == 0)
+        stopped_at = legacy.requests["leave"]
+        # Ten intervals for a stray poller to show itself: none may.
+        await asyncio.sleep(0.5)
+        assert legacy.requests["leave"] == stopped_at
+        store = cluster_of(a).store
+        key = a.bridge.pollers.key("leave", {})
+        assert await store.client.exists(store.key(key, "lease"), store.key(key, "interest")) == 0
+
+
+# --- credentials -------------------------------------------------------------------------
+
+
+async def test_different_credentials_never_share_across_replicas(
+    legacy: LegacyApi, cluster: dict[str, Any]
+) -> None:
+    run = legacy.scripted("secret")
+    legacy.require("secret", "authorization", "Bearer alice")
+    alice = {"Authorization": "Bearer alice"}
+    async with (
+        replicas(legacy, cluster) as (a, b),
+        sse(f"{a.url}/v1/runs/secret/stream", alice) as s,
+    ):
+        first = await s.next_named("progress")
+        assert json.loads(first.data) == run.statuses[0]
+        async with aiohttp.ClientSession() as http:
+            for headers, status in (({"Authorization": "Bearer mallory"}, 403), ({}, 401)):
+                for path in ("/v1/runs/secret/stream", "/v1/runs/secret"):
+                    async with http.get(f"{b.url}{path}", headers=headers) as r:
+                        assert r.status == status
+                        body = await r.read()
+                        assert b"queued" not in body and b"nodes" not in body
+        # Alice on the other replica shares her channel: same id, no request of its own.
+        async with sse(f"{b.url}/v1/runs/secret/stream", alice) as s2:
+            assert (await s2.next_named("progress")).id == first.id
+        assert a.bridge.pollers.key("secret", alice) == b.bridge.pollers.key("secret", alice)
+        assert a.bridge.pollers.key("secret", alice) != b.bridge.pollers.key("secret", {})
+        # Redis holds statuses and digests, never a forwarded header.
+        client = cluster_of(a).store.client
+        prefix = cluster["redis_prefix"]
+        dump = b""
+        async for name in client.scan_iter(match=f"{prefix}*"):
+            kind = (await client.type(name)).decode()
+            if kind == "string":
+                dump += name + (await client.get(name) or b"")
+            elif kind == "list":
+                dump += name + b"".join(await client.lrange(name, 0, -1))
+            elif kind == "hash":
+                dump += name + b"".join(k + v for k, v in (await client.hgetall(name)).items())
+            elif kind == "zset":
+                dump += name + b"".join(await client.zrange(name, 0, -1))
+        assert b"queued" in dump  # the history is there...
+        assert b"alice" not in dump.lower() and b"mallory" not in dump.lower()
+        assert b"bearer" not in dump.lower()
+
+
+async def test_credentials_refused_mid_stream_end_every_replicas_viewers(
+    legacy: LegacyApi, cluster: dict[str, Any]
+) -> None:
+    legacy.scripted("revoked")
+    legacy.require("revoked", "x-api-key", "k1")
+    key = {"X-Api-Key": "k1"}
+    async with (
+        replicas(legacy, cluster) as (a, b),
+        sse(f"{a.url}/v1/runs/revoked/stream", key) as on_a,
+        sse(f"{b.url}/v1/runs/revoked/stream", key) as on_b,
+    ):
+        await on_a.next_named("progress")
+        await on_b.next_named("progress")
+        legacy.require("revoked", "x-api-key", "k2")
+        ends = [await s.next_named("error") for s in (on_a, on_b)]
+        assert ends[0].id == ends[1].id
+        assert json.loads(ends[0].data)["status"] == "forbidden"
+        assert [await s.rest() for s in (on_a, on_b)] == [[], []]
+        # The bridge's own error is not history to serve: the next viewer asks upstream.
+        await wait_for(lambda: a.bridge.pollers.active == b.bridge.pollers.active == 0)
+        code, body = await status_of(f"{b.url}/v1/runs/revoked/stream", key)
+        assert (code, body["error"]) == (403, "forbidden")
+        async with sse(f"{a.url}/v1/runs/revoked/stream", {"X-Api-Key": "k2"}) as s:
+            assert (await s.next_named("progress")).id.split("-")[0] != ends[0].id.split("-")[0]
+
+
+async def test_a_multi_run_stream_on_a_follower(legacy: LegacyApi, cluster: dict[str, Any]) -> None:
+    runs = [legacy.scripted(run_id) for run_id in ("m1", "m2")]
+    async with (
+        replicas(legacy, cluster) as (a, b),
+        sse(f"{a.url}/v1/runs/m1/stream") as s1,
+        sse(f"{a.url}/v1/runs/m2/stream") as s2,
+    ):
+        ids = {
+            "m1": (await s1.next_named("progress")).id,
+            "m2": (await s2.next_named("progress")).id,
+        }
+        async with sse(f"{b.url}/v1/streams?runs=m1,m2") as multi:
+            got = [json.loads((await multi.next_named("progress")).data) for _ in runs]
+            assert {g["run_id"]: g["id"] for g in got} == ids
+            assert b.bridge.upstream.requests_sent == 0  # b follows a for both runs
+            runs[1].advance()
+            change = json.loads((await multi.next_named("progress")).data)
+            assert change["run_id"] == "m2" and change["data"] == runs[1].statuses[1]
+            assert change["id"] == (await s2.next_named("progress")).id
+
+
+async def test_first_fetch_errors_reach_the_viewer_as_in_one_process(
+    legacy: LegacyApi, cluster: dict[str, Any]
+) -> None:
+    legacy.scripted("flaky")
+    legacy.scripted("slow")
+    async with replicas(legacy, cluster, upstream_timeout=0.3) as (a, b):
+        for replica in (a, b):
+            code, body = await status_of(f"{replica.url}/v1/runs/missing/stream")
+            assert (code, body["error"]) == (404, "not_found")
+        legacy.inject("flaky", Fault("status", status=500))
+        code, body = await status_of(f"{b.url}/v1/runs/flaky/stream")
+        assert (code, body["error"]) == (502, "upstream_unavailable")
+        legacy.inject("slow", Fault("hang"))
+        code, body = await status_of(f"{a.url}/v1/runs/slow/stream")
+        assert (code, body["error"]) == (504, "upstream_timeout")
+        # The faults are spent: both runs stream now.
+        for run_id in ("flaky", "slow"):
+            async with sse(f"{b.url}/v1/runs/{run_id}/stream") as s:
+                assert s.status == 200
+                await s.next_named("progress")
+
+
+# --- Redis lost and back -------------------------------------------------------------------
+
+
+async def test_redis_lost_mid_stream_viewers_keep_pinging_then_recover(
+    legacy: LegacyApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge")
+    server = RedisServer(tmp_path)
+    server.start()
+    cluster = {"redis_url": server.url, "redis_prefix": "outage:"}
+    run = legacy.scripted("outage", nodes=("a", "b", "c"))
+    try:
+        async with (
+            replicas(legacy, cluster, ping_interval=0.1) as (a, b),
+            sse(f"{a.url}/v1/runs/outage/stream") as on_a,
+            sse(f"{b.url}/v1/runs/outage/stream") as on_b,
+        ):
+            await on_a.next_named("progress")
+            await on_b.next_named("progress")
+            run.advance()
+            last = await on_a.next_named("progress")
+            assert (await on_b.next_named("progress")).id == last.id
+
+            server.kill()
+            await wait_for(lambda: not cluster_of(a).link.up and not cluster_of(b).link.up)
+            for replica in (a, b):
+                code, body = await status_of(f"{replica.url}/readyz")
+                assert code == 503 and body["redis"] == "unavailable"
+            # Polling pauses (no lease to hold); the streams keep pinging.
+            polls = legacy.requests["outage"]
+            for stream in (on_a, on_b):
+                for _ in range(3):
+                    assert (await stream.next_event(timeout=2)).event == "ping"
+            assert legacy.requests["outage"] <= polls + 1
+            # A run this replica has no copy of cannot start: 503, retry later.
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{a.url}/v1/runs/other/stream") as r:
+                    assert r.status == 503 and "Retry-After" in r.headers
+                    assert (await r.json())["error"] == "cluster_unavailable"
+
+            await server.astart()  # empty: it kept nothing
+            await wait_for(lambda: cluster_of(a).link.up and cluster_of(b).link.up, timeout=10)
+            for replica in (a, b):
+                code, body = await status_of(f"{replica.url}/readyz")
+                assert code == 200 and body["redis"] == "connected"
+            for expected in run.statuses[2:4]:
+                run.advance()
+                event = await on_a.next_named("progress", timeout=5)
+                assert json.loads(event.data) == expected
+                assert seq(event) == (seq(last)[0], seq(last)[1] + 1)
+                assert (await on_b.next_named("progress")).id == event.id
+                last = event
+    finally:
+        server.kill()
+    records = caplog.records  # every logger: the bridge's, redis-py's, asyncio's
+    assert not [r for r in records if r.exc_info], "no traceback"
+    assert not [r for r in records if r.levelno >= logging.ERROR]
+    lost = [r for r in records if "lost Redis" in r.getMessage()]
+    assert 1 <= len(lost) <= 2  # one line per replica, not one per poll
+    assert not [r for r in records if "redis://" in r.getMessage() and "@" in r.getMessage()]
+
+
+async def test_redis_down_at_start_the_bridge_serves_not_ready_until_it_answers(
+    legacy: LegacyApi, tmp_path: Path
+) -> None:
+    legacy.scripted("early")
+    server = RedisServer(tmp_path)
+    cluster = {"redis_url": f"redis://:s3cret@127.0.0.1:{server.port}/0", "redis_timeout": 0.5}
+    try:
+        async with running_bridge(legacy.url, **cluster) as b:
+            code, _ = await status_of(f"{b.url}/healthz")
+            assert code == 200
+            code, body = await status_of(f"{b.url}/readyz")
+            assert code == 503 and body["redis"] == "unavailable"
+            code, body = await status_of(f"{b.url}/v1/runs/early/stream")
+            assert (code, body["error"]) == (503, "cluster_unavailable")
+            assert legacy.requests["early"] == 0
+            server.extra_args = ["--requirepass", "s3cret"]
+            await server.astart()
+            await wait_for(lambda: cluster_of(b).link.up, timeout=10)
+            async with sse(f"{b.url}/v1/runs/early/stream") as s:
+                await s.next_named("progress")
+    finally:
+        server.kill()
