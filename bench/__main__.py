@@ -14,14 +14,15 @@ import sys
 from pathlib import Path
 
 from bench.common import BENCH_DIR, OUT_DIR
-from bench.suite import ALL_TARGETS, Config, Runner
+from bench.profile import PHASES
+from bench.suite import ALL_TARGETS, PROBES, Config, Runner
 
 
 def _env_pairs(values: list[str]) -> dict[str, str]:
     pairs = {}
     for value in values:
         key, sep, val = value.partition("=")
-        if not sep or not key.startswith("BRIDGE_"):
+        if not sep or not key.startswith(("BRIDGE_", "BENCH_GC_")):
             raise SystemExit(f"--bridge-env wants BRIDGE_NAME=value, not {value!r}")
         pairs[key] = val
     return pairs
@@ -33,7 +34,7 @@ def _run(args: argparse.Namespace, command: str) -> int:
     overrides: dict[str, object] = {}
     if args.targets:
         names = tuple(t.strip() for t in args.targets.split(",") if t.strip())
-        unknown = set(names) - set(ALL_TARGETS)
+        unknown = set(names) - set(ALL_TARGETS) - set(PROBES)
         if unknown:
             raise SystemExit(f"unknown targets: {', '.join(sorted(unknown))}")
         overrides["targets"] = names
@@ -45,29 +46,37 @@ def _run(args: argparse.Namespace, command: str) -> int:
         overrides["bridge_env"] = _env_pairs(args.bridge_env)
     if args.rt:
         overrides["rt_priority"] = 10
+    if args.out:
+        overrides["out"] = Path(args.out)
     config = Config.quick_config(**overrides) if args.quick else Config(**overrides)  # type: ignore[arg-type]
     results = Runner(config).run(command)
     config.out.mkdir(parents=True, exist_ok=True)
     results_path = config.out / "results.json"
     results_path.write_text(json.dumps(results, indent=1))
-    report_path = config.out / "RESULTS.md" if args.quick else BENCH_DIR / "RESULTS.md"
-    report_path.write_text(render(results, _profile(OUT_DIR / "profile.json")))
+    # bench/RESULTS.md is the full suite's; quick runs and experiments report beside their json.
+    official = not args.quick and not args.out
+    report_path = BENCH_DIR / "RESULTS.md" if official else config.out / "RESULTS.md"
+    report_path.write_text(render(results, _profiles()))
     print(f"wrote {results_path} and {report_path}")
     return 0
 
 
-def _profile(path: Path) -> dict[str, object] | None:
-    try:
-        data: dict[str, object] = json.loads(path.read_text())
-        return data
-    except (OSError, ValueError):
-        return None
+def _profiles() -> dict[str, dict[str, object]]:
+    """The latest profile of each phase that has one (bench/out/profile-<phase>.json)."""
+    found = {}
+    for phase in PHASES:
+        try:
+            found[phase] = json.loads((OUT_DIR / f"profile-{phase}.json").read_text())
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 def _profile_cmd(args: argparse.Namespace, command: str) -> int:
     from bench.profile import profile
 
     data = profile(
+        phase=args.phase,
         viewers=args.viewers,
         rounds=args.rounds,
         native=args.native,
@@ -75,9 +84,10 @@ def _profile_cmd(args: argparse.Namespace, command: str) -> int:
         client_procs=args.client_procs or 4,
         bridge_env=_env_pairs(args.bridge_env or []),
         command=command,
+        rt_priority=10 if args.rt else 0,
     )
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    path = OUT_DIR / "profile.json"
+    path = OUT_DIR / f"profile-{args.phase}.json"
     path.write_text(json.dumps(data, indent=1))
     print(f"wrote {path}")
     return 0
@@ -86,13 +96,11 @@ def _profile_cmd(args: argparse.Namespace, command: str) -> int:
 def _report(args: argparse.Namespace, command: str) -> int:
     from bench.report import render
 
-    results = json.loads(Path(args.results).read_text())
-    out = (
-        BENCH_DIR / "RESULTS.md"
-        if not results["meta"]["config"].get("quick")
-        else (Path(args.results).parent / "RESULTS.md")
-    )
-    out.write_text(render(results, _profile(OUT_DIR / "profile.json")))
+    source = Path(args.results)
+    results = json.loads(source.read_text())
+    official = source.resolve() == (OUT_DIR / "results.json").resolve()
+    out = BENCH_DIR / "RESULTS.md" if official else source.parent / "RESULTS.md"
+    out.write_text(render(results, _profiles()))
     print(f"wrote {out}")
     return 0
 
@@ -109,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--interval", type=float, default=None, help="poll interval, seconds")
         p.add_argument("--client-procs", type=int, default=None, help="load client processes")
         p.add_argument(
-            "--bridge-env", action="append", metavar="BRIDGE_X=V", help="extra bridge setting"
+            "--bridge-env",
+            action="append",
+            metavar="BRIDGE_X=V",
+            help="extra bridge setting (also BENCH_GC_THRESHOLDS / BENCH_GC_DISABLE)",
         )
         p.add_argument(
             "--rt", action="store_true", help="servers and client under SCHED_FIFO (busy box)"
@@ -118,12 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="the whole suite (the default)")
     for p in (parser, run):
         p.add_argument("--quick", action="store_true", help="1,000 viewers, 2 rounds, ~1 min")
-        p.add_argument("--targets", help=f"comma-separated subset of {','.join(ALL_TARGETS)}")
+        p.add_argument(
+            "--targets",
+            help=f"comma-separated subset of {','.join(ALL_TARGETS)} "
+            f"(or the design probes {','.join(PROBES)})",
+        )
+        p.add_argument("--out", help="write results.json and RESULTS.md here (an experiment)")
         common(p)
     prof = sub.add_parser("profile", help="py-spy the bridge at N viewers during rounds")
     prof.add_argument("--viewers", type=int, default=10_000)
     prof.add_argument("--rounds", type=int, default=12)
     prof.add_argument("--native", action="store_true", help="py-spy --native")
+    prof.add_argument("phase", nargs="?", default="fanout", choices=PHASES, help="what to look at")
     common(prof)
     rep = sub.add_parser("report", help="regenerate RESULTS.md from a results.json")
     rep.add_argument("--results", default=str(OUT_DIR / "results.json"))

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from bench.common import MARKER_LEN, MARKER_PREFIX, percentile, pin, raise_nofile
+from bench.common import MARKER_LEN, MARKER_PREFIX, cpu_ns, percentile, pin, raise_nofile
 
 # Linux, x86_64 and arm64: SO_TIMESTAMPNS == SCM_TIMESTAMPNS == 35 (struct timespec).
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
@@ -87,7 +87,10 @@ class Worker:
         self.connecting: ConnectOp | None = None
         self.wait_deadline: float | None = None
         self.closed_by_server = 0
+        #: Reads that came without a kernel stamp (the client's clock was used instead),
+        #: in all and among the timed frames of the current wait.
         self.stamp_fallbacks = 0
+        self.armed_fallbacks = 0
 
     # --- the loop -------------------------------------------------------------------
 
@@ -241,12 +244,14 @@ class Worker:
             self.lost(sub, "eof")
             return
         stamp = 0
+        fallback = False
         for level, kind, cdata in ancillary:
             if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS and len(cdata) >= 16:
                 seconds, nanos = struct.unpack("qq", cdata[:16])
                 stamp = seconds * 1_000_000_000 + nanos
         if not stamp:
             stamp = time.time_ns()
+            fallback = True
             self.stamp_fallbacks += 1
         if sub.state == HEAD:
             sub.buf += data
@@ -270,7 +275,7 @@ class Worker:
                 op.latencies.append(stamp - sub.t_start)
             data = rest
         if self.armed and data:
-            self.scan(sub, data, stamp)
+            self.scan(sub, data, stamp, fallback)
 
     def lost(self, sub: Sub, reason: str) -> None:
         if sub.state == STREAM:
@@ -279,7 +284,7 @@ class Worker:
         else:
             self.drop(sub, reason)
 
-    def scan(self, sub: Sub, data: bytes, stamp: int) -> None:
+    def scan(self, sub: Sub, data: bytes, stamp: int, fallback: bool) -> None:
         tail = sub.tail
         blob = tail + data if tail else data
         seen_upto = len(tail)
@@ -293,6 +298,7 @@ class Worker:
                 stamps = armed.get(blob[i : i + MARKER_LEN])
                 if stamps is not None:
                     stamps.append(stamp)
+                    self.armed_fallbacks += fallback
             start = i + MARKER_LEN
         sub.tail = blob[-(MARKER_LEN - 1) :]
 
@@ -323,7 +329,10 @@ class Worker:
         self.armed = {}
         self.expected = {}
         self.wait_deadline = None
-        self.conn.send({"arrivals": arrivals, "missing": missing})
+        self.conn.send(
+            {"arrivals": arrivals, "missing": missing, "fallbacks": self.armed_fallbacks}
+        )
+        self.armed_fallbacks = 0
 
     # --- bookkeeping ----------------------------------------------------------------
 
@@ -378,6 +387,10 @@ class ClientPool:
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs if p.pid is not None]
+
+    def cpu_ns(self) -> int:
+        """CPU time the workers have used: well under the wall time means they kept up."""
+        return sum(cpu_ns(pid) for pid in self.pids)
 
     def _call(self, commands: list[tuple[str, dict[str, Any]]], timeout: float) -> list[Any]:
         for conn, command in zip(self.conns, commands, strict=True):
@@ -437,8 +450,9 @@ class ClientPool:
             expected.update(r["expected"])
         return dict(expected)
 
-    def wait(self, timeout: float) -> tuple[dict[str, list[int]], dict[str, int]]:
-        """Arrival stamps per marker, and how many subscribers each marker missed."""
+    def wait(self, timeout: float) -> tuple[dict[str, list[int]], dict[str, int], int]:
+        """Arrival stamps per marker, how many subscribers each marker missed, and how
+        many arrivals carried no kernel stamp (timed by the client's clock instead)."""
         replies = self._same("wait", {"timeout": timeout}, timeout + 30)
         arrivals: dict[str, list[int]] = {}
         missing: Counter[str] = Counter()
@@ -446,7 +460,7 @@ class ClientPool:
             for mark, stamps in r["arrivals"].items():
                 arrivals.setdefault(mark, []).extend(stamps)
             missing.update(r["missing"])
-        return arrivals, dict(missing)
+        return arrivals, dict(missing), sum(r["fallbacks"] for r in replies)
 
     def close(self) -> int:
         return sum(r["closed"] for r in self._same("close", {}, 60))

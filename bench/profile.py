@@ -1,11 +1,17 @@
 """``bench/run profile``: py-spy on the real bridge while it fans frames out to N viewers.
 
 The bridge and the scripted upstream start as in the suite (bridge on the server core,
-everything else on the client core); N viewers connect to one run; ``py-spy record``
-samples the bridge (CPU only, not idle) while the run changes ``rounds`` times. The
-folded stacks go to ``bench/out/profile-bridge.folded`` (feed them to flamegraph.pl or
-speedscope); the summary (share of samples by package, and by function inclusive and
-self) to ``bench/out/profile.json``, which RESULTS.md includes.
+everything else on the client core) and N viewers connect to one run. Phases:
+
+- ``fanout``: ``py-spy record`` samples the bridge (CPU only, not idle) while the run
+  changes ``rounds`` times;
+- ``connect``: the same while the N viewers connect;
+- ``memory``: the bridge runs with tracemalloc (gcprobe's ``BENCH_TRACEMALLOC``) and
+  reports what its Python allocations grew by, by file and line, from one open stream
+  to N.
+
+The folded stacks go to ``bench/out/profile-<phase>.folded`` (input for flamegraph.pl or
+speedscope), the summary to ``bench/out/profile-<phase>.json``; RESULTS.md includes it.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench import servers
 from bench.client import ClientPool
 from bench.common import BENCH_DIR, OUT_DIR, ROOT, own_autogroup, pin, raise_nofile
 from bench.servers import Bridge, Upstream
@@ -46,10 +53,14 @@ def py_spy() -> str:
 
 
 def package_of(where: str) -> str:
-    """A frame's package: 'bridge', 'quart', 'asyncio', 'native', ... from its file."""
+    """A frame's package: 'bridge', 'quart', 'stdlib:asyncio', 'native:libc.so.6', ..."""
     path = where.rsplit(":", 1)[0]
+    if ".so" in path.rsplit("/", 1)[-1]:
+        return "native:" + path.rsplit("/", 1)[-1]
+    if path.endswith((".c", ".h")):
+        return "cpython:" + path.rsplit("/", 1)[-1]
     if "/" not in path:
-        return "native" if path.endswith((".so", ".so.6")) or ".so." in path else path
+        return path
     if "site-packages/" in path:
         return path.split("site-packages/", 1)[1].split("/", 1)[0].removesuffix(".py")
     if path.startswith(str(ROOT)):
@@ -58,6 +69,13 @@ def package_of(where: str) -> str:
     if match:
         return "stdlib:" + match.group(1).split("/", 1)[0].removesuffix(".py")
     return path
+
+
+def _display(func: str, where: str) -> str:
+    package = package_of(where)
+    if package.startswith(("native:", "cpython:")):
+        return f"{func} ({package})"
+    return f"{func} ({package}/{where.rsplit('/', 1)[-1]})"
 
 
 def summarise(folded: Path, top: int = 40) -> dict[str, Any]:
@@ -80,8 +98,7 @@ def summarise(folded: Path, top: int = 40) -> dict[str, Any]:
                 names.append((frame, "?"))
                 continue
             where = match.group("where")
-            short = where.rsplit("/", 1)[-1]
-            names.append((f"{match.group('func')} ({package_of(where)}/{short})", where))
+            names.append((_display(match.group("func"), where), where))
         leaf_name, leaf_where = names[-1]
         self_time[leaf_name] += count
         by_package[package_of(leaf_where)] += count
@@ -108,8 +125,50 @@ def summarise(folded: Path, top: int = 40) -> dict[str, Any]:
     }
 
 
+PHASES = ("fanout", "connect", "memory")
+
+
+class Spy:
+    """One ``py-spy record`` of a pid, stopped with SIGINT (it then writes its output)."""
+
+    def __init__(self, pid: int, folded: Path, rate: int, native: bool, log: Path) -> None:
+        argv = [py_spy(), "record", "--pid", str(pid), "--rate", str(rate)]
+        argv += ["--format", "raw", "--full-filenames", "--output", str(folded)]
+        argv += ["--native"] if native else []
+        self._log = log.open("wb")
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
+        time.sleep(1.0)  # attached
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+
+def _tracemalloc(bridge: Bridge, path: Path, baseline: bool, timeout: float = 120.0) -> Any:
+    """Ask the bridge (SIGUSR2, see gcprobe) for a snapshot; wait for its answer."""
+    path.unlink(missing_ok=True)
+    bridge.proc_signal(signal.SIGUSR2)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+            if data.get("baseline") == baseline:
+                return data
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError("the bridge wrote no tracemalloc snapshot")
+
+
 def profile(
     *,
+    phase: str,
     viewers: int,
     rounds: int,
     native: bool,
@@ -117,68 +176,95 @@ def profile(
     client_procs: int,
     bridge_env: dict[str, str],
     command: str,
+    rt_priority: int = 0,
     rate: int = 250,
 ) -> dict[str, Any]:
-    spy = py_spy()
-    config = Config(interval=interval, client_procs=client_procs, bridge_env=bridge_env)
-    logs = OUT_DIR / "logs-profile"
+    """py-spy the fan-out rounds or the connects, or take the memory apart (tracemalloc)."""
+    if phase not in PHASES:
+        raise ValueError(phase)
+    config = Config(
+        interval=interval, client_procs=client_procs, bridge_env=bridge_env, rt_priority=rt_priority
+    )
+    servers.RT_PRIORITY = rt_priority
+    logs = OUT_DIR / f"logs-profile-{phase}"
     raise_nofile()
     own_autogroup()
     pin(config.client_core)
     runner = Runner(config)
-    folded = OUT_DIR / "profile-bridge.folded"
+    folded = OUT_DIR / f"profile-{phase}.folded"
+    trace = (logs / "tracemalloc.json").resolve()
+    env = dict(bridge_env)
+    if phase == "memory":
+        trace.unlink(missing_ok=True)
+        env["BENCH_TRACEMALLOC"] = str(trace)
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     upstream = Upstream(config.client_core, logs)
-    bridge = Bridge(config.server_core, logs, upstream, interval, bridge_env)
+    bridge = Bridge(config.server_core, logs, upstream, interval, env)
     pool: ClientPool | None = None
-    spy_proc: subprocess.Popen[bytes] | None = None
+    spy: Spy | None = None
+    rows: list[dict[str, Any]] = []
+    data: dict[str, Any] = {
+        "phase": phase,
+        "command": command,
+        "started": started,
+        "rate": rate,
+        "native": native,
+        "rt_priority": rt_priority,
+    }
     try:
         bridge.start()
-        pool = ClientPool(client_procs, config.client_core)
+        pool = ClientPool(client_procs, config.client_core, rt_priority)
         channel = runner.channel(bridge, 1)
-        connect = pool.connect(
-            bridge.port, [bridge.sub_path(channel)] * viewers, config.inflight, timeout=180
+        paths = [bridge.sub_path(channel)]
+        pool.connect(bridge.port, paths, 1, timeout=30)  # the poller is running first
+        time.sleep(0.5)
+        if phase == "memory":
+            _tracemalloc(bridge, trace, baseline=True)
+        rss0 = bridge.rss_kib()
+        if phase == "connect":
+            spy = Spy(bridge.pids()[0], folded, rate, native, logs / "py-spy.log")
+        cpu0 = bridge.cpu_ns()
+        connect = pool.connect(bridge.port, paths * (viewers - 1), config.inflight, timeout=180)
+        cpu1 = bridge.cpu_ns()
+        if spy is not None:
+            spy.stop()
+        span = (connect["t_last"] - connect["t_first"]) / 1e9
+        data.update(
+            viewers=connect["opened"] + 1,
+            new_streams_per_s=round(connect["opened"] / span, 1) if span > 0 else None,
+            cpu_us_per_new_stream=round((cpu1 - cpu0) / 1e3 / max(1, connect["opened"]), 1),
         )
-        print(
-            f"profile: {connect['opened']:,} viewers open ({connect['failed']} failed)", flush=True
-        )
+        print(f"profile: {data['viewers']:,} viewers open ({connect['failed']} failed)", flush=True)
         time.sleep(1.0)
-        argv = [spy, "record", "--pid", str(bridge.pids()[0]), "--rate", str(rate)]
-        argv += ["--format", "raw", "--full-filenames", "--output", str(folded)]
-        argv += ["--native"] if native else []
-        spy_log = (logs / "py-spy.log").open("wb")
-        spy_proc = subprocess.Popen(argv, stdout=spy_log, stderr=subprocess.STDOUT)
-        time.sleep(1.0)
-        rows = runner.rounds(bridge, pool, channel, 1, rounds)
-        spy_proc.send_signal(signal.SIGINT)
-        spy_proc.wait(timeout=60)
-        spy_log.close()
+        data["rss_per_stream_kib"] = round((bridge.rss_kib() - rss0) / connect["opened"], 2)
+        if phase == "memory":
+            data["tracemalloc"] = _tracemalloc(bridge, trace, baseline=False)
+        if phase == "fanout":
+            spy = Spy(bridge.pids()[0], folded, rate, native, logs / "py-spy.log")
+            rows = runner.rounds(bridge, pool, channel, 1, rounds)
+            spy.stop()
     finally:
-        if spy_proc is not None and spy_proc.poll() is None:
-            spy_proc.kill()
-            spy_proc.wait(10)
+        if spy is not None:
+            spy.stop()
         if pool is not None:
             pool.close()
             pool.shutdown()
         bridge.stop()
         upstream.stop()
-    frames = sum(r["delivered"] for r in rows)
-    cpu_ms = sum(r["cpu_ms"] for r in rows)
-    data: dict[str, Any] = {
-        "command": command,
-        "started": started,
-        "viewers": connect["opened"],
-        "rounds": rounds,
-        "rate": rate,
-        "native": native,
-        "folded": str(folded.relative_to(ROOT)),
-        "cpu_us_per_frame": round(cpu_ms * 1000 / frames, 2) if frames else None,
-        "last_ms": [r.get("last_ms") for r in rows],
-        "rounds_detail": rows,
-    }
-    data.update(summarise(folded))
+    if rows:
+        frames = sum(r["delivered"] for r in rows)
+        data.update(
+            rounds=rounds,
+            cpu_us_per_frame=round(sum(r["cpu_ms"] for r in rows) * 1000 / frames, 2)
+            if frames
+            else None,
+            last_ms=[r.get("last_ms") for r in rows],
+            rounds_detail=rows,
+        )
+    if phase != "memory":
+        data["folded"] = str(folded.relative_to(ROOT))
+        data.update(summarise(folded))
     gc = runner.gc_report(bridge, rows)
     if gc is not None:
         data["gc"] = gc
-    print(json.dumps({k: data[k] for k in ("cpu_us_per_frame", "last_ms", "samples")}))
     return data

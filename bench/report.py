@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 REFERENCE = "nchan"
-ORDER = ("bridge", "nchan", "floor", "naive")
+ORDER = ("bridge", "nchan", "floor", "naive", "asgi-send", "asgi-transport")
 
 
 def _f(value: Any, digits: int = 1, unit: str = "") -> str:
@@ -110,12 +110,14 @@ def targets_table(results: dict[str, Any]) -> list[str]:
         for s in _steps(results, "bridge")
         if "upstream" in s
     ]
-    exact = all(p == 1.0 for _, p, _ in polls) and all(g is None or g >= 0.9 for _, _, g in polls)
+    # One per interval at every step, and no two polls close together (a poll that came
+    # late, the next one on its cadence, shows as a gap somewhat under one interval).
+    exact = all(p == 1.0 for _, p, _ in polls) and all(g is None or g >= 0.5 for _, _, g in polls)
     gaps = [g for _, _, g in polls if g is not None]
     lines.append(
         f"| upstream polls per run per interval, {polls[0][0]:,} to {polls[-1][0]:,} viewers "
         f"| {', '.join(_f(p, 2) for _, p, _ in polls)}; "
-        f"shortest gap {_f(min(gaps) if gaps else None, 3)} intervals "
+        f"shortest gap between two polls {_f(min(gaps) if gaps else None, 3)} intervals "
         f"| exactly 1 | {met(exact if polls else None)} |"
         if polls
         else "| upstream polls per run per interval | n/a | exactly 1 | n/a |"
@@ -138,7 +140,7 @@ def targets_table(results: dict[str, Any]) -> list[str]:
 def fanout_table(results: dict[str, Any]) -> list[str]:
     lines = [
         "| viewers | target | p50 ms | p99 ms | last ms (median round) | last ms (worst round) "
-        "| last vs nchan | CPU us/frame | rounds | missed | foreign CPU ms (max round) |",
+        "| last vs nchan | CPU us/frame | rounds | missed | client / foreign CPU ms (max round) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     levels = sorted(
@@ -152,9 +154,9 @@ def fanout_table(results: dict[str, Any]) -> list[str]:
             if "rounds" not in entry:
                 continue
             step = _step(results, name, level) or {}
-            foreign = max(
-                (r.get("foreign_cpu_ms") or 0 for r in step.get("rounds", [])), default=None
-            )
+            rounds = step.get("rounds", [])
+            foreign = max((r.get("foreign_cpu_ms") or 0 for r in rounds), default=None)
+            client = max((r.get("client_cpu_ms") or 0 for r in rounds), default=None)
             label = name + (" (from the change)" if name == "naive" else "")
             lines.append(
                 f"| {level:,} | {label} | {_f(entry.get('p50_ms'))} | {_f(entry.get('p99_ms'))} "
@@ -162,7 +164,7 @@ def fanout_table(results: dict[str, Any]) -> list[str]:
                 f"| {_x(_ratio(entry.get('last_ms_median'), ref.get('last_ms_median')))} "
                 f"| {_f(entry.get('cpu_us_per_frame'))} | {entry['rounds']} "
                 f"| {entry.get('missing')} "
-                f"| {_f(foreign, 0)} |"
+                f"| {_f(client, 0)} / {_f(foreign, 0)} |"
             )
     return lines
 
@@ -224,8 +226,8 @@ def memory_table(results: dict[str, Any]) -> list[str]:
 
 def mixed_table(results: dict[str, Any]) -> list[str]:
     lines = [
-        "| target | events expected | missed | fan-out p50 / p99 / last ms | last per round ms "
-        "| from the change p99 / last ms | CPU us/frame | foreign CPU ms |",
+        "| target | events expected | missed (changes never polled) | fan-out p50 / p99 / last ms "
+        "| last per round ms | from the change p99 / last ms | CPU us/frame | foreign CPU ms |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name in _targets(results):
@@ -236,10 +238,34 @@ def mixed_table(results: dict[str, Any]) -> list[str]:
         change = mixed["from_change"]
         per_round = ", ".join(_f(v) for v in mixed["fanout_last_per_round_ms"])
         lines.append(
-            f"| {name} | {mixed['expected']:,} | {mixed['missing']} "
+            f"| {name} | {mixed['expected']:,} "
+            f"| {mixed['missing']:,} ({mixed.get('changes_never_polled', 0)}) "
             f"| {_f(fan['p50_ms'])} / {_f(fan['p99_ms'])} / {_f(fan['last_ms'])} | {per_round} "
             f"| {_f(change['p99_ms'])} / {_f(change['last_ms'])} | {_f(mixed['cpu_us_per_frame'])} "
             f"| {_f(mixed.get('foreign_cpu_ms'), 0)} |"
+        )
+    return lines
+
+
+def health_table(results: dict[str, Any]) -> list[str]:
+    """What could make a figure less than it seems, per target."""
+    lines = [
+        "| target | streams the server closed | timed arrivals without a kernel stamp "
+        "| rounds with over 100 ms of foreign CPU |",
+        "|---|---|---|---|",
+    ]
+    for name in _targets(results):
+        result = results["targets"][name]
+        client = result.get("client", {})
+        rounds = [r for s in _steps(results, name) for r in s.get("rounds", [])]
+        mixed = result.get("mixed")
+        unstamped = sum(r.get("unstamped", 0) for r in rounds) + (
+            mixed.get("unstamped", 0) if mixed else 0
+        )
+        noisy = sum(1 for r in rounds if (r.get("foreign_cpu_ms") or 0) > 100)
+        lines.append(
+            f"| {name} | {client.get('closed_by_server', 'n/a')} | {unstamped:,} "
+            f"| {noisy} of {len(rounds)} |"
         )
     return lines
 
@@ -279,38 +305,96 @@ def gc_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def profile_lines(profile: dict[str, Any] | None) -> list[str]:
-    if not profile:
-        return ["(not run: `bench/run profile` writes bench/out/profile.json)"]
+def _spy_lines(profile: dict[str, Any]) -> list[str]:
     lines = [
-        f"`{profile['command']}` at {profile['started']}: {profile['viewers']:,} viewers, "
-        f"{profile['rounds']} rounds, {profile['samples']:,} samples at {profile['rate']} Hz "
-        f"({'native' if profile.get('native') else 'Python'} frames). "
-        "Bridge CPU per delivered frame during the profile: "
-        f"{_f(profile.get('cpu_us_per_frame'))} us; "
-        f"last viewer per round: {', '.join(_f(v) for v in profile.get('last_ms', []))} ms.",
-        "",
-        "Where the samples fall (by package; self time):",
+        "Where the samples fall, by package (self time):",
         "",
         "| package | share of samples |",
         "|---|---|",
     ]
-    lines += [f"| {row['name']} | {row['share']:.1%} |" for row in profile["by_package"]]
+    lines += [f"| {row['name']} | {row['share']:.1%} |" for row in profile["by_package"][:12]]
     lines += [
         "",
-        "Functions by inclusive share (top 20):",
+        "Functions by self time (top 15):",
+        "",
+        "| function | self |",
+        "|---|---|",
+    ]
+    lines += [f"| `{row['name']}` | {row['self']:.1%} |" for row in profile["self_top"][:15]]
+    lines += [
+        "",
+        "Functions by inclusive time (top 25, below the event loop):",
         "",
         "| function | inclusive | self |",
         "|---|---|---|",
     ]
-    lines += [
-        f"| `{row['name']}` | {row['inclusive']:.1%} | {row['self']:.1%} |"
-        for row in profile["functions"][:20]
-    ]
+    rows = [r for r in profile["functions"] if r["inclusive"] < 0.95][:25]
+    lines += [f"| `{r['name']}` | {r['inclusive']:.1%} | {r['self']:.1%} |" for r in rows]
     return lines
 
 
-def render(results: dict[str, Any], profile: dict[str, Any] | None = None) -> str:
+def _grown_row(row: dict[str, Any], streams: int) -> str:
+    where = row["where"].split("site-packages/")[-1].split("/lib/python3.11/")[-1]
+    kib = row["bytes"] / streams / 1024
+    return f"| `{where}` | {kib:.2f} | {row['count'] / streams:.1f} |"
+
+
+def profile_lines(profiles: dict[str, dict[str, Any]]) -> list[str]:
+    if not profiles:
+        return ["(none yet: `bench/run profile [fanout|connect|memory]`)"]
+    lines: list[str] = []
+    for phase in ("fanout", "connect", "memory"):
+        data = profiles.get(phase)
+        if not data:
+            continue
+        head = (
+            f"### {phase}: `{data['command']}` ({data['started']}), "
+            f"{data.get('viewers', 0):,} viewers"
+        )
+        lines += [head, ""]
+        facts = []
+        if data.get("cpu_us_per_frame") is not None:
+            facts.append(f"CPU per delivered frame {_f(data['cpu_us_per_frame'])} us")
+        if data.get("last_ms"):
+            facts.append(
+                "last viewer per round " + ", ".join(_f(v) for v in data["last_ms"]) + " ms"
+            )
+        if data.get("cpu_us_per_new_stream") is not None:
+            facts.append(
+                f"{_f(data.get('new_streams_per_s'), 0)} new streams/s, "
+                f"{_f(data['cpu_us_per_new_stream'])} us CPU per new stream"
+            )
+        if data.get("rss_per_stream_kib") is not None:
+            facts.append(f"RSS {_f(data['rss_per_stream_kib'])} KiB per stream")
+        if data.get("samples"):
+            kind = "native and Python" if data.get("native") else "Python"
+            facts.append(f"{data['samples']:,} samples at {data['rate']} Hz ({kind} frames)")
+        lines += ["; ".join(facts) + ".", ""]
+        if phase == "memory" and "tracemalloc" in data:
+            trace = data["tracemalloc"]
+            added = max(1, data.get("viewers", 1) - 1)
+
+            lines += [
+                "What Python allocations grew by from 1 open stream to "
+                f"{data.get('viewers', 0):,} (tracemalloc): "
+                f"{trace['grown_bytes'] / added / 1024:.1f} KiB per stream "
+                "(RSS per stream in this run is higher: tracemalloc's own records).",
+                "",
+                "| file | KiB per stream | blocks per stream |",
+                "|---|---|---|",
+                *[_grown_row(row, added) for row in trace["by_file"][:15]],
+                "",
+                "| line | KiB per stream | blocks per stream |",
+                "|---|---|---|",
+                *[_grown_row(row, added) for row in trace["by_line"][:20]],
+            ]
+        elif "by_package" in data:
+            lines += _spy_lines(data)
+        lines.append("")
+    return lines
+
+
+def render(results: dict[str, Any], profiles: dict[str, dict[str, Any]] | None = None) -> str:
     meta = results["meta"]
     cfg = meta["config"]
     host = meta["host"]
@@ -323,7 +407,8 @@ def render(results: dict[str, Any], profile: dict[str, Any] | None = None) -> st
         "# Benchmark results",
         "",
         "Generated by `bench/report.py` from the run's `results.json`; see `bench/README.md` "
-        "for what each figure means and how it is measured.",
+        "for what each figure means and how it is measured, and `bench/FINDINGS.md` for "
+        "where the time and memory go and what each unmet target would need.",
         "",
         f"- command: `{meta['command']}` (started {meta['started']}, took {meta['seconds']} s)",
         f"- host: {host['cpu']}, {host['cores']} cores, Linux {host['kernel']}, "
@@ -343,8 +428,10 @@ def render(results: dict[str, Any], profile: dict[str, Any] | None = None) -> st
         "## Fan-out delay: t0 to each viewer's kernel receive time",
         "",
         "t0: bridge, when the upstream first served the changed status; nchan and floor, just "
-        "before the publish POST; naive, the change at the upstream "
-        "(each viewer polls on its own).",
+        "before the publish requests were written (a round's all at once, pipelined on one "
+        "connection); naive, the change at the upstream (each viewer polls on its own). "
+        "Client CPU: what the load client used during the round (it only has to keep up: "
+        "arrival times are the kernel's); foreign CPU: what other processes on the machine used.",
         "",
         *fanout_table(results),
         "",
@@ -360,13 +447,17 @@ def render(results: dict[str, Any], profile: dict[str, Any] | None = None) -> st
         "",
         *mixed_table(results),
         "",
+        "## Run health",
+        "",
+        *health_table(results),
+        "",
         "## The bridge's garbage collector",
         "",
         *gc_lines(results),
         "",
         "## Profile of the bridge (py-spy)",
         "",
-        *profile_lines(profile),
+        *profile_lines(profiles or {}),
         "",
     ]
     notes = meta.get("notes") or []

@@ -149,6 +149,10 @@ class Target:
         assert self.proc is not None
         return [self.proc.pid]
 
+    def proc_signal(self, sig: int) -> None:
+        for pid in self.pids():
+            os.kill(pid, sig)
+
     def cpu_ns(self) -> int:
         return sum(cpu_ns(pid) for pid in self.pids())
 
@@ -170,35 +174,57 @@ class Target:
 
 
 class Publisher(Target):
-    """A server that is told about a change by an HTTP POST (nchan, the floor)."""
+    """A server told about changes by HTTP POSTs (nchan, the floor).
+
+    All the changes of one call go out at once, pipelined on one connection, as the
+    bridge gets the changes of runs polled at the same tick at once: t0 of each is the
+    moment just before that one write.
+    """
 
     pub_prefix = "/pub/"
 
-    def __init__(self, core: int | None, logs: Path) -> None:
-        super().__init__(core, logs)
-        self.http: Http | None = None
-
     def change(self, changes: dict[str, tuple[int, str]]) -> dict[str, int]:
-        if self.http is None:
-            self.http = Http(self.port)
-        times: dict[str, int] = {}
+        requests = []
         for channel, (seq, mark) in changes.items():
             body = status_json(channel, seq, mark)
-            times[channel] = time.time_ns()
-            status, data = self.http.request(
-                "POST",
-                self.pub_prefix + channel,
-                body,
-                {"Content-Type": "application/json", "X-EventSource-Event": "progress"},
+            requests.append(
+                f"POST {self.pub_prefix}{channel} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Type: application/json\r\nX-EventSource-Event: progress\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
             )
-            if status not in (200, 201, 202):
-                raise RuntimeError(f"{self.name}: publish answered {status}: {data[:200]!r}")
-        return times
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
+            t0 = time.time_ns()
+            sock.sendall(b"".join(requests))
+            statuses = read_responses(sock, len(requests))
+        bad = [s for s in statuses if s not in (200, 201, 202)]
+        if bad:
+            raise RuntimeError(f"{self.name}: publish answered {bad[:5]}")
+        return dict.fromkeys(changes, t0)
 
-    def stop(self) -> None:
-        if self.http is not None:
-            self.http.close()
-        super().stop()
+
+def read_responses(sock: socket.socket, count: int) -> list[int]:
+    """The status codes of ``count`` HTTP/1.1 responses with Content-Length bodies."""
+    buffer = b""
+    statuses: list[int] = []
+    while len(statuses) < count:
+        end = buffer.find(b"\r\n\r\n")
+        if end >= 0:
+            head = buffer[:end].decode("latin-1")
+            length = 0
+            for line in head.split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+            if len(buffer) >= end + 4 + length:
+                statuses.append(int(head.split(" ", 2)[1]))
+                buffer = buffer[end + 4 + length :]
+                continue
+        chunk = sock.recv(65536)  # the socket's timeout bounds every wait
+        if not chunk:
+            raise ConnectionError(f"closed after {len(statuses)} of {count} responses")
+        buffer += chunk
+    return statuses
 
 
 class Floor(Publisher):
@@ -206,6 +232,20 @@ class Floor(Publisher):
 
     def start(self) -> None:
         argv = [PYTHON, "-m", "bench.floor", "--port", str(self.port)]
+        self.proc = Process(self.name, pinned(self.core, argv), self.logs)
+        wait_http(self.port, "/healthz", 20)
+
+
+class AsgiProbe(Publisher):
+    """Hypercorn + a raw ASGI app, one fan-out loop per channel (``bench.asgi_fanout``)."""
+
+    def __init__(self, core: int | None, logs: Path, mode: str) -> None:
+        super().__init__(core, logs)
+        self.mode = mode
+        self.name = "asgi-send" if mode == "send" else "asgi-transport"
+
+    def start(self) -> None:
+        argv = [PYTHON, "-m", "bench.asgi_fanout", "--port", str(self.port), "--mode", self.mode]
         self.proc = Process(self.name, pinned(self.core, argv), self.logs)
         wait_http(self.port, "/healthz", 20)
 

@@ -41,6 +41,7 @@ from bench.common import (
     raise_nofile,
 )
 from bench.servers import (
+    AsgiProbe,
     Bridge,
     Floor,
     Naive,
@@ -52,7 +53,16 @@ from bench.servers import (
 )
 
 ALL_TARGETS = ("nchan", "floor", "bridge", "naive")
-CHANNEL_PREFIX = {"nchan": "n", "floor": "f", "bridge": "b", "naive": "p"}
+#: Design probes (bench/asgi_fanout.py): only when named with --targets.
+PROBES = ("asgi-send", "asgi-transport")
+CHANNEL_PREFIX = {
+    "nchan": "n",
+    "floor": "f",
+    "bridge": "b",
+    "naive": "p",
+    "asgi-send": "s",
+    "asgi-transport": "t",
+}
 
 
 @dataclass
@@ -153,12 +163,14 @@ class Runner:
             # A random phase against the poller's cadence.
             time.sleep(random.uniform(0.05, 0.25))
             cpu0 = target.cpu_ns()
+            client0 = pool.cpu_ns()
             machine0 = self.machine.snapshot()
             changed_at = target.change({channel: (seq, mark)})
             wait = (cfg.interval * 2 if target.polls else 0) + 30
-            arrivals, missing = pool.wait(wait)
+            arrivals, missing, fallbacks = pool.wait(wait)
             time.sleep(0.1)
             cpu1 = target.cpu_ns()
+            client_ms = round((pool.cpu_ns() - client0) / 1e6, 1)
             foreign = self.machine.foreign_ms(machine0, self.machine.snapshot())
             t0 = target.fanout_start({channel: mark}, changed_at)[channel]
             stamps = arrivals.get(mark, [])
@@ -173,6 +185,8 @@ class Runner:
                 "cpu_ms": round((cpu1 - cpu0) / 1e6, 3),
                 "cpu_us_per_frame": round((cpu1 - cpu0) / 1e3 / len(stamps), 2) if stamps else None,
                 "foreign_cpu_ms": foreign,
+                "client_cpu_ms": client_ms,
+                "unstamped": fallbacks,
             }
             if t0 is not None:
                 row.update(delay_stats([s - t0 for s in stamps]))
@@ -317,7 +331,7 @@ class Runner:
         for r, changes in enumerate(plan):
             time.sleep(max(0.0, start + r * cfg.interval - time.monotonic()))
             changed.append(target.change(changes))
-        arrivals, missing = pool.wait(cfg.interval * 2 + 30)
+        arrivals, missing, fallbacks = pool.wait(cfg.interval * 2 + 30)
         time.sleep(0.1)
         cpu1 = target.cpu_ns()
         foreign = self.machine.foreign_ms(machine0, self.machine.snapshot())
@@ -357,6 +371,7 @@ class Runner:
             "interval_ms": cfg.interval * 1000,
             "quiet_waited_s": quiet_waited,
             "foreign_cpu_ms": foreign,
+            "unstamped": fallbacks,
         }
         pool.close()
         print(
@@ -394,6 +409,7 @@ class Runner:
         target.start()
         self.machine.ours.update(target.pids())
         result: dict[str, Any] = {"pids": target.pids()}
+        before = pool.status()
         try:
             result["ladder"] = self.ladder(
                 target,
@@ -403,8 +419,10 @@ class Runner:
                 cfg.naive_timed_levels if naive else cfg.timed_levels,
                 1 if naive else cfg.rounds,
             )
-            if not naive:
+            if not naive and cfg.mixed_runs:
                 result["mixed"] = self.mixed(target, pool)
+            after = pool.status()
+            result["client"] = {k: after[k] - before[k] for k in after if k != "open"}
         finally:
             try:
                 pool.close()
@@ -430,6 +448,8 @@ class Runner:
             return Bridge(core, self.logs, upstream, cfg.interval, cfg.bridge_env)
         if name == "naive":
             return Naive(core, self.logs, upstream, cfg.interval)
+        if name in PROBES:
+            return AsgiProbe(core, self.logs, name.removeprefix("asgi-"))
         raise ValueError(name)
 
     def run(self, command: str) -> dict[str, Any]:

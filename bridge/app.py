@@ -16,8 +16,10 @@ from bridge import run_id as run_ids
 from bridge.auth import ForwardAuth
 from bridge.cluster import Cluster
 from bridge.cors import install_cors
+from bridge.direct import SEND_KEY, CaptureSend, Ticker, transport_of
 from bridge.errors import BridgeError, Draining, InvalidRunId
 from bridge.history import Event
+from bridge.gc_tuning import GcTuner
 from bridge.hub import Channel, Hub, create_hub
 from bridge.limits import StreamLimiter
 from bridge.metrics import Metrics
@@ -54,6 +56,10 @@ class Bridge:
         self.metrics.track(lambda: self.pollers.active)
         self.limiter = StreamLimiter(settings.max_streams, settings.max_streams_per_client)
         self.watchdog = SendWatchdog(settings.send_timeout)
+        self.ticker = Ticker(settings.ping_interval, settings.stream_timeout, settings.send_timeout)
+        self.gc: GcTuner | None = None
+        if settings.gc_freeze_interval > 0:
+            self.gc = GcTuner(settings.gc_freeze_interval, settings.gc_full_interval)
         self.auth = ForwardAuth(settings) if settings.auth_url is not None else None
         self.readiness = Readiness(settings, self.upstream)
         self.cluster: Cluster | None = None
@@ -71,10 +77,16 @@ class Bridge:
         if self.auth is not None:
             await self.auth.start()
         self.watchdog.start()
+        self.ticker.start()
+        if self.gc is not None:
+            self.gc.start()
 
     async def stop(self) -> None:
         self.drain()
         await self.watchdog.stop()
+        await self.ticker.stop()
+        if self.gc is not None:
+            await self.gc.stop()
         await self.pollers.close()
         if self.cluster is not None:
             await self.cluster.close()
@@ -93,6 +105,13 @@ class Bridge:
         # Jitter spreads the reconnects of many viewers after a restart.
         retry = int(s.retry_ms * (1 + random.uniform(0, 0.2)))
         return StreamLimits(s.ping_interval, s.stream_timeout, s.viewer_buffer, retry)
+
+    def fast_path(self) -> tuple[asyncio.WriteTransport, Ticker] | None:
+        """This request's transport for direct writes (bridge/direct.py), if it has one."""
+        if not self.settings.direct_writes:
+            return None
+        transport = transport_of(request.scope.get(SEND_KEY))
+        return None if transport is None else (transport, self.ticker)
 
     def credentials(self) -> dict[str, str]:
         return forwardable(self.settings.forward_headers, dict(request.headers.items()))
@@ -141,6 +160,7 @@ def last_event_id() -> str | None:
 
 def create_app(settings: Settings) -> Quart:
     app = Quart("bridge")
+    app.asgi_app = CaptureSend(app.asgi_app)  # type: ignore[method-assign]
     # Werkzeug would 308-redirect /v1/runs//stream to /v1/runs/stream: the status of a
     # run called "stream". Empty segments must be refused, not merged.
     app.url_map.merge_slashes = False
@@ -210,7 +230,12 @@ def create_app(settings: Settings) -> Quart:
         if bridge.draining:
             raise Draining("The bridge is shutting down.")
         body = _stream_body(
-            bridge, run_id, bridge.credentials(), bridge.client_address(), last_event_id()
+            bridge,
+            run_id,
+            bridge.credentials(),
+            bridge.client_address(),
+            last_event_id(),
+            bridge.fast_path(),
         )
         try:
             opening = await anext(body)
@@ -240,6 +265,7 @@ async def _stream_body(
     viewer: dict[str, str],
     client: str,
     resume_from: str | None,
+    direct: tuple[asyncio.WriteTransport, Ticker] | None,
 ) -> AsyncGenerator[bytes, None]:
     """Takes a stream slot, admits the viewer, opens the lease and subscription.
 
@@ -258,7 +284,7 @@ async def _stream_body(
             return
         bridge.metrics.open_streams.inc()
         try:
-            async for chunk in events(subscription, first, cursor, bridge.limits()):
+            async for chunk in events(subscription, first, cursor, bridge.limits(), direct):
                 yield chunk
         finally:
             bridge.metrics.open_streams.dec()

@@ -8,6 +8,7 @@ history's counter. Clients treat ids as opaque strings.
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from collections import deque
@@ -30,6 +31,8 @@ class Event:
     data: str
     #: The whole SSE frame, encoded once and shared by every viewer.
     frame: bytes
+    #: ``frame`` as an HTTP/1.1 chunk, for viewers written to directly (bridge/direct.py).
+    chunk: bytes
 
     @property
     def terminal(self) -> bool:
@@ -61,7 +64,8 @@ class RunHistory:
         event_id = f"{self.epoch}-{self._seq}"
         payload = data if data is not None else sse.encode_json(status)
         frame = sse.frame(name, payload, event_id)
-        event = Event(self._seq, event_id, name, status, payload, frame)
+        chunk = b"%x\r\n%s\r\n" % (len(frame), frame)
+        event = Event(self._seq, event_id, name, status, payload, frame, chunk)
         self._events.append(event)
         return event
 
@@ -123,7 +127,7 @@ class RunHistory:
         if seq < oldest - 1 or (limit is not None and missing > limit):
             # The intermediate statuses are snapshots the latest one supersedes.
             return [self._events[-1]]
-        return list(self._events)[len(self._events) - missing :]
+        return list(itertools.islice(self._events, len(self._events) - missing, None))
 
     def resume(self, last_event_id: str | None) -> list[Event]:
         """What a connecting viewer gets first: the events it missed, else the current one."""

@@ -14,6 +14,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 
 from bridge import sse
+from bridge.direct import DirectSink, Ticker
 from bridge.history import Event
 from bridge.hub import Subscription
 
@@ -27,12 +28,18 @@ class StreamLimits:
 
 
 async def events(
-    subscription: Subscription, first: list[Event], cursor: int, limits: StreamLimits
+    subscription: Subscription,
+    first: list[Event],
+    cursor: int,
+    limits: StreamLimits,
+    direct: tuple[asyncio.WriteTransport, Ticker] | None = None,
 ) -> AsyncIterator[bytes]:
     """Frames for one viewer; ends after a terminal event, a timeout or ``close()``.
 
     ``first`` is what the viewer gets before anything live (replay or current status),
-    ``cursor`` the seq the viewer already has when ``first`` is empty.
+    ``cursor`` the seq the viewer already has when ``first`` is empty. With ``direct``
+    (the viewer's transport and the process's ticker), the live part is written straight
+    to the socket by the channel and the ticker (bridge/direct.py) once the opening is sent.
     """
     history = subscription.channel.history
     loop = asyncio.get_running_loop()
@@ -49,6 +56,11 @@ async def events(
             if event.terminal:
                 return
         if subscription.closed:
+            return
+        if direct is not None:
+            transport, ticker = direct
+            sink = DirectSink(transport, cursor, deadline, next_ping)
+            await _hand_over(subscription, sink, ticker, limits.viewer_buffer)
             return
         now = loop.time()
         if now >= deadline:
@@ -67,3 +79,22 @@ async def events(
             async with asyncio.timeout_at(min(deadline, next_ping)):
                 await subscription.wake.wait()
         pending = history.after(cursor, limits.viewer_buffer)
+
+
+async def _hand_over(
+    subscription: Subscription, sink: DirectSink, ticker: Ticker, viewer_buffer: int
+) -> None:
+    """Put the viewer on the fast path and wait (one future, no wake-ups) until it ends."""
+    history = subscription.channel.history
+    # What was published while the opening went out; from here on the channel writes.
+    for event in history.after(sink.cursor, viewer_buffer):
+        sink.deliver(event)
+    if sink.ended.done():
+        return
+    subscription.sink = sink
+    ticker.add(sink, lambda: history.latest)
+    try:
+        await sink.ended
+    finally:
+        ticker.discard(sink)
+        subscription.sink = None

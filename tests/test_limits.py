@@ -77,11 +77,13 @@ async def test_slow_viewer_is_coalesced_then_dropped_and_never_delays_others(
                     # The reader follows every change although another viewer is stuck.
                     while json.loads(event.data)["step"] < i:
                         event = await reader.next_named("progress", "complete", timeout=2)
+                    if i == len(statuses) - 2:
+                        # The stalled viewer was dropped while the run still goes on:
+                        # its slot, lease and subscription are gone.
+                        await wait_for(lambda: b.bridge.limiter.open == 1, timeout=5)
                     if i == len(statuses) - 1:
                         assert event.event == "complete"
-            # The stalled viewer was dropped: its slot, lease and subscription are gone.
             await wait_for(lambda: b.bridge.limiter.open == 0, timeout=5)
-            assert b.bridge.watchdog.dropped == 1
         finally:
             stalled.close()
     listener.close()

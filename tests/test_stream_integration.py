@@ -12,16 +12,25 @@ import yarl
 from bridge.demo.legacy_api import Fault, LegacyApi
 from tests.support import running_bridge, sse, wait_for
 
+#: The live part of a stream is written straight to the socket (the fast path) unless
+#: BRIDGE_DIRECT_WRITES=false; both paths must keep the same contract.
+both_paths = pytest.mark.parametrize("direct", [True, False], ids=["fast-path", "asgi-path"])
 
-async def test_progressing_run_exact_sequence(legacy: LegacyApi) -> None:
+
+@both_paths
+async def test_progressing_run_exact_sequence(legacy: LegacyApi, direct: bool) -> None:
     run = legacy.scripted("r1", nodes=("a", "b"), outcome="completed")
-    async with running_bridge(legacy.url) as b, sse(f"{b.url}/v1/runs/r1/stream") as s:
+    async with (
+        running_bridge(legacy.url, direct_writes=direct) as b,
+        sse(f"{b.url}/v1/runs/r1/stream") as s,
+    ):
         assert s.status == 200
         assert s.response.headers["Content-Type"].startswith("text/event-stream")
         assert s.response.headers["Cache-Control"] == "no-cache"
         assert s.response.headers["X-Accel-Buffering"] == "no"
         first = await s.next_event()
         assert (first.event, json.loads(first.data)) == ("progress", run.statuses[0])
+        await wait_for(lambda: b.bridge.ticker.viewers == (1 if direct else 0))
         for expected in run.statuses[1:]:
             run.advance()
             event = await s.next_named("progress", "complete")
@@ -49,9 +58,13 @@ async def test_unchanged_status_sends_nothing(legacy: LegacyApi) -> None:
 
 
 @pytest.mark.parametrize("outcome", ["failed", "cancelled"])
-async def test_failure_states_end_with_error(legacy: LegacyApi, outcome: str) -> None:
+@both_paths
+async def test_failure_states_end_with_error(legacy: LegacyApi, outcome: str, direct: bool) -> None:
     run = legacy.scripted("bad", nodes=("a",), outcome=outcome)  # type: ignore[arg-type]
-    async with running_bridge(legacy.url) as b, sse(f"{b.url}/v1/runs/bad/stream") as s:
+    async with (
+        running_bridge(legacy.url, direct_writes=direct) as b,
+        sse(f"{b.url}/v1/runs/bad/stream") as s,
+    ):
         await s.next_named("progress")
         run.advance(len(run.statuses))
         event = await s.next_named("error", "progress")
@@ -73,10 +86,11 @@ async def test_already_terminal_gets_one_event_then_close(legacy: LegacyApi) -> 
         await wait_for(lambda: b.bridge.pollers.active == 0)
 
 
-async def test_ping_every_interval_without_id(legacy: LegacyApi) -> None:
+@both_paths
+async def test_ping_every_interval_without_id(legacy: LegacyApi, direct: bool) -> None:
     legacy.scripted("p")
     async with (
-        running_bridge(legacy.url, ping_interval=0.1) as b,
+        running_bridge(legacy.url, ping_interval=0.1, direct_writes=direct) as b,
         sse(f"{b.url}/v1/runs/p/stream") as s,
     ):
         await s.next_named("progress")
@@ -88,10 +102,11 @@ async def test_ping_every_interval_without_id(legacy: LegacyApi) -> None:
         )
 
 
-async def test_timeout_event_closes_stream(legacy: LegacyApi) -> None:
+@both_paths
+async def test_timeout_event_closes_stream(legacy: LegacyApi, direct: bool) -> None:
     legacy.scripted("slow")
     async with (
-        running_bridge(legacy.url, stream_timeout=0.3) as b,
+        running_bridge(legacy.url, stream_timeout=0.3, direct_writes=direct) as b,
         sse(f"{b.url}/v1/runs/slow/stream") as s,
     ):
         await s.next_named("progress")
@@ -123,9 +138,10 @@ async def test_stream_outlives_quart_response_timeout(legacy: LegacyApi) -> None
 
 
 @pytest.mark.parametrize("how", ["header", "cursor", "since"])
-async def test_resume_replays_missed_events_once(legacy: LegacyApi, how: str) -> None:
+@both_paths
+async def test_resume_replays_missed_events_once(legacy: LegacyApi, how: str, direct: bool) -> None:
     run = legacy.scripted("res", nodes=("a", "b", "c"))
-    async with running_bridge(legacy.url, linger=5.0) as b:
+    async with running_bridge(legacy.url, linger=5.0, direct_writes=direct) as b:
         url = f"{b.url}/v1/runs/res/stream"
         async with sse(url) as s:
             first = await s.next_named("progress")

@@ -5,6 +5,9 @@ and nothing else). Does nothing unless ``BENCH_GC_LOG`` names a file; at exit it
 there, as JSON, per generation the count, total and longest pause, and every pause of
 at least ``BENCH_GC_MIN_MS`` (default 1 ms) with its wall-clock end time, so that
 pauses can be matched to the bench's rounds. Memory is bounded (a ring of pauses).
+
+Two experiment knobs, to estimate what GC tuning in the bridge would buy before anyone
+writes it: ``BENCH_GC_THRESHOLDS=a,b,c`` (``gc.set_threshold``) and ``BENCH_GC_DISABLE=1``.
 """
 
 from __future__ import annotations
@@ -62,9 +65,54 @@ def _install(path: str) -> None:
         with open(path, "w") as f:
             json.dump(data, f)
 
+    thresholds = os.environ.get("BENCH_GC_THRESHOLDS")
+    if thresholds:
+        gc.set_threshold(*(int(part) for part in thresholds.split(",")))
+    if os.environ.get("BENCH_GC_DISABLE") == "1":
+        gc.disable()
     gc.callbacks.append(callback)
     atexit.register(dump)
 
 
 if _PATH:
     _install(_PATH)
+
+
+def _install_tracemalloc(path: str) -> None:
+    """``BENCH_TRACEMALLOC=<file>``: the first SIGUSR2 takes a baseline snapshot, each later
+    one writes to the file, as JSON, what grew since the baseline, by file (top 30) and by
+    line (top 60). tracemalloc slows the process: for memory runs only."""
+    import signal
+    import tracemalloc
+
+    tracemalloc.start(1)
+    state: dict[str, Any] = {}
+
+    def rows(stats: list[Any]) -> list[dict[str, Any]]:
+        return [
+            {"where": str(s.traceback), "bytes": s.size_diff, "count": s.count_diff} for s in stats
+        ]
+
+    def dump(signum: int, frame: Any) -> None:
+        snapshot = tracemalloc.take_snapshot()
+        base = state.get("base")
+        if base is None:
+            state["base"] = snapshot
+            data: dict[str, Any] = {"baseline": True}
+        else:
+            by_file = snapshot.compare_to(base, "filename")
+            data = {
+                "baseline": False,
+                "grown_bytes": sum(s.size_diff for s in by_file),
+                "by_file": rows(by_file[:30]),
+                "by_line": rows(snapshot.compare_to(base, "lineno")[:60]),
+            }
+        with open(path, "w") as f:
+            json.dump(data, f)
+
+    signal.signal(signal.SIGUSR2, dump)
+
+
+_TRACE = os.environ.get("BENCH_TRACEMALLOC")
+if _TRACE:
+    _install_tracemalloc(_TRACE)

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from bridge.direct import DirectSink
 from bridge.history import Event, RunHistory
 
 
@@ -23,10 +24,20 @@ class Subscription:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     #: Set by the owner (e.g. shutdown) to end the stream without a terminal event.
     closed: bool = False
+    #: Set once the viewer is on the fast path: events are written, not waited for.
+    sink: DirectSink | None = None
+
+    def notify(self, event: Event) -> None:
+        if self.sink is not None:
+            self.sink.deliver(event)
+        else:
+            self.wake.set()
 
     def close(self) -> None:
         self.closed = True
         self.wake.set()
+        if self.sink is not None:
+            self.sink.finish("closed")
 
 
 class Channel:
@@ -48,7 +59,7 @@ class Channel:
         if synthetic:
             self.synthetic_end = True
         for subscription in self._subscribers:
-            subscription.wake.set()
+            subscription.notify(event)
         return event
 
     def mirror(
@@ -68,7 +79,7 @@ class Channel:
         if synthetic:
             self.synthetic_end = True
         for subscription in self._subscribers:
-            subscription.wake.set()
+            subscription.notify(event)
         return event
 
     def add(self, subscription: Subscription) -> None:
