@@ -18,8 +18,8 @@ from bridge.cluster import Cluster
 from bridge.cors import install_cors
 from bridge.direct import SEND_KEY, CaptureSend, Ticker, transport_of
 from bridge.errors import BridgeError, Draining, InvalidRunId
-from bridge.history import Event
 from bridge.gc_tuning import GcTuner
+from bridge.history import Event
 from bridge.hub import Channel, Hub, create_hub
 from bridge.limits import StreamLimiter
 from bridge.metrics import Metrics

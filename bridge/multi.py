@@ -27,9 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
-from contextlib import AsyncExitStack, suppress
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 from quart import Quart, Response, request
@@ -40,7 +39,7 @@ from bridge.app import SSE_HEADERS, Bridge, error_response, last_event_id, watch
 from bridge.errors import BridgeError, Draining, InvalidRequest
 from bridge.history import Event
 from bridge.hub import Channel, Subscription
-from bridge.stream import StreamLimits
+from bridge.stream import Keepalive, StreamLimits
 
 VERSION = "m1"
 #: Longest multi id accepted on resume (50 runs take about 1.1 kB); longer is ignored.
@@ -169,10 +168,7 @@ async def multi_events(
     views: list[RunView], wake: asyncio.Event, limits: StreamLimits
 ) -> AsyncIterator[bytes]:
     """Frames for one viewer of several runs; ends when all ended, on timeout or close."""
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    deadline = started + limits.stream_timeout
-    next_ping = started + limits.ping_interval
+    keepalive = Keepalive(limits)
 
     def collect() -> bool:
         found = False
@@ -198,20 +194,16 @@ async def multi_events(
             return
         if any(view.subscription.closed for view in views):
             return
-        now = loop.time()
-        if now >= deadline:
-            yield sse.timeout(limits.stream_timeout)
-            return
-        if now >= next_ping:
-            yield sse.ping(time.time())
-            next_ping = max(next_ping + limits.ping_interval, now)
+        tick = keepalive.due()
+        if tick is not None:
+            frame, final = tick
+            yield frame
+            if final:
+                return
             continue
         if collect():
             continue
-        wake.clear()
-        with suppress(TimeoutError):
-            async with asyncio.timeout_at(min(deadline, next_ping)):
-                await wake.wait()
+        await keepalive.sleep(wake)
         collect()
 
 

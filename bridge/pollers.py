@@ -91,12 +91,16 @@ class Poller:
         except Exception:
             log.exception("poller for run %s failed", self.key.run_id)
         finally:
-            if not self.first.done():
-                self.first.set_exception(UpstreamError("The bridge stopped polling this run."))
-            # Retrieve it so asyncio never reports "exception was never retrieved".
-            if not self.first.cancelled():
-                self.first.exception()
-            self._registry._forget(self)
+            self._finish()
+
+    def _finish(self) -> None:
+        """However the loop ended: answer viewers still waiting, and leave the registry."""
+        if not self.first.done():
+            self.first.set_exception(UpstreamError("The bridge stopped polling this run."))
+        # Retrieve it so asyncio never reports "exception was never retrieved".
+        if not self.first.cancelled():
+            self.first.exception()
+        self._registry._forget(self)
 
     async def _poll_forever(self, interval: float) -> None:
         """Poll on a fixed cadence until terminal, refused, given up, or idle."""

@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     trust_forwarded_for: bool = False
     """Take the client address for the per-client cap from the last X-Forwarded-For hop
     (only behind a proxy that sets it). X-Forwarded-* is never forwarded upstream."""
-    gc_freeze_interval: float = Field(30.0, ge=0)
+    gc_freeze_interval: float = Field(1.0, ge=0)
     """Seconds between moving long-lived objects out of the garbage collector's sight
     (gc.freeze); 0 leaves Python's collector as it is."""
     gc_full_interval: float = Field(600.0, gt=0)

@@ -27,6 +27,34 @@ class StreamLimits:
     retry_ms: int
 
 
+class Keepalive:
+    """A stream's schedule of pings and its deadline, on the loop's clock."""
+
+    def __init__(self, limits: StreamLimits) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._limits = limits
+        started = self._loop.time()
+        self.deadline = started + limits.stream_timeout
+        self.next_ping = started + limits.ping_interval
+
+    def due(self) -> tuple[bytes, bool] | None:
+        """The frame to send now, if any, and whether the stream ends with it."""
+        now = self._loop.time()
+        if now >= self.deadline:
+            return sse.timeout(self._limits.stream_timeout), True
+        if now >= self.next_ping:
+            self.next_ping = max(self.next_ping + self._limits.ping_interval, now)
+            return sse.ping(time.time()), False
+        return None
+
+    async def sleep(self, wake: asyncio.Event) -> None:
+        """Until ``wake`` is set, or the next ping or the deadline is due."""
+        wake.clear()
+        with suppress(TimeoutError):
+            async with asyncio.timeout_at(min(self.deadline, self.next_ping)):
+                await wake.wait()
+
+
 async def events(
     subscription: Subscription,
     first: list[Event],
@@ -42,10 +70,7 @@ async def events(
     to the socket by the channel and the ticker (bridge/direct.py) once the opening is sent.
     """
     history = subscription.channel.history
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    deadline = started + limits.stream_timeout
-    next_ping = started + limits.ping_interval
+    keepalive = Keepalive(limits)
 
     yield sse.retry(limits.retry_ms)
     pending = first
@@ -59,25 +84,21 @@ async def events(
             return
         if direct is not None:
             transport, ticker = direct
-            sink = DirectSink(transport, cursor, deadline, next_ping)
+            sink = DirectSink(transport, cursor, keepalive.deadline, keepalive.next_ping)
             await _hand_over(subscription, sink, ticker, limits.viewer_buffer)
             return
-        now = loop.time()
-        if now >= deadline:
-            yield sse.timeout(limits.stream_timeout)
-            return
-        if now >= next_ping:
-            yield sse.ping(time.time())
-            next_ping = max(next_ping + limits.ping_interval, now)
+        tick = keepalive.due()
+        if tick is not None:
+            frame, final = tick
+            yield frame
+            if final:
+                return
             pending = []
             continue
         pending = history.after(cursor, limits.viewer_buffer)
         if pending:
             continue
-        subscription.wake.clear()
-        with suppress(TimeoutError):
-            async with asyncio.timeout_at(min(deadline, next_ping)):
-                await subscription.wake.wait()
+        await keepalive.sleep(subscription.wake)
         pending = history.after(cursor, limits.viewer_buffer)
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 from quart import Quart
 
 from bridge.app import Bridge, create_app
@@ -174,3 +176,34 @@ async def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.01)
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(interval)
+
+
+@asynccontextmanager
+async def auth_service(
+    admits: Callable[[str, str], bool],
+) -> AsyncIterator[tuple[str, Counter[str]]]:
+    """A forward-auth service on loopback: ``admits(token, run_id)`` decides, 401 without
+    a token; yields its URL and the count of asks per Authorization value."""
+    calls: Counter[str] = Counter()
+
+    async def check(request: web.Request) -> web.Response:
+        token = request.headers.get("Authorization", "")
+        calls[token] += 1
+        run_id = request.query["run_id"]
+        if request.headers.get("X-Bridge-Run-Id") != run_id:
+            return web.Response(status=400)
+        if not token:
+            return web.Response(status=401)
+        return web.Response(status=204 if admits(token, run_id) else 403)
+
+    app = web.Application()
+    app.router.add_get("/check", check)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}/check", calls
+    finally:
+        await runner.cleanup()

@@ -5,16 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from bridge.demo.legacy_api import Fault, LegacyApi
-from tests.support import running_bridge, sse, wait_for
+from tests.support import auth_service, running_bridge, sse, wait_for
 
 SECRETS = ("Bearer tok-SECRET-1", "sess=COOKIE-SECRET-2", "KEY-SECRET-3", "QUERY-SECRET-4")
 
@@ -71,36 +67,14 @@ async def test_no_secret_in_logs_error_bodies_or_metrics(
             assert part.encode() not in everything, part
 
 
-@asynccontextmanager
-async def auth_service(allowed: set[str]) -> AsyncIterator[tuple[str, Counter[str]]]:
-    calls: Counter[str] = Counter()
-
-    async def check(request: web.Request) -> web.Response:
-        token = request.headers.get("Authorization", "")
-        calls[token] += 1
-        assert request.headers["X-Bridge-Run-Id"] == request.query["run_id"]
-        if not token:
-            return web.Response(status=401)
-        return web.Response(status=204 if token in allowed else 403)
-
-    app = web.Application()
-    app.router.add_get("/check", check)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/check", calls
-    finally:
-        await runner.cleanup()
-
-
 async def test_forward_auth_mode_admits_refuses_and_shares_one_poller(legacy: LegacyApi) -> None:
     run = legacy.scripted("fa")
     legacy.require("fa", "x-api-key", "bridge-own-key")
     async with (
-        auth_service({"Bearer alice", "Bearer bob"}) as (auth_url, calls),
+        auth_service(lambda token, _run: token in {"Bearer alice", "Bearer bob"}) as (
+            auth_url,
+            calls,
+        ),
         running_bridge(
             legacy.url, auth_url=auth_url, upstream_headers={"x-api-key": "bridge-own-key"}
         ) as b,
@@ -133,7 +107,7 @@ async def test_forward_auth_mode_admits_refuses_and_shares_one_poller(legacy: Le
 async def test_forward_auth_concurrent_first_asks_share_one_request(legacy: LegacyApi) -> None:
     legacy.scripted("fb")
     async with (
-        auth_service({"Bearer c"}) as (auth_url, calls),
+        auth_service(lambda token, _run: token == "Bearer c") as (auth_url, calls),
         running_bridge(legacy.url, auth_url=auth_url) as b,
         aiohttp.ClientSession() as http,
     ):

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from bridge.demo.legacy_api import LegacyApi
 from bridge.eventstream import ParsedEvent
 from bridge.multi import decode_cursor, encode_cursor, entry, run_key
-from tests.support import SseStream, running_bridge, sse, wait_for
+from tests.support import SseStream, auth_service, running_bridge, sse, wait_for
 
 NODES = ("a", "b")
 
@@ -247,36 +244,13 @@ async def test_one_connection_takes_one_stream_slot(legacy: LegacyApi) -> None:
         await wait_for(lambda: b.bridge.limiter.open == 0)
 
 
-@asynccontextmanager
-async def auth_service(allowed: set[tuple[str, str]]) -> AsyncIterator[str]:
-    """Admits (token, run) pairs; 401 without a token, 403 otherwise."""
-
-    async def check(request: web.Request) -> web.Response:
-        token = request.headers.get("Authorization", "")
-        if not token:
-            return web.Response(status=401)
-        return web.Response(status=204 if (token, request.query["run_id"]) in allowed else 403)
-
-    app = web.Application()
-    app.router.add_get("/check", check)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/check"
-    finally:
-        await runner.cleanup()
-
-
 async def test_forward_auth_admits_each_run(legacy: LegacyApi) -> None:
     for run_id in ("mine", "also-mine", "theirs"):
         legacy.scripted(run_id, nodes=NODES)
         legacy.require(run_id, "x-api-key", "bridge-own-key")
     allowed = {("Bearer alice", "mine"), ("Bearer alice", "also-mine"), ("Bearer bob", "theirs")}
     async with (
-        auth_service(allowed) as auth_url,
+        auth_service(lambda token, run_id: (token, run_id) in allowed) as (auth_url, _),
         running_bridge(
             legacy.url, auth_url=auth_url, upstream_headers={"x-api-key": "bridge-own-key"}
         ) as b,

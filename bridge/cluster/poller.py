@@ -112,12 +112,7 @@ class ClusterPoller(Poller):
         except Exception:
             log.exception("cluster poller for run %s failed", self.key.run_id)
         finally:
-            if not self.first.done():
-                self.first.set_exception(UpstreamError("The bridge stopped polling this run."))
-            # Retrieve it so asyncio never reports "exception was never retrieved".
-            if not self.first.cancelled():
-                self.first.exception()
-            self._registry._forget(self)
+            self._finish()
             if not self.resigned:
                 self.resigned = True
                 await self._ctx.resign([(self.key, self.token)])
