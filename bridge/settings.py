@@ -77,7 +77,8 @@ class Settings(BaseSettings):
     history_runs: int = Field(10_000, ge=1)
     """Stopped runs whose history is kept at most (least recently used goes first)."""
     viewer_buffer: int = Field(32, ge=1, le=10_000)
-    """Events a live viewer may fall behind before it is coalesced to the latest status."""
+    """Events a live viewer may fall behind before it is coalesced to the latest status
+    (on the ASGI path; the fast path counts unsent bytes instead)."""
     upstream_max_bytes: int = Field(1_048_576, ge=1024)
     """Largest upstream status body accepted (after decompression), in bytes."""
     upstream_give_up: float = Field(60.0, gt=0)
