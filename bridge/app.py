@@ -7,7 +7,6 @@ import logging
 import random
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AsyncExitStack
-from typing import Any
 
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException, NotFound
@@ -26,6 +25,7 @@ from bridge.metrics import Metrics
 from bridge.pollers import PollerRegistry
 from bridge.readiness import Readiness
 from bridge.settings import Settings
+from bridge.sse import encode_json
 from bridge.stream import StreamLimits, events
 from bridge.upstream import UpstreamClient, forwardable
 from bridge.watchdog import SendWatchdog
@@ -138,16 +138,12 @@ class Bridge:
 
 
 def error_response(error: BridgeError) -> Response:
-    response = Response(_json(error.body()), status=error.status, content_type="application/json")
+    response = Response(
+        encode_json(error.body()), status=error.status, content_type="application/json"
+    )
     if error.retry_after is not None:
         response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
     return response
-
-
-def _json(value: Any) -> str:
-    from bridge.sse import encode_json
-
-    return encode_json(value)
 
 
 def last_event_id() -> str | None:
@@ -195,11 +191,13 @@ def create_app(settings: Settings) -> Quart:
     async def _http_error(error: HTTPException) -> Response:
         code = (error.name or "error").lower().replace(" ", "_")
         body = {"error": code, "message": error.description or code}
-        return Response(_json(body), status=error.code or 500, content_type="application/json")
+        return Response(
+            encode_json(body), status=error.code or 500, content_type="application/json"
+        )
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        return Response(_json({"status": "ok"}), content_type="application/json")
+        return Response(encode_json({"status": "ok"}), content_type="application/json")
 
     @app.get("/readyz")
     async def readyz() -> Response:
@@ -207,7 +205,7 @@ def create_app(settings: Settings) -> Quart:
             return error_response(Draining("The bridge is shutting down."))
         report = await bridge.readiness.check()
         status = 200 if report["ready"] else 503
-        return Response(_json(report), status=status, content_type="application/json")
+        return Response(encode_json(report), status=status, content_type="application/json")
 
     @app.get("/metrics")
     async def metrics() -> Response:
