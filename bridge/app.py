@@ -53,10 +53,10 @@ class Bridge:
             history_ttl=settings.history_ttl,
         )
         self.pollers = PollerRegistry(settings, self.upstream, self.hub, self.metrics)
-        self.metrics.track(lambda: self.pollers.active)
         self.limiter = StreamLimiter(settings.max_streams, settings.max_streams_per_client)
         self.watchdog = SendWatchdog(settings.send_timeout)
         self.ticker = Ticker(settings.ping_interval, settings.stream_timeout, settings.send_timeout)
+        self.metrics.track(lambda: self.pollers.active, lambda: self.ticker.viewers)
         self.gc: GcTuner | None = None
         if settings.gc_freeze_interval > 0:
             self.gc = GcTuner(settings.gc_freeze_interval, settings.gc_full_interval)

@@ -41,9 +41,15 @@ class Metrics:
             "bridge_open_streams", "SSE streams open now", registry=self.registry
         )
         self.pollers = Gauge("bridge_pollers", "Pollers running now", registry=self.registry)
+        self.fast_path_streams = Gauge(
+            "bridge_fast_path_streams",
+            "Open streams whose live frames are written straight to the socket",
+            registry=self.registry,
+        )
 
-    def track(self, pollers: Callable[[], float]) -> None:
+    def track(self, pollers: Callable[[], float], fast_path: Callable[[], float]) -> None:
         self.pollers.set_function(pollers)
+        self.fast_path_streams.set_function(fast_path)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

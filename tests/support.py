@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -207,3 +209,45 @@ async def auth_service(
         yield f"http://127.0.0.1:{port}/check", calls
     finally:
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def serve_process(
+    upstream_url: str, env: Mapping[str, str]
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """`python -m bridge serve` as its own process on a loopback port, ready; killed after."""
+    probe = loopback_socket()
+    port = probe.getsockname()[1]
+    probe.close()
+    full_env = {
+        **os.environ,
+        "BRIDGE_UPSTREAM_URL": upstream_url,
+        "BRIDGE_HOST": "127.0.0.1",
+        "BRIDGE_PORT": str(port),
+        **env,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge",
+        "serve",
+        env=full_env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with asyncio.timeout(15), aiohttp.ClientSession() as http:
+            while True:
+                assert proc.returncode is None, "the bridge exited at start"
+                try:
+                    async with http.get(url + "/healthz") as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+        yield proc, url
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

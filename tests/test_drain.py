@@ -3,84 +3,60 @@
 from __future__ import annotations
 
 import asyncio
-import os
+import json
 import signal
-import sys
 import time
 
 import aiohttp
 
 from bridge.demo.legacy_api import LegacyApi
-from tests.support import loopback_socket, running_bridge, sse
+from tests.support import running_bridge, serve_process, sse
 
 
 async def test_sigterm_drains_and_exits_within_grace(legacy: LegacyApi) -> None:
     run = legacy.scripted("drain")
-    probe = loopback_socket()
-    port = probe.getsockname()[1]
-    probe.close()
-    env = {
-        **os.environ,
-        "BRIDGE_UPSTREAM_URL": legacy.url,
-        "BRIDGE_HOST": "127.0.0.1",
-        "BRIDGE_PORT": str(port),
-        "BRIDGE_POLL_INTERVAL": "0.05",
-        "BRIDGE_DRAIN_DELAY": "1",
-        "BRIDGE_SHUTDOWN_GRACE": "5",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bridge",
-        "serve",
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        waiter = asyncio.ensure_future(proc.wait())
-        try:
-            async with asyncio.timeout(15):
-                while True:
-                    assert not waiter.done(), "the bridge exited at start"
-                    try:
-                        async with aiohttp.ClientSession() as http, http.get(url + "/healthz") as r:
-                            if r.status == 200:
-                                break
-                    except aiohttp.ClientConnectionError:
-                        await asyncio.sleep(0.05)
-            async with sse(f"{url}/v1/runs/drain/stream") as s, aiohttp.ClientSession() as http:
-                first = await s.next_named("progress")
-                assert first.id
-                signalled = time.monotonic()
-                proc.send_signal(signal.SIGTERM)
-                # The open stream ends cleanly, with no terminal event (EventSource reconnects).
-                assert await s.rest(timeout=3) == []
-                # During the drain delay: not ready, and new streams are refused.
-                async with http.get(url + "/readyz") as r:
-                    assert r.status == 503
-                    assert (await r.json())["error"] == "draining"
-                async with http.get(f"{url}/v1/runs/drain/stream") as r:
-                    assert r.status == 503
-                    assert r.headers["Retry-After"] == "1"
-            code = await asyncio.wait_for(waiter, timeout=6)
-            assert code == 0
-            assert time.monotonic() - signalled < 5 + 0.5
-            # Pollers stopped with the process.
-            polls = legacy.requests["drain"]
-            run.advance()
-            await asyncio.sleep(0.2)
-            assert legacy.requests["drain"] == polls
-        finally:
-            if not waiter.done():
-                waiter.cancel()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    env = {"BRIDGE_POLL_INTERVAL": "0.05", "BRIDGE_DRAIN_DELAY": "1", "BRIDGE_SHUTDOWN_GRACE": "5"}
+    async with serve_process(legacy.url, env) as (proc, url):
+        async with sse(f"{url}/v1/runs/drain/stream") as s, aiohttp.ClientSession() as http:
+            first = await s.next_named("progress")
+            assert first.id
+            signalled = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            # The open stream ends cleanly, with no terminal event (EventSource reconnects).
+            assert await s.rest(timeout=3) == []
+            # During the drain delay: not ready, and new streams are refused.
+            async with http.get(url + "/readyz") as r:
+                assert r.status == 503
+                assert (await r.json())["error"] == "draining"
+            async with http.get(f"{url}/v1/runs/drain/stream") as r:
+                assert r.status == 503
+                assert r.headers["Retry-After"] == "1"
+        code = await asyncio.wait_for(proc.wait(), timeout=6)
+        assert code == 0
+        assert time.monotonic() - signalled < 5 + 0.5
+        # Pollers stopped with the process.
+        polls = legacy.requests["drain"]
+        run.advance()
+        await asyncio.sleep(0.2)
+        assert legacy.requests["drain"] == polls
     stderr = (await proc.stderr.read()).decode() if proc.stderr else ""
     assert "Traceback" not in stderr
+
+
+async def test_served_process_takes_the_fast_path(legacy: LegacyApi) -> None:
+    run = legacy.scripted("uv")
+    env = {"BRIDGE_POLL_INTERVAL": "0.05"}
+    async with serve_process(legacy.url, env) as (proc, url):
+        async with sse(f"{url}/v1/runs/uv/stream") as s, aiohttp.ClientSession() as http:
+            assert json.loads((await s.next_named("progress")).data) == run.statuses[0]
+            async with http.get(url + "/metrics") as r:
+                assert "bridge_fast_path_streams 1.0" in await r.text()
+            for expected in run.statuses[1:]:
+                run.advance()
+                event = await s.next_named("progress", "complete")
+                assert json.loads(event.data) == expected
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), timeout=10) == 0
 
 
 async def test_reconnect_with_final_id_gets_204(legacy: LegacyApi) -> None:
