@@ -73,11 +73,6 @@ def transport_of(send: object) -> asyncio.WriteTransport | None:
     return transport
 
 
-def chunk(frame: bytes) -> bytes:
-    """One frame as an HTTP/1.1 chunk (the response is chunked: it has no length)."""
-    return b"%x\r\n%s\r\n" % (len(frame), frame)
-
-
 class DirectSink:
     """One viewer on the fast path: its transport, its position, and how it ends."""
 
@@ -113,7 +108,7 @@ class DirectSink:
 
     def write(self, data: bytes) -> None:
         if not self.transport.is_closing():
-            self.transport.write(chunk(data))
+            self.transport.write(sse.chunk(data))
 
     def finish(self, why: str) -> None:
         if not self.ended.done():

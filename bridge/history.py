@@ -64,8 +64,7 @@ class RunHistory:
         event_id = f"{self.epoch}-{self._seq}"
         payload = data if data is not None else sse.encode_json(status)
         frame = sse.frame(name, payload, event_id)
-        chunk = b"%x\r\n%s\r\n" % (len(frame), frame)
-        event = Event(self._seq, event_id, name, status, payload, frame, chunk)
+        event = Event(self._seq, event_id, name, status, payload, frame, sse.chunk(frame))
         self._events.append(event)
         return event
 

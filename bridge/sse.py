@@ -42,6 +42,13 @@ def frame(event: str, data: str, event_id: str | None = None) -> bytes:
     return "".join(parts).encode("utf-8")
 
 
+def chunk(data: bytes) -> bytes:
+    """``data`` as one HTTP/1.1 chunk (streams are chunked: they have no length).
+
+    Used where frames are written to a socket directly (bridge/direct.py)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
 def retry(milliseconds: int) -> bytes:
     return f"retry: {int(milliseconds)}\n\n".encode()
 

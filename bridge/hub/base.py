@@ -56,10 +56,7 @@ class Channel:
 
     def publish(self, name: str, status: dict[str, Any], *, synthetic: bool = False) -> Event:
         event = self.history.append(name, status)
-        if synthetic:
-            self.synthetic_end = True
-        for subscription in self._subscribers:
-            subscription.notify(event)
+        self._deliver(event, synthetic)
         return event
 
     def mirror(
@@ -76,11 +73,14 @@ class Channel:
         event = self.history.mirror(epoch, seq, name, status, data)
         if event is None:
             return None
+        self._deliver(event, synthetic)
+        return event
+
+    def _deliver(self, event: Event, synthetic: bool) -> None:
         if synthetic:
             self.synthetic_end = True
         for subscription in self._subscribers:
             subscription.notify(event)
-        return event
 
     def add(self, subscription: Subscription) -> None:
         self._subscribers.add(subscription)
