@@ -11,8 +11,6 @@ headers, and concurrent first asks for the same key share one request.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import os
 from collections.abc import Mapping
@@ -21,6 +19,7 @@ import aiohttp
 from cachetools import TTLCache
 
 from bridge.errors import UpstreamError, UpstreamRefused, UpstreamTimeout, UpstreamUnavailable
+from bridge.pollers import credentials_digest
 from bridge.settings import Settings
 
 log = logging.getLogger("bridge.auth")
@@ -50,14 +49,9 @@ class ForwardAuth:
             await self._session.close()
             self._session = None
 
-    def _key(self, run_id: str, headers: Mapping[str, str]) -> tuple[str, str]:
-        material = "\n".join(f"{k}:{v}" for k, v in sorted(headers.items()))
-        digest = hmac.new(self._secret, material.encode("utf-8", "surrogatepass"), hashlib.sha256)
-        return run_id, digest.hexdigest()
-
     async def admit(self, run_id: str, headers: Mapping[str, str]) -> None:
         """Return when the viewer may watch ``run_id``; raise UpstreamError otherwise."""
-        key = self._key(run_id, headers)
+        key = (run_id, credentials_digest(self._secret, headers))
         status = self._verdicts.get(key)
         if status is None:
             pending = self._inflight.get(key)
@@ -73,6 +67,8 @@ class ForwardAuth:
                     pending.cancel()  # the asker was cancelled: its waiters must not hang
                     raise
                 else:
+                    if self._cache:
+                        self._verdicts[key] = answer
                     pending.set_result(answer)
                 finally:
                     del self._inflight[key]
@@ -98,7 +94,5 @@ class ForwardAuth:
             log.debug("auth request failed: %s", type(error).__name__)
             raise UpstreamUnavailable("The auth service could not be reached.") from None
         if 200 <= status < 300 or status in (401, 403):
-            if self._cache:
-                self._verdicts[(run_id, self._key(run_id, headers)[1])] = status
             return status
         raise UpstreamUnavailable(f"The auth service answered with HTTP {status}.")
