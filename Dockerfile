@@ -9,9 +9,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+# The locked, hash-checked dependencies first (a layer that survives code changes), then the
+# package without deps so that nothing outside the lock gets in.
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
+COPY pyproject.toml README.md LICENSE ./
 COPY bridge ./bridge
-RUN pip install . \
+RUN pip install --no-deps . \
  && useradd --system --uid 10001 --no-create-home bridge
 
 USER 10001

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 import aiohttp
 from cachetools import TTLCache
 
+from bridge.credentials import credentials_digest
 from bridge.errors import UpstreamError, UpstreamRefused, UpstreamTimeout, UpstreamUnavailable
-from bridge.pollers import credentials_digest
 from bridge.settings import Settings
 
 log = logging.getLogger("bridge.auth")

@@ -21,7 +21,7 @@ def _settings(**overrides: object) -> Settings:
 
 def _serve(args: argparse.Namespace) -> int:
     from bridge.app import create_app
-    from bridge.demo.main import configure_logging
+    from bridge.logs import configure_logging
     from bridge.server import serve
 
     settings = _settings()

@@ -1,8 +1,7 @@
-"""The live dashboard page, and the routes for watching runs.
+"""The live dashboard page, and the demo's run list.
 
-``register_watching(app, bridge)`` adds:
+``register_dashboard(app, services)`` adds:
 
-- ``GET /v1/streams`` (always): several runs on one SSE connection (``bridge.multi``);
 - ``GET /`` and ``/static/*`` when ``BRIDGE_DASHBOARD`` is on (``sse-bridge demo`` turns
   it on): a plain HTML/CSS/JS page shipped in ``bridge/static``, no build step, nothing
   fetched from elsewhere. It follows the runs named in ``?runs=a,b,c`` (or typed in);
@@ -22,10 +21,9 @@ import aiohttp
 from quart import Quart, Response, request
 from werkzeug.exceptions import NotFound
 
-from bridge import multi
 from bridge import run_id as run_ids
-from bridge.app import Bridge
 from bridge.errors import InvalidRequest, UpstreamTimeout, UpstreamUnavailable
+from bridge.services import Services
 from bridge.sse import encode_json as _json
 
 #: app.extensions key holding the simulated legacy API's base URL (demo mode only).
@@ -62,9 +60,9 @@ def asset(name: str) -> bytes:
     return resources.files("bridge").joinpath("static", name).read_bytes()
 
 
-def register_watching(app: Quart, bridge: Bridge) -> None:
-    multi.register(app, bridge)
-    settings = bridge.settings
+def register_dashboard(app: Quart, services: Services) -> None:
+    """The page (when BRIDGE_DASHBOARD is on) and, in demo mode, the demo's run list."""
+    settings = services.settings
 
     def page_file(name: str) -> Response:
         if not settings.dashboard or name not in ASSETS:
@@ -105,7 +103,7 @@ def register_watching(app: Quart, bridge: Bridge) -> None:
 
     @app.get("/demo/api/runs")
     async def demo_runs() -> Response:
-        return await _forward(bridge, "GET", demo_api() + "/runs")
+        return await _forward(services, "GET", demo_api() + "/runs")
 
     @app.post("/demo/api/runs")
     async def demo_start() -> Response:
@@ -116,13 +114,13 @@ def register_watching(app: Quart, bridge: Bridge) -> None:
             outcome = body.get("outcome")
             if outcome is not None:
                 payload["outcome"] = outcome
-        return await _forward(bridge, "POST", base + "/runs", payload)
+        return await _forward(services, "POST", base + "/runs", payload)
 
     @app.post("/demo/api/runs/<run_id>/cancel")
     async def demo_cancel(run_id: str) -> Response:
         base = demo_api()
         run_ids.validate(run_id)
-        return await _forward(bridge, "POST", f"{base}/runs/{run_id}/cancel", {})
+        return await _forward(services, "POST", f"{base}/runs/{run_id}/cancel", {})
 
 
 async def _json_body() -> dict[str, Any]:
@@ -139,9 +137,9 @@ async def _json_body() -> dict[str, Any]:
 
 
 async def _forward(
-    bridge: Bridge, method: str, url: str, payload: dict[str, Any] | None = None
+    services: Services, method: str, url: str, payload: dict[str, Any] | None = None
 ) -> Response:
-    timeout = aiohttp.ClientTimeout(total=bridge.settings.upstream_timeout)
+    timeout = aiohttp.ClientTimeout(total=services.settings.upstream_timeout)
     try:
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,

@@ -26,7 +26,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bridge import sse
-from bridge.history import Event
+from bridge.history import Event, http_chunk
+from bridge.keepalive import Keepalive
 from bridge.tasks import cancel_and_wait
 
 log = logging.getLogger("bridge.direct")
@@ -76,15 +77,15 @@ def transport_of(send: object) -> asyncio.WriteTransport | None:
 class DirectSink:
     """One viewer on the fast path: its transport, its position, and how it ends."""
 
-    __slots__ = ("behind_since", "cursor", "deadline", "ended", "next_ping", "transport")
+    __slots__ = ("behind_since", "cursor", "ended", "keepalive", "transport")
 
     def __init__(
-        self, transport: asyncio.WriteTransport, cursor: int, deadline: float, next_ping: float
+        self, transport: asyncio.WriteTransport, cursor: int, keepalive: Keepalive
     ) -> None:
         self.transport = transport
         self.cursor = cursor
-        self.deadline = deadline
-        self.next_ping = next_ping
+        #: The stream's pings and deadline, carried over from its ASGI opening.
+        self.keepalive = keepalive
         self.behind_since: float | None = None
         #: Resolved when the stream is over; the value says why (for tests and metrics).
         self.ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -101,7 +102,7 @@ class DirectSink:
             if self.behind_since is None:
                 self.behind_since = time.monotonic()
             return
-        transport.write(event.chunk)
+        transport.write(http_chunk(event))
         self.cursor = event.seq
         if event.terminal:
             self.finish("terminal")
@@ -118,10 +119,9 @@ class DirectSink:
 class Ticker:
     """Pings, timeouts and slow-viewer care for every fast-path viewer, once a tick."""
 
-    def __init__(self, ping_interval: float, stream_timeout: float, send_timeout: float) -> None:
-        self.ping_interval = ping_interval
-        self.stream_timeout = stream_timeout
+    def __init__(self, ping_interval: float, send_timeout: float) -> None:
         self.send_timeout = send_timeout
+        # Pings, timeouts and drops come at most a quarter of their interval late.
         self.period = max(0.01, min(1.0, ping_interval / 4, send_timeout / 4))
         self._sinks: dict[DirectSink, Callable[[], Event | None]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -159,18 +159,19 @@ class Ticker:
             if sink.transport.is_closing():
                 sink.finish("disconnected")
                 continue
-            if now >= sink.deadline:
-                sink.write(sse.timeout(self.stream_timeout))
+            keepalive = sink.keepalive
+            if now >= keepalive.deadline:
+                sink.write(keepalive.frame(keepalive.due(now) or "timeout"))
                 sink.finish("timeout")
                 continue
             if sink.behind_since is not None:
                 self._catch_up(sink, latest())
                 if sink.ended.done():
                     continue
-            if now >= sink.next_ping:
-                ping = ping or sse.ping(time.time())
+            if keepalive.due(now) == "ping":
+                # One ping frame per tick, shared by every viewer it is due for.
+                ping = ping or keepalive.frame("ping")
                 sink.write(ping)
-                sink.next_ping = max(sink.next_ping + self.ping_interval, now)
 
     def _catch_up(self, sink: DirectSink, latest: Event | None) -> None:
         assert sink.behind_since is not None

@@ -6,6 +6,8 @@
     ├── OverCapacity             503 over_capacity: the bridge is at its connection limit
     ├── TooManyStreams           429 too_many_streams: this client is at its connection limit
     ├── Draining                 503 draining: the bridge is shutting down
+    ├── ClusterUnavailable       503 cluster_unavailable: cluster mode cannot reach its Redis,
+    │                            so a run can be neither shared nor started
     └── UpstreamError            anything the upstream said or failed to say
         ├── UpstreamRefused      401 unauthorized / 403 forbidden / 404 not_found, passed through
         ├── UpstreamUnavailable  502 upstream_unavailable: unreachable, 5xx, redirect, bad body,
@@ -64,6 +66,17 @@ class Draining(BridgeError):
     status = 503
     code = "draining"
     retry_after = 1.0
+
+
+class ClusterUnavailable(BridgeError):
+    status = 503
+    code = "cluster_unavailable"
+    retry_after = 2.0
+
+    def __init__(
+        self, message: str = "The bridge cannot reach its Redis right now; try again shortly."
+    ) -> None:
+        super().__init__(message)
 
 
 class UpstreamError(BridgeError):

@@ -4,6 +4,10 @@ Ids are ``<epoch>-<seq>``: ``seq`` counts up within one history, ``epoch`` (the 
 creation time in milliseconds) tells histories of the same run apart, so an id from a
 history that is gone is recognised as unknown instead of being compared with a new
 history's counter. Clients treat ids as opaque strings.
+
+A history is bounded in events (``size``) and in bytes (``max_bytes``): a status can be
+as large as the upstream body cap, and each event holds exactly one copy of it, the SSE
+frame every viewer is sent; the newest event is always kept, whatever its size.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import re
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
 from bridge import sse
 from bridge.status import is_terminal
@@ -21,22 +24,73 @@ from bridge.status import is_terminal
 _ID = re.compile(r"([0-9]{1,16})-([0-9]{1,18})")
 
 
+#: What one held event costs beyond its frame's bytes: the Event, its id and seq, the
+#: bytes object's header and the deque's slot (tracemalloc, CPython 3.11: 212 bytes;
+#: tests/test_history.py checks that this still covers them).
+EVENT_OVERHEAD = 256
+
+_DATA_FIELD = b"\ndata: "
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     seq: int
     id: str
     name: str
-    status: dict[str, Any]
-    #: ``status`` as one line of JSON, encoded once.
-    data: str
-    #: The whole SSE frame, encoded once and shared by every viewer.
+    #: The whole SSE frame, encoded once and shared by every viewer: the one copy of the
+    #: event's bytes (a status may be up to BRIDGE_UPSTREAM_MAX_BYTES).
     frame: bytes
-    #: ``frame`` as an HTTP/1.1 chunk, for viewers written to directly (bridge/direct.py).
-    chunk: bytes
+    #: Where ``data`` starts in ``frame``.
+    data_at: int
+
+    @classmethod
+    def build(cls, seq: int, event_id: str, name: str, data: str) -> Event:
+        frame = sse.frame(name, data, event_id)
+        # The event and id fields hold no line break (sse.frame refuses one), so the
+        # first "\ndata: " is where the data field starts.
+        return cls(seq, event_id, name, frame, frame.index(_DATA_FIELD) + len(_DATA_FIELD))
+
+    @property
+    def data(self) -> str:
+        """The status as one line of JSON, decoded from ``frame`` at each use rather than
+        kept twice: the poller's change check, a status request, and each viewer of a
+        multi-run stream (whose frames are built per viewer anyway; measured: +0.7 us on
+        a 4.6 us frame build for a small status, +4% for a 900 KB one). Single-run
+        streams send ``frame`` and never read it."""
+        return str(memoryview(self.frame)[self.data_at : -2], "utf-8")
+
+    @property
+    def nbytes(self) -> int:
+        """What holding this event costs, as the history counts it against ``max_bytes``."""
+        return len(self.frame) + EVENT_OVERHEAD
 
     @property
     def terminal(self) -> bool:
         return is_terminal(self.name)
+
+
+_chunked: tuple[Event, bytes] | None = None
+
+
+def http_chunk(event: Event) -> bytes:
+    """``event.frame`` as one HTTP/1.1 chunk, for the fast path (bridge/direct.py).
+
+    Made once per event when a fan-out needs it and reused for every viewer of that
+    fan-out (the loop delivers one event to all its viewers before the next), so a viewer
+    costs one write of shared bytes, as when the chunk was stored with each event; only
+    the last chunk made is kept, so at most one event's frame is held twice in the process.
+    Measured against the alternatives (``python -m bench.history_memory``): three writes
+    per viewer (size line, frame, CRLF) cost 2.5x the CPU per viewer for frames up to 8 KB
+    (three syscalls, three TCP segments), and framing the chunk per viewer 5% (600 B) to
+    20% (900 KB) more; this costs what the stored chunk did.
+    """
+    global _chunked
+    cached = _chunked
+    if cached is not None and cached[0] is event:
+        return cached[1]
+    chunk = sse.chunk(event.frame)
+    _chunked = (event, chunk)
+    return chunk
 
 
 def parse_id(value: str | None) -> tuple[int, int] | None:
@@ -50,27 +104,35 @@ def parse_id(value: str | None) -> tuple[int, int] | None:
 
 
 class RunHistory:
-    """At most ``size`` events of one run, newest last; the terminal event is always kept."""
+    """At most ``size`` events and ``max_bytes`` bytes (``Event.nbytes``) of one run, newest
+    last; the newest event is always kept, so the terminal event is too."""
 
-    def __init__(self, size: int, epoch: int | None = None) -> None:
+    def __init__(self, size: int, max_bytes: int, epoch: int | None = None) -> None:
+        if size < 1:
+            raise ValueError("a history holds at least one event")
         self.epoch = epoch if epoch is not None else time.time_ns() // 1_000_000
-        self._events: deque[Event] = deque(maxlen=size)
+        self.size = size
+        self.max_bytes = max_bytes
+        self._events: deque[Event] = deque()
+        self._bytes = 0
         self._seq = 0
 
-    def append(self, name: str, status: dict[str, Any], *, data: str | None = None) -> Event:
+    def append(self, name: str, data: str) -> Event:
+        """Add the next event; ``data`` is the status as ``sse.encode_json`` wrote it."""
         if self.terminal:
             raise RuntimeError("a terminal history takes no more events")
         self._seq += 1
-        event_id = f"{self.epoch}-{self._seq}"
-        payload = data if data is not None else sse.encode_json(status)
-        frame = sse.frame(name, payload, event_id)
-        event = Event(self._seq, event_id, name, status, payload, frame, sse.chunk(frame))
+        event = Event.build(self._seq, f"{self.epoch}-{self._seq}", name, data)
         self._events.append(event)
+        self._bytes += event.nbytes
+        # Oldest first; what is trimmed resumes as an unknown id: the current status.
+        while len(self._events) > 1 and (
+            len(self._events) > self.size or self._bytes > self.max_bytes
+        ):
+            self._bytes -= self._events.popleft().nbytes
         return event
 
-    def mirror(
-        self, epoch: int, seq: int, name: str, status: dict[str, Any], data: str
-    ) -> Event | None:
+    def mirror(self, epoch: int, seq: int, name: str, data: str) -> Event | None:
         """Take one event of this run's history as another replica wrote it, id and all.
 
         Cluster mode: the replica polling the run numbers the events, the others copy
@@ -85,8 +147,14 @@ class RunHistory:
             return None
         if seq != self._seq + 1:
             self._events.clear()
+            self._bytes = 0
         self._seq = seq - 1
-        return self.append(name, status, data=data)
+        return self.append(name, data)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held, as counted against ``max_bytes`` (frames plus a per-event overhead)."""
+        return self._bytes
 
     @property
     def last_seq(self) -> int:

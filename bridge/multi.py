@@ -14,9 +14,10 @@ up to ``BRIDGE_MULTI_MAX_RUNS`` runs on one connection:
 - a run's ``complete``/``error`` ends that run only; the stream closes once every run
   has ended.
 
-Each run is leased from the shared pollers exactly as for ``/v1/runs/{id}/stream`` (same
-sharing, same forwarded credentials). If the upstream refuses any run, the whole request
-is answered with that error (naming the run) and nothing is streamed.
+The stream opens exactly as ``/v1/runs/{id}/stream`` does (bridge/opening.py: one stream
+slot, the same shared pollers and forwarded credentials per run). If the upstream refuses
+any run, the whole request is answered with that error (naming the run) and nothing is
+streamed. Here: the multi id, and where each run starts and what its frames look like.
 
 The multi id is ``m1.`` followed by one ``<key>-<epoch>-<seq>`` entry per run (key: 40
 bits of BLAKE2b of the run id, epoch and seq in base 36), joined with ``.``: URL-safe,
@@ -27,36 +28,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
-from contextlib import AsyncExitStack
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass, field
-
-from quart import Quart, Response, request
 
 from bridge import run_id as run_ids
 from bridge import sse
-from bridge.app import SSE_HEADERS, Bridge, error_response, last_event_id, watched
-from bridge.errors import BridgeError, Draining, InvalidRequest
+from bridge.channel import Channel, Subscription
+from bridge.errors import InvalidRequest
 from bridge.history import Event
-from bridge.hub import Channel, Subscription
-from bridge.stream import Keepalive, StreamLimits
+from bridge.keepalive import Keepalive, StreamLimits
+from bridge.viewer import Viewer
 
 VERSION = "m1"
 #: Longest multi id accepted on resume (50 runs take about 1.1 kB); longer is ignored.
 MAX_CURSOR_LENGTH = 32 * 1024
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
-
-
-class RunRefused(Exception):
-    """One of the runs was refused: the whole request is answered with ``error``."""
-
-    def __init__(self, run_id: str, error: BridgeError) -> None:
-        super().__init__(run_id)
-        self.run_id = run_id
-        self.error = error
-
-    def body(self) -> dict[str, str]:
-        return {**self.error.body(), "run_id": self.run_id}
 
 
 def parse_runs(values: Iterable[str], max_runs: int) -> list[str]:
@@ -164,11 +150,28 @@ def position(view: RunView, resume: Mapping[str, tuple[int, int]]) -> None:
     view.done = not view.pending and history.terminal
 
 
+def multi_frames(
+    subscriptions: list[Subscription], viewer: Viewer, limits: StreamLimits
+) -> AsyncGenerator[bytes, None] | None:
+    """The multi-run framer (see bridge/opening.py): each run placed after its own id."""
+    resume = decode_cursor(viewer.resume_from)
+    views = []
+    for subscription in subscriptions:
+        run_id = subscription.channel.key.run_id
+        view = RunView(run_id, run_key(run_id), subscription)
+        position(view, resume)
+        views.append(view)
+    if all(view.done for view in views):
+        return None  # the viewer already has every run's final event
+    return multi_events(views, subscriptions[0].wake, limits)
+
+
 async def multi_events(
     views: list[RunView], wake: asyncio.Event, limits: StreamLimits
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Frames for one viewer of several runs; ends when all ended, on timeout or close."""
     keepalive = Keepalive(limits)
+    loop = asyncio.get_running_loop()
 
     def collect() -> bool:
         found = False
@@ -194,124 +197,13 @@ async def multi_events(
             return
         if any(view.subscription.closed for view in views):
             return
-        tick = keepalive.due()
-        if tick is not None:
-            frame, final = tick
-            yield frame
-            if final:
+        due = keepalive.due(loop.time())
+        if due is not None:
+            yield keepalive.frame(due)
+            if due == "timeout":
                 return
             continue
         if collect():
             continue
         await keepalive.sleep(wake)
         collect()
-
-
-async def lease_all(
-    stack: AsyncExitStack, bridge: Bridge, runs: list[str], viewer: Mapping[str, str]
-) -> list[Channel]:
-    """One lease per run, taken concurrently, each released when ``stack`` closes.
-
-    Each run is admitted and leased exactly as a single-run stream would be (forward-auth
-    admission, then the poller shared by viewers with the same upstream headers).
-    Raises RunRefused for the first run (in request order) that was refused, after every
-    other attempt has finished (and its lease, if any, been put on ``stack``).
-    """
-    channels: dict[str, Channel] = {}
-    refused: dict[str, BridgeError] = {}
-
-    async def one(run_id: str) -> None:
-        try:
-            headers = await bridge.upstream_headers(run_id, dict(viewer))
-            lease = bridge.pollers.lease(run_id, headers)
-            channels[run_id] = await stack.enter_async_context(lease)
-        except BridgeError as error:  # UpstreamError, or a refusal of the auth service
-            refused[run_id] = error
-
-    if len(runs) == 1:
-        await one(runs[0])
-    else:
-        async with asyncio.TaskGroup() as group:
-            for run_id in runs:
-                group.create_task(one(run_id), name=f"multi-lease:{run_id}")
-    for run_id in runs:
-        if run_id in refused:
-            raise RunRefused(run_id, refused[run_id])
-    return [channels[run_id] for run_id in runs]
-
-
-async def multi_body(
-    bridge: Bridge,
-    runs: list[str],
-    viewer: Mapping[str, str],
-    client: str,
-    resume_from: str | None,
-) -> AsyncGenerator[bytes, None]:
-    """A stream slot, leases and subscriptions first, then frames.
-
-    Every refusal (BridgeError, RunRefused) comes before the first yield, so the handler
-    can still answer with an error status and JSON body. Yields nothing at all when the
-    viewer already has every run's final event.
-    """
-    async with AsyncExitStack() as stack:
-        # One connection, one slot of the stream limits, however many runs it carries.
-        stack.enter_context(bridge.limiter.hold(client))
-        channels = await lease_all(stack, bridge, runs, viewer)
-        wake = asyncio.Event()
-        resume = decode_cursor(resume_from)
-        views = []
-        for run_id, channel in zip(runs, channels, strict=True):
-            subscription = await stack.enter_async_context(bridge.hub.subscribe(channel, wake=wake))
-            view = RunView(run_id, run_key(run_id), subscription)
-            position(view, resume)
-            views.append(view)
-        if all(view.done for view in views):
-            return
-        bridge.metrics.open_streams.inc()
-        try:
-            async for chunk in multi_events(views, wake, bridge.limits()):
-                yield chunk
-        finally:
-            bridge.metrics.open_streams.dec()
-
-
-def refusal_response(refusal: RunRefused) -> Response:
-    """The upstream's refusal of one run, as the single-run stream answers it, naming the run."""
-    response = error_response(refusal.error)
-    answer = Response(
-        sse.encode_json(refusal.body()),
-        status=response.status_code,
-        content_type="application/json",
-    )
-    if "Retry-After" in response.headers:
-        answer.headers["Retry-After"] = response.headers["Retry-After"]
-    return answer
-
-
-# --- the route -----------------------------------------------------------------------
-
-
-def register(app: Quart, bridge: Bridge) -> None:
-    """``GET /v1/streams?runs=a,b,c``."""
-
-    @app.get("/v1/streams")
-    async def multi_stream() -> Response:
-        runs = parse_runs(request.args.getlist("runs"), bridge.settings.multi_max_runs)
-        if bridge.draining:
-            raise Draining("The bridge is shutting down.")
-        body = multi_body(
-            bridge, runs, bridge.credentials(), bridge.client_address(), last_event_id()
-        )
-        try:
-            opening = await anext(body)
-        except StopAsyncIteration:
-            # The viewer already has every run's final event: 204 stops EventSource.
-            return Response("", status=204)
-        except RunRefused as refusal:
-            bridge.metrics.streams_refused.labels(refusal.error.code).inc()
-            return refusal_response(refusal)
-        bridge.metrics.streams_opened.inc()
-        response = Response(watched(bridge, opening, body), headers=SSE_HEADERS)
-        # Quart's RESPONSE_TIMEOUT would cut every stream; ours ends by itself.
-        response.timeout = None
-        return response

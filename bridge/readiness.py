@@ -8,6 +8,7 @@ verdict kept for a few seconds, so a probing load balancer never hammers the ups
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bridge.settings import Settings
@@ -19,14 +20,32 @@ PROBE_TTL = 5.0
 RECENT = 30.0
 
 
+#: (usable, what to report) of a part the bridge needs besides the upstream (Redis).
+Health = Callable[[], tuple[bool, dict[str, str]]]
+
+
+def _no_backend() -> tuple[bool, dict[str, str]]:
+    return True, {}
+
+
 class Readiness:
-    def __init__(self, settings: Settings, upstream: UpstreamClient) -> None:
+    def __init__(
+        self, settings: Settings, upstream: UpstreamClient, backend: Health = _no_backend
+    ) -> None:
         self._settings = settings
         self._upstream = upstream
+        self._backend = backend
         self._probed_at: float | None = None
         self._reachable = False
 
     async def check(self) -> dict[str, Any]:
+        backend_ok, backend_report = self._backend()
+        report = await self._upstream_report()
+        report.update(backend_report)
+        report["ready"] = bool(report["ready"]) and backend_ok
+        return report
+
+    async def _upstream_report(self) -> dict[str, Any]:
         breaker = self._upstream.breaker.state
         if breaker == "open":
             return {"ready": False, "upstream": "circuit_open"}

@@ -15,7 +15,8 @@ from hypercorn.config import Config
 from hypercorn.logging import Logger
 from quart import Quart
 
-from bridge.app import Bridge
+from bridge.app import SERVICES
+from bridge.services import Services
 from bridge.settings import Settings
 
 log = logging.getLogger("bridge.server")
@@ -116,7 +117,7 @@ async def serve(
     stays open BRIDGE_DRAIN_DELAY seconds so load balancers see the 503, then Hypercorn
     closes it and waits for the remaining requests; pollers stop as the app shuts down.
     """
-    bridge: Bridge = app.extensions["bridge"]
+    services: Services = app.extensions[SERVICES]
     trigger = shutdown_trigger or signal_trigger()
     own_socket = sock is None
     listener = sock if sock is not None else listen_socket(settings.host, settings.port)
@@ -125,7 +126,7 @@ async def serve(
     async def drain_then_stop() -> None:
         await trigger()
         log.info("draining: refusing new streams, ending open ones")
-        bridge.drain()
+        services.drain()
         await asyncio.sleep(settings.drain_delay)
 
     try:

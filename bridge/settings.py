@@ -36,7 +36,7 @@ class Settings(BaseSettings):
         use_attribute_docstrings=True,
     )
 
-    # --- the contract (DESIGN.md) ---
+    # --- the contract (README "Configuration") ---
     upstream_url: AnyHttpUrl | None = None
     """Base URL of the legacy API; required for `serve`."""
     upstream_run_path: str = "/runs/{run_id}"
@@ -71,7 +71,12 @@ class Settings(BaseSettings):
     linger: float = Field(5.0, ge=0, le=3600)
     """Seconds a poller keeps running after its last viewer left."""
     history_size: int = Field(256, ge=1, le=100_000)
-    """Events kept per run for resume."""
+    """Events kept per run for resume (fewer when BRIDGE_HISTORY_MAX_BYTES is reached)."""
+    history_max_bytes: int = Field(4_194_304, ge=65_536)
+    """Most bytes of events kept per run for resume (each event's SSE frame plus a few
+    hundred bytes of bookkeeping; in cluster mode, the records in Redis). Oldest events go
+    first; the newest, and so the terminal event, is always kept, even alone over the limit
+    (a status may be BRIDGE_UPSTREAM_MAX_BYTES, and more once JSON-escaped)."""
     history_ttl: float = Field(600.0, ge=0)
     """Seconds a run's history is kept after its poller stopped."""
     history_runs: int = Field(10_000, ge=1)

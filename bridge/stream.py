@@ -1,58 +1,43 @@
-"""One viewer's event stream: history replay, live changes, pings, timeout and shutdown.
+"""One run's event stream: history replay, live changes, pings, timeout and shutdown.
 
-Everything a viewer waits for (a change on its channel, the next ping, its deadline,
-shutdown) sets the one ``wake`` event of its subscription, so a viewer costs one
-suspended coroutine and two timer handles, never a task of its own.
+The opening (slot, lease, subscription) is bridge/opening.py's, shared with /v1/streams.
+Here: where a viewer starts (``run_frames``) and the frames it gets. Two ways out:
+
+- the ASGI path: this generator yields every frame; everything a viewer waits for (a
+  change on its channel, the next ping, its deadline, shutdown) sets the one ``wake``
+  event of its subscription, so a viewer costs one suspended coroutine, never a task;
+- the fast path: once the opening is sent and the viewer caught up, its frames are
+  written to its socket by the channel and the process's ticker (bridge/direct.py).
+
+Both follow one ``Keepalive`` (the ping schedule and the deadline), so a viewer gets the
+same pings and the same ``timeout`` on either path.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator
-from contextlib import suppress
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator
 
 from bridge import sse
+from bridge.channel import Subscription
 from bridge.direct import DirectSink, Ticker
 from bridge.history import Event
-from bridge.hub import Subscription
+from bridge.keepalive import Keepalive, StreamLimits
+from bridge.viewer import Viewer
 
 
-@dataclass(frozen=True, slots=True)
-class StreamLimits:
-    ping_interval: float
-    stream_timeout: float
-    viewer_buffer: int
-    retry_ms: int
-
-
-class Keepalive:
-    """A stream's schedule of pings and its deadline, on the loop's clock."""
-
-    def __init__(self, limits: StreamLimits) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._limits = limits
-        started = self._loop.time()
-        self.deadline = started + limits.stream_timeout
-        self.next_ping = started + limits.ping_interval
-
-    def due(self) -> tuple[bytes, bool] | None:
-        """The frame to send now, if any, and whether the stream ends with it."""
-        now = self._loop.time()
-        if now >= self.deadline:
-            return sse.timeout(self._limits.stream_timeout), True
-        if now >= self.next_ping:
-            self.next_ping = max(self.next_ping + self._limits.ping_interval, now)
-            return sse.ping(time.time()), False
-        return None
-
-    async def sleep(self, wake: asyncio.Event) -> None:
-        """Until ``wake`` is set, or the next ping or the deadline is due."""
-        wake.clear()
-        with suppress(TimeoutError):
-            async with asyncio.timeout_at(min(self.deadline, self.next_ping)):
-                await wake.wait()
+def run_frames(
+    subscriptions: list[Subscription], viewer: Viewer, limits: StreamLimits, ticker: Ticker
+) -> AsyncGenerator[bytes, None] | None:
+    """The single-run framer (see bridge/opening.py): resume, then ``events``."""
+    (subscription,) = subscriptions
+    history = subscription.channel.history
+    first = history.resume(viewer.resume_from)
+    if not first and history.terminal:
+        return None  # the viewer already has the run's final event
+    cursor = history.holds(viewer.resume_from) or 0
+    direct = (viewer.transport, ticker) if viewer.transport is not None else None
+    return events(subscription, first, cursor, limits, direct)
 
 
 async def events(
@@ -61,16 +46,17 @@ async def events(
     cursor: int,
     limits: StreamLimits,
     direct: tuple[asyncio.WriteTransport, Ticker] | None = None,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Frames for one viewer; ends after a terminal event, a timeout or ``close()``.
 
     ``first`` is what the viewer gets before anything live (replay or current status),
     ``cursor`` the seq the viewer already has when ``first`` is empty. With ``direct``
     (the viewer's transport and the process's ticker), the live part is written straight
-    to the socket by the channel and the ticker (bridge/direct.py) once the opening is sent.
+    to the socket once the opening is sent.
     """
     history = subscription.channel.history
     keepalive = Keepalive(limits)
+    loop = asyncio.get_running_loop()
 
     yield sse.retry(limits.retry_ms)
     pending = first
@@ -84,14 +70,13 @@ async def events(
             return
         if direct is not None:
             transport, ticker = direct
-            sink = DirectSink(transport, cursor, keepalive.deadline, keepalive.next_ping)
+            sink = DirectSink(transport, cursor, keepalive)
             await _hand_over(subscription, sink, ticker, limits.viewer_buffer)
             return
-        tick = keepalive.due()
-        if tick is not None:
-            frame, final = tick
-            yield frame
-            if final:
+        due = keepalive.due(loop.time())
+        if due is not None:
+            yield keepalive.frame(due)
+            if due == "timeout":
                 return
             pending = []
             continue

@@ -17,9 +17,10 @@ import aiohttp
 from aiohttp import web
 from quart import Quart
 
-from bridge.app import Bridge, create_app
+from bridge.app import SERVICES, create_app
 from bridge.eventstream import EventStreamParser, ParsedEvent
 from bridge.server import serve
+from bridge.services import Services
 from bridge.settings import Settings, load
 from bridge.tasks import cancel_and_wait
 
@@ -47,8 +48,8 @@ class RunningBridge:
     task: asyncio.Task[None]
 
     @property
-    def bridge(self) -> Bridge:
-        bridge: Bridge = self.app.extensions["bridge"]
+    def bridge(self) -> Services:
+        bridge: Services = self.app.extensions[SERVICES]
         return bridge
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bridge.cluster import Cluster
+from bridge.cluster import RedisBackend
 from bridge.cluster.store import Record
 from bridge.demo.legacy_api import Fault, LegacyApi
 from bridge.eventstream import ParsedEvent
@@ -139,9 +139,9 @@ async def replicas(
         yield a, b
 
 
-def cluster_of(b: RunningBridge) -> Cluster:
-    assert b.bridge.cluster is not None
-    return b.bridge.cluster
+def cluster_of(b: RunningBridge) -> RedisBackend:
+    assert isinstance(b.bridge.backend, RedisBackend)
+    return b.bridge.backend
 
 
 def seq(event: ParsedEvent) -> tuple[int, int]:
@@ -158,19 +158,19 @@ async def status_of(url: str, headers: dict[str, str] | None = None) -> tuple[in
 
 
 def test_a_copy_of_a_history_keeps_the_leaders_ids() -> None:
-    copy = RunHistory(4)
-    assert copy.mirror(77, 5, "progress", {"n": 5}, '{"n":5}') is not None
+    copy = RunHistory(4, 1 << 20)
+    assert copy.mirror(77, 5, "progress", '{"n":5}') is not None
     assert (copy.epoch, copy.last_seq, copy.latest and copy.latest.id) == (77, 5, "77-5")
-    assert copy.mirror(77, 5, "progress", {"n": 5}, '{"n":5}') is None  # held already
-    assert copy.mirror(78, 6, "progress", {"n": 6}, '{"n":6}') is None  # another history
-    copy.mirror(77, 6, "progress", {"n": 6}, '{"n":6}')
+    assert copy.mirror(77, 5, "progress", '{"n":5}') is None  # held already
+    assert copy.mirror(78, 6, "progress", '{"n":6}') is None  # another history
+    copy.mirror(77, 6, "progress", '{"n":6}')
     assert [e.id for e in copy.after(5)] == ["77-6"]
     # A gap (events never seen) drops what is held: a viewer behind it gets the latest.
-    copy.mirror(77, 9, "progress", {"n": 9}, '{"n":9}')
+    copy.mirror(77, 9, "progress", '{"n":9}')
     assert [e.id for e in copy.resume("77-6")] == ["77-9"]
     assert [e.id for e in copy.after(6)] == ["77-9"]
-    assert copy.mirror(77, 10, "complete", {"n": 10}, '{"n":10}') is not None
-    assert copy.terminal and copy.mirror(77, 11, "progress", {}, "{}") is None
+    assert copy.mirror(77, 10, "complete", '{"n":10}') is not None
+    assert copy.terminal and copy.mirror(77, 11, "progress", "{}") is None
 
 
 def test_records_round_trip_and_garbage_is_refused() -> None:
@@ -245,7 +245,7 @@ async def test_viewers_on_two_replicas_cost_one_poll_per_interval(
         assert min(a.bridge.upstream.requests_sent, b.bridge.upstream.requests_sent) == 0
         # One leader in the cluster, one follower.
         assert a.bridge.pollers.active == b.bridge.pollers.active == 1
-        await wait_for(lambda: cluster_of(a).pollers.leading + cluster_of(b).pollers.leading == 1)
+        await wait_for(lambda: cluster_of(a).leading + cluster_of(b).leading == 1)
 
         # 20 viewers over 2 replicas, a fixed window: about one request per interval.
         window = 1.5
@@ -365,15 +365,15 @@ async def test_leader_stopped_the_other_replica_takes_over_the_same_history(
             a = await inner.enter_async_context(running_bridge(legacy.url, **cluster))
             on_a = await inner.enter_async_context(sse(f"{a.url}/v1/runs/takeover/stream"))
             await on_a.next_named("progress")
-            await wait_for(lambda: cluster_of(a).pollers.leading == 1)
+            await wait_for(lambda: cluster_of(a).leading == 1)
             on_b = await outer.enter_async_context(sse(f"{b.url}/v1/runs/takeover/stream"))
             await on_b.next_named("progress")
-            assert cluster_of(b).pollers.leading == 0
+            assert cluster_of(b).leading == 0
             run.advance()
             last = await on_a.next_named("progress")
             assert (await on_b.next_named("progress")).id == last.id
         # Replica a is gone (its viewers' streams ended; they reconnect elsewhere).
-        await wait_for(lambda: cluster_of(b).pollers.leading == 1)
+        await wait_for(lambda: cluster_of(b).leading == 1)
         for expected in run.statuses[2:4]:
             run.advance()
             event = await on_b.next_named("progress")
@@ -409,7 +409,7 @@ async def test_a_dead_replicas_lease_is_taken_over_once_it_expires(
             r for r in legacy.seen if r.run_id == "orphan" and stolen + 0.1 < r.at < stolen + 0.55
         ]
         assert during == []
-        assert cluster_of(b).pollers.leading == 1
+        assert cluster_of(b).leading == 1
         assert json.loads(event.data) == run.statuses[1]
         assert seq(event) == (seq(first)[0], seq(first)[1] + 1)
 
@@ -428,7 +428,7 @@ async def test_polling_stops_after_the_last_viewer_on_every_replica_left(
             async with on_a:
                 s = await on_a.enter_async_context(sse(f"{a.url}/v1/runs/leave/stream"))
                 await s.next_named("progress")
-                await wait_for(lambda: cluster_of(a).pollers.leading == 1)
+                await wait_for(lambda: cluster_of(a).leading == 1)
                 s = await on_b.enter_async_context(sse(f"{b.url}/v1/runs/leave/stream"))
                 await s.next_named("progress")
             # The leader's viewers left; b's viewer keeps the run polled (by a, still).

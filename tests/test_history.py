@@ -1,25 +1,37 @@
-"""RunHistory: ids, resume after an id, and what an unknown or evicted id gets."""
+"""RunHistory: ids, resume after an id, what an unknown or evicted id gets, and the bound
+in bytes (one copy of each event's bytes, trimmed oldest first, the newest always kept)."""
 
 from __future__ import annotations
 
+import gc
 import json
-from typing import Any
+import tracemalloc
+from collections.abc import Callable
 
 import pytest
 
 from bridge import sse
 from bridge.eventstream import EventStreamParser
-from bridge.history import Event, RunHistory, parse_id
+from bridge.history import EVENT_OVERHEAD, Event, RunHistory, http_chunk, parse_id
 
 EPOCH = 1_700_000_000_000
+MiB = 1 << 20
+#: Roomy enough that the byte bound never trims the small events of the count tests.
+ROOMY = 64 * MiB
 
 
-def status(n: int, state: str = "running") -> dict[str, Any]:
-    return {"id": "r1", "status": state, "progress": n / 100}
+def status(n: int, state: str = "running") -> str:
+    """A status as the pollers hand it to the history: encoded once."""
+    return sse.encode_json({"id": "r1", "status": state, "progress": n / 100})
+
+
+def big_status(n: int, size: int, state: str = "running") -> str:
+    """A status of about ``size`` bytes of JSON, different for every ``n``."""
+    return sse.encode_json({"id": "r1", "status": state, "n": n, "blob": f"{n:08d}" * (size // 8)})
 
 
 def filled(count: int, size: int = 256) -> RunHistory:
-    history = RunHistory(size, epoch=EPOCH)
+    history = RunHistory(size, ROOMY, epoch=EPOCH)
     for n in range(1, count + 1):
         history.append(sse.PROGRESS, status(n))
     return history
@@ -38,16 +50,48 @@ def test_ids_increase_and_carry_the_epoch() -> None:
 
 
 def test_event_frame_is_the_sse_frame_of_the_status() -> None:
-    history = RunHistory(4, epoch=EPOCH)
+    history = RunHistory(4, ROOMY, epoch=EPOCH)
     event = history.append(sse.PROGRESS, status(1))
+    assert type(event.frame) is bytes  # an ASGI body chunk as it is
     (parsed,) = EventStreamParser().feed(event.frame)
     assert (parsed.event, parsed.id) == ("progress", event.id)
-    assert json.loads(parsed.data) == status(1) == json.loads(event.data)
+    assert parsed.data == status(1) == event.data
+    assert json.loads(event.data) == json.loads(status(1))
+
+
+def test_data_comes_back_exactly_whatever_it_holds() -> None:
+    history = RunHistory(8, ROOMY, epoch=EPOCH)
+    for data in ('{"a":"data: x"}', '{"event: y":"id: 1"}', '{"s":"\u00e9 \u2028"}', "{}"):
+        assert history.append(sse.PROGRESS, data).data == data
+    # A mirrored record is text another replica wrote; non-ASCII survives too.
+    copy = RunHistory(8, ROOMY)
+    assert copy.mirror(5, 1, sse.PROGRESS, '{"s":"\u00e9"}') is not None
+    assert copy.latest is not None and copy.latest.data == '{"s":"\u00e9"}'
+
+
+def test_an_event_holds_one_copy_of_its_bytes() -> None:
+    # Not the parsed status, not the data apart from the frame, not a chunk-framed copy.
+    assert Event.__slots__ == ("seq", "id", "name", "frame", "data_at")
+    history = RunHistory(4, ROOMY, epoch=EPOCH)
+    event = history.append(sse.PROGRESS, big_status(1, 100_000))
+    assert event.nbytes == len(event.frame) + EVENT_OVERHEAD == history.nbytes
+
+
+def test_the_http_chunk_is_made_once_per_event_and_shared() -> None:
+    history = RunHistory(4, ROOMY, epoch=EPOCH)
+    first = history.append(sse.PROGRESS, status(1))
+    chunk = http_chunk(first)
+    assert chunk == sse.chunk(first.frame)
+    # Every viewer of a fan-out writes the same bytes object, not a copy each.
+    assert http_chunk(first) is chunk
+    second = history.append(sse.PROGRESS, status(2))
+    assert http_chunk(second) == sse.chunk(second.frame)
+    assert http_chunk(first) == chunk  # an older event still gets its own chunk
 
 
 def test_two_histories_of_a_run_do_not_share_ids() -> None:
-    old = RunHistory(8, epoch=EPOCH)
-    new = RunHistory(8, epoch=EPOCH + 1)
+    old = RunHistory(8, ROOMY, epoch=EPOCH)
+    new = RunHistory(8, ROOMY, epoch=EPOCH + 1)
     old_id = old.append(sse.PROGRESS, status(1)).id
     for n in range(1, 4):
         new.append(sse.PROGRESS, status(n))
@@ -119,7 +163,7 @@ def test_parse_id_accepts_only_two_ascii_digit_groups() -> None:
 
 
 def test_empty_history_resumes_to_nothing() -> None:
-    history = RunHistory(4, epoch=EPOCH)
+    history = RunHistory(4, ROOMY, epoch=EPOCH)
     assert history.latest is None
     assert history.resume(None) == []
     assert history.resume(f"{EPOCH}-1") == []
@@ -149,7 +193,7 @@ def test_after_coalesces_to_the_latest_beyond_the_limit() -> None:
 
 
 def test_terminal_event_is_kept_and_ends_the_history() -> None:
-    history = RunHistory(2, epoch=EPOCH)
+    history = RunHistory(2, ROOMY, epoch=EPOCH)
     history.append(sse.PROGRESS, status(1))
     history.append(sse.PROGRESS, status(2))
     done = history.append(sse.COMPLETE, status(3, "completed"))
@@ -168,7 +212,7 @@ def test_terminal_event_is_kept_and_ends_the_history() -> None:
 
 
 def test_error_is_terminal_too() -> None:
-    history = RunHistory(4, epoch=EPOCH)
+    history = RunHistory(4, ROOMY, epoch=EPOCH)
     history.append(sse.ERROR, status(1, "failed"))
     assert history.terminal
     with pytest.raises(RuntimeError):
@@ -176,7 +220,133 @@ def test_error_is_terminal_too() -> None:
 
 
 def test_default_epoch_differs_between_histories_made_at_different_times() -> None:
-    first = RunHistory(4)
-    second = RunHistory(4, epoch=first.epoch + 1)
+    first = RunHistory(4, ROOMY)
+    second = RunHistory(4, ROOMY, epoch=first.epoch + 1)
     assert first.append(sse.PROGRESS, status(1)).id != second.append(sse.PROGRESS, status(1)).id
     assert first.epoch > 1_600_000_000_000  # milliseconds since 1970
+
+
+# --- the bound in bytes ------------------------------------------------------------------
+
+
+def held(history: RunHistory) -> list[Event]:
+    """Every event the history holds (``after`` of the seq just before the oldest)."""
+    latest = history.latest
+    return [] if latest is None else history.after(latest.seq - len(history))
+
+
+def retained_by(make: Callable[[], RunHistory]) -> tuple[int, int]:
+    """The byte count of the history ``make()`` fills, and what it really holds by
+    tracemalloc's count: the memory freed when it is dropped (so nothing the caller's
+    temporaries held is counted, and nothing the history holds is missed)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        history = make()
+        gc.collect()
+        with_it = tracemalloc.get_traced_memory()[0]
+        counted = history.nbytes
+        del history
+        gc.collect()
+        without = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    return counted, with_it - without
+
+
+def test_many_large_events_stay_within_the_byte_bound() -> None:
+    limit, event_size = MiB, 100_000
+    seen: list[tuple[int, int]] = []
+
+    def make() -> RunHistory:
+        history = RunHistory(256, limit, epoch=EPOCH)
+        for n in range(1, 201):
+            history.append(sse.PROGRESS, big_status(n, event_size))
+            seen.append((len(history), history.nbytes))
+            # The accounting is the sum of what is held, and under the limit.
+            assert history.nbytes == sum(e.nbytes for e in held(history))
+            assert history.nbytes <= limit
+        return history
+
+    counted, retained = retained_by(make)
+    # About ten 100 KB events fit in 1 MiB; 200 were appended.
+    assert max(count for count, _ in seen) == 10
+    one_event = event_size + 1024
+    # Measured independently: the history holds no second copy of anything (each event
+    # held twice would be about 2 MiB here), and EVENT_OVERHEAD covers the rest.
+    assert retained <= limit + one_event + 4096
+    assert retained <= counted + 4096
+    assert retained >= counted - 10 * EVENT_OVERHEAD
+
+
+def test_event_overhead_covers_what_an_event_really_costs() -> None:
+    count = 2000
+
+    def make() -> RunHistory:
+        history = RunHistory(count, ROOMY, epoch=EPOCH)
+        for n in range(1, count + 1):
+            history.append(sse.PROGRESS, status(n))
+        return history
+
+    counted, retained = retained_by(make)
+    frames = counted - count * EVENT_OVERHEAD
+    per_event = (retained - frames) / count
+    assert per_event <= EVENT_OVERHEAD, per_event
+    assert per_event >= EVENT_OVERHEAD / 2, per_event  # not grossly over-counted either
+
+
+def test_the_newest_event_is_kept_even_alone_over_the_limit() -> None:
+    history = RunHistory(8, 64 * 1024, epoch=EPOCH)
+    for n in range(1, 4):
+        history.append(sse.PROGRESS, status(n))
+    big = history.append(sse.PROGRESS, big_status(4, 200_000))
+    assert held(history) == [big] and history.nbytes == big.nbytes > history.max_bytes
+    done = history.append(sse.COMPLETE, big_status(5, 300_000, "completed"))
+    assert history.terminal and history.latest is done and len(history) == 1
+    assert history.nbytes == done.nbytes > history.max_bytes
+    assert history.resume(None) == [done]
+    assert history.resume(big.id) == [done]
+    assert history.resume(f"{EPOCH}-1") == [done]
+
+
+def test_small_events_after_a_big_one_push_it_out() -> None:
+    history = RunHistory(256, 64 * 1024, epoch=EPOCH)
+    history.append(sse.PROGRESS, big_status(1, 200_000))
+    second = history.append(sse.PROGRESS, status(2))
+    assert held(history) == [second]
+    assert history.nbytes == second.nbytes
+
+
+def test_resume_across_a_trimmed_part_gets_the_current_status() -> None:
+    history = RunHistory(256, MiB, epoch=EPOCH)
+    events = [history.append(sse.PROGRESS, big_status(n, 100_000)) for n in range(1, 41)]
+    # Ids keep increasing through the trimming: never reused, never reset.
+    assert [e.seq for e in events] == list(range(1, 41))
+    assert [parse_id(e.id) for e in events] == [(EPOCH, n) for n in range(1, 41)]
+    kept = held(history)
+    oldest = kept[0].seq
+    assert oldest > 1 and kept[-1] is events[-1] and seqs(kept) == list(range(oldest, 41))
+    assert history.nbytes <= history.max_bytes
+    # Trimmed: the viewer gets the current status, not a gap.
+    for gone in (1, oldest - 2):
+        assert history.holds(f"{EPOCH}-{gone}") is None
+        assert history.resume(f"{EPOCH}-{gone}") == [events[-1]]
+    # Just before the oldest held, or later: everything after it, exactly.
+    assert seqs(history.resume(f"{EPOCH}-{oldest - 1}")) == list(range(oldest, 41))
+    assert seqs(history.resume(f"{EPOCH}-38")) == [39, 40]
+    nxt = history.append(sse.PROGRESS, big_status(41, 100_000))
+    assert nxt.seq == 41 and nxt.id == f"{EPOCH}-41"
+
+
+def test_a_mirrored_gap_resets_the_byte_count() -> None:
+    copy = RunHistory(256, MiB)
+    copy.mirror(9, 1, sse.PROGRESS, big_status(1, 100_000))
+    copy.mirror(9, 2, sse.PROGRESS, big_status(2, 100_000))
+    after_gap = copy.mirror(9, 7, sse.PROGRESS, status(7))
+    assert after_gap is not None and held(copy) == [after_gap]
+    assert copy.nbytes == after_gap.nbytes
+
+
+def test_a_history_holds_at_least_one_event() -> None:
+    with pytest.raises(ValueError):
+        RunHistory(0, MiB)

@@ -110,7 +110,7 @@ async def test_slow_reader_gets_latest_status_not_a_backlog(legacy: LegacyApi) -
             # The viewer reads nothing while the run moves on 59 times.
             for i in range(1, 60):
                 run.advance()
-                await wait_for(lambda i=i: channel.history.latest.status["step"] == i)  # type: ignore[misc, union-attr]
+                await wait_for(lambda i=i: json.loads(channel.history.latest.data)["step"] == i)  # type: ignore[misc, union-attr]
             run.advance()
             slow.setblocking(False)
             parser = EventStreamParser()

@@ -1,4 +1,4 @@
-"""Settings: the defaults of DESIGN.md, CSV lists, and one clear line per bad value."""
+"""Settings: the README configuration table's defaults, CSV lists, one clear line per bad value."""
 
 from __future__ import annotations
 

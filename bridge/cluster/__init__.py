@@ -2,29 +2,31 @@
 
     link.py    the replica's Redis connection: command pool, one pub/sub listener, health
     store.py   what is kept in Redis per channel key, and the Lua scripts that change it
-    poller.py  pollers that lead (poll, commit, publish) or follow (copy), and the registry
+    ledger.py  a poller's ledger: lead (commit, publish) or follow (copy)
 
-The rest of the bridge is unchanged: each replica keeps a local channel per watched run
-whose history carries the leader's ids, so streams, resume by Last-Event-ID (on any
-replica), coalescing and terminal handling work as in one process. See docs/cluster.md.
+``RedisBackend`` is the ``LedgerBackend`` (bridge/ledger.py) of cluster mode. The poll
+loop, the hub, the streams and resume are the one-process ones: each replica keeps a
+local channel per watched run whose history carries the leader's ids. See docs/cluster.md.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import itertools
+import os
 
 from prometheus_client import Gauge
 
-from bridge.cluster.link import ClusterUnavailable, RedisLink
-from bridge.cluster.poller import ClusterContext, ClusterPoller, ClusterRegistry
-from bridge.cluster.store import Store
-from bridge.hub import Hub
+from bridge.channel import Channel, ChannelKey
+from bridge.cluster.ledger import RedisLedger
+from bridge.cluster.link import REDIS_FAILURES, RedisLink
+from bridge.cluster.store import Store, parse_channel_name
+from bridge.errors import ClusterUnavailable
+from bridge.ledger import Ledger, LedgerBackend
 from bridge.metrics import Metrics
-from bridge.readiness import Readiness
 from bridge.settings import Settings
-from bridge.upstream import UpstreamClient
 
-__all__ = ["Cluster", "ClusterPoller", "ClusterReadiness", "ClusterRegistry", "ClusterUnavailable"]
+__all__ = ["RedisBackend"]
 
 
 def lease_seconds(settings: Settings) -> float:
@@ -32,26 +34,14 @@ def lease_seconds(settings: Settings) -> float:
     return 3 * settings.poll_interval + settings.upstream_timeout + settings.redis_timeout
 
 
-class ClusterReadiness(Readiness):
-    """Ready when the upstream is (as in one process) and Redis answers."""
+class RedisBackend(LedgerBackend):
+    """The link, the store, and this replica's ledgers (one per poller)."""
 
-    def __init__(self, settings: Settings, upstream: UpstreamClient, link: RedisLink) -> None:
-        super().__init__(settings, upstream)
-        self._link = link
+    keeps_ended_runs = True
 
-    async def check(self) -> dict[str, Any]:
-        report = await super().check()
-        report["redis"] = "connected" if self._link.up else "unavailable"
-        report["ready"] = bool(report["ready"]) and self._link.up
-        return report
-
-
-class Cluster:
-    """What cluster mode adds to a bridge: the link, the store, its pollers and readiness."""
-
-    def __init__(
-        self, settings: Settings, upstream: UpstreamClient, hub: Hub, metrics: Metrics
-    ) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self._settings = settings
+        self._metrics = metrics
         self.link = RedisLink(settings, self._deliver)
         lease_ms = int(lease_seconds(settings) * 1000)
         self.store = Store(
@@ -61,10 +51,12 @@ class Cluster:
             # The history outlives its last poll by BRIDGE_HISTORY_TTL (and a lease).
             keep_ms=max(int(settings.history_ttl * 1000), lease_ms),
             history_size=settings.history_size,
+            history_max_bytes=settings.history_max_bytes,
         )
-        context = ClusterContext(settings, self.link, self.store)
-        self.pollers = ClusterRegistry(settings, upstream, hub, metrics, context)
-        self.readiness = ClusterReadiness(settings, upstream, self.link)
+        self._ledgers: dict[ChannelKey, RedisLedger] = {}
+        self._held: list[RedisLedger] | None = None
+        self._replica = os.urandom(6).hex()
+        self._serial = itertools.count(1)
         Gauge(
             "bridge_redis_connected",
             "1 while Redis answers (cluster mode)",
@@ -74,14 +66,74 @@ class Cluster:
             "bridge_pollers_leading",
             "Pollers of this replica that hold their run's lease (cluster mode)",
             registry=metrics.registry,
-        ).set_function(lambda: float(self.pollers.leading))
+        ).set_function(lambda: float(self.leading))
 
-    def _deliver(self, message: bytes) -> None:
-        self.pollers.deliver(message)
+    @property
+    def leading(self) -> int:
+        return sum(1 for ledger in self._ledgers.values() if ledger.leads)
 
     async def start(self) -> None:
         await self.link.start()
 
     async def close(self) -> None:
-        """After the pollers closed (they give their leases up through the link)."""
+        """After the pollers stopped (they give their leases up through the link)."""
         await self.link.close()
+
+    def digest_secret(self) -> bytes:
+        # The cluster's key (from Redis), so that replicas agree on channel keys.
+        secret = self.link.secret
+        if secret is None:
+            raise ClusterUnavailable()
+        return secret
+
+    def open(self, key: ChannelKey, channel: Channel) -> Ledger:
+        if not self.link.up:
+            raise ClusterUnavailable()
+        ledger = RedisLedger(
+            channel,
+            self._metrics,
+            link=self.link,
+            store=self.store,
+            # A poller's own lease token: this replica, this poller.
+            token=f"{self._replica}-{next(self._serial)}",
+            on_close=self._closed,
+        )
+        self._ledgers[key] = ledger
+        return ledger
+
+    def health(self) -> tuple[bool, dict[str, str]]:
+        up = self.link.up
+        return up, {"redis": "connected" if up else "unavailable"}
+
+    def hold_resignations(self) -> None:
+        self._held = []
+
+    async def resign_held(self) -> None:
+        held, self._held = self._held or [], None
+        await self._resign(held)
+
+    async def _closed(self, ledger: RedisLedger) -> None:
+        if self._ledgers.get(ledger.key) is ledger:
+            del self._ledgers[ledger.key]
+        if self._held is not None:
+            self._held.append(ledger)
+            return
+        await self._resign([ledger])
+
+    async def _resign(self, ledgers: list[RedisLedger]) -> None:
+        """Give up these ledgers' leases and interests now (bounded; Redis may be gone)."""
+        if not ledgers or not self.link.up:
+            return  # the leases expire by themselves
+        try:
+            async with asyncio.timeout(self._settings.redis_timeout):
+                await self.store.resign([(ledger.key, ledger.token) for ledger in ledgers])
+        except REDIS_FAILURES as error:
+            self.link.trouble(error)
+
+    def _deliver(self, message: bytes) -> None:
+        """A message of the events channel: to this replica's ledger of its key, if any."""
+        name, _, payload = message.partition(b"\n")
+        key = parse_channel_name(name.decode("ascii", "replace"))
+        ledger = self._ledgers.get(key) if key is not None else None
+        if ledger is not None:
+            ledger.on_message(payload)

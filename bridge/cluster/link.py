@@ -23,7 +23,6 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
-from bridge.errors import BridgeError
 from bridge.resilience import Backoff
 from bridge.settings import Settings
 from bridge.tasks import cancel_and_wait
@@ -37,14 +36,6 @@ REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutE
 CHECK_EVERY = 1.0
 #: Commands in flight at most per replica (more wait for a free connection).
 MAX_CONNECTIONS = 32
-
-
-class ClusterUnavailable(BridgeError):
-    """503: the replica cannot reach Redis, so it can neither share nor start a poller."""
-
-    status = 503
-    code = "cluster_unavailable"
-    retry_after = 2.0
 
 
 def safe_url(url: str) -> str:

@@ -6,8 +6,11 @@ tag ``{K}``)::
     <prefix>{K}:lease     string  the token of the poller that polls K now (PX lease)
     <prefix>{K}:meta      hash    epoch, seq (of the newest event), end ("" | t | s),
                                   ok (token of the lease holder whose poll last
-                                  succeeded), polled (Redis time of that poll, ms)
-    <prefix>{K}:events    list    the newest BRIDGE_HISTORY_SIZE records, oldest first
+                                  succeeded), polled (Redis time of that poll, ms),
+                                  bytes (the length of the records in events)
+    <prefix>{K}:events    list    the newest records, oldest first: at most
+                                  BRIDGE_HISTORY_SIZE of them and BRIDGE_HISTORY_MAX_BYTES
+                                  bytes, but always the newest one
     <prefix>{K}:interest  zset    tokens of pollers whose replica has viewers of K,
                                   scored by when that interest expires (ms)
     <prefix>secret        string  the key of the credentials digest, made once (SET NX)
@@ -31,7 +34,7 @@ from redis.asyncio import Redis
 from redis.typing import EncodableT
 
 from bridge import sse
-from bridge.hub import ChannelKey
+from bridge.channel import ChannelKey
 
 #: Kinds of record.
 PROGRESS, TERMINAL, SYNTHETIC = "p", "t", "s"
@@ -66,7 +69,7 @@ return {holder or '', meta[1] or '', meta[2] or '0', meta[3] or '', meta[4] or '
 """
 
 # KEYS: lease, meta, events. ARGV: token, lease ms, keep ms, size, base epoch, base seq,
-# channel, K, name, kind ('' when the status did not change), data.
+# channel, K, name, kind ('' when the status did not change), data, max bytes.
 # Only the lease holder writes, and only on top of the history it has (base): returns
 # {1, epoch, seq} (written), {-1} (not the holder), {-2} (base out of date), {-3} (ended).
 _COMMIT = """
@@ -74,7 +77,7 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1} end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local meta = redis.call('HMGET', KEYS[2], 'epoch', 'seq', 'end', 'ok')
+local meta = redis.call('HMGET', KEYS[2], 'epoch', 'seq', 'end', 'ok', 'bytes')
 local epoch, seq = meta[1], tonumber(meta[2] or '0')
 local base = tonumber(ARGV[6])
 if (not epoch) or (meta[3] == 's' and base == 0) then
@@ -84,8 +87,9 @@ if (not epoch) or (meta[3] == 's' and base == 0) then
   if epoch and fresh <= tonumber(epoch) then fresh = tonumber(epoch) + 1 end
   redis.call('DEL', KEYS[3])
   epoch, seq = tostring(fresh), 0
-  redis.call('HSET', KEYS[2], 'epoch', epoch, 'seq', 0, 'end', '')
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'seq', 0, 'end', '', 'bytes', 0)
   meta[4] = false
+  meta[5] = '0'
 elseif meta[3] == 't' or meta[3] == 's' then
   return {-3}
 elseif epoch ~= ARGV[5] or seq ~= base then
@@ -95,11 +99,27 @@ redis.call('HSET', KEYS[2], 'ok', ARGV[1], 'polled', now)
 if ARGV[10] ~= '' then
   seq = seq + 1
   local record = epoch .. ' ' .. seq .. ' ' .. ARGV[9] .. ' ' .. ARGV[10] .. '\\n' .. ARGV[11]
-  redis.call('RPUSH', KEYS[3], record)
-  redis.call('LTRIM', KEYS[3], -tonumber(ARGV[4]), -1)
+  local n = redis.call('RPUSH', KEYS[3], record)
+  local held = #record
+  if n > 1 then
+    if meta[5] then
+      held = held + tonumber(meta[5])
+    else
+      -- no running total (a list an older bridge wrote): count it once
+      held = 0
+      for _, r in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do held = held + #r end
+    end
+  end
+  -- oldest first, never the newest (so never the terminal record)
+  local size, most = tonumber(ARGV[4]), tonumber(ARGV[12])
+  while n > 1 and (n > size or held > most) do
+    held = held - #redis.call('LPOP', KEYS[3])
+    n = n - 1
+  end
+  if n == 1 then held = #record end
   local ended = ''
   if ARGV[10] ~= 'p' then ended = ARGV[10] end
-  redis.call('HSET', KEYS[2], 'seq', seq, 'end', ended)
+  redis.call('HSET', KEYS[2], 'seq', seq, 'end', ended, 'bytes', held)
   redis.call('PUBLISH', ARGV[7], ARGV[8] .. '\\n' .. record)
 elseif meta[4] ~= ARGV[1] then
   redis.call('PUBLISH', ARGV[7], ARGV[8] .. '\\n!')
@@ -120,7 +140,7 @@ end
 redis.call('DEL', KEYS[2])
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('HDEL', KEYS[1], 'ok')
-redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'seq', ARGV[2], 'end', '')
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'seq', ARGV[2], 'end', '', 'bytes', #ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return 1
@@ -226,6 +246,7 @@ class Store:
         lease_ms: int,
         keep_ms: int,
         history_size: int,
+        history_max_bytes: int,
     ) -> None:
         self.client = client
         self.prefix = prefix
@@ -233,6 +254,7 @@ class Store:
         self.lease_ms = lease_ms
         self.keep_ms = keep_ms
         self.history_size = history_size
+        self.history_max_bytes = history_max_bytes
         self._tick = client.register_script(_TICK)
         self._commit = client.register_script(_COMMIT)
         self._restore = client.register_script(_RESTORE)
@@ -279,6 +301,7 @@ class Store:
             name,
             kind,
             data,
+            self.history_max_bytes,
         ]
         reply = await self._commit(keys=keys, args=args)
         code = int(reply[0])

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 
 from bridge.app import create_app
 from bridge.dashboard import enable_demo_api
 from bridge.demo.legacy_api import LegacyApi, serving, spawning
+from bridge.logs import configure_logging
 from bridge.server import serve, signal_trigger
 from bridge.settings import Settings
 
@@ -48,10 +48,6 @@ async def run_demo(
 
 def _display_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def main(settings: Settings) -> int:

@@ -1,4 +1,8 @@
-"""The in-process hub: live channels in a dict, stopped ones in a bounded TTL cache."""
+"""The process's channels: live ones in a dict, stopped ones in a bounded TTL cache.
+
+One hub per process, in every mode: sharing across replicas is the ledger's business
+(bridge/ledger.py); the hub only keeps this process's copy of each watched run.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,21 @@ from contextlib import asynccontextmanager
 
 from cachetools import TTLCache
 
+from bridge.channel import Channel, ChannelKey, Subscription
 from bridge.history import RunHistory
-from bridge.hub.base import Channel, ChannelKey, Subscription
 
 
-class MemoryHub:
-    def __init__(self, *, history_size: int, history_runs: int, history_ttl: float) -> None:
+class Hub:
+    def __init__(
+        self,
+        *,
+        history_size: int,
+        history_max_bytes: int,
+        history_runs: int,
+        history_ttl: float,
+    ) -> None:
         self._history_size = history_size
+        self._history_max_bytes = history_max_bytes
         self._live: dict[ChannelKey, Channel] = {}
         # Kept a while after the poller stopped so that a reconnect, even after the run
         # ended, is answered from memory; bounded in count and in time.
@@ -32,7 +44,7 @@ class MemoryHub:
         if channel is None:
             channel = self._retired.pop(key, None)
             if channel is None or channel.synthetic_end:
-                channel = Channel(key, RunHistory(self._history_size))
+                channel = Channel(key, RunHistory(self._history_size, self._history_max_bytes))
             self._live[key] = channel
         return channel
 

@@ -1,12 +1,16 @@
-"""A channel: one run's history as seen with one set of credentials, and its viewers."""
+"""A channel: one run's history as seen with one set of credentials, and its viewers.
+
+A viewer waits on its subscription's ``wake`` (the ASGI path, bridge/stream.py), or has
+a ``Sink`` that the channel writes each event to as it is published (the fast path,
+bridge/direct.py); the channel knows only this small protocol, not the fast path.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import NamedTuple, Protocol
 
-from bridge.direct import DirectSink
 from bridge.history import Event, RunHistory
 
 
@@ -14,6 +18,14 @@ class ChannelKey(NamedTuple):
     run_id: str
     #: Keyed digest of the forwarded credentials; viewers share only what they could fetch.
     credentials: str
+
+
+class Sink(Protocol):
+    """Where a fast-path viewer's events go as they are published."""
+
+    def deliver(self, event: Event) -> None: ...
+
+    def finish(self, why: str) -> None: ...
 
 
 @dataclass(eq=False, slots=True)
@@ -25,7 +37,7 @@ class Subscription:
     #: Set by the owner (e.g. shutdown) to end the stream without a terminal event.
     closed: bool = False
     #: Set once the viewer is on the fast path: events are written, not waited for.
-    sink: DirectSink | None = None
+    sink: Sink | None = None
 
     def notify(self, event: Event) -> None:
         if self.sink is not None:
@@ -54,23 +66,17 @@ class Channel:
     def viewers(self) -> int:
         return len(self._subscribers)
 
-    def publish(self, name: str, status: dict[str, Any], *, synthetic: bool = False) -> Event:
-        event = self.history.append(name, status)
+    def publish(self, name: str, data: str, *, synthetic: bool = False) -> Event:
+        """The next event; ``data`` is the status as ``sse.encode_json`` wrote it."""
+        event = self.history.append(name, data)
         self._deliver(event, synthetic)
         return event
 
     def mirror(
-        self,
-        epoch: int,
-        seq: int,
-        name: str,
-        status: dict[str, Any],
-        data: str,
-        *,
-        synthetic: bool = False,
+        self, epoch: int, seq: int, name: str, data: str, *, synthetic: bool = False
     ) -> Event | None:
         """An event another replica published (cluster mode), with its id; None if held."""
-        event = self.history.mirror(epoch, seq, name, status, data)
+        event = self.history.mirror(epoch, seq, name, data)
         if event is None:
             return None
         self._deliver(event, synthetic)

@@ -1,0 +1,221 @@
+"""Cluster mode's ledger: a poller's history kept in Redis, led by one replica at a time.
+
+Every poller syncs once per poll interval (one Lua script: refresh this replica's
+interest, renew or take the lease, read the history's head) and keeps the replica's
+local copy of the history in step with Redis. The one holding the lease *leads*: the
+poll loop (bridge/poller.py) polls the upstream on its cadence and ``record`` commits
+each change to Redis (a script that only the lease holder passes, on top of the history
+it has), which numbers the event and publishes it; every replica, the leader too, copies
+it into its local channel with that id. The others *follow*: no upstream request, their
+viewers get what the leader published (pub/sub at once, the next sync repairs anything
+missed).
+
+A replica with viewers takes a free lease; a leader whose own viewers left keeps polling
+while another replica still has viewers (``others``), then gives the lease up. A dead
+leader's lease expires (a few intervals plus the upstream timeout) and a follower with
+viewers takes over, continuing the same history (same epoch, next seq).
+
+A new poller answers its first viewer like the one-process bridge: from history when a
+leader has polled it (no upstream request), else with its own first upstream request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from bridge import sse
+from bridge.channel import Channel
+from bridge.cluster.link import REDIS_FAILURES, RedisLink
+from bridge.cluster.store import (
+    NOT_HOLDER,
+    PROGRESS,
+    SYNTHETIC,
+    TERMINAL,
+    WRITTEN,
+    Record,
+    Store,
+)
+from bridge.errors import ClusterUnavailable
+from bridge.ledger import Ledger, Observation, changed, end_status
+from bridge.metrics import Metrics
+from bridge.status import is_terminal
+
+log = logging.getLogger("bridge.cluster")
+
+_T = TypeVar("_T")
+
+
+class RedisLedger(Ledger):
+    def __init__(
+        self,
+        channel: Channel,
+        metrics: Metrics | None,
+        *,
+        link: RedisLink,
+        store: Store,
+        token: str,
+        on_close: Callable[[RedisLedger], Coroutine[Any, Any, None]],
+    ) -> None:
+        super().__init__(channel, metrics)
+        self.key = channel.key
+        self.token = token
+        self.leads = False
+        self._link = link
+        self._store = store
+        self._on_close = on_close
+        self._active = True
+        self._diverged = False
+
+    # --- the seam ----------------------------------------------------------------------
+
+    async def sync(self, *, active: bool) -> bool:
+        self._active = active
+        await self._guarded(self._tick())
+        if self._diverged:
+            log.warning(
+                "cluster: run %s has another history in Redis than this replica's copy; "
+                "its viewers here reconnect and resume",
+                self.key.run_id,
+            )
+            self.channel.close_all()
+            return False
+        return True
+
+    async def record(self, observation: Observation) -> None:
+        """Commit a polled status: an event if it changed, else just "still polled"."""
+        for _ in range(2):
+            if self.channel.history.terminal:
+                return
+            if not changed(self.channel, observation):
+                done = await self._guarded(self._commit("", "", ""))
+            else:
+                kind = TERMINAL if is_terminal(observation.name) else PROGRESS
+                done = await self._guarded(self._commit(observation.name, kind, observation.data))
+            if done or not self.leads or self._diverged:
+                return
+
+    async def end(self, code: str, message: str) -> bool:
+        for _ in range(2):
+            if self.channel.history.terminal:
+                return True
+            if await self._guarded(self._commit(sse.ERROR, SYNTHETIC, end_status(code, message))):
+                return True
+            if not self.leads or self._diverged:
+                return False
+        return self.channel.history.terminal
+
+    async def close(self) -> None:
+        await self._on_close(self)
+
+    def on_message(self, payload: bytes) -> None:
+        """A pub/sub message for this key (called by the listener, in order)."""
+        if payload == b"!":
+            # A new leader confirmed the history: a waiting first viewer can have it.
+            self.nudge()
+            return
+        record = Record.decode(payload)
+        if record is None:
+            return
+        history = self.channel.history
+        if (
+            history.last_seq == 0
+            or record.epoch != history.epoch
+            or record.seq != history.last_seq + 1
+        ):
+            # Not the next one: the sync loads from Redis what is missing (or notices
+            # the history changed). An empty copy loads all of it, for resumes.
+            if record.epoch != history.epoch or record.seq > history.last_seq:
+                self.nudge()
+            return
+        if self._apply(record):
+            # Only a lease holder that just polled publishes: the copy is up to date.
+            self.fresh = True
+            self.news()
+
+    # --- Redis -------------------------------------------------------------------------
+
+    async def _guarded(self, call: Coroutine[Any, Any, _T]) -> _T:
+        """Run a Redis call; a failure marks the link down and becomes ClusterUnavailable."""
+        if not self._link.up:
+            call.close()
+            self.leads = False
+            raise ClusterUnavailable()
+        try:
+            return await call
+        except REDIS_FAILURES as error:
+            self._link.trouble(error)
+            self.leads = False
+            raise ClusterUnavailable() from None
+
+    async def _commit(self, name: str, kind: str, data: str) -> bool:
+        """One commit on top of the local copy; False (after catching up) if refused."""
+        history = self.channel.history
+        result = await self._store.commit(
+            self.key, self.token, history.epoch, history.last_seq, name, kind, data
+        )
+        if result.code == WRITTEN:
+            self.fresh = True
+            if name:
+                self.channel.mirror(
+                    result.epoch, result.seq, name, data, synthetic=kind == SYNTHETIC
+                )
+                self._published(name)
+            return True
+        if result.code == NOT_HOLDER:
+            self.leads = False
+            return False
+        # Out of date or ended: another leader wrote, or Redis lost the history.
+        await self._tick()
+        return False
+
+    async def _tick(self) -> None:
+        """Refresh interest and lease; bring the local copy and Redis's history in step."""
+        view = await self._store.tick(self.key, self.token, active=self._active)
+        self.leads = view.holder == self.token
+        self.others = view.others
+        self.since_poll = None if view.since_poll is None else view.since_poll / 1000
+        history = self.channel.history
+        if view.epoch is None:
+            # Redis has no history (restarted empty, or expired): put ours back.
+            self.fresh = False
+            await self._restore()
+            return
+        if history.last_seq == 0:
+            if view.end == SYNTHETIC:
+                # Ended by a bridge (refused, gave up): a new history is to come.
+                self.fresh = False
+                return
+            await self._load(view.epoch, view.seq)
+        elif history.epoch == view.epoch:
+            if view.seq > history.last_seq:
+                await self._load(view.epoch, view.seq - history.last_seq)
+            elif view.seq < history.last_seq:
+                await self._restore()
+        else:
+            self._diverged = True
+            return
+        self.fresh = view.fresh
+
+    async def _load(self, epoch: int, count: int) -> None:
+        """Copy the records this replica lacks (``count`` of them, or more by now)."""
+        for record in await self._store.records(self.key, count):
+            if record.epoch == epoch and record.seq > self.channel.history.last_seq:
+                self._apply(record)
+
+    async def _restore(self) -> None:
+        history = self.channel.history
+        latest = history.latest
+        if latest is None or history.terminal:
+            return
+        record = Record(history.epoch, latest.seq, latest.name, PROGRESS, latest.data)
+        await self._store.restore(self.key, record)
+
+    def _apply(self, record: Record) -> bool:
+        if not record.data.startswith("{"):
+            return False  # not a status object: a record this cluster never wrote
+        event = self.channel.mirror(
+            record.epoch, record.seq, record.name, record.data, synthetic=record.synthetic
+        )
+        return event is not None

@@ -1,0 +1,290 @@
+"""The poll loop: the only code that decides when a run's upstream is asked.
+
+One ``Poller`` per channel key (run, credentials digest), started by the first viewer
+and shared by every later one (bridge/registry.py). What a fetched status becomes is its
+``Ledger``'s business (bridge/ledger.py: published here, or committed to Redis); the
+loop owns everything about timing, in one place for both:
+
+- a fixed cadence: poll k at start + k * interval, ticks a slow poll overran are
+  skipped, never two polls of one run at once;
+- failures: backoff with jitter (honouring Retry-After) and one last try exactly when
+  BRIDGE_UPSTREAM_GIVE_UP runs out, then the bridge's own ``error``; a refusal (401, 403,
+  404) ends the run at once;
+- the first viewer waits on ``first``: resolved once the channel holds a current status,
+  or failed with the upstream's answer to the first poll (single-flight cold connects);
+- linger: the loop stops BRIDGE_LINGER seconds after the last viewer here left, unless
+  it leads a run that viewers on other replicas still watch;
+- a follower (cluster mode) steps once an interval, to sync, without polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+from bridge import sse
+from bridge.channel import Channel, ChannelKey
+from bridge.errors import ClusterUnavailable, UpstreamError, UpstreamRefused
+from bridge.ledger import Ledger, Observation
+from bridge.resilience import Backoff
+from bridge.settings import Settings
+
+log = logging.getLogger("bridge.poller")
+
+Fetch = Callable[[str, Mapping[str, str]], Awaitable[dict[str, Any]]]
+Classify = Callable[[dict[str, Any]], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Cadence:
+    """The loop's timing, in seconds."""
+
+    interval: float
+    backoff_max: float
+    give_up: float
+    linger: float
+
+    @classmethod
+    def of(cls, settings: Settings) -> Cadence:
+        interval = settings.poll_interval
+        return cls(
+            interval=interval,
+            backoff_max=max(settings.backoff_max, interval),
+            give_up=settings.upstream_give_up,
+            linger=settings.linger,
+        )
+
+
+class Poller:
+    def __init__(
+        self,
+        key: ChannelKey,
+        headers: Mapping[str, str],
+        ledger: Ledger,
+        *,
+        cadence: Cadence,
+        fetch: Fetch,
+        classify: Classify,
+        on_stop: Callable[[Poller], None],
+    ) -> None:
+        self.key = key
+        self.ledger = ledger
+        self._headers = dict(headers)
+        self._cadence = cadence
+        self._fetch_status = fetch
+        self._classify = classify
+        self._on_stop = on_stop
+        #: Viewers here holding a lease.
+        self.leases = 0
+        #: Upstream requests made (for tests and the sharing benchmark).
+        self.polls = 0
+        #: Resolved when the first viewer can have a status; failed when it cannot.
+        self.first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.task: asyncio.Task[None] | None = None
+        self._idle_since: float | None = None
+        self._wake = asyncio.Event()
+        self._nudged = False
+        self._next_poll: float | None = None
+        self._failing_since: float | None = None
+        self._backoff = Backoff(cadence.interval, cadence.backoff_max)
+        ledger.nudge = self.nudge
+        ledger.news = self._on_news
+
+    @property
+    def channel(self) -> Channel:
+        return self.ledger.channel
+
+    def start(self) -> asyncio.Task[None]:
+        """Start the loop; the caller owns the task (and awaits it when it stops)."""
+        assert self.task is None
+        self.task = asyncio.create_task(self._run(), name=f"poller:{self.key.run_id}")
+        return self.task
+
+    # --- viewers -------------------------------------------------------------------
+
+    def acquire(self) -> None:
+        self.leases += 1
+        self._idle_since = None
+
+    def release(self) -> None:
+        self.leases -= 1
+        if self.leases == 0:
+            self._idle_since = time.monotonic()
+            self._wake.set()
+
+    def nudge(self) -> None:
+        """Step now (the ledger learnt something) rather than at the next tick."""
+        self._nudged = True
+        self._wake.set()
+
+    def _on_news(self) -> None:
+        # The channel changed between steps (cluster pub/sub): a waiting first viewer
+        # can have it now; an ended run stops at the next step, which comes at once.
+        if self._settled():
+            self.nudge()
+
+    # --- the loop ------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            next_step: float | None = time.monotonic()
+            while next_step is not None and await self._wait(next_step):
+                next_step = await self._step()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("poller for run %s failed", self.key.run_id)
+        finally:
+            if not self.first.done():
+                self.first.set_exception(UpstreamError("The bridge stopped polling this run."))
+            # Retrieve it so asyncio never reports "exception was never retrieved".
+            if not self.first.cancelled():
+                self.first.exception()
+            self._on_stop(self)
+            await self.ledger.close()
+
+    async def _step(self) -> float | None:
+        """Sync, and poll when leading and due: when to step next (None: stop)."""
+        try:
+            return await self._sync_and_poll()
+        except ClusterUnavailable as error:
+            # The shared store is away: no lease, so no polling (another replica may
+            # lead when it is back); viewers keep their streams and what they have.
+            self._lose_lead()
+            if not self.first.done():
+                self.first.set_exception(error)
+                return None
+            return time.monotonic() + self._cadence.interval
+
+    async def _sync_and_poll(self) -> float | None:
+        interval = self._cadence.interval
+        now = time.monotonic()
+        if not await self.ledger.sync(active=self._active(now)):
+            return None
+        if self._settled():
+            return None
+        if self._idle_done(now):
+            return None
+        if not self.ledger.leads:
+            self._lose_lead()
+            return now + interval
+        if self._next_poll is None:
+            # Taking over keeps the cadence: one poll per interval, whoever polls.
+            since = self.ledger.since_poll
+            wait = 0.0
+            if self.first.done() and since is not None:
+                wait = max(0.0, interval - since)
+            self._next_poll = now + wait
+        if now < self._next_poll:
+            return min(self._next_poll, now + interval)
+        return await self._poll()
+
+    async def _poll(self) -> float | None:
+        """The leader's upstream request and what it becomes; when to step next."""
+        interval = self._cadence.interval
+        started = time.monotonic()
+        try:
+            self.polls += 1
+            status = await self._fetch_status(self.key.run_id, self._headers)
+        except UpstreamRefused as error:
+            if not self.first.done():
+                self.first.set_exception(error)
+                return None
+            if await self.ledger.end(error.code, error.message):
+                return None
+            return time.monotonic() + interval
+        except UpstreamError as error:
+            if not self.first.done():
+                self.first.set_exception(error)
+                return None
+            return await self._failed(error, started)
+        if self._failing_since is not None:
+            log.info("polls of run %s recovered", self.key.run_id)
+            self._failing_since = None
+            self._backoff.reset()
+        await self.ledger.record(Observation(self._classify(status), sse.encode_json(status)))
+        if self._settled():
+            return None
+        if not self.ledger.leads:
+            return time.monotonic() + interval
+        next_poll = (self._next_poll or started) + interval
+        now = time.monotonic()
+        if next_poll <= now:
+            # A slow poll skips the ticks it overran instead of bunching up.
+            next_poll += interval * (1 + int((now - next_poll) // interval))
+        self._next_poll = next_poll
+        return next_poll
+
+    async def _failed(self, error: UpstreamError, started: float) -> float | None:
+        """A failed poll: back off, or give up once failures lasted long enough."""
+        give_up = self._cadence.give_up
+        if self._failing_since is None:
+            self._failing_since = started
+            # Logged when a run starts failing and when it recovers, not per poll.
+            log.warning("polls of run %s are failing: %s", self.key.run_id, error.code)
+        now = time.monotonic()
+        if now - self._failing_since >= give_up:
+            message = (
+                f"The bridge gave up on the upstream API after {give_up:g} seconds of failures."
+            )
+            if await self.ledger.end("upstream_unavailable", message):
+                return None
+            return now + self._cadence.interval
+        next_poll = now + self._backoff.next_delay(error.retry_after)
+        # One last try exactly when the give-up time comes, not a backoff later.
+        self._next_poll = min(next_poll, self._failing_since + give_up)
+        return min(self._next_poll, now + self._cadence.interval)
+
+    # --- small parts ---------------------------------------------------------------
+
+    def _settled(self) -> bool:
+        """Answer a waiting first viewer if we can; True when the run has ended."""
+        history = self.channel.history
+        terminal = history.terminal
+        current = self.ledger.fresh and history.latest is not None
+        if (terminal or current) and not self.first.done():
+            self.first.set_result(None)
+        return terminal
+
+    def _lose_lead(self) -> None:
+        self._next_poll = None
+        self._failing_since = None
+        self._backoff.reset()
+
+    def _active(self, now: float) -> bool:
+        """Viewers here, or the linger after the last one left."""
+        if self.leases > 0:
+            return True
+        return self._idle_since is not None and now < self._idle_since + self._cadence.linger
+
+    def _idle_done(self, now: float) -> bool:
+        """Time to stop: no viewer here for a linger, and none elsewhere if we lead."""
+        if self._active(now) or self._idle_since is None:
+            return False
+        return not (self.ledger.leads and self.ledger.others > 0)
+
+    async def _wait(self, until: float) -> bool:
+        """Sleep until ``until``, a nudge or a change of viewers; False: stop."""
+        while True:
+            if self._nudged:
+                self._nudged = False
+                return True
+            now = time.monotonic()
+            if self._idle_done(now):
+                return False
+            if now >= until:
+                return True
+            wake_at = until
+            if self.leases == 0 and self._idle_since is not None:
+                idle_end = self._idle_since + self._cadence.linger
+                if idle_end > now:
+                    wake_at = min(wake_at, idle_end)
+            self._wake.clear()
+            with suppress(TimeoutError):
+                async with asyncio.timeout(wake_at - now):
+                    await self._wake.wait()

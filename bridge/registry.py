@@ -1,0 +1,106 @@
+"""The process's pollers: one per (run, credentials digest), shared by every viewer of it.
+
+``lease()`` is how anything gets a run's channel: it starts the poller on first use,
+waits for its first status (concurrent cold connects share that one request), keeps the
+poller alive while held, and answers an ended run from the hub's history without asking
+the upstream. The registry owns every poller's task and awaits each one in ``close()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+from bridge.channel import Channel, ChannelKey
+from bridge.credentials import credentials_digest
+from bridge.hub import Hub
+from bridge.ledger import LedgerBackend
+from bridge.poller import Cadence, Classify, Fetch, Poller
+from bridge.tasks import cancel_and_wait
+
+
+class PollerRegistry:
+    def __init__(
+        self,
+        hub: Hub,
+        backend: LedgerBackend,
+        *,
+        cadence: Cadence,
+        fetch: Fetch,
+        classify: Classify,
+    ) -> None:
+        self.hub = hub
+        self._backend = backend
+        self._cadence = cadence
+        self._fetch = fetch
+        self._classify = classify
+        self._pollers: dict[ChannelKey, Poller] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def key(self, run_id: str, headers: Mapping[str, str]) -> ChannelKey:
+        return ChannelKey(run_id, credentials_digest(self._backend.digest_secret(), headers))
+
+    @asynccontextmanager
+    async def lease(self, run_id: str, headers: Mapping[str, str]) -> AsyncIterator[Channel]:
+        """The run's channel with its first status, kept fresh while the lease is held.
+
+        Raises UpstreamError when the first status cannot be fetched with these headers,
+        ClusterUnavailable when cluster mode cannot reach Redis.
+        """
+        key = self.key(run_id, headers)
+        cached = self.hub.find(key)
+        if cached is not None and cached.history.terminal and key not in self._pollers:
+            # Ended runs are answered from history: no upstream request.
+            yield cached
+            return
+        poller = self._pollers.get(key) or self._start(key, headers)
+        poller.acquire()
+        try:
+            await asyncio.shield(poller.first)
+            yield poller.channel
+        finally:
+            poller.release()
+
+    def _start(self, key: ChannelKey, headers: Mapping[str, str]) -> Poller:
+        channel = self.hub.open(key)
+        try:
+            ledger = self._backend.open(key, channel)
+        except BaseException:
+            self.hub.retire(key)
+            raise
+        poller = Poller(
+            key,
+            headers,
+            ledger,
+            cadence=self._cadence,
+            fetch=self._fetch,
+            classify=self._classify,
+            on_stop=self._stopped,
+        )
+        self._pollers[key] = poller
+        task = poller.start()
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return poller
+
+    def _stopped(self, poller: Poller) -> None:
+        if self._pollers.get(poller.key) is poller:
+            del self._pollers[poller.key]
+            self.hub.retire(poller.key)
+
+    @property
+    def active(self) -> int:
+        return len(self._pollers)
+
+    def poller(self, run_id: str, headers: Mapping[str, str]) -> Poller | None:
+        return self._pollers.get(self.key(run_id, headers))
+
+    async def close(self) -> None:
+        """Stop every poller and wait for each; their leases are given up in one go."""
+        self._backend.hold_resignations()
+        try:
+            for task in list(self._tasks):
+                await cancel_and_wait(task)
+        finally:
+            await self._backend.resign_held()

@@ -1,0 +1,123 @@
+"""The services one app shares, built once from Settings, started and stopped together.
+
+Nothing here reads a request: routes pass in what they took from it (bridge/viewer.py).
+"""
+
+from __future__ import annotations
+
+import random
+
+from bridge.auth import ForwardAuth
+from bridge.direct import Ticker
+from bridge.gc_tuning import GcTuner
+from bridge.hub import Hub
+from bridge.keepalive import StreamLimits
+from bridge.ledger import LedgerBackend, MemoryBackend
+from bridge.limits import StreamLimiter
+from bridge.metrics import Metrics
+from bridge.poller import Cadence
+from bridge.readiness import Readiness
+from bridge.registry import PollerRegistry
+from bridge.settings import Settings
+from bridge.status import Classifier
+from bridge.upstream import UpstreamClient
+from bridge.watchdog import SendWatchdog
+
+#: URL schemes of cluster mode (BRIDGE_REDIS_URL).
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+
+
+def create_backend(settings: Settings, metrics: Metrics) -> LedgerBackend:
+    """The ledger backend BRIDGE_REDIS_URL's scheme names (unset: one process)."""
+    url = settings.redis_url
+    scheme = (url or "memory://").split(":", 1)[0].lower()
+    if scheme == "memory":
+        return MemoryBackend(metrics)
+    if scheme in REDIS_SCHEMES:
+        from bridge.cluster import RedisBackend  # only cluster mode needs redis-py loaded
+
+        return RedisBackend(settings, metrics)
+    raise ValueError(f"no ledger backend for the scheme {scheme!r}")
+
+
+class Services:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.upstream = UpstreamClient(settings, self.metrics)
+        self.backend = create_backend(settings, self.metrics)
+        self.hub = Hub(
+            history_size=settings.history_size,
+            history_max_bytes=settings.history_max_bytes,
+            history_runs=settings.history_runs,
+            # Where the backend keeps ended runs (Redis), nothing is kept here.
+            history_ttl=0 if self.backend.keeps_ended_runs else settings.history_ttl,
+        )
+        classifier = Classifier(
+            settings.status_field,
+            frozenset(settings.success_statuses),
+            frozenset(settings.failure_statuses),
+        )
+        self.pollers = PollerRegistry(
+            self.hub,
+            self.backend,
+            cadence=Cadence.of(settings),
+            fetch=self.upstream.fetch_status,
+            classify=classifier.event_for,
+        )
+        self.limiter = StreamLimiter(settings.max_streams, settings.max_streams_per_client)
+        self.watchdog = SendWatchdog(settings.send_timeout)
+        self.ticker = Ticker(settings.ping_interval, settings.send_timeout)
+        self.metrics.track(lambda: self.pollers.active, lambda: self.ticker.viewers)
+        self.gc: GcTuner | None = None
+        if settings.gc_freeze_interval > 0:
+            self.gc = GcTuner(settings.gc_freeze_interval, settings.gc_full_interval)
+        self.auth = ForwardAuth(settings) if settings.auth_url is not None else None
+        self.readiness = Readiness(settings, self.upstream, self.backend.health)
+        self.draining = False
+
+    async def start(self) -> None:
+        await self.upstream.start()
+        await self.backend.start()
+        if self.auth is not None:
+            await self.auth.start()
+        self.watchdog.start()
+        self.ticker.start()
+        if self.gc is not None:
+            self.gc.start()
+
+    async def stop(self) -> None:
+        self.drain()
+        await self.watchdog.stop()
+        await self.ticker.stop()
+        if self.gc is not None:
+            await self.gc.stop()
+        await self.pollers.close()
+        await self.backend.close()
+        if self.auth is not None:
+            await self.auth.close()
+        await self.upstream.close()
+
+    def drain(self) -> None:
+        """Refuse new streams and end the open ones (clients reconnect and resume)."""
+        self.draining = True
+        for channel in self.hub.live_channels():
+            channel.close_all()
+
+    def limits(self) -> StreamLimits:
+        s = self.settings
+        # Jitter spreads the reconnects of many viewers after a restart.
+        retry = int(s.retry_ms * (1 + random.uniform(0, 0.2)))
+        return StreamLimits(s.ping_interval, s.stream_timeout, s.viewer_buffer, retry)
+
+    async def upstream_headers(self, run_id: str, viewer: dict[str, str]) -> dict[str, str]:
+        """The headers ``viewer`` polls ``run_id`` with (after admission).
+
+        Viewer mode: the viewer's own allow-listed headers, so a viewer shares a poller
+        only with viewers presenting the same credentials. Forward-auth mode: the auth
+        service admits the viewer (or raises), then the bridge's own headers are used.
+        """
+        if self.auth is None:
+            return viewer
+        await self.auth.admit(run_id, viewer)
+        return dict(self.settings.upstream_headers)

@@ -1,0 +1,36 @@
+"""What a request says about its viewer, read once at the route and passed on as data."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    #: The allow-listed request headers (BRIDGE_FORWARD_HEADERS): its credentials.
+    credentials: dict[str, str]
+    #: Who counts against the per-client stream cap.
+    client: str
+    #: Last-Event-ID, else the ``cursor`` (or ``since``) query parameter.
+    resume_from: str | None = None
+    #: The viewer's socket when its stream may take the fast path (bridge/direct.py).
+    transport: asyncio.WriteTransport | None = None
+
+
+def client_address(trust_forwarded_for: bool, forwarded: str, remote_addr: str | None) -> str:
+    """The client's address; with BRIDGE_TRUST_FORWARDED_FOR, X-Forwarded-For's last hop."""
+    if trust_forwarded_for:
+        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+        if hops:
+            return hops[-1]
+    return remote_addr or "unknown"
+
+
+def resume_from(last_event_id: str | None, args: Mapping[str, str]) -> str | None:
+    """The Last-Event-ID header, else the cursor (or since) query parameter."""
+    value = last_event_id
+    if not value:
+        value = args.get("cursor") or args.get("since")
+    return value or None
