@@ -22,8 +22,8 @@ from werkzeug.exceptions import HTTPException, NotFound
 from bridge import run_id as run_ids
 from bridge.cors import install_cors
 from bridge.dashboard import register_dashboard
-from bridge.direct import SEND_KEY, CaptureSend, transport_of
 from bridge.errors import BridgeError, Draining, InvalidRunId
+from bridge.hypercorn_transport import CaptureSend, fast_path_transport
 from bridge.multi import multi_frames, parse_runs
 from bridge.opening import Framer, RunRefused, stream_body
 from bridge.services import Services
@@ -58,7 +58,7 @@ def viewer_of(services: Services, *, stream: bool) -> Viewer:
     headers = request.headers
     transport = None
     if stream and settings.direct_writes:
-        transport = transport_of(request.scope.get(SEND_KEY))
+        transport = fast_path_transport(request.scope, services.metrics.fast_path_fell_back)
     return Viewer(
         credentials=forwardable(settings.forward_headers, dict(headers.items())),
         client=client_address(
@@ -96,9 +96,9 @@ async def open_stream(
 async def watched(
     services: Services, first: bytes, rest: AsyncGenerator[bytes, None]
 ) -> AsyncIterator[bytes]:
-    """The response body: ``first``, then ``rest``, each send timed by the watchdog."""
+    """The response body: ``first``, then ``rest``, each send timed by the ticker."""
     loop = asyncio.get_running_loop()
-    sending = services.watchdog.watch()
+    sending = services.ticker.watch()
     try:
         sending.since = loop.time()
         yield first
@@ -108,7 +108,7 @@ async def watched(
             yield chunk
             sending.since = None
     finally:
-        services.watchdog.unwatch(sending)
+        services.ticker.unwatch(sending)
         await rest.aclose()
 
 

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from bridge.hypercorn_transport import FALLBACK_REASONS, FallbackReason
+
 
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
@@ -46,6 +48,18 @@ class Metrics:
             "Open streams whose live frames are written straight to the socket",
             registry=self.registry,
         )
+        self.fast_path_fallbacks = Counter(
+            "bridge_fast_path_fallbacks",
+            "Stream requests that wanted the fast path but were given the ASGI path, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        # Every reason shows from the start (as 0), so a dashboard can tell "none" from "no data".
+        for reason in FALLBACK_REASONS:
+            self.fast_path_fallbacks.labels(reason)
+
+    def fast_path_fell_back(self, reason: FallbackReason) -> None:
+        self.fast_path_fallbacks.labels(reason).inc()
 
     def track(self, pollers: Callable[[], float], fast_path: Callable[[], float]) -> None:
         self.pollers.set_function(pollers)

@@ -188,6 +188,7 @@ class Poller:
         """The leader's upstream request and what it becomes; when to step next."""
         interval = self._cadence.interval
         started = time.monotonic()
+        first = not self.first.done()
         try:
             self.polls += 1
             status = await self._fetch_status(self.key.run_id, self._headers)
@@ -212,8 +213,11 @@ class Poller:
             return None
         if not self.ledger.leads:
             return time.monotonic() + interval
-        next_poll = (self._next_poll or started) + interval
         now = time.monotonic()
+        # The cadence starts when the first answer came: runs whose first viewers came
+        # together are then polled at the phases their answers took, not in one burst
+        # whose fan-outs would queue behind each other.
+        next_poll = (now if first else self._next_poll or started) + interval
         if next_poll <= now:
             # A slow poll skips the ticks it overran instead of bunching up.
             next_poll += interval * (1 + int((now - next_poll) // interval))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 
 from bridge.auth import ForwardAuth
-from bridge.direct import Ticker
 from bridge.gc_tuning import GcTuner
 from bridge.hub import Hub
 from bridge.keepalive import StreamLimits
@@ -20,8 +19,8 @@ from bridge.readiness import Readiness
 from bridge.registry import PollerRegistry
 from bridge.settings import Settings
 from bridge.status import Classifier
+from bridge.ticker import Ticker
 from bridge.upstream import UpstreamClient
-from bridge.watchdog import SendWatchdog
 
 #: URL schemes of cluster mode (BRIDGE_REDIS_URL).
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
@@ -66,7 +65,6 @@ class Services:
             classify=classifier.event_for,
         )
         self.limiter = StreamLimiter(settings.max_streams, settings.max_streams_per_client)
-        self.watchdog = SendWatchdog(settings.send_timeout)
         self.ticker = Ticker(settings.ping_interval, settings.send_timeout)
         self.metrics.track(lambda: self.pollers.active, lambda: self.ticker.viewers)
         self.gc: GcTuner | None = None
@@ -81,14 +79,12 @@ class Services:
         await self.backend.start()
         if self.auth is not None:
             await self.auth.start()
-        self.watchdog.start()
         self.ticker.start()
         if self.gc is not None:
             self.gc.start()
 
     async def stop(self) -> None:
         self.drain()
-        await self.watchdog.stop()
         await self.ticker.stop()
         if self.gc is not None:
             await self.gc.stop()

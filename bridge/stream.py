@@ -20,9 +20,10 @@ from collections.abc import AsyncGenerator
 
 from bridge import sse
 from bridge.channel import Subscription
-from bridge.direct import DirectSink, Ticker
+from bridge.direct import DirectSink
 from bridge.history import Event
 from bridge.keepalive import Keepalive, StreamLimits
+from bridge.ticker import Ticker
 from bridge.viewer import Viewer
 
 

@@ -158,4 +158,4 @@ async def test_thousand_connect_disconnect_cycles_leave_nothing(legacy: LegacyAp
         assert grown < 512 * 1024, grown
         assert b.bridge.hub.live_count == 0
         assert b.bridge.limiter.clients() == 0
-        assert b.bridge.watchdog._streams == set()
+        assert b.bridge.ticker.watched == 0
