@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from bridge.history import Event, RunHistory
+from bridge.status import Reading
 
 
 class ChannelKey(NamedTuple):
@@ -61,24 +62,40 @@ class Channel:
         #: credentials were refused) rather than sent by the upstream: such a history
         #: must not be served from cache to the next viewer.
         self.synthetic_end = False
+        #: The latest status as its ledger compares it (ignored fields left out).
+        self.fingerprint: str | None = None
 
     @property
     def viewers(self) -> int:
         return len(self._subscribers)
 
-    def publish(self, name: str, data: str, *, synthetic: bool = False) -> Event:
-        """The next event; ``data`` is the status as ``sse.encode_json`` wrote it."""
-        event = self.history.append(name, data)
+    def publish(
+        self, name: str, data: str, reading: Reading | None = None, *, synthetic: bool = False
+    ) -> Event:
+        """The next event; ``data`` is the status as ``sse.encode_json`` wrote it, and
+        ``reading`` what the status filters made of it (none for the bridge's own)."""
+        state, progress = _parts(reading)
+        event = self.history.append(name, data, state=state, progress=progress)
+        self.fingerprint = reading.fingerprint if reading is not None else None
         self._deliver(event, synthetic)
         return event
 
     def mirror(
-        self, epoch: int, seq: int, name: str, data: str, *, synthetic: bool = False
+        self,
+        epoch: int,
+        seq: int,
+        name: str,
+        data: str,
+        reading: Reading | None = None,
+        *,
+        synthetic: bool = False,
     ) -> Event | None:
         """An event another replica published (cluster mode), with its id; None if held."""
-        event = self.history.mirror(epoch, seq, name, data)
+        state, progress = _parts(reading)
+        event = self.history.mirror(epoch, seq, name, data, state=state, progress=progress)
         if event is None:
             return None
+        self.fingerprint = reading.fingerprint if reading is not None else None
         self._deliver(event, synthetic)
         return event
 
@@ -97,3 +114,7 @@ class Channel:
     def close_all(self) -> None:
         for subscription in list(self._subscribers):
             subscription.close()
+
+
+def _parts(reading: Reading | None) -> tuple[str | None, float | None]:
+    return (reading.state, reading.progress) if reading is not None else (None, None)

@@ -1,14 +1,21 @@
-"""The ``sse-bridge`` command: serve, demo, watch."""
+"""The ``sse-bridge`` command: serve, demo, watch, inspect, profiles."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import sys
+import textwrap
 
 from bridge import __version__
-from bridge.settings import ConfigError, Settings, load
+from bridge.settings import ConfigError, Settings, load, unknown_variables
+
+#: Commands configured by BRIDGE_* variables, so a misspelt one is worth a warning.
+CONFIGURED_COMMANDS = frozenset({"serve", "demo", "inspect"})
+#: Width of the variable list in `serve --help` (argparse's own text is about as wide).
+HELP_WIDTH = 100
 
 
 def _settings(**overrides: object) -> Settings:
@@ -19,24 +26,49 @@ def _settings(**overrides: object) -> Settings:
         raise SystemExit(2) from None
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from bridge.app import create_app
-    from bridge.logs import configure_logging
-    from bridge.server import serve
+def _warn_unknown_variables() -> None:
+    # A warning, not an error: a platform may set BRIDGE_* names of its own.
+    for name, closest in unknown_variables(os.environ):
+        advice = f"did you mean {closest}?" if closest else "`sse-bridge serve --help` lists them"
+        print(
+            f"sse-bridge: WARNING: {name} is not a setting of the bridge and is ignored; {advice}",
+            file=sys.stderr,
+        )
 
-    settings = _settings()
+
+def _upstream_required(settings: Settings, command: str) -> bool:
     if settings.upstream_url is None:
         print(
-            "sse-bridge: configuration error: BRIDGE_UPSTREAM_URL: required for `serve` "
+            f"sse-bridge: configuration error: BRIDGE_UPSTREAM_URL: required for `{command}` "
             "(the base URL of the legacy API, e.g. http://legacy:9000)",
             file=sys.stderr,
         )
+        return False
+    return True
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from bridge.app import create_app
+    from bridge.logs import configure_logging
+    from bridge.server import CannotListen, listen_socket, serve
+
+    settings = _settings()
+    if not _upstream_required(settings, "serve"):
         return 2
-    configure_logging(settings.log_level)
-    logging.getLogger("bridge").info(
-        "sse-bridge %s listening on %s:%s", __version__, settings.host, settings.port
-    )
-    asyncio.run(serve(create_app(settings), settings))
+    # Bound before anything is logged, so a taken port is one line, not a log and a trace.
+    try:
+        sock = listen_socket(settings.host, settings.port)
+    except CannotListen as error:
+        print(f"sse-bridge: {error}", file=sys.stderr)
+        return 2
+    try:
+        configure_logging(settings.log_level)
+        logging.getLogger("bridge").info(
+            "sse-bridge %s listening on %s:%s", __version__, settings.host, settings.port
+        )
+        asyncio.run(serve(create_app(settings), settings, sock=sock))
+    finally:
+        sock.close()
     return 0
 
 
@@ -49,6 +81,74 @@ def _demo(args: argparse.Namespace) -> int:
     return demo_main(_settings(**overrides))
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from bridge import inspection
+    from bridge.errors import BridgeError
+
+    try:
+        given = inspection.parse_headers(args.header)
+    except inspection.HeaderError as error:
+        print(f"sse-bridge: inspect: {error}", file=sys.stderr)
+        return inspection.EXIT_FAILED
+    settings = _settings()
+    if not _upstream_required(settings, "inspect"):
+        return inspection.EXIT_FAILED
+    try:
+        found = asyncio.run(inspection.inspect_run(settings, args.run_id, given))
+    except BridgeError as error:
+        print(inspection.failure_line(settings, args.run_id, error), file=sys.stderr)
+        return inspection.EXIT_FAILED
+    if args.json:
+        sys.stdout.write(json.dumps(inspection.as_json(found), indent=2) + "\n")
+    else:
+        inspection.render(found, settings, sys.stdout)
+    return found.examination.exit_code
+
+
+def _profiles(args: argparse.Namespace) -> int:
+    from bridge.profiles import PROFILES, describe
+
+    if args.name is None:
+        width = max(len(name) for name in PROFILES)
+        for profile in PROFILES.values():
+            print(f"{profile.name:<{width}}  {profile.summary}")
+        print("\n`sse-bridge profiles NAME` shows what one sets; use it with BRIDGE_PROFILE=NAME.")
+        return 0
+    chosen = PROFILES.get(args.name)
+    if chosen is None:
+        print(
+            f"sse-bridge: no profile {args.name!r}; one of: {', '.join(sorted(PROFILES))}",
+            file=sys.stderr,
+        )
+        return 2
+    print(describe(chosen))
+    return 0
+
+
+def variables_epilog() -> str:
+    """Every BRIDGE_* variable with its default, for `serve --help`."""
+    from bridge.config_doc import rows
+
+    column = 34
+    lines = ["environment variables (default after '='; nothing after it: unset):"]
+    for name, default, meaning in rows():
+        wrapped = textwrap.wrap(meaning, HELP_WIDTH - column, break_on_hyphens=False) or [""]
+        entry = f"  {name}={default}"
+        if len(entry) + 2 > column:
+            lines.append(entry)
+            entry = ""
+        lines.append(f"{entry:<{column}}{wrapped[0]}")
+        lines += [" " * column + more for more in wrapped[1:]]
+    lines += [
+        "",
+        "`python -m bridge.config_doc env` prints them as an env file (config/example.env);",
+        "`sse-bridge inspect RUN_ID` shows how the bridge reads one of your runs.",
+    ]
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sse-bridge", description="Turn a legacy polling run API into Server-Sent Events."
@@ -56,7 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sse-bridge {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the bridge (configured by BRIDGE_* variables)")
+    serve = commands.add_parser(
+        "serve",
+        help="run the bridge (configured by BRIDGE_* variables)",
+        description="Run the bridge in front of BRIDGE_UPSTREAM_URL.",
+        epilog=variables_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.set_defaults(func=_serve)
 
     demo = commands.add_parser("demo", help="run the bridge in front of a simulated legacy API")
@@ -72,10 +178,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     watch_command.add_arguments(watch)
     watch.set_defaults(func=watch_command.main)
+
+    inspect = commands.add_parser(
+        "inspect",
+        help="fetch one run once and show how the bridge reads it (exit 0 ok, 1 misread, 2 failed)",
+        description=(
+            "Fetch RUN_ID once from the upstream, with the same BRIDGE_* configuration as "
+            "`serve`, and show the state the bridge reads, the event it would send, and what "
+            "to change when that is wrong. Exit 0: the state is read and known; 1: the "
+            "configuration does not fit this status (a hint names the variable); 2: the "
+            "configuration is wrong or the upstream refused or failed."
+        ),
+    )
+    inspect.add_argument("run_id", metavar="RUN_ID", help="the run to fetch")
+    inspect.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a viewer's header (repeatable), sent as the bridge would forward it "
+        "(BRIDGE_FORWARD_HEADERS); values are never printed",
+    )
+    inspect.add_argument("--json", action="store_true", help="print the findings as JSON")
+    inspect.set_defaults(func=_inspect)
+
+    profiles = commands.add_parser(
+        "profiles", help="list the BRIDGE_PROFILE presets, or show what one sets"
+    )
+    profiles.add_argument("name", metavar="NAME", nargs="?", help="the profile to show")
+    profiles.set_defaults(func=_profiles)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in CONFIGURED_COMMANDS:
+        _warn_unknown_variables()
     result: int = args.func(args)
     return result

@@ -42,13 +42,25 @@ class Event:
     frame: bytes
     #: Where ``data`` starts in ``frame``.
     data_at: int
+    #: The run's state and progress as the status filters read them (bridge/status.py).
+    state: str | None = None
+    progress: float | None = None
 
     @classmethod
-    def build(cls, seq: int, event_id: str, name: str, data: str) -> Event:
+    def build(
+        cls,
+        seq: int,
+        event_id: str,
+        name: str,
+        data: str,
+        state: str | None = None,
+        progress: float | None = None,
+    ) -> Event:
         frame = sse.frame(name, data, event_id)
         # The event and id fields hold no line break (sse.frame refuses one), so the
         # first "\ndata: " is where the data field starts.
-        return cls(seq, event_id, name, frame, frame.index(_DATA_FIELD) + len(_DATA_FIELD))
+        start = frame.index(_DATA_FIELD) + len(_DATA_FIELD)
+        return cls(seq, event_id, name, frame, start, state, progress)
 
     @property
     def data(self) -> str:
@@ -117,12 +129,15 @@ class RunHistory:
         self._bytes = 0
         self._seq = 0
 
-    def append(self, name: str, data: str) -> Event:
+    def append(
+        self, name: str, data: str, *, state: str | None = None, progress: float | None = None
+    ) -> Event:
         """Add the next event; ``data`` is the status as ``sse.encode_json`` wrote it."""
         if self.terminal:
             raise RuntimeError("a terminal history takes no more events")
         self._seq += 1
-        event = Event.build(self._seq, f"{self.epoch}-{self._seq}", name, data)
+        event_id = f"{self.epoch}-{self._seq}"
+        event = Event.build(self._seq, event_id, name, data, state, progress)
         self._events.append(event)
         self._bytes += event.nbytes
         # Oldest first; what is trimmed resumes as an unknown id: the current status.
@@ -132,7 +147,16 @@ class RunHistory:
             self._bytes -= self._events.popleft().nbytes
         return event
 
-    def mirror(self, epoch: int, seq: int, name: str, data: str) -> Event | None:
+    def mirror(
+        self,
+        epoch: int,
+        seq: int,
+        name: str,
+        data: str,
+        *,
+        state: str | None = None,
+        progress: float | None = None,
+    ) -> Event | None:
         """Take one event of this run's history as another replica wrote it, id and all.
 
         Cluster mode: the replica polling the run numbers the events, the others copy
@@ -149,7 +173,7 @@ class RunHistory:
             self._events.clear()
             self._bytes = 0
         self._seq = seq - 1
-        return self.append(name, data)
+        return self.append(name, data, state=state, progress=progress)
 
     @property
     def nbytes(self) -> int:

@@ -36,16 +36,22 @@ from dataclasses import dataclass
 from bridge import sse
 from bridge.channel import Channel, ChannelKey
 from bridge.metrics import Metrics
+from bridge.status import Reading
 
 
 @dataclass(frozen=True, slots=True)
 class Observation:
-    """One polled status, classified and encoded once."""
+    """One polled status, encoded and read once."""
 
-    #: The event it is sent as if it changed: progress, complete or error.
-    name: str
     #: The status as one line of JSON (what viewers receive as ``data``).
     data: str
+    #: What the status filters made of it: event, state, progress, fingerprint.
+    reading: Reading
+
+    @property
+    def name(self) -> str:
+        """The event it is sent as if it changed: progress, complete or error."""
+        return self.reading.event
 
 
 class Ledger(ABC):
@@ -97,9 +103,14 @@ def _nothing() -> None:
 
 
 def changed(channel: Channel, observation: Observation) -> bool:
-    """Whether ``observation`` would be news to ``channel``'s viewers."""
+    """Whether ``observation`` would be news to ``channel``'s viewers: it differs from the
+    latest status, leaving out the ignored fields (BRIDGE_IGNORE_FIELDS)."""
     latest = channel.history.latest
-    return latest is None or latest.data != observation.data
+    if latest is None:
+        return True
+    if channel.fingerprint is not None:
+        return channel.fingerprint != observation.reading.fingerprint
+    return latest.data != observation.data
 
 
 def end_status(code: str, message: str) -> str:
@@ -117,7 +128,7 @@ class LocalLedger(Ledger):
         self.fresh = True
         if self.channel.history.terminal or not changed(self.channel, observation):
             return
-        self.channel.publish(observation.name, observation.data)
+        self.channel.publish(observation.name, observation.data, observation.reading)
         self._published(observation.name)
 
     async def end(self, code: str, message: str) -> bool:

@@ -33,11 +33,14 @@ from bridge.errors import ClusterUnavailable, UpstreamError, UpstreamRefused
 from bridge.ledger import Ledger, Observation
 from bridge.resilience import Backoff
 from bridge.settings import Settings
+from bridge.status import Reading, StatusReader
 
 log = logging.getLogger("bridge.poller")
 
 Fetch = Callable[[str, Mapping[str, str]], Awaitable[dict[str, Any]]]
-Classify = Callable[[dict[str, Any]], str]
+
+#: Polls in a row without a readable state before the run is logged (once).
+UNREAD_POLLS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +72,7 @@ class Poller:
         *,
         cadence: Cadence,
         fetch: Fetch,
-        classify: Classify,
+        reader: StatusReader,
         on_stop: Callable[[Poller], None],
     ) -> None:
         self.key = key
@@ -77,7 +80,10 @@ class Poller:
         self._headers = dict(headers)
         self._cadence = cadence
         self._fetch_status = fetch
-        self._classify = classify
+        self._reader = reader
+        #: Polls in a row whose state was missing, unreadable or unknown.
+        self._unread = 0
+        self._warned = False
         self._on_stop = on_stop
         #: Viewers here holding a lease.
         self.leases = 0
@@ -208,7 +214,10 @@ class Poller:
             log.info("polls of run %s recovered", self.key.run_id)
             self._failing_since = None
             self._backoff.reset()
-        await self.ledger.record(Observation(self._classify(status), sse.encode_json(status)))
+        data = sse.encode_json(status)
+        reading = self._reader.read(status, data)
+        self._check(reading)
+        await self.ledger.record(Observation(data, reading))
         if self._settled():
             return None
         if not self.ledger.leads:
@@ -243,6 +252,38 @@ class Poller:
         # One last try exactly when the give-up time comes, not a backoff later.
         self._next_poll = min(next_poll, self._failing_since + give_up)
         return min(self._next_poll, now + self._cadence.interval)
+
+    def _check(self, reading: Reading) -> None:
+        """Tell the operator, once, when the status filters do not fit this API."""
+        if reading.state is not None and reading.known and reading.problem is None:
+            self._unread = 0
+            return
+        self._unread += 1
+        if self._unread < UNREAD_POLLS:
+            return
+        run = self.key.run_id
+        if reading.problem is not None or reading.state is None:
+            if not self._warned:
+                self._warned = True
+                why = reading.problem or "gave no state"
+                log.warning(
+                    "run %s: %s for %d polls in a row, so it counts as still going; check "
+                    "BRIDGE_STATE_EXPR (or BRIDGE_STATUS_FIELD / BRIDGE_PROFILE) with "
+                    "`sse-bridge inspect %s`",
+                    run,
+                    why,
+                    self._unread,
+                    run,
+                )
+        elif self._reader.first_warning(reading.state):
+            log.warning(
+                "run %s is in state %r, which is in neither BRIDGE_SUCCESS_STATUSES nor "
+                "BRIDGE_FAILURE_STATUSES, so it counts as still going; if it is final, add "
+                "it to one of them (`sse-bridge inspect %s` shows how the bridge reads it)",
+                run,
+                reading.state[:64],
+                run,
+            )
 
     # --- small parts ---------------------------------------------------------------
 

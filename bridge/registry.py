@@ -16,7 +16,8 @@ from bridge.channel import Channel, ChannelKey
 from bridge.credentials import credentials_digest
 from bridge.hub import Hub
 from bridge.ledger import LedgerBackend
-from bridge.poller import Cadence, Classify, Fetch, Poller
+from bridge.poller import Cadence, Fetch, Poller
+from bridge.status import StatusReader
 from bridge.tasks import cancel_and_wait
 
 
@@ -28,13 +29,13 @@ class PollerRegistry:
         *,
         cadence: Cadence,
         fetch: Fetch,
-        classify: Classify,
+        reader: StatusReader,
     ) -> None:
         self.hub = hub
         self._backend = backend
         self._cadence = cadence
         self._fetch = fetch
-        self._classify = classify
+        self._reader = reader
         self._pollers: dict[ChannelKey, Poller] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -75,7 +76,7 @@ class PollerRegistry:
             ledger,
             cadence=self._cadence,
             fetch=self._fetch,
-            classify=self._classify,
+            reader=self._reader,
             on_stop=self._stopped,
         )
         self._pollers[key] = poller

@@ -1,9 +1,11 @@
 """Which run ids the bridge accepts, and how one becomes an upstream path.
 
-An id is 1-128 characters of ``A-Z a-z 0-9 . _ -`` that starts with a letter or digit,
-so ``.``, ``..``, slashes, ``?``, ``#``, ``@``, ``%``, whitespace, control characters
-and non-ASCII never reach the upstream. It is still percent-encoded into the path
-template: the template is the only thing that decides which upstream path is asked.
+An id is 1-128 characters of ``A-Z a-z 0-9 . _ - : + ~`` that starts with a letter or
+digit (so an Airflow id such as ``manual__2026-11-30T12:00:00+00:00`` is accepted), so
+``.``, ``..``, slashes, ``?``, ``#``, ``@``, ``%``, whitespace, control characters and
+non-ASCII never reach the upstream. It is still percent-encoded wherever it stands in the
+template (a path segment or a query value: ``+`` becomes ``%2B``, never a space): the
+template is the only thing that decides which upstream path is asked.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from urllib.parse import quote
 from bridge.errors import InvalidRunId
 
 MAX_LENGTH = 128
-_ACCEPTABLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_ACCEPTABLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+~-]{0,127}")
 
 
 def validate(run_id: str) -> str:
@@ -25,7 +27,7 @@ def validate(run_id: str) -> str:
     if not _ACCEPTABLE.fullmatch(run_id):
         raise InvalidRunId(
             "The run id must start with a letter or digit and contain only "
-            "letters, digits, '.', '_' and '-'."
+            "letters, digits and '.', '_', '-', ':', '+', '~'."
         )
     return run_id
 

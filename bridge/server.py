@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -48,12 +49,40 @@ class AccessLogger(Logger):
         )
 
 
+class CannotListen(OSError):
+    """The listener could not be bound; ``str()`` is one line for the operator.
+
+    An OSError still, so callers that catch OSError keep working; its text names the
+    address and the variables instead of an errno and a traceback.
+    """
+
+    def __init__(self, host: str, port: int, error: OSError) -> None:
+        super().__init__(error.errno, error.strerror)
+        reasons = {
+            errno.EADDRINUSE: "address already in use",
+            errno.EACCES: "permission denied (ports below 1024 need privileges)",
+            errno.EADDRNOTAVAIL: "no such address on this machine",
+        }
+        if isinstance(error, socket.gaierror):
+            reason = "cannot resolve the host"
+        else:
+            reason = reasons.get(error.errno or 0, (error.strerror or "failed").lower())
+        self.message = f"cannot listen on {host}:{port}: {reason} (BRIDGE_HOST/BRIDGE_PORT)"
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def listen_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(4096)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(4096)
+    except OSError as error:
+        sock.close()
+        raise CannotListen(host, port, error) from None
     sock.setblocking(False)
     return sock
 

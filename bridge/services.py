@@ -15,10 +15,11 @@ from bridge.ledger import LedgerBackend, MemoryBackend
 from bridge.limits import StreamLimiter
 from bridge.metrics import Metrics
 from bridge.poller import Cadence
+from bridge.profiles import PROFILES
 from bridge.readiness import Readiness
 from bridge.registry import PollerRegistry
 from bridge.settings import Settings
-from bridge.status import Classifier
+from bridge.status import StatusReader
 from bridge.ticker import Ticker
 from bridge.upstream import UpstreamClient
 
@@ -26,7 +27,7 @@ from bridge.upstream import UpstreamClient
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 
 
-def create_backend(settings: Settings, metrics: Metrics) -> LedgerBackend:
+def create_backend(settings: Settings, metrics: Metrics, reader: StatusReader) -> LedgerBackend:
     """The ledger backend BRIDGE_REDIS_URL's scheme names (unset: one process)."""
     url = settings.redis_url
     scheme = (url or "memory://").split(":", 1)[0].lower()
@@ -35,8 +36,21 @@ def create_backend(settings: Settings, metrics: Metrics) -> LedgerBackend:
     if scheme in REDIS_SCHEMES:
         from bridge.cluster import RedisBackend  # only cluster mode needs redis-py loaded
 
-        return RedisBackend(settings, metrics)
+        return RedisBackend(settings, metrics, reader)
     raise ValueError(f"no ledger backend for the scheme {scheme!r}")
+
+
+def status_reader(settings: Settings) -> StatusReader:
+    """The status filters in force (a profile's, or the operator's)."""
+    profile = PROFILES.get(settings.profile or "")
+    return StatusReader(
+        state_expr=settings.state_filter,
+        success=settings.success_statuses,
+        failure=settings.failure_statuses,
+        ignore_fields=settings.ignore_fields,
+        progress_expr=settings.progress_expr,
+        in_progress=profile.in_progress if profile is not None else (),
+    )
 
 
 class Services:
@@ -44,7 +58,8 @@ class Services:
         self.settings = settings
         self.metrics = Metrics()
         self.upstream = UpstreamClient(settings, self.metrics)
-        self.backend = create_backend(settings, self.metrics)
+        self.reader = status_reader(settings)
+        self.backend = create_backend(settings, self.metrics, self.reader)
         self.hub = Hub(
             history_size=settings.history_size,
             history_max_bytes=settings.history_max_bytes,
@@ -52,17 +67,12 @@ class Services:
             # Where the backend keeps ended runs (Redis), nothing is kept here.
             history_ttl=0 if self.backend.keeps_ended_runs else settings.history_ttl,
         )
-        classifier = Classifier(
-            settings.status_field,
-            frozenset(settings.success_statuses),
-            frozenset(settings.failure_statuses),
-        )
         self.pollers = PollerRegistry(
             self.hub,
             self.backend,
             cadence=Cadence.of(settings),
             fetch=self.upstream.fetch_status,
-            classify=classifier.event_for,
+            reader=self.reader,
         )
         self.limiter = StreamLimiter(settings.max_streams, settings.max_streams_per_client)
         self.ticker = Ticker(settings.ping_interval, settings.send_timeout)
@@ -111,9 +121,10 @@ class Services:
 
         Viewer mode: the viewer's own allow-listed headers, so a viewer shares a poller
         only with viewers presenting the same credentials. Forward-auth mode: the auth
-        service admits the viewer (or raises), then the bridge's own headers are used.
+        service admits the viewer (or raises), then only the bridge's own headers are used
+        (BRIDGE_UPSTREAM_HEADERS, which the upstream client sends with every request).
         """
         if self.auth is None:
             return viewer
         await self.auth.admit(run_id, viewer)
-        return dict(self.settings.upstream_headers)
+        return {}  # the upstream client sends BRIDGE_UPSTREAM_HEADERS with every request

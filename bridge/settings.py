@@ -7,14 +7,33 @@ keeps them in step).
 
 from __future__ import annotations
 
-from typing import Annotated
+import difflib
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AnyHttpUrl, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+import jq
+from pydantic import (
+    AnyHttpUrl,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 from redis.asyncio.connection import parse_url as parse_redis_url
 
+from bridge.profiles import PROFILES
+from bridge.status import field_expr
+
 CsvList = Annotated[tuple[str, ...], NoDecode]
+
+
+def _jq_message(error: BaseException) -> str:
+    # jq's message spans lines (the filter again, a caret): its first line says it.
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else "invalid"
 
 
 def _split_csv(value: object) -> object:
@@ -56,11 +75,26 @@ class Settings(BaseSettings):
     forward_headers: CsvList = ("authorization", "x-api-key", "cookie")
     """Viewer request headers forwarded upstream (an allow-list, case-insensitive)."""
     status_field: str = Field("status", min_length=1)
-    """Field of the status object that holds the state."""
+    """Field of the status object that holds the state (the simple form of
+    BRIDGE_STATE_EXPR; set one of the two)."""
     success_statuses: CsvList = ("completed",)
-    """States that end a stream with `complete` (comma-separated)."""
+    """States that end a stream with `complete` (comma-separated, case-insensitive)."""
     failure_statuses: CsvList = ("failed", "cancelled")
-    """States that end a stream with `error` (comma-separated)."""
+    """States that end a stream with `error` (comma-separated, case-insensitive)."""
+    state_expr: str | None = None
+    """jq filter over the status object whose first output is the run's state, e.g.
+    `.data.status` or `if .status == "completed" then .conclusion else .status end`
+    (unset: `.<BRIDGE_STATUS_FIELD>`)."""
+    ignore_fields: CsvList = ()
+    """jq paths left out when deciding whether the status changed (comma-separated, e.g.
+    `.updated_at,.meta.served_at`); events still carry the whole status."""
+    progress_expr: str | None = None
+    """jq filter giving the run's progress from 0 to 1 (e.g. `.progressPercent / 100`),
+    shown by /v1/streams, the dashboard and `sse-bridge watch`."""
+    profile: str | None = None
+    """A preset for a well-known API (`sse-bridge profiles` lists them): sets the state
+    expression and lists, ignored fields, progress expression and headers it needs;
+    variables set explicitly win."""
     redis_url: str | None = None
     """Cluster mode: replicas share pollers and history through this Redis (`redis://`,
     `rediss://` or `unix://` URL; see docs/cluster.md). Unset: one process, in memory."""
@@ -152,10 +186,84 @@ class Settings(BaseSettings):
     auth_cache_ttl: float = Field(30.0, ge=0, le=3600)
     """Seconds an admission (or refusal) by BRIDGE_AUTH_URL is remembered."""
     upstream_headers: dict[str, str] = Field(default_factory=dict)
-    """JSON object of headers the bridge itself sends upstream in forward-auth mode."""
+    """JSON object of headers sent with every upstream request, in both modes (an API
+    version, an `Accept`); in forward-auth mode also the bridge's own credentials."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, values: Any) -> Any:
+        # A preset fills what was not set explicitly (the environment or arguments).
+        if not isinstance(values, dict):
+            return values
+        name = values.get("profile")
+        if name in (None, ""):
+            values.pop("profile", None)
+            return values
+        chosen = PROFILES.get(str(name))
+        if chosen is None:
+            return values  # the field validator names the known profiles
+        values = dict(values)
+        explicit_state = "state_expr" in values or "status_field" in values
+        if not explicit_state:
+            values["state_expr"] = chosen.state_expr
+        values.setdefault("success_statuses", chosen.success)
+        values.setdefault("failure_statuses", chosen.failure)
+        values.setdefault("ignore_fields", chosen.ignore_fields)
+        if chosen.progress_expr is not None:
+            values.setdefault("progress_expr", chosen.progress_expr)
+        if chosen.upstream_headers and "upstream_headers" not in values:
+            values["upstream_headers"] = dict(chosen.upstream_headers)
+        return values
+
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, value: str | None) -> str | None:
+        if value is not None and value not in PROFILES:
+            raise ValueError(f"unknown profile; one of: {', '.join(sorted(PROFILES))}")
+        return value
+
+    @field_validator("state_expr", "progress_expr", mode="before")
+    @classmethod
+    def _empty_expr_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("state_expr", "progress_expr")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                jq.compile(value)
+            except ValueError as error:
+                raise ValueError(f"does not compile: {_jq_message(error)}") from None
+        return value
+
+    @field_validator("ignore_fields", mode="after")
+    @classmethod
+    def _paths_compile(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for path in value:
+            try:
+                jq.compile(f"del({path})")
+            except ValueError:
+                raise ValueError(f"{path!r} is not a jq path (e.g. .updated_at)") from None
+        return value
+
+    @field_validator("upstream_headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not name or not all(33 <= ord(c) < 127 and c != ":" for c in name):
+                raise ValueError("header names must be printable ASCII without ':' or spaces")
+            if any(c in text for c in "\r\n\x00"):
+                raise ValueError(f"the value of {name} must not contain a line break")
+        return value
 
     @field_validator(
-        "forward_headers", "success_statuses", "failure_statuses", "cors_origins", mode="before"
+        "forward_headers",
+        "success_statuses",
+        "failure_statuses",
+        "cors_origins",
+        "ignore_fields",
+        mode="before",
     )
     @classmethod
     def _csv(cls, value: object) -> object:
@@ -230,8 +338,33 @@ class Settings(BaseSettings):
         return level
 
     @model_validator(mode="after")
+    def _one_state_form(self) -> Settings:
+        explicit = self.model_fields_set
+        if "state_expr" in explicit and "status_field" in explicit and self.state_expr:
+            raise ValueError(
+                "set BRIDGE_STATE_EXPR or BRIDGE_STATUS_FIELD, not both "
+                "(BRIDGE_STATUS_FIELD=state is BRIDGE_STATE_EXPR=.state)"
+            )
+        if self.auth_url is None:
+            shared = {h.lower() for h in self.upstream_headers} & set(self.forward_headers)
+            if shared:
+                raise ValueError(
+                    f"BRIDGE_UPSTREAM_HEADERS names {', '.join(sorted(shared))}, which "
+                    "BRIDGE_FORWARD_HEADERS forwards from viewers: every viewer would poll "
+                    "with the operator's value; drop it from one of the two"
+                )
+        return self
+
+    @property
+    def state_filter(self) -> str:
+        """The state expression in force (BRIDGE_STATE_EXPR, else the status field)."""
+        return self.state_expr or field_expr(self.status_field)
+
+    @model_validator(mode="after")
     def _disjoint(self) -> Settings:
-        if set(self.success_statuses) & set(self.failure_statuses):
+        if {s.casefold() for s in self.success_statuses} & {
+            s.casefold() for s in self.failure_statuses
+        }:
             raise ValueError(
                 "BRIDGE_SUCCESS_STATUSES and BRIDGE_FAILURE_STATUSES must not share a state"
             )
@@ -269,9 +402,45 @@ def describe(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
+_UNPARSED_FIELD = re.compile(r'field "(\w+)"')
+
+
+def _unparsed(error: SettingsError) -> str:
+    # pydantic-settings says which field it could not JSON-decode, never the value; the
+    # value is not repeated here either (BRIDGE_UPSTREAM_HEADERS may hold credentials).
+    match = _UNPARSED_FIELD.search(str(error))
+    name = f"BRIDGE_{match.group(1).upper()}" if match else "a BRIDGE_* variable"
+    return f'{name}: not valid JSON (expected an object such as {{"X-Api-Version": "2"}})'
+
+
 def load(**overrides: object) -> Settings:
     """Read the environment (overrides win); raise ConfigError with a one-line message."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as error:
         raise ConfigError(describe(error)) from None
+    except SettingsError as error:
+        raise ConfigError(_unparsed(error)) from None
+
+
+#: The prefix of every variable the bridge reads.
+ENV_PREFIX = "BRIDGE_"
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """``BRIDGE_*`` names in ``environ`` that are no setting, each with the closest one.
+
+    The environment is read case-insensitively, like pydantic-settings reads it. A typo
+    such as BRIDGE_POLL_INTERVALL is otherwise silently ignored (``extra="ignore"``), and
+    the bridge runs with the default the operator meant to change.
+    """
+    known = [name.upper() for name in Settings.model_fields]
+    found: list[tuple[str, str | None]] = []
+    for variable in sorted(environ):
+        upper = variable.upper()
+        if not upper.startswith(ENV_PREFIX) or upper[len(ENV_PREFIX) :] in known:
+            continue
+        # Matched without the prefix, which every name shares and would make all look close.
+        close = difflib.get_close_matches(upper[len(ENV_PREFIX) :], known, n=1, cutoff=0.6)
+        found.append((variable, ENV_PREFIX + close[0] if close else None))
+    return found

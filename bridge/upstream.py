@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from bridge import run_id as run_ids
 from bridge.errors import (
@@ -101,7 +102,13 @@ class UpstreamClient:
         self._session = aiohttp.ClientSession(
             timeout=timeout,
             connector=connector,
-            headers={"Accept": "application/json", "User-Agent": "sse-bridge"},
+            # BRIDGE_UPSTREAM_HEADERS go with every request, in both modes; in viewer mode
+            # none of them can be a forwarded one (a configuration error).
+            headers={
+                "Accept": "application/json",
+                "User-Agent": "sse-bridge",
+                **self._settings.upstream_headers,
+            },
             # The bridge forwards cookies as headers; it keeps none of its own.
             cookie_jar=aiohttp.DummyCookieJar(),
             raise_for_status=False,
@@ -176,8 +183,10 @@ class UpstreamClient:
     async def _get(self, url: str, headers: Mapping[str, str]) -> dict[str, Any]:
         assert self._session is not None
         try:
+            # encoded=True: the run id is percent-encoded already (run_id.upstream_path);
+            # yarl must not decode %2B back into a "+" that a query would read as a space.
             async with self._session.get(
-                url, headers=dict(headers), allow_redirects=False
+                URL(url, encoded=True), headers=dict(headers), allow_redirects=False
             ) as response:
                 if UpstreamRefused.handles(response.status):
                     raise UpstreamRefused(response.status)

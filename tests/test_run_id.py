@@ -23,6 +23,10 @@ ACCEPTED = [
     str(uuid.UUID(int=0x1234567890ABCDEF1234567890ABCDEF)),
     uuid.UUID(int=0xFEDCBA9876543210FEDCBA9876543210).hex,
     "x" * 128,
+    # Airflow's ids, and the other characters the contract admits.
+    "manual__2026-11-30T12:00:00+00:00",
+    "a:b",
+    "a+b~c",
 ]
 
 REJECTED = [
@@ -43,7 +47,7 @@ REJECTED = [
     "a?b",
     "a#b",
     "a@b",
-    "a:b",
+    "a!b",
     "a;b",
     "a\\b",
     "a\x00",

@@ -1,16 +1,18 @@
-"""The Classifier: which event a status object is sent as."""
+"""The StatusReader: which state, event, progress and fingerprint a status object has."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from bridge import sse
-from bridge.settings import load
-from bridge.status import Classifier, is_terminal
+from bridge.services import status_reader
+from bridge.settings import ConfigError, load
+from bridge.status import ExpressionError, StatusReader, field_expr, is_terminal
 
-DEFAULT = Classifier("status", frozenset({"completed"}), frozenset({"failed", "cancelled"}))
+DEFAULT = StatusReader(state_expr=".status", success=["completed"], failure=["failed", "cancelled"])
 
 
 @pytest.mark.parametrize(
@@ -26,7 +28,9 @@ DEFAULT = Classifier("status", frozenset({"completed"}), frozenset({"failed", "c
         ({"status": 1}, sse.PROGRESS),
         ({"status": ["completed"]}, sse.PROGRESS),
         ({"status": {"completed": True}}, sse.PROGRESS),
-        ({"status": "COMPLETED"}, sse.PROGRESS),
+        # States are compared case-insensitively (the contract), but never trimmed.
+        ({"status": "COMPLETED"}, sse.COMPLETE),
+        ({"status": "Failed"}, sse.ERROR),
         ({"status": "completed "}, sse.PROGRESS),
         ({"status": "completed\n"}, sse.PROGRESS),
         ({"status": "completed\x00"}, sse.PROGRESS),
@@ -35,26 +39,168 @@ DEFAULT = Classifier("status", frozenset({"completed"}), frozenset({"failed", "c
     ],
 )
 def test_event_for_default_states(status: dict[str, Any], event: str) -> None:
-    assert DEFAULT.event_for(status) == event
+    assert DEFAULT.read(status).event == event
 
 
 def test_event_for_reads_the_configured_field_and_states() -> None:
     settings = load(status_field="state", success_statuses="DONE,ok", failure_statuses="boom")
-    classifier = Classifier(
-        settings.status_field,
-        frozenset(settings.success_statuses),
-        frozenset(settings.failure_statuses),
-    )
-    assert classifier.event_for({"state": "DONE"}) == sse.COMPLETE
-    assert classifier.event_for({"state": "ok"}) == sse.COMPLETE
-    assert classifier.event_for({"state": "boom"}) == sse.ERROR
-    assert classifier.event_for({"state": "completed"}) == sse.PROGRESS
-    assert classifier.event_for({"status": "DONE"}) == sse.PROGRESS
-    assert classifier.state({"state": 3}) is None
-    assert classifier.state({"state": "x"}) == "x"
+    reader = status_reader(settings)
+    assert reader.read({"state": "DONE"}).event == sse.COMPLETE
+    assert reader.read({"state": "done"}).event == sse.COMPLETE
+    assert reader.read({"state": "ok"}).event == sse.COMPLETE
+    assert reader.read({"state": "boom"}).event == sse.ERROR
+    assert reader.read({"state": "completed"}).event == sse.PROGRESS
+    assert reader.read({"status": "DONE"}).event == sse.PROGRESS
+    assert reader.read({"state": 3}).state == "3"
+    assert reader.read({"state": True}).state == "true"
+    assert reader.read({"state": "x"}).state == "x"
 
 
 def test_only_complete_and_error_are_terminal() -> None:
     assert is_terminal(sse.COMPLETE) and is_terminal(sse.ERROR)
     for name in (sse.PROGRESS, sse.PING, sse.TIMEOUT, "completed", "failed", ""):
         assert not is_terminal(name)
+
+
+def test_field_names_that_are_not_identifiers_are_quoted() -> None:
+    assert field_expr("status") == ".status"
+    assert field_expr("run-state") == '."run-state"'
+    reader = StatusReader(state_expr=field_expr("run-state"), success=["ok"], failure=[])
+    assert reader.read({"run-state": "ok"}).event == sse.COMPLETE
+
+
+@pytest.mark.parametrize(
+    ("expr", "status", "state"),
+    [
+        (".job.state", {"job": {"state": "DONE"}}, "DONE"),
+        (".job.state", {"job": None}, None),
+        (".job.state", {}, None),
+        (
+            ".state.result_state // .state.life_cycle_state",
+            {"state": {"life_cycle_state": "RUNNING"}},
+            "RUNNING",
+        ),
+        (
+            'if .status == "completed" then .conclusion else .status end',
+            {"status": "completed", "conclusion": "failure"},
+            "failure",
+        ),
+        (
+            'if .done then (if .error then "failed" else "succeeded" end) else "running" end',
+            {"done": True, "error": {"code": 3}},
+            "failed",
+        ),
+        ("empty", {"status": "x"}, None),
+        (".a, .b", {"a": "first", "b": "second"}, "first"),
+    ],
+)
+def test_state_expressions(expr: str, status: dict[str, Any], state: str | None) -> None:
+    reader = StatusReader(
+        state_expr=expr, success=["done", "succeeded"], failure=["failed", "failure"]
+    )
+    reading = reader.read(status)
+    assert reading.state == state
+    assert reading.problem is None
+
+
+@pytest.mark.parametrize(
+    ("expr", "status"),
+    [
+        (".job", {"job": {"state": "x"}}),  # an object is not a state
+        (".list", {"list": ["a"]}),
+        ('error("boom")', {}),
+        (".a.b", {"a": "text"}),  # cannot index a string: jq raises
+        (".s", {"s": "x" * 100_000}),  # a huge string is not a state
+    ],
+)
+def test_odd_outputs_count_as_still_going_and_say_why(expr: str, status: dict[str, Any]) -> None:
+    reading = StatusReader(state_expr=expr, success=["x"], failure=[]).read(status)
+    assert reading.state is None and reading.event == sse.PROGRESS
+    assert reading.problem is not None
+    # The status itself never reaches the log line.
+    assert "text" not in reading.problem and "xxxx" not in reading.problem
+
+
+def test_ignored_fields_leave_the_fingerprint_and_not_the_data() -> None:
+    reader = StatusReader(
+        state_expr=".status",
+        success=["completed"],
+        failure=[],
+        ignore_fields=[".updated_at", ".meta.served_at", ".nodes[].heartbeat"],
+    )
+    one = {
+        "status": "running",
+        "updated_at": 1,
+        "meta": {"served_at": 1, "v": 1},
+        "nodes": [{"id": "a", "heartbeat": 1}],
+    }
+    two = {
+        "status": "running",
+        "updated_at": 2,
+        "meta": {"served_at": 2, "v": 1},
+        "nodes": [{"id": "a", "heartbeat": 2}],
+    }
+    three = {**two, "meta": {"served_at": 2, "v": 2}}
+    assert reader.read(one).fingerprint == reader.read(two).fingerprint
+    assert reader.read(two).fingerprint != reader.read(three).fingerprint
+    assert json.loads(reader.read(one).fingerprint) == {
+        "status": "running",
+        "meta": {"v": 1},
+        "nodes": [{"id": "a"}],
+    }
+
+
+def test_progress_is_a_number_from_0_to_1() -> None:
+    reader = StatusReader(state_expr=".s", success=[], failure=["f"], progress_expr=".p / 100")
+    assert reader.read({"p": 50}).progress == 0.5
+    assert reader.read({"p": 150}).progress == 1.0
+    assert reader.read({"p": -5}).progress == 0.0
+    # jq cannot divide null: no progress, said for `inspect`, not a state problem.
+    missing = reader.read({})
+    assert missing.progress is None and missing.progress_problem is not None
+    assert missing.problem is None
+    odd = StatusReader(state_expr=".s", success=[], failure=["f"], progress_expr=".p")
+    assert odd.read({"p": "half"}).progress is None
+    assert odd.read({"p": "half"}).progress_problem is not None
+    assert odd.read({"p": True}).progress is None
+    assert odd.read({}).progress is None
+
+
+def test_a_filter_that_does_not_compile_is_one_line() -> None:
+    with pytest.raises(ExpressionError) as caught:
+        StatusReader(state_expr=".[", success=[], failure=["x"])
+    assert "\n" not in str(caught.value) and "state expression" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "variable"),
+    [
+        ({"state_expr": ".["}, "BRIDGE_STATE_EXPR"),
+        ({"progress_expr": "1 +"}, "BRIDGE_PROGRESS_EXPR"),
+        ({"ignore_fields": ".a,.b["}, "BRIDGE_IGNORE_FIELDS"),
+        ({"state_expr": ".state", "status_field": "state"}, "BRIDGE_STATE_EXPR"),
+        ({"profile": "no-such-api"}, "BRIDGE_PROFILE"),
+        ({"upstream_headers": {"authorization": "Bearer x"}}, "BRIDGE_UPSTREAM_HEADERS"),
+    ],
+)
+def test_configuration_errors_name_the_variable(overrides: dict[str, Any], variable: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(**overrides)
+    message = str(caught.value)
+    assert variable in message and "\n" not in message
+    assert "Bearer x" not in message
+
+
+def test_upstream_headers_are_fine_in_forward_auth_mode_and_when_not_forwarded() -> None:
+    assert load(upstream_headers={"X-Api-Version": "2"}).upstream_headers == {"X-Api-Version": "2"}
+    settings = load(auth_url="http://127.0.0.1:9/auth", upstream_headers={"Authorization": "k"})
+    assert settings.upstream_headers == {"Authorization": "k"}
+
+
+def test_unknown_states_are_flagged_once_and_usual_ones_never() -> None:
+    reader = StatusReader(state_expr=".s", success=["completed"], failure=["failed"])
+    assert reader.read({"s": "running"}).known
+    assert reader.read({"s": "Queued"}).known
+    assert reader.read({"s": "completed"}).known
+    assert not reader.read({"s": "DONE"}).known
+    assert reader.first_warning("DONE") and not reader.first_warning("done")

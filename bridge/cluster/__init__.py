@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 
 from prometheus_client import Gauge
@@ -25,6 +26,7 @@ from bridge.errors import ClusterUnavailable
 from bridge.ledger import Ledger, LedgerBackend
 from bridge.metrics import Metrics
 from bridge.settings import Settings
+from bridge.status import Reading, StatusReader
 
 __all__ = ["RedisBackend"]
 
@@ -39,9 +41,10 @@ class RedisBackend(LedgerBackend):
 
     keeps_ended_runs = True
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, reader: StatusReader) -> None:
         self._settings = settings
         self._metrics = metrics
+        self._reader = reader
         self.link = RedisLink(settings, self._deliver)
         lease_ms = int(lease_seconds(settings) * 1000)
         self.store = Store(
@@ -96,6 +99,7 @@ class RedisBackend(LedgerBackend):
             store=self.store,
             # A poller's own lease token: this replica, this poller.
             token=f"{self._replica}-{next(self._serial)}",
+            read=self._read,
             on_close=self._closed,
         )
         self._ledgers[key] = ledger
@@ -129,6 +133,14 @@ class RedisBackend(LedgerBackend):
                 await self.store.resign([(ledger.key, ledger.token) for ledger in ledgers])
         except REDIS_FAILURES as error:
             self.link.trouble(error)
+
+    def _read(self, data: str) -> Reading | None:
+        """A status another replica committed, read as this one reads its own."""
+        try:
+            status = json.loads(data)
+        except ValueError:
+            return None
+        return self._reader.read(status, data) if isinstance(status, dict) else None
 
     def _deliver(self, message: bytes) -> None:
         """A message of the events channel: to this replica's ledger of its key, if any."""

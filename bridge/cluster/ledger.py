@@ -40,7 +40,7 @@ from bridge.cluster.store import (
 from bridge.errors import ClusterUnavailable
 from bridge.ledger import Ledger, Observation, changed, end_status
 from bridge.metrics import Metrics
-from bridge.status import is_terminal
+from bridge.status import Reading, is_terminal
 
 log = logging.getLogger("bridge.cluster")
 
@@ -56,6 +56,7 @@ class RedisLedger(Ledger):
         link: RedisLink,
         store: Store,
         token: str,
+        read: Callable[[str], Reading | None],
         on_close: Callable[[RedisLedger], Coroutine[Any, Any, None]],
     ) -> None:
         super().__init__(channel, metrics)
@@ -65,6 +66,8 @@ class RedisLedger(Ledger):
         self._link = link
         self._store = store
         self._on_close = on_close
+        #: Reads a status another replica committed (its state, progress, fingerprint).
+        self._read = read
         self._active = True
         self._diverged = False
 
@@ -92,7 +95,8 @@ class RedisLedger(Ledger):
                 done = await self._guarded(self._commit("", "", ""))
             else:
                 kind = TERMINAL if is_terminal(observation.name) else PROGRESS
-                done = await self._guarded(self._commit(observation.name, kind, observation.data))
+                commit = self._commit(observation.name, kind, observation.data, observation.reading)
+                done = await self._guarded(commit)
             if done or not self.leads or self._diverged:
                 return
 
@@ -149,7 +153,9 @@ class RedisLedger(Ledger):
             self.leads = False
             raise ClusterUnavailable() from None
 
-    async def _commit(self, name: str, kind: str, data: str) -> bool:
+    async def _commit(
+        self, name: str, kind: str, data: str, reading: Reading | None = None
+    ) -> bool:
         """One commit on top of the local copy; False (after catching up) if refused."""
         history = self.channel.history
         result = await self._store.commit(
@@ -159,7 +165,7 @@ class RedisLedger(Ledger):
             self.fresh = True
             if name:
                 self.channel.mirror(
-                    result.epoch, result.seq, name, data, synthetic=kind == SYNTHETIC
+                    result.epoch, result.seq, name, data, reading, synthetic=kind == SYNTHETIC
                 )
                 self._published(name)
             return True
@@ -213,9 +219,13 @@ class RedisLedger(Ledger):
         await self._store.restore(self.key, record)
 
     def _apply(self, record: Record) -> bool:
-        if not record.data.startswith("{"):
-            return False  # not a status object: a record this cluster never wrote
+        if record.synthetic:
+            reading = None  # the bridge's own error, not an upstream status
+        else:
+            reading = self._read(record.data)
+            if reading is None:
+                return False  # not a status object: a record this cluster never wrote
         event = self.channel.mirror(
-            record.epoch, record.seq, record.name, record.data, synthetic=record.synthetic
+            record.epoch, record.seq, record.name, record.data, reading, synthetic=record.synthetic
         )
         return event is not None

@@ -1,0 +1,234 @@
+"""Any legacy API by configuration alone: the real bridge against a real upstream whose
+shape is not seed 004's (nested state, upper-case states, a timestamp on every answer,
+the run id in the query string, ids with ':' and '+', static headers)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from bridge import run_id as run_ids
+from tests.support import running_bridge, sse, wait_for
+
+AIRFLOW_ID = "manual__2026-11-30T12:00:00+00:00"
+
+
+@dataclass
+class ScriptedApi:
+    """``GET /jobs/get?id=<id>`` (or ``/jobs/<id>``) answers the run's current status."""
+
+    statuses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    position: dict[str, int] = field(default_factory=dict)
+    served: int = 0
+    #: Every request's run id and headers, as the upstream saw them.
+    seen: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    url: str = ""
+
+    def advance(self, run_id: str) -> None:
+        self.position[run_id] = min(
+            self.position.get(run_id, 0) + 1, len(self.statuses[run_id]) - 1
+        )
+
+    async def handle(self, request: web.Request) -> web.Response:
+        run_id = request.query.get("id") or request.match_info.get("run_id", "")
+        self.seen.append((run_id, dict(request.headers)))
+        if run_id not in self.statuses:
+            return web.json_response({"message": "no such run"}, status=404)
+        self.served += 1
+        status = dict(self.statuses[run_id][self.position.get(run_id, 0)])
+        # A timestamp that changes on every answer, as many real APIs send.
+        status["server_time"] = self.served
+        return web.json_response(status)
+
+
+@asynccontextmanager
+async def scripted_api() -> AsyncIterator[ScriptedApi]:
+    api = ScriptedApi()
+    app = web.Application()
+    app.router.add_get("/jobs/get", api.handle)
+    app.router.add_get("/jobs/{run_id}", api.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    api.url = f"http://127.0.0.1:{port}"
+    try:
+        yield api
+    finally:
+        await runner.cleanup()
+
+
+NESTED = {
+    "state_expr": ".job.state",
+    "success_statuses": "done",
+    "failure_statuses": "failed,killed",
+    "ignore_fields": ".server_time",
+    "progress_expr": ".job.percent / 100",
+}
+
+
+async def test_a_nested_upper_case_state_ends_the_stream_and_timestamps_make_no_event() -> None:
+    async with scripted_api() as api:
+        api.statuses["j1"] = [
+            {"job": {"state": "QUEUED", "percent": 0}},
+            {"job": {"state": "RUNNING", "percent": 40}},
+            {"job": {"state": "DONE", "percent": 100}},
+        ]
+        async with (
+            running_bridge(api.url, upstream_run_path="/jobs/{run_id}", **NESTED) as b,
+            sse(f"{b.url}/v1/runs/j1/stream") as s,
+        ):
+            first = await s.next_named("progress")
+            assert json.loads(first.data)["job"]["state"] == "QUEUED"
+            # Several polls, each with a new server_time: no event.
+            polled = api.served
+            await wait_served(api, polled + 5)
+            api.advance("j1")
+            second = await s.next_named("progress", timeout=5)
+            # The event carries the status exactly as the upstream sent it.
+            assert json.loads(second.data)["job"] == {"state": "RUNNING", "percent": 40}
+            assert "server_time" in json.loads(second.data)
+            api.advance("j1")
+            done = await s.next_event(timeout=5)
+            assert done.event == "complete"
+            assert json.loads(done.data)["job"]["state"] == "DONE"
+            assert [e.event for e in s.events if e.event != "ping"] == [
+                "progress",
+                "progress",
+                "complete",
+            ]
+
+
+async def test_the_multi_stream_carries_state_and_progress() -> None:
+    async with scripted_api() as api:
+        api.statuses["j2"] = [
+            {"job": {"state": "RUNNING", "percent": 25}},
+            {"job": {"state": "KILLED", "percent": 50}},
+        ]
+        async with (
+            running_bridge(api.url, upstream_run_path="/jobs/{run_id}", **NESTED) as b,
+            sse(f"{b.url}/v1/streams?runs=j2") as s,
+        ):
+            first = json.loads((await s.next_named("progress")).data)
+            assert (first["state"], first["progress"]) == ("RUNNING", 0.25)
+            assert first["data"]["job"] == {"state": "RUNNING", "percent": 25}
+            api.advance("j2")
+            end = await s.next_named("error", timeout=5)
+            body = json.loads(end.data)
+            assert (body["state"], body["progress"]) == ("KILLED", 0.5)
+
+
+async def test_the_run_id_goes_in_the_query_string_percent_encoded() -> None:
+    async with scripted_api() as api:
+        api.statuses[AIRFLOW_ID] = [{"state": "success"}]
+        async with (
+            running_bridge(
+                api.url,
+                upstream_run_path="/jobs/get?id={run_id}",
+                state_expr=".state",
+                success_statuses="success",
+            ) as b,
+            sse(f"{b.url}/v1/runs/{AIRFLOW_ID}/stream") as s,
+        ):
+            event = await s.next_event()
+            assert event.event == "complete"
+        # '+' reached the upstream as '+', not as a space: it was sent as %2B.
+        assert api.seen[0][0] == AIRFLOW_ID
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["a&id=other", "a#x", "a?x=1", "a b", "a%2Fb", "a/b", "..", "a\u00e9", "a\nb", ""],
+)
+def test_hostile_ids_never_shape_the_query(hostile: str) -> None:
+    with pytest.raises(Exception) as caught:
+        run_ids.upstream_path("/jobs/get?id={run_id}&v=2", hostile)
+    assert type(caught.value).__name__ == "InvalidRunId"
+
+
+def test_accepted_ids_are_encoded_wherever_they_stand() -> None:
+    assert run_ids.upstream_path("/jobs/get?id={run_id}&v=2", "a:b+c~d") == (
+        "/jobs/get?id=a%3Ab%2Bc~d&v=2"
+    )
+    assert run_ids.upstream_path("/runs/{run_id}", AIRFLOW_ID) == (
+        "/runs/manual__2026-11-30T12%3A00%3A00%2B00%3A00"
+    )
+
+
+async def test_upstream_headers_go_with_every_request_in_viewer_mode() -> None:
+    async with scripted_api() as api:
+        api.statuses["h1"] = [{"state": "done"}]
+        headers = {"X-Api-Version": "2022-11-28", "Accept": "application/vnd.example+json"}
+        async with (
+            running_bridge(
+                api.url,
+                upstream_run_path="/jobs/{run_id}",
+                state_expr=".state",
+                success_statuses="done",
+                upstream_headers=headers,
+            ) as b,
+            sse(f"{b.url}/v1/runs/h1/stream", headers={"Authorization": "Bearer viewer"}) as s,
+        ):
+            assert (await s.next_event()).event == "complete"
+        _, seen = api.seen[0]
+        assert seen["X-Api-Version"] == "2022-11-28"
+        assert seen["Accept"] == "application/vnd.example+json"
+        assert seen["Authorization"] == "Bearer viewer"
+
+
+async def test_a_state_the_expression_cannot_find_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with scripted_api() as api:
+        api.statuses["lost"] = [{"job": {"state": "DONE"}}]
+        caplog.set_level(logging.WARNING, logger="bridge.poller")
+        async with (
+            running_bridge(api.url, upstream_run_path="/jobs/{run_id}") as b,
+            sse(f"{b.url}/v1/runs/lost/stream") as s,
+        ):
+            await s.next_named("progress")
+            await wait_served(api, 12)
+        lines = [r.getMessage() for r in caplog.records if "run lost" in r.getMessage()]
+        assert len(lines) == 1, lines
+        assert "BRIDGE_STATE_EXPR" in lines[0] and "inspect" in lines[0]
+
+
+async def test_an_unknown_state_is_logged_once_per_process(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with scripted_api() as api:
+        api.statuses["u1"] = [{"status": "DONE"}]
+        api.statuses["u2"] = [{"status": "DONE"}]
+        caplog.set_level(logging.WARNING, logger="bridge.poller")
+        async with running_bridge(api.url, upstream_run_path="/jobs/{run_id}") as b:
+            async with (
+                sse(f"{b.url}/v1/runs/u1/stream") as s1,
+                sse(f"{b.url}/v1/runs/u2/stream") as s2,
+            ):
+                await s1.next_named("progress")
+                await s2.next_named("progress")
+                await wait_served(api, 16)
+        lines = [r.getMessage() for r in caplog.records if "'DONE'" in r.getMessage()]
+        assert len(lines) == 1, lines
+        assert "BRIDGE_SUCCESS_STATUSES" in lines[0]
+
+
+async def wait_served(api: ScriptedApi, count: int) -> None:
+    """Until the upstream has answered ``count`` status requests (bounded)."""
+    await wait_for(lambda: api.served >= count)
+
+
+async def test_the_scripted_api_is_real() -> None:
+    async with scripted_api() as api:
+        api.statuses["r"] = [{"state": "x"}]
+        async with aiohttp.ClientSession() as http, http.get(f"{api.url}/jobs/get?id=r") as r:
+            assert r.status == 200 and (await r.json())["state"] == "x"
