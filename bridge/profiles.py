@@ -55,7 +55,8 @@ class Profile:
 # neutral, cancelled, timed_out, action_required, skipped, stale, startup_failure; the
 # conclusion is null until completed); the REST page for the endpoint and its headers;
 # "Using conditions to control job execution" ("A job that is skipped will report its
-# status as Success. It will not prevent a pull request from merging").
+# status as Success. It will not prevent a pull request from merging", read as quoted
+# from that page, not the page itself).
 GITHUB_ACTIONS = Profile(
     name="github-actions",
     summary="GitHub Actions workflow runs (REST: GET /repos/{owner}/{repo}/actions/runs/{id})",
@@ -182,14 +183,16 @@ AZURE_OPERATIONS = Profile(
 # Checked: hudson.model.Result (SUCCESS "no errors", UNSTABLE "some errors but they were
 # not fatal. For example, some tests failed", FAILURE "a fatal error", NOT_BUILT "the
 # module was not built", ABORTED "manually aborted") and the build's isBuilding/getResult
-# ("When a build is in progress, this method returns an intermediate result").
+# ("When a build is in progress, this method returns an intermediate result"), both read
+# in the Jenkins core sources those javadoc pages render. The JSON carries the same
+# exported properties (`building`, `result`); the jenkins.io remote-access-api book page
+# was not returned by the search tool.
 JENKINS = Profile(
     name="jenkins",
     summary="Jenkins builds (remote access API: GET /job/<name>/<number>/api/json)",
     docs=(
         "https://javadoc.jenkins.io/hudson/model/Result.html",
         "https://javadoc.jenkins.io/jenkins/model/HistoricalBuild.html",
-        "https://www.jenkins.io/doc/book/using/remote-access-api/",
     ),
     # `result` may be set while the build still runs (a pipeline step can mark it
     # FAILURE or UNSTABLE and carry on), so `building` decides first: "BUILDING" is a
@@ -213,9 +216,10 @@ JENKINS = Profile(
 # Checked: kubernetes.io "Jobs": terminal conditions Complete (succeeded) and Failed
 # (failed), added only after all Pods terminated (v1.31+); FailureTarget and
 # SuccessCriteriaMet are added first to trigger that termination; a Suspended condition
-# with status "True" means suspended. JobStatus: `active` is "the number of pending and
-# running pods"; `completions` the desired number of successfully finished pods.
-# ObjectMeta: managedFields "is mostly for internal housekeeping".
+# with status "True" means suspended (read in kubernetes/website's job.md). JobStatus:
+# `active` is "the number of pending and running pods"; `completions` the desired number
+# of successfully finished pods. ObjectMeta: managedFields "is mostly for internal
+# housekeeping" (both read as the API's OpenAPI descriptions, which those pages render).
 KUBERNETES_JOBS = Profile(
     name="kubernetes-jobs",
     summary="Kubernetes batch/v1 Jobs (GET /apis/batch/v1/namespaces/<ns>/jobs/<name>)",
@@ -261,8 +265,9 @@ KUBERNETES_JOBS = Profile(
 # INTERNAL_ERROR "terminal", BLOCKED, WAITING_FOR_RETRY; RunResultState "only available
 # for terminal lifecycle states": SUCCESS, FAILED, TIMEDOUT, CANCELED,
 # MAXIMUM_CONCURRENT_RUNS_REACHED, EXCLUDED, SUCCESS_WITH_FAILURES, UPSTREAM_FAILED,
-# UPSTREAM_CANCELED, DISABLED). The search tool did not return the docs.databricks.com
-# runs/get page itself; the SDK pages carry the API's own descriptions.
+# UPSTREAM_CANCELED, DISABLED). The search tool did not return the official page
+# (docs.databricks.com/api/workspace/jobs/getrun); the SDK pages carry the API's own
+# descriptions of the two fields.
 DATABRICKS_RUNS = Profile(
     name="databricks-runs",
     summary="Databricks job runs (Jobs API 2.1: GET /api/2.1/jobs/runs/get?run_id=<id>)",
@@ -270,7 +275,6 @@ DATABRICKS_RUNS = Profile(
         "https://databricks.github.io/sdk-js/api/variables/_databricks_sdk-jobs.v2.RunLifeCycleState_RunLifeCycleState.html",
         "https://databricks.github.io/sdk-js/api/types/_databricks_sdk-jobs.v2.RunResultState_RunResultState.html",
         "https://databricks.github.io/sdk-js/api/interfaces/_databricks_sdk-jobs.v2.RunState.html",
-        "https://docs.databricks.com/api/workspace/jobs/getrun",
     ),
     # The result only counts once the life cycle is TERMINATED (result_state may show
     # during TERMINATING); SKIPPED and INTERNAL_ERROR are terminal life cycle states in
@@ -336,9 +340,10 @@ ARGO_WORKFLOWS = Profile(
 
 # Apache Airflow stable REST API, GET /api/v1/dags/{dag_id}/dagRuns/{dag_run_id}.
 # Checked: the stable REST API reference, DAGRun.state is a DagState: queued, running,
-# success, failed ("Changed in version 2.1.3: 'queued' is added"); DAGRun carries
-# `last_scheduling_decision`, which DagRun.update_state (airflow/models/dagrun.py) sets
-# to now on every scheduler loop that examines a running run.
+# success, failed ("Changed in version 2.1.3: 'queued' is added", read as the spec's text
+# in the generated API client); DAGRun carries `last_scheduling_decision`, which
+# DagRun.update_state (airflow/models/dagrun.py) sets to now on every scheduler loop that
+# examines a running run.
 AIRFLOW_DAG_RUNS = Profile(
     name="airflow-dag-runs",
     summary="Apache Airflow DAG runs (stable REST API: GET /api/v1/dags/<dag>/dagRuns/<run>)",
@@ -392,11 +397,12 @@ REPLICATE_PREDICTIONS = Profile(
 )
 
 # OpenAI Batch API, GET /v1/batches/{batch_id}.
-# Checked: the Batch guide's status table (validating, failed "the input file has failed
-# the validation process", in_progress, finalizing, completed, expired "not able to be
-# completed within the 24-hour time window", cancelling "may take up to 10 minutes",
-# cancelled) and the batch object (request_counts total/completed/failed), read through
-# the openai-python types generated from OpenAI's spec.
+# Checked: the Batch guide's status table, read through a verbatim copy (validating,
+# failed "the input file has failed the validation process", in_progress, finalizing,
+# completed, expired "not able to be completed within the 24-hour time window",
+# cancelling "may take up to 10 minutes", cancelled) and the batch object
+# (request_counts total/completed/failed), read through the openai-python types
+# generated from OpenAI's spec.
 OPENAI_BATCHES = Profile(
     name="openai-batches",
     summary="OpenAI batches (GET /v1/batches/{batch_id})",

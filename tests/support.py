@@ -73,7 +73,11 @@ async def running_bridge(
     sock = sock or loopback_socket()
     port = sock.getsockname()[1]
     stop = asyncio.Event()
-    task = asyncio.create_task(serve(app, settings, shutdown_trigger=stop.wait, sock=sock))
+
+    async def stopped() -> None:
+        await stop.wait()
+
+    task = asyncio.create_task(serve(app, settings, shutdown_trigger=stopped, sock=sock))
     url = f"http://127.0.0.1:{port}"
     try:
         await wait_until_ready(url, task)
