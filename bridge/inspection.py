@@ -300,12 +300,19 @@ def examine(settings: Settings, status: dict[str, Any]) -> Examination:
     if reading.state is None or state_problem:
         code, hint = EXIT_MISREAD, _missing_hint(settings, reading, candidates)
     elif not reading.known:
-        code, hint = EXIT_MISREAD, _unknown_hint(settings, reading.state, finished_by)
+        hint = _unknown_hint(settings, reading.state, finished_by)
+        # Only a status that looks finished is surely misread: an unusual in-progress
+        # state (say "compiling") is fine as it is, and is shown with the hint.
+        if finished_by is not None:
+            code = EXIT_MISREAD
     elif reading.problem is not None:
-        variable = (
-            "BRIDGE_PROGRESS_EXPR" if "progress" in reading.problem else "BRIDGE_IGNORE_FIELDS"
+        code, hint = EXIT_MISREAD, f"check BRIDGE_IGNORE_FIELDS: {reading.problem}"
+    if hint is None and reading.progress_problem is not None:
+        # A run without progress yet (queued) is common: said, not an error.
+        hint = (
+            f"check BRIDGE_PROGRESS_EXPR: {reading.progress_problem} (fine while the run has "
+            "no progress yet; `(.x // 0)` gives 0 instead)"
         )
-        code, hint = EXIT_MISREAD, f"check {variable}: {reading.problem}"
     return Examination(
         state_expr=settings.state_filter,
         state_source=_state_source(settings),
@@ -416,7 +423,7 @@ def render(inspection: Inspection, settings: Settings, out: TextIO) -> None:
     r = e.reading
 
     def row(label: str, value: str | Text, style: str = "") -> None:
-        line = Text(f"{label:<17}", style="bold")
+        line = Text(f"{label:<18}", style="bold")
         line.append(value if isinstance(value, Text) else Text(value, style=style))
         console.print(line)
 
@@ -448,7 +455,7 @@ def render(inspection: Inspection, settings: Settings, out: TextIO) -> None:
             f"failure (in BRIDGE_FAILURE_STATUSES: {','.join(settings.failure_statuses)})",
             "green",
         ),
-        "in progress": ("in progress (a usual in-progress state)", "green"),
+        "in progress": ("in progress (a known in-progress state)", "green"),
         "unknown": ("in no list and not a usual in-progress state: counts as still going", "red"),
         "none": ("still going, for want of a state", "red"),
     }
