@@ -13,16 +13,18 @@ demo's run list are bridge/dashboard.py's.
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections.abc import AsyncGenerator, AsyncIterator
 from functools import partial
 
+from pydantic import SecretStr
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException, NotFound
 
 from bridge import run_id as run_ids
 from bridge.cors import install_cors
 from bridge.dashboard import register_dashboard
-from bridge.errors import BridgeError, Draining, InvalidRunId
+from bridge.errors import BridgeError, Draining, InvalidRunId, PokeDisabled, PokeUnauthorized
 from bridge.hypercorn_transport import CaptureSend, fast_path_transport
 from bridge.multi import multi_frames, parse_runs
 from bridge.opening import Framer, RunRefused, stream_body
@@ -194,5 +196,34 @@ def create_app(settings: Settings) -> Quart:
         viewer = viewer_of(services, stream=False)
         return await open_stream(services, viewer, runs, multi_frames, name_run=True)
 
+    @app.post("/v1/runs/<run_id>/poll")
+    async def poke(run_id: str) -> Response:
+        # Checked before the id, so that nothing about runs is told without the token.
+        refusal = poke_refusal(settings.poke_token, request.headers.get("Authorization"))
+        if refusal is not None:
+            services.metrics.pokes.labels(refusal.code).inc()
+            response = error_response(refusal)
+            if isinstance(refusal, PokeUnauthorized):
+                response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        run_ids.validate(run_id)
+        poked = await services.pollers.poke(run_id)
+        services.metrics.pokes.labels(poked.outcome).inc()
+        body = {"run_id": run_id, "outcome": poked.outcome, "pollers": poked.pollers}
+        return Response(encode_json(body), status=202, content_type="application/json")
+
     register_dashboard(app, services)
     return app
+
+
+def poke_refusal(token: SecretStr | None, authorization: str | None) -> BridgeError | None:
+    """Why a poke is refused (404 when poke is off, 401 without the token), else None."""
+    if token is None:
+        return PokeDisabled()
+    scheme, _, given = (authorization or "").strip().partition(" ")
+    # compare_digest: the time taken tells nothing about how much of the token matched.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.get_secret_value().encode()
+    ):
+        return PokeUnauthorized()
+    return None

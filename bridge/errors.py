@@ -6,6 +6,8 @@
     ├── OverCapacity             503 over_capacity: the bridge is at its connection limit
     ├── TooManyStreams           429 too_many_streams: this client is at its connection limit
     ├── Draining                 503 draining: the bridge is shutting down
+    ├── PokeDisabled             404 poke_disabled: POST .../poll without BRIDGE_POKE_TOKEN
+    ├── PokeUnauthorized         401 unauthorized: a poke without the right bearer token
     ├── ClusterUnavailable       503 cluster_unavailable: cluster mode cannot reach its Redis,
     │                            so a run can be neither shared nor started
     └── UpstreamError            anything the upstream said or failed to say
@@ -66,6 +68,22 @@ class Draining(BridgeError):
     status = 503
     code = "draining"
     retry_after = 1.0
+
+
+class PokeDisabled(BridgeError):
+    status = 404
+    code = "poke_disabled"
+
+    def __init__(self) -> None:
+        super().__init__("Poke is off on this bridge (BRIDGE_POKE_TOKEN is not set).")
+
+
+class PokeUnauthorized(BridgeError):
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self) -> None:
+        super().__init__("A poke needs Authorization: Bearer <BRIDGE_POKE_TOKEN>.")
 
 
 class ClusterUnavailable(BridgeError):

@@ -10,12 +10,14 @@ decides what an answer *becomes*. The whole seam is the two classes below:
       .digest_secret()              the key of the credentials digest (shared by replicas)
       .open(key, channel)           a Ledger for one poller
       .health()                     what /readyz adds about the backend
+      .relay_poke(run_id)           carry a poke to the replica that polls the run
       .hold_resignations() / .resign_held()
                                     shutdown: give every lease up in one go, not one by one
 
     Ledger          one per poller (per run and credentials)
       .sync(active)                 before each step: learn what others did (False: stop)
       .record(observation)          a polled status: an event if it changed
+      .still()                      a poll the upstream answered 304 Not Modified
       .end(code, message)           the bridge's own terminal error (refused, gave up)
       .close()                      the poller stopped
       .leads / .fresh / .others / .since_poll
@@ -73,6 +75,9 @@ class Ledger(ABC):
         self.nudge: Callable[[], None] = _nothing
         #: Tells the poller the channel changed between steps (the poller sets its own).
         self.news: Callable[[], None] = _nothing
+        #: Asks the poller to poll at once (a poke; the poller sets its own): False when
+        #: one was already pending.
+        self.poke: Callable[[], bool] = _refuse
 
     @abstractmethod
     async def sync(self, *, active: bool) -> bool:
@@ -84,6 +89,10 @@ class Ledger(ABC):
     @abstractmethod
     async def record(self, observation: Observation) -> None:
         """A status the leader just polled: an event if it differs from the latest."""
+
+    @abstractmethod
+    async def still(self) -> None:
+        """The leader polled and the upstream said nothing changed (304 Not Modified)."""
 
     @abstractmethod
     async def end(self, code: str, message: str) -> bool:
@@ -100,6 +109,10 @@ class Ledger(ABC):
 
 def _nothing() -> None:
     pass
+
+
+def _refuse() -> bool:
+    return False
 
 
 def changed(channel: Channel, observation: Observation) -> bool:
@@ -130,6 +143,9 @@ class LocalLedger(Ledger):
             return
         self.channel.publish(observation.name, observation.data, observation.reading)
         self._published(observation.name)
+
+    async def still(self) -> None:
+        self.fresh = True
 
     async def end(self, code: str, message: str) -> bool:
         self.fresh = True
@@ -170,6 +186,10 @@ class LedgerBackend(ABC):
         return True, {}
 
     @abstractmethod
+    async def relay_poke(self, run_id: str) -> bool:
+        """Carry a poke of ``run_id`` to the replica polling it; False: poke locally."""
+
+    @abstractmethod
     def hold_resignations(self) -> None:
         """Shutdown begins: ledgers closed from now on leave their leases to ``resign_held``."""
 
@@ -197,6 +217,9 @@ class MemoryBackend(LedgerBackend):
 
     async def close(self) -> None:
         pass
+
+    async def relay_poke(self, run_id: str) -> bool:
+        return False  # one process: the registry pokes its own pollers
 
     def hold_resignations(self) -> None:
         pass

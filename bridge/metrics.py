@@ -43,6 +43,29 @@ class Metrics:
             "bridge_open_streams", "SSE streams open now", registry=self.registry
         )
         self.pollers = Gauge("bridge_pollers", "Pollers running now", registry=self.registry)
+        self.upstream_bytes = Counter(
+            "bridge_upstream_bytes",
+            "Status body bytes received from the upstream (after decompression)",
+            registry=self.registry,
+        )
+        self.polls_saved = Counter(
+            "bridge_polls_saved_by_sharing",
+            "Upstream polls the viewers of a shared poller would have made on their own",
+            registry=self.registry,
+        )
+        self.pokes = Counter(
+            "bridge_pokes",
+            "POST /v1/runs/{id}/poll requests, by what became of them",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.poll_interval = Gauge(
+            "bridge_poll_interval_seconds",
+            "The poll interval in force for runs in each configured state group "
+            "(BRIDGE_POLL_INTERVALS keys, or 'default')",
+            ["state"],
+            registry=self.registry,
+        )
         self.fast_path_streams = Gauge(
             "bridge_fast_path_streams",
             "Open streams whose live frames are written straight to the socket",

@@ -24,20 +24,21 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 from bridge import sse
 from bridge.channel import Channel, ChannelKey
 from bridge.errors import ClusterUnavailable, UpstreamError, UpstreamRefused
 from bridge.ledger import Ledger, Observation
+from bridge.metrics import Metrics
 from bridge.resilience import Backoff
 from bridge.settings import Settings
 from bridge.status import Reading, StatusReader
+from bridge.upstream import Fetched, Validators
 
 log = logging.getLogger("bridge.poller")
 
-Fetch = Callable[[str, Mapping[str, str]], Awaitable[dict[str, Any]]]
+Fetch = Callable[[str, Mapping[str, str], Validators | None], Awaitable[Fetched]]
 
 #: Polls in a row without a readable state before the run is logged (once).
 UNREAD_POLLS = 3
@@ -47,10 +48,16 @@ UNREAD_POLLS = 3
 class Cadence:
     """The loop's timing, in seconds."""
 
+    #: BRIDGE_POLL_INTERVAL: polls of a run in any other state, and how often a
+    #: follower (cluster mode) syncs.
     interval: float
     backoff_max: float
     give_up: float
     linger: float
+    #: BRIDGE_POLL_INTERVALS, keys case-folded.
+    by_state: Mapping[str, float] = field(default_factory=dict)
+    #: BRIDGE_POLL_INTERVAL_MAX: the longest wait an upstream hint may ask for.
+    hint_max: float = 60.0
 
     @classmethod
     def of(cls, settings: Settings) -> Cadence:
@@ -60,7 +67,14 @@ class Cadence:
             backoff_max=max(settings.backoff_max, interval),
             give_up=settings.upstream_give_up,
             linger=settings.linger,
+            by_state=dict(settings.poll_intervals),
+            hint_max=settings.poll_interval_max,
         )
+
+    def for_state(self, state: str | None) -> float:
+        if state is None or not self.by_state:
+            return self.interval
+        return self.by_state.get(state.casefold(), self.interval)
 
 
 class Poller:
@@ -74,6 +88,7 @@ class Poller:
         fetch: Fetch,
         reader: StatusReader,
         on_stop: Callable[[Poller], None],
+        metrics: Metrics | None = None,
     ) -> None:
         self.key = key
         self.ledger = ledger
@@ -81,6 +96,11 @@ class Poller:
         self._cadence = cadence
         self._fetch_status = fetch
         self._reader = reader
+        self._metrics = metrics
+        #: The upstream's ETag / Last-Modified of this poller's last full answer.
+        self._validators: Validators | None = None
+        #: A poke came (POST /v1/runs/{id}/poll): poll at the next step, once.
+        self._poked = False
         #: Polls in a row whose state was missing, unreadable or unknown.
         self._unread = 0
         self._warned = False
@@ -100,6 +120,7 @@ class Poller:
         self._backoff = Backoff(cadence.interval, cadence.backoff_max)
         ledger.nudge = self.nudge
         ledger.news = self._on_news
+        ledger.poke = self.poke
 
     @property
     def channel(self) -> Channel:
@@ -127,6 +148,18 @@ class Poller:
         """Step now (the ledger learnt something) rather than at the next tick."""
         self._nudged = True
         self._wake.set()
+
+    def poke(self) -> bool:
+        """Poll at once (if leading); False when a poke was already pending (coalesced).
+
+        A poke during a poll in flight costs one more poll right after it, whatever the
+        number of pokes: the change may have come after that poll's answer.
+        """
+        if self._poked:
+            return False
+        self._poked = True
+        self.nudge()
+        return True
 
     def _on_news(self) -> None:
         # The channel changed between steps (cluster pub/sub): a waiting first viewer
@@ -179,25 +212,32 @@ class Poller:
         if not self.ledger.leads:
             self._lose_lead()
             return now + interval
+        if self._poked:
+            self._poked = False
+            return await self._poll(poked=True)
         if self._next_poll is None:
             # Taking over keeps the cadence: one poll per interval, whoever polls.
             since = self.ledger.since_poll
             wait = 0.0
             if self.first.done() and since is not None:
-                wait = max(0.0, interval - since)
+                wait = max(0.0, self._interval() - since)
             self._next_poll = now + wait
         if now < self._next_poll:
+            # Sync at least once an interval: a leader renews its lease meanwhile.
             return min(self._next_poll, now + interval)
         return await self._poll()
 
-    async def _poll(self) -> float | None:
+    async def _poll(self, *, poked: bool = False) -> float | None:
         """The leader's upstream request and what it becomes; when to step next."""
         interval = self._cadence.interval
         started = time.monotonic()
         first = not self.first.done()
         try:
             self.polls += 1
-            status = await self._fetch_status(self.key.run_id, self._headers)
+            if self._metrics is not None:
+                # Every viewer here and elsewhere would have polled on its own.
+                self._metrics.polls_saved.inc(max(0, self.leases + self.ledger.others - 1))
+            fetched = await self._fetch_status(self.key.run_id, self._headers, self._validators)
         except UpstreamRefused as error:
             if not self.first.done():
                 self.first.set_exception(error)
@@ -214,24 +254,35 @@ class Poller:
             log.info("polls of run %s recovered", self.key.run_id)
             self._failing_since = None
             self._backoff.reset()
-        data = sse.encode_json(status)
-        reading = self._reader.read(status, data)
-        self._check(reading)
-        await self.ledger.record(Observation(data, reading))
+        status = fetched.status
+        if status is None:
+            await self.ledger.still()  # 304: as polled, unchanged
+        else:
+            data = sse.encode_json(status)
+            reading = self._reader.read(status, data)
+            self._check(reading)
+            await self.ledger.record(Observation(data, reading))
+        held = fetched.validators
+        self._validators = held if held.etag or held.last_modified else None
         if self._settled():
             return None
         if not self.ledger.leads:
             return time.monotonic() + interval
         now = time.monotonic()
-        # The cadence starts when the first answer came: runs whose first viewers came
-        # together are then polled at the phases their answers took, not in one burst
-        # whose fan-outs would queue behind each other.
-        next_poll = (now if first else self._next_poll or started) + interval
+        every = self._interval()
+        # The cadence starts when the first answer came (or a poke's): runs whose first
+        # viewers came together are then polled at the phases their answers took, not in
+        # one burst whose fan-outs would queue behind each other.
+        base = now if first or poked else self._next_poll or started
+        next_poll = base + every
         if next_poll <= now:
             # A slow poll skips the ticks it overran instead of bunching up.
-            next_poll += interval * (1 + int((now - next_poll) // interval))
+            next_poll += every * (1 + int((now - next_poll) // every))
+        if fetched.wait is not None:
+            # The upstream's own hint (Retry-After, X-Poll-Interval), within reason.
+            next_poll = max(next_poll, now + min(fetched.wait, self._cadence.hint_max))
         self._next_poll = next_poll
-        return next_poll
+        return min(next_poll, now + interval)
 
     async def _failed(self, error: UpstreamError, started: float) -> float | None:
         """A failed poll: back off, or give up once failures lasted long enough."""
@@ -296,10 +347,19 @@ class Poller:
             self.first.set_result(None)
         return terminal
 
+    def _interval(self) -> float:
+        """The interval of the run's current state (BRIDGE_POLL_INTERVALS)."""
+        latest = self.channel.history.latest
+        return self._cadence.for_state(latest.state if latest is not None else None)
+
     def _lose_lead(self) -> None:
         self._next_poll = None
         self._failing_since = None
         self._backoff.reset()
+        # Another replica may have polled meanwhile: our validators describe an answer
+        # that may no longer be the latest one here; and pokes are the leader's.
+        self._validators = None
+        self._poked = False
 
     def _active(self, now: float) -> bool:
         """Viewers here, or the linger after the last one left."""

@@ -11,14 +11,41 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from bridge.channel import Channel, ChannelKey
 from bridge.credentials import credentials_digest
 from bridge.hub import Hub
 from bridge.ledger import LedgerBackend
+from bridge.metrics import Metrics
 from bridge.poller import Cadence, Fetch, Poller
 from bridge.status import StatusReader
 from bridge.tasks import cancel_and_wait
+
+
+@dataclass(frozen=True, slots=True)
+class Poked:
+    """What became of a poke."""
+
+    #: Pollers that will poll now, and pollers that already had a poke pending.
+    poked: int = 0
+    coalesced: int = 0
+    #: Sent through Redis to whichever replica leads the run (cluster mode).
+    relayed: bool = False
+
+    @property
+    def outcome(self) -> str:
+        """A fixed word for the answer and the metric label."""
+        if self.relayed:
+            return "relayed"
+        if self.poked:
+            return "polled"
+        return "coalesced" if self.coalesced else "unwatched"
+
+    @property
+    def pollers(self) -> int | None:
+        """Pollers of the run in this process (None: not known here, cluster mode)."""
+        return None if self.relayed else self.poked + self.coalesced
 
 
 class PollerRegistry:
@@ -30,13 +57,17 @@ class PollerRegistry:
         cadence: Cadence,
         fetch: Fetch,
         reader: StatusReader,
+        metrics: Metrics | None = None,
     ) -> None:
         self.hub = hub
         self._backend = backend
         self._cadence = cadence
         self._fetch = fetch
         self._reader = reader
+        self._metrics = metrics
         self._pollers: dict[ChannelKey, Poller] = {}
+        #: Live channel keys by run id, so that a poke finds every credential scope.
+        self._by_run: dict[str, set[ChannelKey]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def key(self, run_id: str, headers: Mapping[str, str]) -> ChannelKey:
@@ -78,8 +109,10 @@ class PollerRegistry:
             fetch=self._fetch,
             reader=self._reader,
             on_stop=self._stopped,
+            metrics=self._metrics,
         )
         self._pollers[key] = poller
+        self._by_run.setdefault(key.run_id, set()).add(key)
         task = poller.start()
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -88,7 +121,31 @@ class PollerRegistry:
     def _stopped(self, poller: Poller) -> None:
         if self._pollers.get(poller.key) is poller:
             del self._pollers[poller.key]
+            scopes = self._by_run.get(poller.key.run_id)
+            if scopes is not None:
+                scopes.discard(poller.key)
+                if not scopes:
+                    del self._by_run[poller.key.run_id]
             self.hub.retire(poller.key)
+
+    async def poke(self, run_id: str) -> Poked:
+        """Poll ``run_id`` now, in every credential scope watched here.
+
+        A run nobody watches costs nothing. In cluster mode the poke goes through Redis
+        to every replica, and whichever leads the run polls it.
+        """
+        if await self._backend.relay_poke(run_id):
+            return Poked(relayed=True)
+        poked = coalesced = 0
+        for key in list(self._by_run.get(run_id, ())):
+            poller = self._pollers.get(key)
+            if poller is None:
+                continue
+            if poller.poke():
+                poked += 1
+            else:
+                coalesced += 1
+        return Poked(poked=poked, coalesced=coalesced)
 
     @property
     def active(self) -> int:

@@ -71,9 +71,14 @@ class Services:
             self.hub,
             self.backend,
             cadence=Cadence.of(settings),
-            fetch=self.upstream.fetch_status,
+            fetch=self.upstream.fetch,
             reader=self.reader,
+            metrics=self.metrics,
         )
+        # The intervals in force, by state group (fixed words: the configured keys).
+        self.metrics.poll_interval.labels("default").set(settings.poll_interval)
+        for state, seconds in settings.poll_intervals.items():
+            self.metrics.poll_interval.labels(state).set(seconds)
         self.limiter = StreamLimiter(settings.max_streams, settings.max_streams_per_client)
         self.ticker = Ticker(settings.ping_interval, settings.send_timeout)
         self.metrics.track(lambda: self.pollers.active, lambda: self.ticker.viewers)

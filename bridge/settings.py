@@ -17,6 +17,7 @@ import jq
 from pydantic import (
     AnyHttpUrl,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -91,6 +92,18 @@ class Settings(BaseSettings):
     progress_expr: str | None = None
     """jq filter giving the run's progress from 0 to 1 (e.g. `.progressPercent / 100`),
     shown by /v1/streams, the dashboard and `sse-bridge watch`."""
+    conditional_requests: bool = True
+    """Send `If-None-Match` / `If-Modified-Since` with the run's last `ETag` /
+    `Last-Modified`; a 304 means unchanged (no body read, no event)."""
+    poll_intervals: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+    """Per-state poll intervals in seconds, e.g. `queued=10,pending=10` (states as
+    BRIDGE_STATE_EXPR yields them, case-insensitive); other states: BRIDGE_POLL_INTERVAL."""
+    poll_interval_max: float = Field(60.0, gt=0, le=86_400)
+    """The longest wait between two polls of a run that an upstream hint (`Retry-After`,
+    `X-Poll-Interval`) may ask for, in seconds."""
+    poke_token: SecretStr | None = None
+    """Bearer token for `POST /v1/runs/{run_id}/poll` (poll this run now, e.g. from the
+    upstream's webhook); at least 16 characters. Unset: poke is off (404)."""
     profile: str | None = None
     """A preset for a well-known API (`sse-bridge profiles` lists them): sets the state
     expression and lists, ignored fields, progress expression and headers it needs;
@@ -214,6 +227,51 @@ class Settings(BaseSettings):
         if chosen.upstream_headers and "upstream_headers" not in values:
             values["upstream_headers"] = dict(chosen.upstream_headers)
         return values
+
+    @field_validator("poll_intervals", mode="before")
+    @classmethod
+    def _intervals(cls, value: object) -> object:
+        # Operators write "queued=10,pending=10"; states are compared case-insensitively.
+        if isinstance(value, str):
+            pairs: dict[str, object] = {}
+            for part in value.split(","):
+                if not part.strip():
+                    continue
+                state, sep, seconds = part.partition("=")
+                if not sep or not state.strip():
+                    raise ValueError("write state=seconds pairs, e.g. queued=10,pending=10")
+                pairs[state.strip()] = seconds.strip()
+            value = pairs
+        if isinstance(value, dict):
+            return {str(k).strip().casefold(): v for k, v in value.items()}
+        return value
+
+    @field_validator("poll_intervals")
+    @classmethod
+    def _intervals_range(cls, value: dict[str, float]) -> dict[str, float]:
+        for state, seconds in value.items():
+            if not 0 < seconds <= 86_400:
+                raise ValueError(f"the interval of {state!r} must be over 0 and at most 86400")
+        return value
+
+    @field_validator("poke_token", mode="before")
+    @classmethod
+    def _empty_token_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("poke_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        # The message never repeats the token.
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
+
+    def interval_for(self, state: str | None) -> float:
+        """The poll interval of a run in ``state`` (BRIDGE_POLL_INTERVALS, else the default)."""
+        if state is not None and self.poll_intervals:
+            return self.poll_intervals.get(state.casefold(), self.poll_interval)
+        return self.poll_interval
 
     @field_validator("profile")
     @classmethod
@@ -380,6 +438,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 "BRIDGE_CORS_CREDENTIALS needs explicit BRIDGE_CORS_ORIGINS, never '*'"
             )
+        if self.poll_interval_max < self.poll_interval:
+            raise ValueError("BRIDGE_POLL_INTERVAL_MAX must not be below BRIDGE_POLL_INTERVAL")
         if self.drain_delay > self.shutdown_grace:
             raise ValueError("BRIDGE_DRAIN_DELAY must not exceed BRIDGE_SHUTDOWN_GRACE")
         return self

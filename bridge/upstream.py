@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -64,6 +65,56 @@ def forwardable(allow: tuple[str, ...], headers: Mapping[str, str]) -> dict[str,
         if key in allowed and not key.startswith("x-forwarded-"):
             chosen[key] = value
     return dict(sorted(chosen.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class Validators:
+    """What the upstream said identifies its last answer (for a conditional request)."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        out = {}
+        if self.etag is not None:
+            out["If-None-Match"] = self.etag
+        if self.last_modified is not None:
+            out["If-Modified-Since"] = self.last_modified
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """One answer: a status, or None for 304 Not Modified (the last status still holds)."""
+
+    status: dict[str, Any] | None
+    validators: Validators
+    #: Seconds the upstream asked the bridge to wait before the next poll (Retry-After
+    #: or X-Poll-Interval on a 200/304), None when it said nothing usable.
+    wait: float | None = None
+
+
+#: Longest validator kept: an ETag is a short token; anything longer is not one.
+MAX_VALIDATOR = 256
+
+
+def _validator(value: str | None) -> str | None:
+    if value is None or not 0 < len(value) <= MAX_VALIDATOR or not value.isprintable():
+        return None
+    return value
+
+
+def _poll_hint(headers: Mapping[str, str]) -> float | None:
+    """The earliest next poll the upstream asked for, in seconds from now (None: none).
+
+    X-Poll-Interval (GitHub) is whole seconds; Retry-After is seconds or an HTTP date
+    (RFC 9110 10.2.3). Negative, garbage or past values say nothing and are ignored.
+    """
+    hint = headers.get("X-Poll-Interval")
+    if hint is not None and hint.strip().isascii() and hint.strip().isdigit():
+        return float(hint.strip())
+    wait = parse_retry_after(headers.get("Retry-After"))
+    return wait if wait else None
 
 
 def _reject_constant(name: str) -> Any:
@@ -124,6 +175,15 @@ class UpstreamClient:
 
     async def fetch_status(self, run_id: str, headers: Mapping[str, str]) -> dict[str, Any]:
         """GET one run's status; a JSON object or an UpstreamError."""
+        fetched = await self.fetch(run_id, headers)
+        assert fetched.status is not None  # no validators sent: no 304
+        return fetched.status
+
+    async def fetch(
+        self, run_id: str, headers: Mapping[str, str], validators: Validators | None = None
+    ) -> Fetched:
+        """GET one run's status, conditionally when ``validators`` are given (and
+        BRIDGE_CONDITIONAL_REQUESTS is on): a 304 comes back as ``Fetched(None, ...)``."""
         if self._session is None:
             raise RuntimeError("UpstreamClient.start() was not awaited")
         url = self.url_for(run_id)
@@ -141,11 +201,15 @@ class UpstreamClient:
                 async with self._slots:
                     self.requests_sent += 1
                     self.last_request = time.monotonic()
-                    status = await self._get(url, headers)
+                    sent = validators if self._settings.conditional_requests else None
+                    extra = sent.headers() if sent is not None else {}
+                    fetched = await self._get(url, {**headers, **extra}, sent)
             verdict = True
             self.breaker.success()
             self.last_success = time.monotonic()
-            return status
+            if fetched.status is None:
+                outcome = "not_modified"
+            return fetched
         except TimeoutError:
             outcome, verdict = "upstream_timeout", True
             self.breaker.failure()
@@ -180,7 +244,9 @@ class UpstreamClient:
         if self._metrics is not None:
             self._metrics.upstream_requests.labels(outcome).inc()
 
-    async def _get(self, url: str, headers: Mapping[str, str]) -> dict[str, Any]:
+    async def _get(
+        self, url: str, headers: Mapping[str, str], previous: Validators | None
+    ) -> Fetched:
         assert self._session is not None
         try:
             # encoded=True: the run id is percent-encoded already (run_id.upstream_path);
@@ -188,6 +254,14 @@ class UpstreamClient:
             async with self._session.get(
                 URL(url, encoded=True), headers=dict(headers), allow_redirects=False
             ) as response:
+                if response.status == 304 and previous is not None:
+                    # Unchanged: no body to read. Keep the validators it did not renew.
+                    await response.release()
+                    renewed = Validators(
+                        _validator(response.headers.get("ETag")) or previous.etag,
+                        _validator(response.headers.get("Last-Modified")) or previous.last_modified,
+                    )
+                    return Fetched(None, renewed, _poll_hint(response.headers))
                 if UpstreamRefused.handles(response.status):
                     raise UpstreamRefused(response.status)
                 if response.status == 429:
@@ -202,6 +276,11 @@ class UpstreamClient:
                         outage=response.status >= 500,
                     )
                 body = await self._read_capped(response)
+                validators = Validators(
+                    _validator(response.headers.get("ETag")),
+                    _validator(response.headers.get("Last-Modified")),
+                )
+                wait = _poll_hint(response.headers)
         except UpstreamError:
             raise
         except TimeoutError:
@@ -212,7 +291,9 @@ class UpstreamClient:
             raise UpstreamUnavailable(
                 "The upstream API could not be reached.", outage=True
             ) from None
-        return self._parse(body)
+        if self._metrics is not None:
+            self._metrics.upstream_bytes.inc(len(body))
+        return Fetched(self._parse(body), validators, wait)
 
     async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
         cap = self._settings.upstream_max_bytes

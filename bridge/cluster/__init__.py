@@ -31,6 +31,11 @@ from bridge.status import Reading, StatusReader
 __all__ = ["RedisBackend"]
 
 
+#: The name of a poke message on the events channel (never a channel key: those hold a
+#: ':' and start with a digest).
+POKE = "!poke"
+
+
 def lease_seconds(settings: Settings) -> float:
     """How long a leader's lease outlives its last renewal: a few polls, one slow request."""
     return 3 * settings.poll_interval + settings.upstream_timeout + settings.redis_timeout
@@ -142,9 +147,27 @@ class RedisBackend(LedgerBackend):
             return None
         return self._reader.read(status, data) if isinstance(status, dict) else None
 
+    async def relay_poke(self, run_id: str) -> bool:
+        """Publish the poke: every replica pokes its pollers of the run; the leader polls."""
+        if not self.link.up:
+            raise ClusterUnavailable()
+        try:
+            async with asyncio.timeout(self._settings.redis_timeout):
+                await self.link.client.publish(self.store.events_channel, f"{POKE}\n{run_id}")
+        except REDIS_FAILURES as error:
+            self.link.trouble(error)
+            raise ClusterUnavailable() from None
+        return True
+
     def _deliver(self, message: bytes) -> None:
         """A message of the events channel: to this replica's ledger of its key, if any."""
         name, _, payload = message.partition(b"\n")
+        if name == POKE.encode():
+            run_id = payload.decode("ascii", "replace")
+            for leading in list(self._ledgers.values()):
+                if leading.key.run_id == run_id and leading.leads:
+                    leading.poke()
+            return
         key = parse_channel_name(name.decode("ascii", "replace"))
         ledger = self._ledgers.get(key) if key is not None else None
         if ledger is not None:

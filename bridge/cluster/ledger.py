@@ -100,6 +100,14 @@ class RedisLedger(Ledger):
             if done or not self.leads or self._diverged:
                 return
 
+    async def still(self) -> None:
+        """A 304: commit "still polled" (the cadence and freshness others rely on)."""
+        for _ in range(2):
+            if self.channel.history.terminal:
+                return
+            if await self._guarded(self._commit("", "", "")) or not self.leads or self._diverged:
+                return
+
     async def end(self, code: str, message: str) -> bool:
         for _ in range(2):
             if self.channel.history.terminal:
