@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import AsyncGenerator, AsyncIterator
+import random
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from functools import partial
 
 from pydantic import SecretStr
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException, NotFound
 
+from bridge import catchup, sse
 from bridge import run_id as run_ids
 from bridge.cors import install_cors
 from bridge.dashboard import register_dashboard
@@ -70,6 +72,7 @@ def viewer_of(services: Services, *, stream: bool) -> Viewer:
         ),
         resume_from=resume_from(headers.get("Last-Event-ID"), request.args),
         transport=transport,
+        wants_events="text/event-stream" in headers.get("Accept", ""),
     )
 
 
@@ -77,22 +80,49 @@ async def open_stream(
     services: Services, viewer: Viewer, runs: list[str], framer: Framer, *, name_run: bool
 ) -> Response:
     """The SSE response, or the error that refused it (``name_run``: say which run)."""
-    if services.draining:
-        raise Draining("The bridge is shutting down.")
     body = stream_body(services, viewer, runs, framer)
     try:
+        if services.draining:
+            raise Draining("The bridge is shutting down.")
         opening = await anext(body)
     except StopAsyncIteration:
         # The viewer already has every final event: 204 stops EventSource.
         return Response("", status=204)
     except RunRefused as refusal:
         services.metrics.streams_refused.labels(refusal.error.code).inc()
+        if viewer.wants_events and transient(refusal.error):
+            return retry_later(services, refusal.error, refusal.run_id if name_run else None)
         return error_response(refusal.error, refusal.body() if name_run else None)
+    except BridgeError as error:
+        services.metrics.streams_refused.labels(error.code).inc()
+        if viewer.wants_events and transient(error):
+            return retry_later(services, error, None)
+        return error_response(error)
     services.metrics.streams_opened.inc()
     response = Response(watched(services, opening, body), headers=SSE_HEADERS)
     # Quart's RESPONSE_TIMEOUT (60 s) would cut every stream; ours ends by itself.
     response.timeout = None
     return response
+
+
+def transient(error: BridgeError) -> bool:
+    """A refusal that may pass by itself: upstream trouble, a full or draining bridge."""
+    return error.status in (429, 502, 503, 504)
+
+
+def retry_later(services: Services, error: BridgeError, run_id: str | None) -> Response:
+    """A transient refusal as EventSource understands it: 200, ``retry:``, a comment, close.
+
+    Browsers fail an EventSource for good on any non-200 answer (WHATWG HTML, "Server-sent
+    events": a response whose status is not 200 fails the connection) and never retry;
+    this form makes them reconnect after ``retry`` ms and resume by Last-Event-ID.
+    """
+    seconds = error.retry_after
+    base = services.settings.retry_ms if seconds is None else seconds * 1000
+    retry = int(base * (1 + random.uniform(0, 0.2)))  # spread the reconnects
+    which = f" (run {run_id})" if run_id is not None else ""
+    comment = f": {error.code}{which}: {error.message}\n\n".encode()
+    return Response(sse.retry(retry) + comment, status=200, headers=SSE_HEADERS)
 
 
 async def watched(
@@ -211,6 +241,37 @@ def create_app(settings: Settings) -> Quart:
         services.metrics.pokes.labels(poked.outcome).inc()
         body = {"run_id": run_id, "outcome": poked.outcome, "pollers": poked.pollers}
         return Response(encode_json(body), status=202, content_type="application/json")
+
+    @app.get("/v1/runs/<run_id>/events")
+    async def run_events(run_id: str) -> Response:
+        run_ids.validate(run_id)
+        wait = catchup.parse_wait(request.args.get("wait"), settings.longpoll_max)
+        viewer = viewer_of(services, stream=False)
+        return await answered(
+            lambda: catchup.events(services, viewer, run_id, viewer.resume_from, wait)
+        )
+
+    @app.get("/v1/runs/<run_id>/result")
+    async def run_result(run_id: str) -> Response:
+        run_ids.validate(run_id)
+        wait = catchup.parse_wait(request.args.get("wait"), settings.longpoll_max)
+        viewer = viewer_of(services, stream=False)
+        return await answered(lambda: catchup.result(services, viewer, run_id, wait))
+
+    async def answered(asked: Callable[[], Awaitable[catchup.Answer]]) -> Response:
+        """A JSON catch-up answer; refusals as the stream's, as JSON (these are not SSE)."""
+        if services.draining:
+            raise Draining("The bridge is shutting down.")
+        try:
+            answer = await asked()
+        except RunRefused as refusal:
+            raise refusal.error from None
+        return Response(
+            answer.body,
+            status=answer.status,
+            content_type="application/json",
+            headers=answer.headers,
+        )
 
     register_dashboard(app, services)
     return app

@@ -17,6 +17,7 @@ import jq
 from pydantic import (
     AnyHttpUrl,
     Field,
+    FilePath,
     SecretStr,
     ValidationError,
     field_validator,
@@ -104,6 +105,13 @@ class Settings(BaseSettings):
     poke_token: SecretStr | None = None
     """Bearer token for `POST /v1/runs/{run_id}/poll` (poll this run now, e.g. from the
     upstream's webhook); at least 16 characters. Unset: poke is off (404)."""
+    longpoll_max: float = Field(30.0, ge=0, le=600)
+    """The longest `wait` of `GET /v1/runs/{run_id}/events` and `/result`, in seconds."""
+    tls_certfile: FilePath | None = None
+    """PEM certificate (chain) to serve HTTPS with, and HTTP/2 for browsers (with
+    BRIDGE_TLS_KEYFILE)."""
+    tls_keyfile: FilePath | None = None
+    """PEM private key of BRIDGE_TLS_CERTFILE."""
     profile: str | None = None
     """A preset for a well-known API (`sse-bridge profiles` lists them): sets the state
     expression and lists, ignored fields, progress expression and headers it needs;
@@ -339,7 +347,9 @@ class Settings(BaseSettings):
             raise ValueError("must start with '/' and contain {run_id} exactly once")
         return value
 
-    @field_validator("upstream_url", "auth_url", "redis_url", mode="before")
+    @field_validator(
+        "upstream_url", "auth_url", "redis_url", "tls_certfile", "tls_keyfile", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # BRIDGE_AUTH_URL= in an env file means "not set", not "an invalid URL".
@@ -438,6 +448,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 "BRIDGE_CORS_CREDENTIALS needs explicit BRIDGE_CORS_ORIGINS, never '*'"
             )
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("set both BRIDGE_TLS_CERTFILE and BRIDGE_TLS_KEYFILE, or neither")
         if self.poll_interval_max < self.poll_interval:
             raise ValueError("BRIDGE_POLL_INTERVAL_MAX must not be below BRIDGE_POLL_INTERVAL")
         if self.drain_delay > self.shutdown_grace:

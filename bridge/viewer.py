@@ -17,6 +17,9 @@ class Viewer:
     resume_from: str | None = None
     #: The viewer's socket when its stream may take the fast path (bridge/direct.py).
     transport: asyncio.WriteTransport | None = None
+    #: It accepts text/event-stream (an EventSource does): a transient refusal is then
+    #: answered in a form EventSource retries (see bridge/app.py).
+    wants_events: bool = False
 
 
 def client_address(trust_forwarded_for: bool, forwarded: str, remote_addr: str | None) -> str:
