@@ -155,7 +155,7 @@ async def test_drain_ends_a_long_poll_with_what_it_has(legacy: LegacyApi) -> Non
 
 async def test_a_transient_refusal_is_a_retry_for_event_source(legacy: LegacyApi) -> None:
     legacy.scripted("t1", nodes=("a",))
-    legacy.faults["t1"] = Fault(kind="status", status=500, times=1)
+    legacy.inject("t1", Fault(kind="status", status=500, times=1))
     async with running_bridge(legacy.url) as b:
         status, body, headers = await get(
             f"{b.url}/v1/runs/t1/stream", {"Accept": "text/event-stream"}
@@ -166,7 +166,7 @@ async def test_a_transient_refusal_is_a_retry_for_event_source(legacy: LegacyApi
         # Nothing that an EventSource would take for an event.
         assert EventStreamParser().feed(body) == []
         # Without Accept: text/event-stream, the status and JSON body as before.
-        legacy.faults["t1"] = Fault(kind="status", status=500, times=1)
+        legacy.inject("t1", Fault(kind="status", status=500, times=1))
         status, body, _ = await get(f"{b.url}/v1/runs/t1/stream")
         assert (status, body["error"]) == (502, "upstream_unavailable")
 
