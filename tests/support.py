@@ -205,13 +205,20 @@ async def auth_service(
 
     app = web.Application()
     app.router.add_get("/check", check)
+    async with serving_app(app) as url:
+        yield f"{url}/check", calls
+
+
+@asynccontextmanager
+async def serving_app(app: web.Application) -> AsyncIterator[str]:
+    """An aiohttp app, for real, on a loopback port until the block ends: its base URL."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     try:
-        yield f"http://127.0.0.1:{port}/check", calls
+        yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
 

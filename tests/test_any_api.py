@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from bridge import run_id as run_ids
-from tests.support import running_bridge, sse, wait_for
+from tests.support import running_bridge, serving_app, sse, wait_for
 
 AIRFLOW_ID = "manual__2026-11-30T12:00:00+00:00"
 
@@ -55,16 +55,8 @@ async def scripted_api() -> AsyncIterator[ScriptedApi]:
     app = web.Application()
     app.router.add_get("/jobs/get", api.handle)
     app.router.add_get("/jobs/{run_id}", api.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    api.url = f"http://127.0.0.1:{port}"
-    try:
+    async with serving_app(app) as api.url:
         yield api
-    finally:
-        await runner.cleanup()
 
 
 NESTED = {

@@ -23,7 +23,7 @@ from aiohttp import web
 from bridge import sse
 from bridge.channel import Channel
 from bridge.history import Event, RunHistory
-from tests.support import running_bridge
+from tests.support import running_bridge, serving_app
 
 MiB = 1 << 20
 #: Nodes in the status: ~100 bytes of JSON each, ~0.9 MB in all (the body cap is 1 MiB).
@@ -60,15 +60,8 @@ async def changing_upstream() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/runs/{run_id}", status)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving_app(app) as url:
+        yield url
 
 
 class FrameCounter:

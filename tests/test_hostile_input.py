@@ -28,7 +28,7 @@ from bridge.eventstream import EventStreamParser, ParsedEvent
 from bridge.history import RunHistory
 from bridge.status import StatusReader
 from bridge.upstream import UpstreamClient
-from tests.support import SseStream, running_bridge, wait_for
+from tests.support import SseStream, running_bridge, serving_app, wait_for
 from tests.support import sse as sse_stream
 
 # --- strategies ---------------------------------------------------------------------------
@@ -247,16 +247,8 @@ async def scripted_upstream() -> AsyncIterator[Scripted]:
     upstream = Scripted()
     app = web.Application()
     app.add_routes([web.get("/runs/{run_id}", upstream.handle)])
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        port = runner.addresses[0][1]
-        upstream.url = f"http://127.0.0.1:{port}"
+    async with serving_app(app) as upstream.url:
         yield upstream
-    finally:
-        await runner.cleanup()
 
 
 async def test_raw_utf8_separators_and_surrogates_from_upstream() -> None:

@@ -24,6 +24,7 @@ from aiohttp import web
 from bridge import cli
 from bridge.inspection import examine
 from bridge.settings import load, unknown_variables
+from tests.support import serving_app
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "secret-7f3a91"
@@ -61,16 +62,8 @@ async def upstream() -> AsyncIterator[Upstream]:
 
     app = web.Application()
     app.router.add_get("/jobs/{id}", job)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    api.url = f"http://127.0.0.1:{port}"
-    try:
+    async with serving_app(app) as api.url:
         yield api
-    finally:
-        await runner.cleanup()
 
 
 def point_at(monkeypatch: pytest.MonkeyPatch, api: Upstream, **variables: str) -> None:

@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 
 from bridge.profiles import PROFILES, Profile
-from tests.support import SseStream, running_bridge, sse, wait_for
+from tests.support import SseStream, running_bridge, serving_app, sse, wait_for
 
 Status = dict[str, Any]
 
@@ -78,16 +78,8 @@ async def scripted_upstream() -> AsyncIterator[ScriptedUpstream]:
     api = ScriptedUpstream()
     app = web.Application()
     app.router.add_get("/{tail:.*}", api.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    api.url = f"http://127.0.0.1:{port}"
-    try:
+    async with serving_app(app) as api.url:
         yield api
-    finally:
-        await runner.cleanup()
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from tests.redis_server import RedisServer
-from tests.support import running_bridge, sse, wait_for
+from tests.support import running_bridge, serving_app, sse, wait_for
 
 TOKEN = "poke-token-0123456789"
 
@@ -106,18 +106,12 @@ async def upstream(**options: Any) -> AsyncIterator[Upstream]:
     api = Upstream(**options)
     app = web.Application()
     app.router.add_get("/runs/{run_id}", api.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    api.url = f"http://127.0.0.1:{port}"
-    try:
-        yield api
-    finally:
-        if api.gate is not None:
-            api.gate.set()
-        await runner.cleanup()
+    async with serving_app(app) as api.url:
+        try:
+            yield api
+        finally:
+            if api.gate is not None:
+                api.gate.set()  # nothing held at the upstream outlives the test
 
 
 async def metric(url: str, name: str) -> float:
