@@ -28,6 +28,8 @@ class Sink(Protocol):
 
     def finish(self, why: str) -> None: ...
 
+    def write(self, data: bytes) -> None: ...
+
 
 @dataclass(eq=False, slots=True)
 class Subscription:
@@ -46,10 +48,19 @@ class Subscription:
         else:
             self.wake.set()
 
-    def close(self) -> None:
+    #: Sent to the viewer just before a ``close`` ends its stream (a jittered ``retry:``).
+    farewell: bytes = b""
+
+    def close(self, farewell: bytes = b"") -> None:
+        """End the stream without a terminal event (the viewer reconnects and resumes)."""
+        if self.closed:
+            return
         self.closed = True
+        self.farewell = farewell
         self.wake.set()
         if self.sink is not None:
+            if farewell:
+                self.sink.write(farewell)
             self.sink.finish("closed")
 
 
@@ -110,6 +121,10 @@ class Channel:
 
     def discard(self, subscription: Subscription) -> None:
         self._subscribers.discard(subscription)
+
+    @property
+    def subscriptions(self) -> list[Subscription]:
+        return list(self._subscribers)
 
     def close_all(self) -> None:
         for subscription in list(self._subscribers):

@@ -201,7 +201,10 @@ async def multi_events(
                     break
         if all(view.done for view in views):
             return
-        if any(view.subscription.closed for view in views):
+        closed = [view.subscription for view in views if view.subscription.closed]
+        if closed:
+            if closed[0].farewell:
+                yield closed[0].farewell
             return
         due = keepalive.due(loop.time())
         if due is not None:

@@ -1,8 +1,11 @@
 """``/readyz``: ready when the upstream is reachable and the circuit breaker is not open.
 
-Recent polls answer the question for free; when nothing was asked for a while, one
-cheap probe of the upstream base URL (any HTTP answer means reachable) is made and its
-verdict kept for a few seconds, so a probing load balancer never hammers the upstream.
+It follows the upstream within about one poll interval: the pollers' last answer
+decides (a success, or an outage: unreachable, 5xx, 429, timeout), as long as one came
+within two intervals and an upstream timeout. When no poller asked that recently (the
+bridge is idle), one cheap probe of the upstream base URL (any HTTP answer means
+reachable) decides, reused for one poll interval, so a probing load balancer never
+hammers the upstream. The JSON says which evidence it used.
 """
 
 from __future__ import annotations
@@ -14,10 +17,8 @@ from typing import Any
 from bridge.settings import Settings
 from bridge.upstream import UpstreamClient
 
-#: Seconds a probe's verdict is reused.
+#: Seconds a probe's verdict is reused, at most (and at most one poll interval).
 PROBE_TTL = 5.0
-#: A poll within this many seconds counts as evidence that the upstream is reachable.
-RECENT = 30.0
 
 
 #: (usable, what to report) of a part the bridge needs besides the upstream (Redis).
@@ -49,15 +50,35 @@ class Readiness:
         breaker = self._upstream.breaker.state
         if breaker == "open":
             return {"ready": False, "upstream": "circuit_open"}
+        settings = self._settings
         now = time.monotonic()
-        last = self._upstream.last_success
-        if last is not None and now - last < RECENT:
-            return {"ready": True, "upstream": "reachable", "circuit": breaker}
-        if self._probed_at is None or now - self._probed_at >= PROBE_TTL:
+        recent = 2 * settings.poll_interval + settings.upstream_timeout
+        success = self._upstream.last_success
+        outage = self._upstream.last_outage
+        if outage is not None and (success is None or outage[0] > success):
+            if now - outage[0] < recent:
+                return {
+                    "ready": False,
+                    "upstream": "failing",
+                    "reason": outage[1],
+                    "since_s": round(now - outage[0], 3),
+                    "circuit": breaker,
+                }
+        elif success is not None and now - success < recent:
+            return {
+                "ready": True,
+                "upstream": "reachable",
+                "reason": "recent_answer",
+                "since_s": round(now - success, 3),
+                "circuit": breaker,
+            }
+        ttl = min(PROBE_TTL, settings.poll_interval)
+        if self._probed_at is None or now - self._probed_at >= ttl:
             self._reachable = await self._upstream.probe()
             self._probed_at = time.monotonic()
         return {
             "ready": self._reachable,
             "upstream": "reachable" if self._reachable else "unreachable",
+            "reason": "probe",
             "circuit": breaker,
         }

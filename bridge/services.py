@@ -5,9 +5,12 @@ Nothing here reads a request: routes pass in what they took from it (bridge/view
 
 from __future__ import annotations
 
+import asyncio
 import random
 
+from bridge import sse
 from bridge.auth import ForwardAuth
+from bridge.channel import Subscription
 from bridge.gc_tuning import GcTuner
 from bridge.hub import Hub
 from bridge.keepalive import StreamLimits
@@ -20,6 +23,7 @@ from bridge.readiness import Readiness
 from bridge.registry import PollerRegistry
 from bridge.settings import Settings
 from bridge.status import StatusReader
+from bridge.tasks import cancel_and_wait
 from bridge.ticker import Ticker
 from bridge.upstream import UpstreamClient
 
@@ -88,6 +92,7 @@ class Services:
         self.auth = ForwardAuth(settings) if settings.auth_url is not None else None
         self.readiness = Readiness(settings, self.upstream, self.backend.health)
         self.draining = False
+        self._spreading: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.upstream.start()
@@ -100,6 +105,8 @@ class Services:
 
     async def stop(self) -> None:
         self.drain()
+        if self._spreading is not None:
+            await cancel_and_wait(self._spreading)
         await self.ticker.stop()
         if self.gc is not None:
             await self.gc.stop()
@@ -110,10 +117,42 @@ class Services:
         await self.upstream.close()
 
     def drain(self) -> None:
-        """Refuse new streams and end the open ones (clients reconnect and resume)."""
+        """Refuse new streams, and end the open ones over BRIDGE_DRAIN_SPREAD.
+
+        Each stream ends at its own random moment in the window, with a jittered
+        ``retry:`` first, so its viewer reconnects (to another replica) and resumes by
+        Last-Event-ID: ten thousand viewers do not all come back within the same second.
+        """
+        if self.draining:
+            return
         self.draining = True
-        for channel in self.hub.live_channels():
-            channel.close_all()
+        subscriptions = [s for c in self.hub.live_channels() for s in c.subscriptions]
+        window = self.settings.drain_window
+        if window <= 0 or not subscriptions:
+            for subscription in subscriptions:
+                subscription.close(self._farewell())
+            return
+        self._spreading = asyncio.create_task(
+            self._close_spread(subscriptions, window), name="bridge:drain-spread"
+        )
+
+    async def _close_spread(self, subscriptions: list[Subscription], window: float) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        moments = sorted((random.uniform(0, window), i) for i in range(len(subscriptions)))
+        try:
+            for moment, i in moments:
+                delay = started + moment - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                subscriptions[i].close(self._farewell())
+        finally:
+            # Whatever is left (the grace ran out, the app stops) ends now.
+            for subscription in subscriptions:
+                subscription.close(self._farewell())
+
+    def _farewell(self) -> bytes:
+        return sse.retry(self.limits().retry_ms)
 
     def limits(self) -> StreamLimits:
         s = self.settings

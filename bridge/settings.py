@@ -165,6 +165,10 @@ class Settings(BaseSettings):
     drain_delay: float = Field(1.0, ge=0, le=60)
     """Seconds `/readyz` answers 503 after SIGTERM before the listener closes (so load
     balancers notice)."""
+    drain_spread: float = Field(5.0, ge=0, le=600)
+    """Seconds over which open streams are ended after SIGTERM, each at a random moment
+    (so their viewers do not all reconnect at once); at most BRIDGE_SHUTDOWN_GRACE minus
+    BRIDGE_DRAIN_DELAY."""
 
     # --- cluster mode (BRIDGE_REDIS_URL) ---
     redis_prefix: str = "sse-bridge:"
@@ -455,6 +459,11 @@ class Settings(BaseSettings):
         if self.drain_delay > self.shutdown_grace:
             raise ValueError("BRIDGE_DRAIN_DELAY must not exceed BRIDGE_SHUTDOWN_GRACE")
         return self
+
+    @property
+    def drain_window(self) -> float:
+        """The drain spread in force: it must end within the shutdown grace."""
+        return max(0.0, min(self.drain_spread, self.shutdown_grace - self.drain_delay))
 
     def upstream_base(self) -> str:
         return str(self.upstream_url).rstrip("/") if self.upstream_url else ""

@@ -68,6 +68,8 @@ async def events(
             if event.terminal:
                 return
         if subscription.closed:
+            if subscription.farewell:
+                yield subscription.farewell
             return
         if direct is not None:
             transport, ticker = direct

@@ -141,6 +141,9 @@ class UpstreamClient:
         self.last_request: float | None = None
         #: When an upstream request last got any HTTP answer (the upstream is reachable).
         self.last_success: float | None = None
+        #: When a request last found the upstream down (unreachable, 5xx, 429, timeout),
+        #: and the code it got: /readyz follows whichever of the two came last.
+        self.last_outage: tuple[float, str] | None = None
         self.breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown)
         # A global cap on requests in flight, whatever the number of pollers.
         self._slots = asyncio.Semaphore(settings.upstream_concurrency)
@@ -213,11 +216,13 @@ class UpstreamClient:
         except TimeoutError:
             outcome, verdict = "upstream_timeout", True
             self.breaker.failure()
+            self.last_outage = (time.monotonic(), outcome)
             raise UpstreamTimeout() from None
         except UpstreamError as error:
             outcome, verdict = error.code, True
             if error.outage:
                 self.breaker.failure()
+                self.last_outage = (time.monotonic(), error.code)
             else:
                 self.breaker.success()
                 self.last_success = time.monotonic()

@@ -34,6 +34,7 @@ FAST = {
     "retry_ms": 1000,
     "access_log": False,
     "drain_delay": 0.0,
+    "drain_spread": 0.0,
     # gc.freeze() is process-wide: tests build hundreds of bridges (tests/test_gc_tuning.py).
     "gc_freeze_interval": 0.0,
 }

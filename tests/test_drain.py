@@ -6,16 +6,23 @@ import asyncio
 import json
 import signal
 import time
+from contextlib import AsyncExitStack
 
 import aiohttp
 
 from bridge.demo.legacy_api import LegacyApi
-from tests.support import running_bridge, serve_process, sse
+from tests.support import SseStream, running_bridge, serve_process, sse
 
 
 async def test_sigterm_drains_and_exits_within_grace(legacy: LegacyApi) -> None:
     run = legacy.scripted("drain")
-    env = {"BRIDGE_POLL_INTERVAL": "0.05", "BRIDGE_DRAIN_DELAY": "1", "BRIDGE_SHUTDOWN_GRACE": "5"}
+    env = {
+        "BRIDGE_POLL_INTERVAL": "0.05",
+        "BRIDGE_DRAIN_DELAY": "1",
+        "BRIDGE_SHUTDOWN_GRACE": "5",
+        # At once: this test is about the drain's steps (the spread has its own test).
+        "BRIDGE_DRAIN_SPREAD": "0",
+    }
     async with serve_process(legacy.url, env) as (proc, url):
         async with sse(f"{url}/v1/runs/drain/stream") as s, aiohttp.ClientSession() as http:
             first = await s.next_named("progress")
@@ -88,3 +95,49 @@ async def test_retry_values_are_jittered(legacy: LegacyApi) -> None:
                 retries.append(s.parser.retry)
         assert all(1000 <= r <= 1200 for r in retries)
         assert len(set(retries)) > 1
+
+
+async def test_drain_spreads_the_ends_and_every_viewer_can_resume(legacy: LegacyApi) -> None:
+    """A few hundred streams end at random moments over BRIDGE_DRAIN_SPREAD, each with a
+    jittered retry first, none with a terminal event; each resumes where it was."""
+    run = legacy.scripted("spread")
+    viewers = 200
+    window = 1.5
+    ends: list[float] = []
+    farewells = 0
+    async with running_bridge(
+        legacy.url, drain_spread=window, shutdown_grace=5, max_streams_per_client=viewers
+    ) as b:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as http, AsyncExitStack() as stack:
+            streams = [
+                await stack.enter_async_context(sse(f"{b.url}/v1/runs/spread/stream", session=http))
+                for _ in range(viewers)
+            ]
+            last_ids = [(await s.next_named("progress")).id for s in streams]
+            started = time.monotonic()
+            b.bridge.drain()
+
+            async def until_closed(s: SseStream) -> None:
+                nonlocal farewells
+                assert await s.rest(timeout=window + 3) == []  # no terminal event
+                ends.append(time.monotonic() - started)
+                # The last bytes before the close: a retry line, jittered per viewer.
+                tail = bytes(s.raw).rstrip(b"\n").rsplit(b"\n", 1)[-1]
+                farewells += tail.startswith(b"retry: ")
+
+            await asyncio.gather(*(until_closed(s) for s in streams))
+    assert len(ends) == viewers and farewells == viewers
+    ends.sort()
+    # Spread over the window, not all at once: the middle half takes a good part of it.
+    assert ends[-1] <= window + 1.0
+    assert ends[3 * viewers // 4] - ends[viewers // 4] >= window / 4, ends
+    # Another replica (a new process here) takes every viewer back, none lost.
+    run.advance()
+    async with running_bridge(legacy.url) as other:
+        for last in last_ids[:20]:
+            async with sse(
+                f"{other.url}/v1/runs/spread/stream", headers={"Last-Event-ID": last}
+            ) as s:
+                event = await s.next_named("progress")
+                assert json.loads(event.data) == run.statuses[1]
