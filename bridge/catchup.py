@@ -119,5 +119,11 @@ async def result(services: Services, viewer: Viewer, run_id: str, wait: float) -
             await _wait(subscription, False, left)
         latest = history.latest
         assert latest is not None
-        headers = {"Cache-Control": "no-cache", "X-Run-State": state_header(latest)}
+        headers = {
+            "Cache-Control": "no-cache",
+            "X-Run-State": state_header(latest),
+            # The outcome in the stream's words (complete / error / progress), so a
+            # script needs no state lists of its own.
+            "X-Run-Event": latest.name,
+        }
         return Answer(200 if history.terminal else 202, latest.data, headers)

@@ -57,7 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     # Bound before anything is logged, so a taken port is one line, not a log and a trace.
     try:
-        sock = listen_socket(settings.host, settings.port)
+        sock = listen_socket(settings.host, settings.port, tls=settings)
     except CannotListen as error:
         print(f"sse-bridge: {error}", file=sys.stderr)
         return 2
@@ -74,11 +74,15 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from bridge.demo.main import main as demo_main
+    from bridge.demo.main import settings_overrides
 
-    overrides: dict[str, object] = {"host": args.host}
+    if not 0 < args.step <= 3600:
+        print("sse-bridge: demo: --step must be more than 0 and at most 3600", file=sys.stderr)
+        return 2
+    overrides: dict[str, object] = {"host": args.host, **settings_overrides(args.profile)}
     if args.port is not None:
         overrides["port"] = args.port
-    return demo_main(_settings(**overrides))
+    return demo_main(_settings(**overrides), profile=args.profile, step=args.step)
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -168,6 +172,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the bridge in front of a simulated legacy API")
     demo.add_argument("--host", default="127.0.0.1", help="where the bridge listens")
     demo.add_argument("--port", type=int, default=None, help="default BRIDGE_PORT or 8080")
+    from bridge.demo.shapes import DEMO_PROFILES
+
+    demo.add_argument(
+        "--profile",
+        choices=DEMO_PROFILES,
+        default=None,
+        metavar="NAME",
+        help="the simulated API answers like this API and the bridge reads it with "
+        f"BRIDGE_PROFILE=NAME: {', '.join(DEMO_PROFILES)} (default: seed 004's "
+        "ExecutionStatus at /runs/{run_id})",
+    )
+    demo.add_argument(
+        "--step",
+        type=float,
+        default=1.5,
+        metavar="SECONDS",
+        help="how long each step of a simulated run lasts (default 1.5)",
+    )
     demo.set_defaults(func=_demo)
 
     watch = commands.add_parser(

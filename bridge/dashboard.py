@@ -88,6 +88,8 @@ def register_dashboard(app: Quart, services: Services) -> None:
             raise NotFound()
         body = {
             "demo": DEMO_API in app.extensions,
+            # Which preset reads the upstream, so the page can say which API it shows.
+            "profile": settings.profile,
             "maxRuns": settings.multi_max_runs,
             "pollInterval": settings.poll_interval,
         }

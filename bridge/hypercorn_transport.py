@@ -15,7 +15,9 @@ through four private attributes of three Hypercorn classes (asyncio worker, HTTP
 It also relies on what h11 and Hypercorn do around those writes: for an HTTP/1.1 GET
 whose response has no Content-Length, h11 frames the body chunked, so frames written as
 chunks (``sse.chunk``) between the response head and h11's closing chunk are valid; and
-``TCPServer.protocol_send`` writes to that same transport, so the order holds. That
+``TCPServer.protocol_send`` writes to that same transport, so the order holds. Over HTTPS
+that transport is asyncio's SSL transport, which encrypts each write in order, so the same
+holds (HTTP/1.1 over TLS keeps the fast path; tests/test_tls.py serves it). That
 framing holds only for an HTTP/1.1 GET, so the transport is given out only for one (HTTP/1.0
 gets a close-delimited body, in which chunk-size lines would show up as stream content; a HEAD
 response has no body at all; HTTP/2 and HTTP/3 have no such transport), only on a

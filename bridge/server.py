@@ -1,4 +1,4 @@
-"""Serving the app with Hypercorn: binding, access log without query strings, drain."""
+"""Serving the app with Hypercorn: binding, TLS, access log without query strings, drain."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import logging
 import os
 import signal
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
@@ -73,7 +75,98 @@ class CannotListen(OSError):
         return self.message
 
 
-def listen_socket(host: str, port: int) -> socket.socket:
+class CannotLoadCertificate(CannotListen):
+    """BRIDGE_TLS_CERTFILE / BRIDGE_TLS_KEYFILE cannot be loaded; ``str()`` is one line.
+
+    A CannotListen (a listener that cannot serve HTTPS), so the callers that already turn
+    that into one line and exit 2 handle this one too. Its text names the variable at
+    fault, the file and why, never the file's content.
+    """
+
+    def __init__(self, variable: str, path: Path, reason: str) -> None:
+        # Not CannotListen's own __init__: there is no host, port or errno to word here.
+        OSError.__init__(self, errno.EINVAL, reason)
+        self.variable = variable
+        self.message = f"cannot serve HTTPS: {variable}={path} {reason}"
+
+
+class TlsFiles(Protocol):
+    """Where the TLS certificate and key are (``Settings`` is one)."""
+
+    @property
+    def tls_certfile(self) -> Path | None: ...
+
+    @property
+    def tls_keyfile(self) -> Path | None: ...
+
+
+def tls_context(tls: TlsFiles) -> ssl.SSLContext | None:
+    """The server's TLS context, as Hypercorn will build it; None without TLS files.
+
+    Built through Hypercorn's own ``Config.create_ssl_context`` (TLS 1.2 or later, ALPN
+    ``h2`` then ``http/1.1``), so a certificate that passes here is one Hypercorn loads;
+    and built before serving, so a bad file is a CannotLoadCertificate at start instead of
+    an SSLError from inside Hypercorn once the app has started.
+    """
+    if tls.tls_certfile is None or tls.tls_keyfile is None:
+        return None
+    config = Config()
+    _use_tls(config, tls.tls_certfile, tls.tls_keyfile)
+    try:
+        context: ssl.SSLContext | None = config.create_ssl_context()
+    except OSError as error:  # ssl.SSLError is an OSError
+        raise _unloadable(tls.tls_certfile, tls.tls_keyfile, error) from None
+    return context
+
+
+def _use_tls(config: Config, certfile: Path, keyfile: Path) -> None:
+    config.certfile = str(certfile)
+    config.keyfile = str(keyfile)
+    # Given, not None: with no password OpenSSL would prompt on the terminal for an
+    # encrypted key, and a server would hang at start; with "" it fails at once.
+    config.keyfile_password = ""
+    # Hypercorn's default, set here so the bridge's promise does not rest on a default:
+    # browsers get HTTP/2 (many EventSources on one connection), everything else HTTP/1.1.
+    config.alpn_protocols = ["h2", "http/1.1"]
+
+
+#: How much of a key file is read to tell an encrypted key (its PEM header says so).
+_KEY_HEAD = 4096
+
+
+def _unloadable(certfile: Path, keyfile: Path, error: OSError) -> CannotLoadCertificate:
+    """Which file is at fault and why: OpenSSL's own message ("PEM lib") names neither."""
+    key_head = b""
+    for variable, path in (("BRIDGE_TLS_CERTFILE", certfile), ("BRIDGE_TLS_KEYFILE", keyfile)):
+        try:
+            with path.open("rb") as file:
+                key_head = file.read(_KEY_HEAD)
+        except OSError as unreadable:
+            why = (unreadable.strerror or "failed").lower()
+            return CannotLoadCertificate(variable, path, f"cannot be read: {why}")
+    try:
+        ssl.create_default_context(cafile=str(certfile))
+    except ssl.SSLError:
+        return CannotLoadCertificate(
+            "BRIDGE_TLS_CERTFILE", certfile, "holds no PEM certificate (-----BEGIN CERTIFICATE)"
+        )
+    if getattr(error, "reason", None) == "KEY_VALUES_MISMATCH":
+        why = "is not the key of the certificate in BRIDGE_TLS_CERTFILE"
+    elif b"ENCRYPTED" in key_head:  # "BEGIN ENCRYPTED PRIVATE KEY", "Proc-Type: 4,ENCRYPTED"
+        why = "is encrypted: the bridge needs the key without a passphrase"
+    else:
+        why = "holds no PEM private key (-----BEGIN ... PRIVATE KEY)"
+    return CannotLoadCertificate("BRIDGE_TLS_KEYFILE", keyfile, why)
+
+
+def listen_socket(host: str, port: int, tls: TlsFiles | None = None) -> socket.socket:
+    """The bound, listening socket; with ``tls``, its certificate and key are checked first.
+
+    Everything that would stop ``serve`` at start is a one-line CannotListen here, before
+    the caller logs or starts anything.
+    """
+    if tls is not None:
+        tls_context(tls)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -116,6 +209,9 @@ def hypercorn_config(settings: Settings, sock: socket.socket) -> Config:
     # Headers larger than this are refused by h11 before the app sees them (bytes).
     config.h11_max_incomplete_size = 16 * 1024
     config.keep_alive_timeout = 75
+    if settings.tls_certfile is not None and settings.tls_keyfile is not None:
+        # Hypercorn's own TLS: the fd:// listener above becomes its secure socket.
+        _use_tls(config, settings.tls_certfile, settings.tls_keyfile)
     return config
 
 
@@ -139,7 +235,7 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     sock: socket.socket | None = None,
 ) -> None:
-    """Serve until the trigger fires, then drain.
+    """Serve until the trigger fires, then drain; HTTPS (HTTP/2 and HTTP/1.1) with TLS files.
 
     Drain: new streams are refused and /readyz answers 503, open streams end cleanly
     (EventSource reconnects, elsewhere, and resumes by Last-Event-ID), the listener
@@ -147,6 +243,8 @@ async def serve(
     closes it and waits for the remaining requests; pollers stop as the app shuts down.
     """
     services: Services = app.extensions[SERVICES]
+    # Before the app starts: a bad certificate is one clear error, not Hypercorn's SSLError.
+    tls_context(settings)
     trigger = shutdown_trigger or signal_trigger()
     own_socket = sock is None
     listener = sock if sock is not None else listen_socket(settings.host, settings.port)

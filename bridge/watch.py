@@ -5,6 +5,12 @@ terminal; one line per change when it is not (CI logs); one JSON object per even
 ``--json``. When the connection drops it reconnects with ``Last-Event-ID``, so no event
 is missed or shown twice.
 
+It follows ``GET /v1/streams?runs=RUN_ID`` rather than the single-run stream: the same
+shared poller and resume, but each event also carries the state and progress the
+bridge's status filters read, so the bar is right for any configured API (a real bar
+when the progress is known, a pulsing one when it is not). A bridge without
+``/v1/streams`` (a 404 that names no run) is followed on its single-run stream.
+
 Exit codes: 0 the run completed (``complete``), 1 it failed (``error``), 2 the stream
 timed out (``timeout``), the bridge refused the stream (its JSON ``message`` goes to
 stderr), or the bridge stayed unreachable for ``--reconnect-for`` seconds.
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import sys
@@ -25,12 +32,12 @@ from urllib.parse import quote
 
 import aiohttp
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
     SpinnerColumn,
     TaskID,
-    TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -74,6 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--json", action="store_true", help="print each event as one JSON line instead of a bar"
     )
     parser.add_argument(
+        "--wait-result",
+        action="store_true",
+        help="no progress: wait for the run to end (long-polling GET /v1/runs/ID/result), "
+        "print its final status as JSON; exit 0 complete, 1 error, 2 refused",
+    )
+    parser.add_argument(
         "--reconnect-for",
         type=float,
         default=120.0,
@@ -105,15 +118,56 @@ def headers_from(given: list[str], environ: Mapping[str, str]) -> dict[str, str]
     return headers
 
 
-# --- output --------------------------------------------------------------------------
+# --- what one event says ---------------------------------------------------------------
+
+#: Events that carry a run's status (the others: ping and timeout, for the connection).
+RUN_EVENTS = ("progress", "complete", "error")
 
 
-def percent(status: Mapping[str, Any]) -> float:
-    value = status.get("progress")
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return 0.0
-    pct = value * 100 if value <= 1 else value
-    return float(max(0.0, min(100.0, pct)))
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One event of the run, whichever stream it came on."""
+
+    event: str
+    #: The run's own event id (the same on /v1/streams and the single-run stream).
+    id: str | None
+    #: The state as the bridge's status filters read it (None: none read, or an older
+    #: bridge that does not say).
+    state: str | None
+    #: 0 to 1, or None when the bridge knows no progress for this API.
+    progress: float | None
+    #: The status object as the upstream sent it (timeout: the bridge's message).
+    data: Any
+    #: What to show when the bridge said no state: from an older bridge, the status's
+    #: `status` field (seed 004's shape; never reported as the state in --json).
+    label: str | None = None
+
+
+def _fraction(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        return None
+    return float(max(0.0, min(1.0, value)))
+
+
+def message_of(status: Mapping[str, Any]) -> str:
+    """A failure's reason, where the run APIs the bridge meets put it."""
+
+    def nested(key: str, name: str) -> object:
+        inner = status.get(key)
+        return inner.get(name) if isinstance(inner, dict) else None
+
+    for value in (
+        status.get("errorMessage"),
+        status.get("error_message"),
+        status.get("message"),
+        status.get("error"),
+        nested("error", "message"),
+        nested("status", "message"),
+        nested("state", "state_message"),
+    ):
+        if isinstance(value, str) and value.strip():
+            return value
+    return ""
 
 
 def running_nodes(status: Mapping[str, Any]) -> str:
@@ -127,6 +181,21 @@ def running_nodes(status: Mapping[str, Any]) -> str:
         ]
         return ", ".join(names)
     return ""
+
+
+def state_text(update: Update) -> str:
+    if update.state is not None:
+        return update.state
+    if update.label is not None:
+        return update.label
+    if update.event == "complete":
+        return "completed"
+    if update.event == "error":
+        return "error"
+    return "unknown"
+
+
+# --- output --------------------------------------------------------------------------
 
 
 class Display:
@@ -150,7 +219,8 @@ class Display:
                 TextColumn("[bold]{task.fields[run]}"),
                 TextColumn("{task.fields[state]:<12}"),
                 BarColumn(bar_width=None),
-                TaskProgressColumn(),
+                # Only a known progress gets a number; an unknown one is a pulsing bar.
+                TextColumn("{task.fields[percent]:>4}"),
                 TextColumn("[cyan]{task.fields[node]}"),
                 TimeElapsedColumn(),
                 console=self.console,
@@ -158,7 +228,7 @@ class Display:
             )
             self._progress.start()
             self._task = self._progress.add_task(
-                "run", total=100, run=self.run_id, state="connecting", node=""
+                "run", total=None, run=self.run_id, state="connecting", node="", percent=""
             )
         return self
 
@@ -166,21 +236,36 @@ class Display:
         if self._progress is not None:
             self._progress.stop()
 
-    def event(self, event: ParsedEvent, data: Any) -> None:
+    def event(self, update: Update) -> None:
         if self.mode == "json":
-            record = {"event": event.event, "id": event.id if event.has_id else None, "data": data}
+            record: dict[str, Any] = {"event": update.event, "id": update.id}
+            if update.event in RUN_EVENTS:
+                record |= {"state": update.state, "progress": update.progress}
+            record["data"] = update.data
             self.out.write(json.dumps(record, separators=(",", ":")) + "\n")
             self.out.flush()
             return
-        if not isinstance(data, dict):
+        if not isinstance(update.data, dict):
             return
-        state = str(data.get("status", event.event))
-        node = running_nodes(data)
-        pct = percent(data)
+        state = state_text(update)
+        node = running_nodes(update.data)
+        pct = update.progress * 100 if update.progress is not None else None
+        if pct is None and update.event == "complete":
+            pct = 100.0  # the run is done, whether or not the API counts its progress
         if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, completed=pct, state=state, node=node)
+            if pct is not None:
+                self._progress.update(
+                    self._task, total=100, completed=pct, percent=f"{pct:.0f}%", state=state
+                )
+            elif update.event == "error":
+                # Over, at an unknown point: a still, empty bar rather than a pulse.
+                self._progress.update(self._task, total=100, completed=0, percent="", state=state)
+            else:
+                self._progress.update(self._task, total=None, percent="", state=state)
+            self._progress.update(self._task, node=node)
         else:
-            line = f"{self.run_id} {state:<10} {pct:5.1f}%  {node}".rstrip()
+            shown = f"{pct:5.1f}%  " if pct is not None else ""
+            line = f"{self.run_id} {state:<12} {shown}{node}".rstrip()
             if line != self._last_line:
                 self._last_line = line
                 self.console.print(line, markup=False)
@@ -193,27 +278,27 @@ class Display:
             return
         self.err_console.print(f"sse-bridge watch: {text}", markup=False, style="dim")
 
-    def finish(self, event: str, data: Any) -> None:
+    def finish(self, update: Update) -> None:
         if self.mode == "json":
             return
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-        body = data if isinstance(data, dict) else {}
-        if event == "complete":
-            self.console.print(f"[green]✔[/] {self.run_id} {body.get('status', 'completed')}")
+        body = update.data if isinstance(update.data, dict) else {}
+        state = state_text(update)
+        if update.event == "complete":
+            self.console.print(f"[green]✔[/] {self.run_id} {escape(state)}")
             outputs = body.get("outputs")
             if outputs:
                 self.console.print_json(json.dumps(outputs))
-        elif event == "error":
-            message = body.get("errorMessage") or "the run failed"
+        elif update.event == "error":
+            message = message_of(body) or "the run failed"
             self.err_console.print(
-                f"[red]✘[/] {self.run_id} {body.get('status', 'failed')}: {message}",
-                highlight=False,
+                f"[red]✘[/] {self.run_id} {escape(state)}: {escape(message)}", highlight=False
             )
-        elif event == "timeout":
+        elif update.event == "timeout":
             message = body.get("message") or "the stream timed out"
-            self.err_console.print(f"[yellow]⏱[/] {self.run_id}: {message}")
+            self.err_console.print(f"[yellow]⏱[/] {self.run_id}: {escape(str(message))}")
 
 
 # --- following the stream ------------------------------------------------------------
@@ -227,6 +312,7 @@ class Watch:
     display: Display
     reconnect_for: float = 120.0
     idle_timeout: float = 60.0
+    #: The SSE id to resume from: the multi id on /v1/streams, the run's own id otherwise.
     last_id: str = ""
     retry_ms: int = 3000
     #: Seconds to wait before the next attempt (set by a 503's Retry-After).
@@ -235,11 +321,17 @@ class Watch:
     saw_204: bool = False
     #: True once the current attempt got an event stream.
     connected: bool = False
+    #: Follow /v1/streams (state and progress); False for a bridge without it.
+    multi: bool = True
     _unreachable_since: float | None = field(default=None, repr=False)
 
     @property
     def stream_url(self) -> str:
-        return f"{self.base_url.rstrip('/')}/v1/runs/{quote(self.run_id, safe='')}/stream"
+        base = self.base_url.rstrip("/")
+        run = quote(self.run_id, safe="")
+        if self.multi:
+            return f"{base}/v1/streams?runs={run}"
+        return f"{base}/v1/runs/{run}/stream"
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -289,6 +381,14 @@ class Watch:
         if self.last_id:
             headers["Last-Event-ID"] = self.last_id
         async with session.get(self.stream_url, headers=headers) as response:
+            if response.status == 404 and self.multi:
+                body = await _json_body(response)
+                if "run_id" not in body:
+                    # A bridge from before /v1/streams: its 404 names no run. Its
+                    # single-run stream carries the status without state or progress.
+                    self.multi, self.last_id = False, ""
+                    return await self.follow(session)
+                raise Refused(_sentence(body, response.status))
             if response.status == 204:
                 # The bridge thinks we have the final event; ask for the current state.
                 if self.saw_204 or not self.last_id:
@@ -328,14 +428,39 @@ class Watch:
             data = json.loads(event.data)
         except ValueError:
             data = event.data
+        update = self.update(event, data)
+        if update is None:
+            return None
         if event.has_id:
             self.last_id = event.id
             self.saw_204 = False
-        self.display.event(event, data)
+        self.display.event(update)
         if event.event in ("complete", "error", "timeout"):
-            self.display.finish(event.event, data)
+            self.display.finish(update)
             return {"complete": EXIT_COMPLETE, "error": EXIT_ERROR}.get(event.event, EXIT_OTHER)
         return None
+
+    def update(self, event: ParsedEvent, data: Any) -> Update | None:
+        """What ``event`` says about the run (None: nothing, e.g. another run's event)."""
+        own_id = event.id if event.has_id else None
+        if event.event not in RUN_EVENTS:
+            return Update(event.event, own_id, None, None, data)
+        if not self.multi:
+            # An older bridge's single-run stream: the status alone, no state or progress.
+            guess = data.get("status") if isinstance(data, dict) else None
+            label = guess if isinstance(guess, str) else None
+            return Update(event.event, own_id, None, None, data, label)
+        if not isinstance(data, dict) or data.get("run_id") != self.run_id:
+            return None
+        run_event_id = data.get("id")
+        state = data.get("state")
+        return Update(
+            event.event,
+            run_event_id if isinstance(run_event_id, str) else None,
+            state if isinstance(state, str) else None,
+            _fraction(data.get("progress")),
+            data.get("data"),
+        )
 
 
 def _retry_after(value: str | None) -> float:
@@ -345,17 +470,69 @@ def _retry_after(value: str | None) -> float:
         return 1.0
 
 
-async def _message(response: aiohttp.ClientResponse) -> str:
-    """The bridge's sentence from its JSON error body, with the status."""
+async def _json_body(response: aiohttp.ClientResponse) -> dict[str, Any]:
     text = await response.text(errors="replace")
     try:
         body = json.loads(text)
     except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _sentence(body: Mapping[str, Any], status: int) -> str:
+    if isinstance(body.get("message"), str):
         code = body.get("error", "")
-        return f"{body['message']} (HTTP {response.status} {code})".replace(" )", ")")
-    return f"the bridge answered HTTP {response.status}"
+        return f"{body['message']} (HTTP {status} {code})".replace(" )", ")")
+    return f"the bridge answered HTTP {status}"
+
+
+async def _message(response: aiohttp.ClientResponse) -> str:
+    """The bridge's sentence from its JSON error body, with the status."""
+    return _sentence(await _json_body(response), response.status)
+
+
+#: Seconds one /result request waits (the bridge caps it at BRIDGE_LONGPOLL_MAX).
+RESULT_WAIT = 25
+
+
+async def wait_result(
+    run_id: str,
+    url: str,
+    headers: Mapping[str, str],
+    out: TextIO,
+    err: TextIO,
+    reconnect_for: float,
+) -> int:
+    """Long-poll the run's result until it ended; print the final status as one JSON line."""
+    target = f"{url.rstrip('/')}/v1/runs/{quote(run_id, safe='')}/result"
+    timeout = aiohttp.ClientTimeout(total=RESULT_WAIT + 15)
+    loop = asyncio.get_running_loop()
+    unreachable_since: float | None = None
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        while True:
+            try:
+                async with http.get(
+                    target, params={"wait": str(RESULT_WAIT)}, headers=dict(headers)
+                ) as response:
+                    unreachable_since = None
+                    if response.status == 200:
+                        out.write(json.dumps(await _json_body(response)) + "\n")
+                        ended = response.headers.get("X-Run-Event")
+                        return EXIT_COMPLETE if ended == "complete" else EXIT_ERROR
+                    if response.status == 202:
+                        continue  # still going: ask again
+                    if response.status in (429, 502, 503, 504):
+                        await asyncio.sleep(_retry_after(response.headers.get("Retry-After")))
+                        continue
+                    err.write(f"sse-bridge watch: {await _message(response)}\n")
+                    return EXIT_OTHER
+            except (aiohttp.ClientError, TimeoutError):
+                now = loop.time()
+                unreachable_since = unreachable_since or now
+                if now - unreachable_since >= reconnect_for:
+                    err.write("sse-bridge watch: the bridge stayed unreachable\n")
+                    return EXIT_OTHER
+                await asyncio.sleep(1.0)
 
 
 def main(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
@@ -375,6 +552,11 @@ def main(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
     if not url.startswith(("http://", "https://")):
         err.write(f"sse-bridge watch: --url must start with http:// or https://, got {url!r}\n")
         return EXIT_OTHER
+    if args.wait_result:
+        try:
+            return asyncio.run(wait_result(args.run_id, url, headers, out, err, args.reconnect_for))
+        except KeyboardInterrupt:
+            return 130
     mode = "json" if args.json else "bar" if Console(file=out).is_terminal else "lines"
     with Display(args.run_id, mode, out, err) as display:
         watch = Watch(

@@ -135,6 +135,7 @@ async def test_result_is_202_while_running_then_200(legacy: LegacyApi) -> None:
             waiting.cancel()
         assert (status, body) == (200, run.statuses[-1])
         assert headers["X-Run-State"] == run.statuses[-1]["status"]
+        assert headers["X-Run-Event"] == "complete"
 
 
 async def test_drain_ends_a_long_poll_with_what_it_has(legacy: LegacyApi) -> None:

@@ -24,6 +24,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from bridge.dashboard import enable_demo_api
 from bridge.demo.legacy_api import LegacyApi, serving
+from bridge.demo.main import settings_overrides
 from bridge.demo.runs import TimedRun
 from tests.support import RunningBridge, loopback_socket, running_bridge
 
@@ -91,8 +92,10 @@ async def api() -> AsyncIterator[LegacyApi]:
 
 @asynccontextmanager
 async def demo_bridge(api: LegacyApi, **overrides: Any) -> AsyncIterator[RunningBridge]:
-    """What `sse-bridge demo` runs: the bridge with the page and the demo's run list."""
-    async with running_bridge(api.url, dashboard=True, **overrides) as b:
+    """What `sse-bridge demo` runs: the bridge with the page and the demo's run list,
+    reading the simulated API as the demo configures it for the API's shape."""
+    settings = {**settings_overrides(api.shape.profile), **overrides}
+    async with running_bridge(api.url, dashboard=True, **settings) as b:
         enable_demo_api(b.app, api.url)
         yield b
 
@@ -269,6 +272,118 @@ async def test_outside_demo_mode_the_page_follows_the_runs_in_its_address(
             "data-status", "queued", timeout=WAIT_MS
         )
         assert "runs=typed-run" in page.url
+
+
+@asynccontextmanager
+async def profile_api(profile: str, step: float = 0.25) -> AsyncIterator[LegacyApi]:
+    """The simulated API speaking ``profile``, as `sse-bridge demo --profile` runs it."""
+    async with serving(LegacyApi(step=step, seed=11, profile=profile)) as legacy:
+        yield legacy
+
+
+async def animation(locator: Any) -> str:
+    name: str = await locator.evaluate("e => getComputedStyle(e).animationName")
+    return name
+
+
+async def test_github_actions_state_an_indeterminate_bar_and_the_outcome(
+    browser: Browser, tmp_path: Path
+) -> None:
+    # Slow clock-driven runs (at least 9 s), so the one started below is cancelled while
+    # it runs however loaded the machine; the scripted runs move only when told.
+    async with profile_api("github-actions", step=1.0) as api, demo_bridge(api) as b:
+        ok = api.scripted("build-7", nodes=("a", "b", "c"))
+        bad = api.scripted("build-8", nodes=("a", "b"), outcome="failed")
+        page = await open_page(browser, b.url + "/")
+        await expect(page.locator("#profile")).to_have_text("github-actions")
+        it = card(page, "build-7")
+        await expect(it).to_have_attribute("data-status", "queued", timeout=WAIT_MS)
+        await expect(it).to_have_attribute("data-event", "progress")
+        ok.advance()
+        # The state as the profile reads it, and a bar that says "going, how far unknown".
+        await expect(it).to_have_attribute("data-status", "in_progress", timeout=WAIT_MS)
+        await expect(it.locator(".state")).to_have_text("in_progress")
+        bar = it.locator(".bar")
+        await expect(bar).to_have_attribute("data-mode", "indeterminate")
+        assert await bar.get_attribute("aria-valuenow") is None
+        assert await animation(it.locator(".fill")) == "sweep"
+        await expect(it.locator(".percent")).to_have_text("")
+        await expect(it).to_have_attribute("data-progress", "")
+        # No seed-004 fields in a GitHub run: no node list, no outputs.
+        await expect(it.locator(".nodes")).to_be_hidden()
+        await page.screenshot(path=tmp_path / "github-running.png", full_page=True)
+        ok.advance(len(ok.statuses))
+        await expect(it).to_have_attribute("data-status", "success", timeout=WAIT_MS)
+        await expect(it).to_have_attribute("data-event", "complete")
+        await expect(it).to_have_attribute("data-outcome", "ok")
+        await expect(it.locator(".state")).to_have_text("success")
+        await expect(bar).to_have_attribute("data-mode", "determinate")
+        await expect(it).to_have_attribute("data-progress", "100")
+        await expect(it.locator(".result.done")).to_have_text("Completed (success).")
+        assert await animation(it.locator(".fill")) == "none"
+        # A failure: its state, the outcome, and a bar that stopped.
+        failing = card(page, "build-8")
+        bad.advance(len(bad.statuses))
+        await expect(failing).to_have_attribute("data-status", "failure", timeout=WAIT_MS)
+        await expect(failing).to_have_attribute("data-outcome", "error")
+        await expect(failing.locator(".result.error")).to_have_text("Did not complete (failure).")
+        await expect(failing.locator(".bar")).to_have_attribute("data-mode", "ended")
+        assert await animation(failing.locator(".fill")) == "none"
+        # The demo's controls: start a run, cancel it, see GitHub's "cancelled".
+        await page.select_option("#outcome", "completed")
+        await page.click("#start-run")
+        started = card(page, "run-0001")
+        await expect(started.locator(".cancel")).to_be_visible(timeout=WAIT_MS)
+        await started.locator(".cancel").click()
+        await expect(started).to_have_attribute("data-status", "cancelled", timeout=WAIT_MS)
+        await expect(started).to_have_attribute("data-event", "error")
+        await expect(started.locator(".cancel")).to_be_hidden()
+        await page.screenshot(path=tmp_path / "github-ended.png", full_page=True)
+        assert not page.errors  # type: ignore[attr-defined]
+        # Reduced motion: still marked as going, without the sweep.
+        still = api.scripted("build-9", nodes=("a",))
+        still.advance()
+        calm = await browser.new_page(reduced_motion="reduce")
+        await calm.goto(b.url + "/")
+        going = card(calm, "build-9")
+        await expect(going).to_have_attribute("data-status", "in_progress", timeout=WAIT_MS)
+        await expect(going.locator(".bar")).to_have_attribute("data-mode", "indeterminate")
+        assert await animation(going.locator(".fill")) == "none"
+
+
+async def test_argo_workflows_state_and_a_real_progress_bar(browser: Browser) -> None:
+    async with profile_api("argo-workflows") as api, demo_bridge(api) as b:
+        run = api.scripted("wf-1", nodes=("a", "b", "c"))
+        failed = api.scripted("wf-2", nodes=("a", "b"), outcome="failed")
+        page = await open_page(browser, b.url + "/")
+        it = card(page, "wf-1")
+        bar = it.locator(".bar")
+        # Pending: Argo counts no progress before pods run.
+        await expect(it).to_have_attribute("data-status", "Pending", timeout=WAIT_MS)
+        await expect(bar).to_have_attribute("data-mode", "indeterminate")
+        for shown in ("0", "33", "67"):
+            run.advance()
+            await expect(it).to_have_attribute("data-progress", shown, timeout=WAIT_MS)
+            await expect(it).to_have_attribute("data-status", "Running")
+            await expect(bar).to_have_attribute("data-mode", "determinate")
+            await expect(bar).to_have_attribute("aria-valuenow", shown)
+            await expect(it.locator(".percent")).to_have_text(shown + " %")
+        transform = await it.locator(".fill").evaluate("e => e.style.transform")
+        assert transform == "scaleX(0.67)"
+        run.advance(len(run.statuses))
+        await expect(it).to_have_attribute("data-status", "Succeeded", timeout=WAIT_MS)
+        await expect(it).to_have_attribute("data-outcome", "ok")
+        await expect(it).to_have_attribute("data-progress", "100")
+        seen = [c["progress"] for c in await changes(page, "wf-1") if c["status"] != "Pending"]
+        assert seen == sorted(seen) and {0, 33, 67, 100} <= set(seen), seen
+        # A failed workflow: its phase, where it stopped, and Argo's message.
+        other = card(page, "wf-2")
+        failed.advance(len(failed.statuses))
+        await expect(other).to_have_attribute("data-status", "Failed", timeout=WAIT_MS)
+        await expect(other).to_have_attribute("data-outcome", "error")
+        await expect(other).to_have_attribute("data-progress", "50")
+        await expect(other.locator(".result.error")).to_have_text("Node b failed")
+        assert not page.errors  # type: ignore[attr-defined]
 
 
 def frozen(run: TimedRun, at: float) -> dict[str, Any]:

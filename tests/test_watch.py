@@ -12,11 +12,16 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.demo.legacy_api import LegacyApi
-from tests.support import loopback_socket, running_bridge, sse
+from aiohttp import web
+
+from bridge.demo.legacy_api import LegacyApi, serving
+from bridge.demo.runs import ScriptedRun
+from tests.support import loopback_socket, running_bridge, sse, wait_for
 
 NODES = ("a", "b", "c")
 LINE_TIMEOUT = 10.0
+#: Colours and cursor control in a terminal's output.
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 @dataclass
@@ -213,3 +218,205 @@ async def test_gives_up_with_2_when_the_bridge_stays_unreachable() -> None:
         code, out, err = await w.finish()
     assert (code, out) == (2, "")
     assert f"no stream from the bridge at http://127.0.0.1:{port} for 1 s" in err
+
+
+# --- any configured API: state and progress from /v1/streams ---------------------------
+
+
+async def held(api: LegacyApi, run_id: str) -> None:
+    """Until the bridge has fetched the run's current status twice and handled both."""
+    asked = api.requests[run_id]
+    await wait_for(lambda: api.requests[run_id] >= asked + 3, timeout=10)
+
+
+async def play(api: LegacyApi, run: ScriptedRun) -> None:
+    """Every scripted status in turn, each seen by the bridge; the last one ends polling."""
+    await wait_for(lambda: api.requests[run.id] >= 1, timeout=10)
+    await held(api, run.id)
+    for _ in run.statuses[2:]:
+        run.advance()
+        await held(api, run.id)
+    run.advance()
+
+
+def plain(text: str) -> list[str]:
+    return [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+
+
+async def test_state_and_a_real_progress_for_argo_workflows() -> None:
+    async with serving(LegacyApi(step=0.05, profile="argo-workflows")) as api:
+        run = api.scripted("wf-1", nodes=NODES)
+        async with (
+            running_bridge(api.url, profile="argo-workflows", upstream_run_path=api.run_path) as b,
+            watch("wf-1", "--url", b.url) as w,
+        ):
+            await play(api, run)
+            code, out, err = await w.finish()
+    assert code == 0, err
+    # One line per change: the state the profile reads, and the progress where it has one.
+    assert plain(out) == [
+        "wf-1 Pending",
+        "wf-1 Running 0.0%",
+        "wf-1 Running 33.3%",
+        "wf-1 Running 66.7%",
+        "wf-1 Succeeded 100.0%",
+        "✔ wf-1 Succeeded",
+    ]
+
+
+async def test_json_carries_state_and_progress_and_a_failure_exits_1() -> None:
+    async with serving(LegacyApi(step=0.05, profile="databricks-runs")) as api:
+        run = api.scripted("42", nodes=NODES, outcome="failed")
+        path = api.run_path
+        async with (
+            running_bridge(api.url, profile="databricks-runs", upstream_run_path=path) as b,
+            watch("42", "--url", b.url, "--json") as w,
+        ):
+            await play(api, run)
+            code, out, err = await w.finish()
+        async with (
+            running_bridge(api.url, profile="databricks-runs", upstream_run_path=path) as b,
+            watch("42", "--url", b.url) as w,
+        ):
+            code_lines, out_lines, err_lines = await w.finish()
+    assert code == 1, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [(r["event"], r["state"], r["progress"]) for r in records] == [
+        ("progress", "PENDING", None),
+        ("progress", "RUNNING", None),
+        ("progress", "RUNNING", None),
+        ("progress", "RUNNING", None),
+        ("error", "FAILED", None),
+    ]
+    # data: the API's own object; id: the run's own event id, as on the single-run stream.
+    assert records[-1]["data"]["state"]["result_state"] == "FAILED"
+    assert all(re.fullmatch(r"\d+-\d+", r["id"]) for r in records)
+    # Without --json: the state, no invented percentage, and the API's failure message.
+    assert code_lines == 1
+    assert plain(out_lines) == ["42 FAILED"]
+    assert "✘ 42 FAILED: Node c failed" in err_lines
+
+
+async def test_a_terminal_gets_a_pulsing_bar_when_the_api_has_no_progress() -> None:
+    async with serving(LegacyApi(step=0.05, profile="github-actions")) as api:
+        run = api.scripted("7", nodes=NODES)
+        run.advance()
+        async with (
+            running_bridge(api.url, profile="github-actions", upstream_run_path=api.run_path) as b,
+            watch("7", "--url", b.url, env={"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"}) as w,
+        ):
+            assert w.process.stdout is not None
+            shown = ""
+            async with asyncio.timeout(LINE_TIMEOUT):
+                while "in_progress" not in shown:
+                    chunk = await w.process.stdout.read(4096)
+                    assert chunk, "watch closed its stdout"
+                    shown += ANSI.sub("", chunk.decode(errors="replace"))
+            run.advance(len(run.statuses))
+            code, rest, err = await w.finish()
+    assert code == 0, err
+    frames = [f for f in re.split(r"[\r\n]", shown) if "in_progress" in f]
+    # While it runs: the state, a bar, and no percentage (nothing says how far it is).
+    assert frames and all("━" in f and "%" not in f for f in frames), frames
+    final = ANSI.sub("", rest)
+    assert "success" in final and "100%" in final and "✔ 7 success" in final
+
+
+async def test_timeout_exits_2_for_another_api_too() -> None:
+    async with serving(LegacyApi(step=0.05, profile="github-actions")) as api:
+        api.scripted("7", nodes=NODES)
+        async with (
+            running_bridge(
+                api.url,
+                profile="github-actions",
+                upstream_run_path=api.run_path,
+                stream_timeout=0.5,
+            ) as b,
+            watch("7", "--url", b.url, "--json") as w,
+        ):
+            first = await w.event()
+            last = await w.event()
+            code, _, _ = await w.finish()
+    assert (first["event"], first["state"], first["progress"]) == ("progress", "queued", None)
+    assert last == {
+        "event": "timeout",
+        "id": None,
+        "data": {"message": "Stream timeout after 0.5 seconds"},
+    }
+    assert code == 2
+
+
+async def test_a_bridge_without_v1_streams_is_followed_on_the_single_run_stream() -> None:
+    """An older bridge: /v1/streams is a 404 naming no run; its single-run stream works."""
+    asked: list[tuple[str, str | None]] = []
+    statuses = [
+        {"id": "r1", "status": "running", "progress": 0.5},
+        {"id": "r1", "status": "completed", "progress": 1.0},
+    ]
+
+    async def streams(request: web.Request) -> web.Response:
+        asked.append((request.path, request.headers.get("Last-Event-ID")))
+        body = {"error": "not_found", "message": "The requested URL was not found."}
+        return web.json_response(body, status=404)
+
+    async def single(request: web.Request) -> web.StreamResponse:
+        asked.append((request.path, request.headers.get("Last-Event-ID")))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"retry: 100\n\n")
+        events = zip(["progress", "complete"], statuses, strict=True)
+        for seq, (name, status) in enumerate(events, 1):
+            frame = f"event: {name}\nid: 9-{seq}\ndata: {json.dumps(status)}\n\n"
+            await response.write(frame.encode())
+        return response
+
+    app = web.Application()
+    app.router.add_get("/v1/streams", streams)
+    app.router.add_get("/v1/runs/{run_id}/stream", single)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with watch("r1", "--url", f"http://127.0.0.1:{port}", "--json") as w:
+            code, out, err = await w.finish()
+        async with watch("r1", "--url", f"http://127.0.0.1:{port}") as w:
+            code_lines, out_lines, _ = await w.finish()
+    finally:
+        await runner.cleanup()
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    # The status as the old stream sent it; no state or progress the bridge did not say.
+    assert [(r["event"], r["id"], r["state"], r["data"]) for r in records] == [
+        ("progress", "9-1", None, statuses[0]),
+        ("complete", "9-2", None, statuses[1]),
+    ]
+    assert asked[:2] == [("/v1/streams", None), ("/v1/runs/r1/stream", None)]
+    # Shown with the status's own `status` field, as watch always did for such a bridge.
+    assert code_lines == 0
+    # (No progress from such a bridge; a completed run is shown done all the same.)
+    assert plain(out_lines) == ["r1 running", "r1 completed 100.0%", "✔ r1 completed"]
+
+
+async def test_wait_result_prints_only_the_final_status(legacy: LegacyApi) -> None:
+    run = legacy.scripted("wr", nodes=NODES)
+    async with running_bridge(legacy.url) as b, watch("wr", "--url", b.url, "--wait-result") as w:
+        # It long-polls /result: nothing is printed while the run goes on.
+        await wait_for(lambda: b.bridge.limiter.open == 1)
+        run.advance(len(run.statuses))
+        code, out, err = await w.finish()
+    assert code == 0, err
+    assert [json.loads(line) for line in out.splitlines()] == [run.statuses[-1]]
+
+
+async def test_wait_result_exits_1_for_a_failed_run_and_2_when_refused(legacy: LegacyApi) -> None:
+    run = legacy.scripted("wf", nodes=NODES, outcome="failed")
+    run.advance(len(run.statuses))
+    async with running_bridge(legacy.url) as b:
+        async with watch("wf", "--url", b.url, "--wait-result") as w:
+            code, out, _ = await w.finish()
+        assert code == 1 and json.loads(out) == run.statuses[-1]
+        async with watch("nobody", "--url", b.url, "--wait-result") as w:
+            code, out, err = await w.finish()
+        assert (code, out) == (2, "") and "not_found" in err

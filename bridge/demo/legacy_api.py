@@ -1,9 +1,14 @@
 """A simulated legacy run API on aiohttp: the demo's upstream and the tests' real upstream.
 
-    GET  /runs               the runs, newest first (summaries)
+    GET  /runs               the runs, newest first (summaries: id, status, progress, state)
     POST /runs               start a run; optional JSON body {"outcome": "completed"|"failed"|...}
     GET  /runs/{id}          one run's ExecutionStatus (what the bridge polls)
     POST /runs/{id}/cancel   cancel a queued or running run
+
+With ``profile=`` (bridge/demo/shapes.py) a run's status is answered in that API's shape
+and at its path instead of ``GET /runs/{id}`` (GitHub Actions at
+``/repos/demo/demo/actions/runs/{id}``, Databricks at
+``/api/2.1/jobs/runs/get?run_id={id}``, ...); the run list, start and cancel stay as above.
 
 Tests drive it directly: scripted runs that move on command, per-run credentials, a
 request log, and faults injected on command (status codes, hangs, resets, bad bodies).
@@ -26,6 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from bridge.demo.runs import Outcome, ScriptedRun, TimedRun, scripted_statuses
+from bridge.demo.shapes import Shape, shape_for
 from bridge.tasks import cancel_and_wait
 
 Run = TimedRun | ScriptedRun
@@ -72,8 +78,12 @@ class SeenRequest:
 
 
 class LegacyApi:
-    def __init__(self, *, step: float = 1.5, seed: int | None = None) -> None:
+    def __init__(
+        self, *, step: float = 1.5, seed: int | None = None, profile: str | None = None
+    ) -> None:
         self.step = step
+        #: How a run's status is answered, and where (KeyError: not simulated).
+        self.shape: Shape = shape_for(profile)
         self.runs: dict[str, Run] = {}
         self.requests: Counter[str] = Counter()
         #: The last requests for run statuses, newest last (bounded).
@@ -90,13 +100,31 @@ class LegacyApi:
             [
                 web.get("/runs", self._list),
                 web.post("/runs", self._create),
-                web.get("/runs/{run_id}", self._status),
                 web.post("/runs/{run_id}/cancel", self._cancel),
+                web.get(self.shape.route, self._status),
             ]
         )
         self.url = ""
 
     # --- what tests and the demo call --------------------------------------------
+
+    @property
+    def run_path(self) -> str:
+        """BRIDGE_UPSTREAM_RUN_PATH for a bridge in front of this API."""
+        return self.shape.run_path
+
+    def answer(self, run: Run, now: float | None = None) -> dict[str, Any]:
+        """What ``GET`` of ``run``'s status answers now, in this API's shape."""
+        now = time.time() if now is None else now
+        return self.shape.render(run.status(now), run.id, run.created, now)
+
+    def summary(self, run: Run) -> dict[str, Any]:
+        status = run.status()
+        return {
+            **{k: status.get(k) for k in ("id", "status", "progress")},
+            "state": self.shape.state(status),
+            "path": self.shape.run_path.replace("{run_id}", run.id),
+        }
 
     def new_run(self, outcome: Outcome | None = None, *, step: float | None = None) -> TimedRun:
         run_id = f"run-{next(self._ids):04d}"
@@ -131,11 +159,8 @@ class LegacyApi:
     # --- handlers -------------------------------------------------------------------
 
     async def _list(self, request: web.Request) -> web.Response:
-        summaries = []
-        for run in reversed(list(self.runs.values())):
-            status = run.status()
-            summaries.append({k: status.get(k) for k in ("id", "status", "progress")})
-        return web.json_response({"runs": summaries[:200]})
+        newest = list(self.runs.values())[-200:]
+        return web.json_response({"runs": [self.summary(run) for run in reversed(newest)]})
 
     async def _create(self, request: web.Request) -> web.Response:
         outcome: Any = None
@@ -148,17 +173,25 @@ class LegacyApi:
                 {"error": "outcome must be completed, failed or cancelled"}, status=400
             )
         run = self.new_run(outcome)
-        return web.json_response(run.status(), status=201)
+        return web.json_response(self.summary(run), status=201)
 
     async def _cancel(self, request: web.Request) -> web.Response:
         run = self.runs.get(request.match_info["run_id"])
         if run is None:
             return web.json_response({"error": "no such run"}, status=404)
         run.cancel()
-        return web.json_response(run.status())
+        return web.json_response(self.summary(run))
+
+    def _run_id(self, request: web.Request) -> str | None:
+        param = self.shape.query_param
+        if param is None:
+            return request.match_info.get("run_id")
+        return request.query.get(param)
 
     async def _status(self, request: web.Request) -> web.StreamResponse:
-        run_id = request.match_info["run_id"]
+        run_id = self._run_id(request)
+        if not run_id:
+            return web.json_response({"error": "run id missing"}, status=400)
         self.requests[run_id] += 1
         self.seen.append(
             SeenRequest(run_id, request.raw_path, dict(request.headers), time.monotonic())
@@ -173,7 +206,7 @@ class LegacyApi:
     async def _answer(self, request: web.Request, run_id: str) -> web.StreamResponse:
         fault = self._next_fault(run_id)
         if fault is not None:
-            return await self._commit(request, fault)
+            return await self._commit(run_id, fault, request)
         credential = self.credentials.get(run_id)
         if credential is not None:
             given = request.headers.get(credential.header)
@@ -184,7 +217,7 @@ class LegacyApi:
         run = self.runs.get(run_id)
         if run is None:
             return web.json_response({"error": "not found"}, status=404)
-        return web.json_response(run.status())
+        return web.json_response(self.answer(run))
 
     def _next_fault(self, run_id: str) -> Fault | None:
         queue = self.faults.get(run_id)
@@ -197,7 +230,7 @@ class LegacyApi:
                 queue.popleft()
         return fault
 
-    async def _commit(self, request: web.Request, fault: Fault) -> web.StreamResponse:
+    async def _commit(self, run_id: str, fault: Fault, request: web.Request) -> web.StreamResponse:
         if fault.kind == "status":
             return web.json_response({"error": "fault"}, status=fault.status, headers=fault.headers)
         if fault.kind == "hang":
@@ -228,10 +261,10 @@ class LegacyApi:
             return web.Response(status=302, headers={"Location": fault.location})
         if fault.kind == "slow":
             await asyncio.sleep(fault.delay)
-            run = self.runs.get(request.match_info["run_id"])
+            run = self.runs.get(run_id)
             if run is None:
                 return web.json_response({"error": "not found"}, status=404)
-            return web.json_response(run.status())
+            return web.json_response(self.answer(run))
         raise ValueError(f"unknown fault {fault.kind!r}")
 
 

@@ -171,6 +171,8 @@ class ScriptedRun:
     id: str
     statuses: list[dict[str, Any]]
     index: int = 0
+    #: When it was made (an API shape that shows a creation time needs one that holds).
+    created: float = field(default_factory=time.time)
 
     def status(self, now: float | None = None) -> dict[str, Any]:
         return self.statuses[self.index]

@@ -4,6 +4,11 @@
 // Runs come from the simulated API in demo mode (/demo/api/runs), else from ?runs=a,b,c
 // or the "Watch" box. The stream is reopened, with the last event id as cursor, whenever
 // the set of unfinished runs changes; the bridge then replays only what the page lacks.
+//
+// A card shows the envelope's `state` and `progress` (what the bridge's status filters
+// read, for any configured API), never guesses from the upstream object: a bar when
+// progress is a number, an indeterminate one when it is null. Seed 004's extras (nodes,
+// current node, outputs, timings) appear only where the status has those fields.
 "use strict";
 
 (() => {
@@ -12,9 +17,9 @@
   const $ = (id) => document.getElementById(id);
 
   const state = {
-    config: { demo: false, maxRuns: 50, pollInterval: 2 },
+    config: { demo: false, maxRuns: 50, pollInterval: 2, profile: null },
     limit: 30,
-    runs: new Map(), // id -> {id, status, data, event, finished, refused, el}
+    runs: new Map(), // id -> {id, status, state, progress, data, event, finished, refused, el}
     order: [], // newest first
     es: null,
     streamRuns: "", // the runs the open stream carries, comma-separated
@@ -110,7 +115,10 @@
     run.data = message.data && typeof message.data === "object" ? message.data : {};
     run.event = name;
     run.eventId = typeof message.id === "string" ? message.id : "";
-    run.status = String(run.data.status || (name === "error" ? "error" : "unknown"));
+    run.state = typeof message.state === "string" && message.state ? message.state : null;
+    run.progress = fraction(message.progress);
+    // No state read: "unknown" while it goes on; at the end the outcome still shows.
+    run.status = run.state || (name === "complete" ? "completed" : name === "error" ? "error" : "unknown");
     if (TERMINAL.has(name)) run.finished = true;
     markDirty(run);
     if (TERMINAL.has(name) && !unfinished().length) {
@@ -178,7 +186,10 @@
     if (state.runs.has(id)) return false;
     const run = {
       id,
-      status: (summary && summary.status) || "unknown",
+      // The demo's run list says the state in the API's words until the stream does.
+      status: (summary && (summary.state || summary.status)) || "unknown",
+      state: null,
+      progress: null,
       data: summary || { id },
       event: "",
       finished: false,
@@ -288,11 +299,23 @@
     state.frame = document.hidden ? setTimeout(flush, 50) : requestAnimationFrame(flush);
   }
 
-  function percentOf(progress) {
-    const value = Number(progress);
-    if (!Number.isFinite(value)) return 0;
-    const pct = value <= 1 ? value * 100 : value;
-    return Math.max(0, Math.min(100, Math.round(pct)));
+  // The envelope's progress: a number from 0 to 1, or null (unknown).
+  function fraction(value) {
+    if (typeof value !== "number" || !Number.isFinite(value)) return null;
+    return Math.max(0, Math.min(1, value));
+  }
+
+  // Where the run APIs the bridge meets put a failure's reason.
+  function messageOf(data) {
+    const nested = (key, field) => data[key] && typeof data[key] === "object" ? data[key][field] : null;
+    const candidates = [
+      data.errorMessage, data.error_message, data.message, data.error,
+      nested("error", "message"), nested("status", "message"), nested("state", "state_message"),
+    ];
+    for (const value of candidates) {
+      if (typeof value === "string" && value.trim()) return value;
+    }
+    return "";
   }
 
   function timeOf(iso) {
@@ -343,29 +366,45 @@
   function renderRun(run) {
     const el = card(run);
     const data = run.data || {};
-    const pct = percentOf(data.progress);
+    const ended = run.finished || Boolean(run.refused);
+    // A number: a real bar. Null: indeterminate while the run goes on; once it ended, a
+    // full bar for a completed run and an ended (still) one otherwise.
+    let mode = "determinate";
+    let pct = null;
+    if (run.progress !== null) pct = Math.round(run.progress * 100);
+    else if (run.event === "complete") pct = 100;
+    else mode = ended ? "ended" : "indeterminate";
     el.dataset.status = run.status;
     el.dataset.event = run.event;
     el.dataset.eventId = run.eventId || "";
-    el.dataset.progress = String(pct);
+    el.dataset.progress = pct === null ? "" : String(pct);
     el.dataset.outcome = run.refused || run.event === "error" ? "error" : run.finished ? "ok" : "";
     el.querySelector(".state").textContent = run.refused ? "refused" : run.status;
     const bar = el.querySelector(".bar");
-    bar.setAttribute("aria-valuenow", String(pct));
+    bar.dataset.mode = mode;
     bar.setAttribute("aria-label", run.id + " progress");
-    el.querySelector(".fill").style.transform = "scaleX(" + pct / 100 + ")";
-    el.querySelector(".percent").textContent = pct + " %";
-    const running = Array.isArray(data.nodes)
-      ? data.nodes.filter((n) => n && n.status === "running").map((n) => text(n.id))
-      : [];
+    const fill = el.querySelector(".fill");
+    if (pct === null) {
+      // An indeterminate bar has no value (ARIA); its motion is the stylesheet's.
+      bar.removeAttribute("aria-valuenow");
+      bar.setAttribute("aria-valuetext", ended ? run.status : "in progress, " + run.status);
+      fill.style.transform = "";
+    } else {
+      bar.setAttribute("aria-valuenow", String(pct));
+      bar.removeAttribute("aria-valuetext");
+      fill.style.transform = "scaleX(" + pct / 100 + ")";
+    }
+    el.querySelector(".percent").textContent = pct === null ? "" : pct + " %";
+    const nodes = Array.isArray(data.nodes) ? data.nodes : [];
+    const running = nodes.filter((n) => n && n.status === "running").map((n) => text(n.id));
     const current = data.currentNode ? text(data.currentNode) : running.join(", ");
     el.querySelector(".current").textContent = current ? "▸ " + current : "";
     el.querySelector(".when").textContent = describeWhen(data);
-    renderNodes(el.querySelector(".nodes"), Array.isArray(data.nodes) ? data.nodes : []);
+    const list = el.querySelector(".nodes");
+    renderNodes(list, nodes);
+    list.hidden = !nodes.length;
     renderResult(el.querySelector(".result"), run, data);
-    const cancel = el.querySelector(".cancel");
-    cancel.hidden = !state.config.demo || run.finished || Boolean(run.refused)
-      || !["queued", "running"].includes(run.status);
+    el.querySelector(".cancel").hidden = !state.config.demo || ended;
   }
 
   function renderNodes(list, nodes) {
@@ -389,7 +428,7 @@
       box.textContent = run.refused;
     } else if (run.finished && run.event === "error") {
       box.classList.add("error");
-      box.textContent = text(data.errorMessage) || "The run failed (" + run.status + ").";
+      box.textContent = messageOf(data) || "Did not complete (" + run.status + ").";
     } else if (run.finished && data.outputs && typeof data.outputs === "object") {
       box.classList.add("outputs");
       const dl = document.createElement("dl");
@@ -401,6 +440,9 @@
         dl.append(dt, dd);
       }
       box.appendChild(dl);
+    } else if (run.finished) {
+      box.classList.add("done");
+      box.textContent = "Completed (" + run.status + ").";
     }
     box.hidden = !box.firstChild;
   }
@@ -431,6 +473,11 @@
     } catch { /* defaults */ }
     const limit = parseInt(params.get("limit") || "", 10);
     state.limit = Math.min(Number.isFinite(limit) && limit > 0 ? limit : 30, state.config.maxRuns);
+    if (typeof state.config.profile === "string" && state.config.profile) {
+      $("profile").textContent = state.config.profile;
+      $("profile").title = "BRIDGE_PROFILE: how the bridge reads this API";
+      $("profile").hidden = false;
+    }
 
     for (const id of urlRuns()) addRun(id, null);
     if (state.config.demo) {
