@@ -29,6 +29,7 @@ from bridge.dashboard import register_dashboard
 from bridge.errors import BridgeError, Draining, InvalidRunId, PokeDisabled, PokeUnauthorized
 from bridge.hypercorn_transport import CaptureSend, fast_path_transport
 from bridge.multi import multi_frames, parse_runs
+from bridge.openapi import register_openapi
 from bridge.opening import Framer, RunRefused, stream_body
 from bridge.services import Services
 from bridge.settings import Settings
@@ -273,6 +274,7 @@ def create_app(settings: Settings) -> Quart:
             headers=answer.headers,
         )
 
+    register_openapi(app)
     register_dashboard(app, services)
     return app
 
