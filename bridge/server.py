@@ -136,11 +136,11 @@ _KEY_HEAD = 4096
 
 def _unloadable(certfile: Path, keyfile: Path, error: OSError) -> CannotLoadCertificate:
     """Which file is at fault and why: OpenSSL's own message ("PEM lib") names neither."""
-    key_head = b""
+    heads: dict[str, bytes] = {}
     for variable, path in (("BRIDGE_TLS_CERTFILE", certfile), ("BRIDGE_TLS_KEYFILE", keyfile)):
         try:
             with path.open("rb") as file:
-                key_head = file.read(_KEY_HEAD)
+                heads[variable] = file.read(_KEY_HEAD)
         except OSError as unreadable:
             why = (unreadable.strerror or "failed").lower()
             return CannotLoadCertificate(variable, path, f"cannot be read: {why}")
@@ -152,7 +152,8 @@ def _unloadable(certfile: Path, keyfile: Path, error: OSError) -> CannotLoadCert
         )
     if getattr(error, "reason", None) == "KEY_VALUES_MISMATCH":
         why = "is not the key of the certificate in BRIDGE_TLS_CERTFILE"
-    elif b"ENCRYPTED" in key_head:  # "BEGIN ENCRYPTED PRIVATE KEY", "Proc-Type: 4,ENCRYPTED"
+    elif b"ENCRYPTED" in heads["BRIDGE_TLS_KEYFILE"]:
+        # "-----BEGIN ENCRYPTED PRIVATE KEY" (PKCS#8) or "Proc-Type: 4,ENCRYPTED" (legacy PEM).
         why = "is encrypted: the bridge needs the key without a passphrase"
     else:
         why = "holds no PEM private key (-----BEGIN ... PRIVATE KEY)"

@@ -72,13 +72,16 @@ async def run_demo(
     for outcome in ("completed", "failed", "completed"):
         api.new_run(outcome)
     own_socket = sock is None
-    listener = sock if sock is not None else listen_socket(settings.host, settings.port)
+    listener = (
+        sock if sock is not None else listen_socket(settings.host, settings.port, tls=settings)
+    )
     try:
         async with serving(api, "127.0.0.1", api_port), spawning(api, every=8 * step, keep=4):
             demo_settings = settings.model_copy(update={"upstream_url": api.url, "dashboard": True})
             app = create_app(demo_settings)
             enable_demo_api(app, api.url)  # the page lists, starts and cancels runs
-            base = f"http://{url_host(settings.host)}:{bound_port(listener)}"
+            scheme = "https" if settings.tls_certfile is not None else "http"
+            base = f"{scheme}://{url_host(settings.host)}:{bound_port(listener)}"
             first = next(iter(api.runs))
             announce(
                 "\n".join(
@@ -109,7 +112,7 @@ def main(settings: Settings, profile: str | None = None, step: float = 1.5) -> i
     # Bound before anything is printed: a taken port is one line, not a traceback, and
     # the URLs printed later are the ones that answer.
     try:
-        sock = listen_socket(settings.host, settings.port)
+        sock = listen_socket(settings.host, settings.port, tls=settings)
     except CannotListen as error:
         reason = str(error).removesuffix(" (BRIDGE_HOST/BRIDGE_PORT)")
         print(f"sse-bridge: {reason}", file=sys.stderr)
