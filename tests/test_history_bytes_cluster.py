@@ -6,13 +6,8 @@ oldest records while the list holds more than BRIDGE_HISTORY_MAX_BYTES, never th
 from __future__ import annotations
 
 import asyncio
-import selectors
-import shutil
-import socket
-import subprocess
-import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -20,6 +15,7 @@ from redis.asyncio import Redis
 from bridge import sse
 from bridge.channel import ChannelKey
 from bridge.cluster.store import PROGRESS, TERMINAL, WRITTEN, Record, Store
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -27,52 +23,10 @@ MiB = 1 << 20
 EPOCH = 1_700_000_000_000
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="module")
-def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """redis-server on a loopback port, without persistence, for this module."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail(
-            "redis-server is not installed, and these tests need a real one: "
-            "run scripts/install (or apt-get install redis-server)",
-            pytrace=False,
-        )
-    port = _free_port()
-    workdir = tmp_path_factory.mktemp("redis-bytes")
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-         "no", "--dir", str(workdir), "--loglevel", "notice"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        # Redis says when it listens: wait for that line (bounded), not for a time.
-        assert process.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(process.stdout, selectors.EVENT_READ)
-            deadline = time.monotonic() + 10
-            log = b""
-            while b"Ready to accept connections" not in log:
-                left = deadline - time.monotonic()
-                if left <= 0 or not selector.select(left):
-                    raise RuntimeError("redis-server did not start in 10 s")
-                line = process.stdout.readline()
-                if not line:
-                    raise RuntimeError(f"redis-server exited at start: {log[-500:]!r}")
-                log += line
-        yield port
-    finally:
-        process.kill()
-        process.wait(timeout=10)
-        if process.stdout is not None:
-            process.stdout.close()
+@pytest.fixture
+def redis_port(redis_server: RedisServer) -> int:
+    """The suite's redis-server (tests/conftest.py); each store here has its own prefix."""
+    return redis_server.port
 
 
 @pytest.fixture
