@@ -1,6 +1,15 @@
 # sse-bridge: the polling-to-SSE sidecar.
 #   docker build -t sse-bridge .
 #   docker run -p 8080:8080 -e BRIDGE_UPSTREAM_URL=http://legacy:9000 sse-bridge
+# The demo (a simulated legacy API and the dashboard, nothing to configure) listens on
+# 127.0.0.1 unless told otherwise, and inside a container that is out of reach of any
+# published port; give it --host 0.0.0.0, then open http://127.0.0.1:8080/:
+#   docker run --rm -p 8080:8080 sse-bridge demo --host 0.0.0.0
+# Kubernetes: deploy/kubernetes; everything about running it: docs/deploy.md.
+# tests/test_deploy.py checks this file's instructions (no Docker engine needed) and runs
+# the HEALTHCHECK command against a served bridge.
+
+# The locks are compiled for CPython 3.11 on Linux (scripts/lock): keep this at 3.11.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -15,14 +24,22 @@ COPY requirements.lock ./
 RUN pip install --require-hashes -r requirements.lock
 COPY pyproject.toml README.md LICENSE ./
 COPY bridge ./bridge
+# A fixed uid and gid, so that Kubernetes' runAsNonRoot can check them and the manifests'
+# runAsUser/runAsGroup (deploy/kubernetes) name the same user.
 RUN pip install --no-deps . \
- && useradd --system --uid 10001 --no-create-home bridge
+ && groupadd --system --gid 10001 bridge \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin bridge
 
-USER 10001
+USER 10001:10001
 EXPOSE 8080
-# SIGTERM drains: /readyz 503, streams end cleanly, exit within BRIDGE_SHUTDOWN_GRACE.
+# SIGTERM drains: /readyz 503, streams end cleanly over BRIDGE_DRAIN_SPREAD, exit within
+# BRIDGE_SHUTDOWN_GRACE (docs/deploy.md, "Rolling updates").
 STOPSIGNAL SIGTERM
-HEALTHCHECK --interval=10s --timeout=3s \
-  CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"
+# Liveness of this process, wherever BRIDGE_PORT (and BRIDGE_HOST) put its listener, over
+# HTTPS when BRIDGE_TLS_CERTFILE is set. The certificate is not verified: it names the
+# public host, not 127.0.0.1, and this only asks whether the process answers. Any failure
+# (refused, timeout, non-2xx) is an exception, so exit 1: Docker's "unhealthy".
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+  CMD ["python", "-c", "import os, ssl, urllib.request as r; e = os.environ.get; h = e('BRIDGE_HOST') or '0.0.0.0'; h = {'0.0.0.0': '127.0.0.1', '::': '::1'}.get(h, h); c = ssl.create_default_context(); c.check_hostname = False; c.verify_mode = ssl.CERT_NONE; r.urlopen(('https' if e('BRIDGE_TLS_CERTFILE') else 'http') + '://' + ('[' + h + ']' if ':' in h else h) + ':' + (e('BRIDGE_PORT') or '8080') + '/healthz', timeout=2, context=c)"]
 ENTRYPOINT ["sse-bridge"]
 CMD ["serve"]
