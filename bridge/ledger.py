@@ -78,6 +78,8 @@ class Ledger(ABC):
         #: Asks the poller to poll at once (a poke; the poller sets its own): False when
         #: one was already pending.
         self.poke: Callable[[], bool] = _refuse
+        #: When the poll in flight started (monotonic), set by the poller; None between.
+        self.polling_since: float | None = None
 
     @abstractmethod
     async def sync(self, *, active: bool) -> bool:

@@ -216,11 +216,13 @@ class Poller:
             self._poked = False
             return await self._poll(poked=True)
         if self._next_poll is None:
-            # Taking over keeps the cadence: one poll per interval, whoever polls.
+            # Taking over keeps the cadence: one poll per interval, whoever polls; a
+            # leader that cannot tell when the last poll was waits a whole interval.
             since = self.ledger.since_poll
             wait = 0.0
-            if self.first.done() and since is not None:
-                wait = max(0.0, self._interval() - since)
+            if self.first.done():
+                every = self._interval()
+                wait = every if since is None else max(0.0, every - since)
             self._next_poll = now + wait
         if now < self._next_poll:
             # Sync at least once an interval: a leader renews its lease meanwhile.
@@ -237,7 +239,7 @@ class Poller:
             if self._metrics is not None:
                 # Every viewer here and elsewhere would have polled on its own.
                 self._metrics.polls_saved.inc(max(0, self.leases + self.ledger.others - 1))
-            fetched = await self._fetch_status(self.key.run_id, self._headers, self._validators)
+            fetched = await self._fetch(started)
         except UpstreamRefused as error:
             if not self.first.done():
                 self.first.set_exception(error)
@@ -283,6 +285,21 @@ class Poller:
             next_poll = max(next_poll, now + min(fetched.wait, self._cadence.hint_max))
         self._next_poll = next_poll
         return min(next_poll, now + interval)
+
+    async def _fetch(self, started: float) -> Fetched:
+        """The upstream request, marked in flight for the ledger meanwhile."""
+        self.ledger.polling_since = started
+        try:
+            fetched = await self._fetch_status(self.key.run_id, self._headers, self._validators)
+        except asyncio.CancelledError:
+            # Stopped mid-poll (shutdown): still in flight as far as a successor is
+            # concerned; the ledger's close records when it started.
+            raise
+        except BaseException:
+            self.ledger.polling_since = None
+            raise
+        self.ledger.polling_since = None
+        return fetched
 
     async def _failed(self, error: UpstreamError, started: float) -> float | None:
         """A failed poll: back off, or give up once failures lasted long enough."""

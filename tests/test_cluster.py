@@ -7,6 +7,7 @@ never cross, and Redis lost and back.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import time
@@ -552,3 +553,74 @@ async def test_redis_down_at_start_the_bridge_serves_not_ready_until_it_answers(
                 await s.next_named("progress")
     finally:
         server.kill()
+
+
+# --- the cadence across handovers ----------------------------------------------------------
+
+CADENCE = 0.4
+
+
+async def test_a_leader_stopped_mid_poll_leaves_the_cadence_to_its_successor(
+    legacy: LegacyApi, cluster: dict[str, Any]
+) -> None:
+    """SIGTERM-like stop of the leader while its poll is in flight: it records that poll's
+    start as it resigns, so the successor counts from there instead of polling at once."""
+    legacy.scripted("midpoll")
+    settings = {**cluster, "poll_interval": CADENCE}
+    async with AsyncExitStack() as outer:
+        b = await outer.enter_async_context(running_bridge(legacy.url, **settings))
+        async with AsyncExitStack() as inner:
+            a = await inner.enter_async_context(running_bridge(legacy.url, **settings))
+            on_a = await inner.enter_async_context(sse(f"{a.url}/v1/runs/midpoll/stream"))
+            await on_a.next_named("progress")
+            await wait_for(lambda: cluster_of(a).leading == 1)
+            on_b = await outer.enter_async_context(sse(f"{b.url}/v1/runs/midpoll/stream"))
+            await on_b.next_named("progress")
+            # The leader's next poll hangs at the upstream; a stops while it is in flight.
+            legacy.inject("midpoll", Fault("hang"))
+            count = legacy.requests["midpoll"]
+            await wait_for(lambda: legacy.requests["midpoll"] == count + 1, timeout=3)
+            in_flight = [r.at for r in legacy.seen if r.run_id == "midpoll"][-1]
+            store = cluster_of(a).store
+            meta = store.key(a.bridge.pollers.key("midpoll", {}), "meta")
+        # Redis counts the run as polled when the poll in flight started, not before.
+        seconds, micros = await store.client.time()
+        polled = int(await store.client.hget(meta, "polled"))
+        age_in_redis = (seconds * 1000 + micros // 1000 - polled) / 1000
+        assert age_in_redis <= time.monotonic() - in_flight + 0.05, age_in_redis
+        # b takes over and polls on the cadence: not at once.
+        await wait_for(lambda: cluster_of(b).leading == 1)
+        await wait_for(lambda: legacy.requests["midpoll"] >= count + 2, timeout=5)
+        after = [r.at for r in legacy.seen if r.run_id == "midpoll"][-1]
+        assert after - in_flight >= CADENCE * 0.9, after - in_flight
+
+
+async def test_after_redis_lost_the_keys_the_next_leader_waits_an_interval(
+    legacy: LegacyApi, cluster: dict[str, Any]
+) -> None:
+    """FLUSHALL: the copy is put back counted as polled just now, so whichever replica
+    leads next waits an interval instead of polling at once."""
+    legacy.scripted("flushed")
+    settings = {**cluster, "poll_interval": CADENCE}
+    async with replicas(legacy, settings) as (a, b):
+        async with (
+            sse(f"{a.url}/v1/runs/flushed/stream") as s1,
+            sse(f"{b.url}/v1/runs/flushed/stream") as s2,
+        ):
+            await s1.next_named("progress")
+            await s2.next_named("progress")
+            store = cluster_of(a).store
+            key = a.bridge.pollers.key("flushed", {})
+            count = legacy.requests["flushed"]
+            await wait_for(lambda: legacy.requests["flushed"] == count + 1, timeout=3)
+            for part in ("meta", "events", "lease", "interest"):
+                await store.client.delete(store.key(key, part))
+            flushed = time.monotonic()
+            # A replica puts its copy back, with a poll time (bounded wait on Redis).
+            async with asyncio.timeout(3):
+                while not await store.client.hexists(store.key(key, "meta"), "polled"):
+                    await asyncio.sleep(0.02)
+            await wait_for(lambda: legacy.requests["flushed"] >= count + 3, timeout=5)
+        times = [r.at for r in legacy.seen if r.run_id == "flushed" and r.at >= flushed]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+        assert min(gaps) >= CADENCE * 0.9, gaps

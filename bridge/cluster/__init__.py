@@ -135,7 +135,7 @@ class RedisBackend(LedgerBackend):
             return  # the leases expire by themselves
         try:
             async with asyncio.timeout(self._settings.redis_timeout):
-                await self.store.resign([(ledger.key, ledger.token) for ledger in ledgers])
+                await self.store.resign([ledger.resignation() for ledger in ledgers])
         except REDIS_FAILURES as error:
             self.link.trouble(error)
 

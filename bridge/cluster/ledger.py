@@ -22,11 +22,12 @@ leader has polled it (no upstream request), else with its own first upstream req
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from bridge import sse
-from bridge.channel import Channel
+from bridge.channel import Channel, ChannelKey
 from bridge.cluster.link import REDIS_FAILURES, RedisLink
 from bridge.cluster.store import (
     NOT_HOLDER,
@@ -120,6 +121,13 @@ class RedisLedger(Ledger):
 
     async def close(self) -> None:
         await self._on_close(self)
+
+    def resignation(self) -> tuple[ChannelKey, str, int | None]:
+        """What giving up this ledger's lease tells Redis: key, token, and how long ago
+        the poll still in flight started (the successor counts from there)."""
+        started = self.polling_since if self.leads else None
+        ago = None if started is None else int((time.monotonic() - started) * 1000)
+        return self.key, self.token, ago
 
     def on_message(self, payload: bytes) -> None:
         """A pub/sub message for this key (called by the listener, in order)."""

@@ -140,15 +140,30 @@ end
 redis.call('DEL', KEYS[2])
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('HDEL', KEYS[1], 'ok')
-redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'seq', ARGV[2], 'end', '', 'bytes', #ARGV[3])
+-- Nobody knows when the run was last polled: count it as polled now, so that whoever
+-- leads next waits a full interval instead of polling at once.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'seq', ARGV[2], 'end', '', 'bytes', #ARGV[3],
+  'polled', now)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return 1
 """
 
-# KEYS: lease, interest. ARGV: token. Gives up the lease (if still ours) and the interest.
+# KEYS: lease, interest, meta. ARGV: token, ms since the poll in flight started ('': none).
+# Gives up the lease (if still ours) and the interest. A leader stopped during a poll
+# records that poll's start, so that its successor keeps the cadence instead of polling
+# at once.
 _RESIGN = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  if ARGV[2] ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    redis.call('HSET', KEYS[3], 'polled', now - tonumber(ARGV[2]))
+  end
+end
 redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 """
@@ -327,10 +342,12 @@ class Store:
         out = [Record.decode(i if isinstance(i, bytes) else i.encode()) for i in raw]
         return sorted((r for r in out if r is not None), key=lambda r: r.seq)
 
-    async def resign(self, pollers: list[tuple[ChannelKey, str]]) -> None:
-        """Give up the leases and interests of these (key, token) pairs, in one round trip."""
+    async def resign(self, pollers: list[tuple[ChannelKey, str, int | None]]) -> None:
+        """Give up the leases and interests of these (key, token, ms since the poll in
+        flight started, if any) triples, in one round trip."""
         async with self.client.pipeline(transaction=False) as pipe:
-            for key, token in pollers:
-                keys = [self.key(key, "lease"), self.key(key, "interest")]
-                await self._resign(keys=keys, args=[token], client=pipe)
+            for key, token, in_flight_ms in pollers:
+                keys = [self.key(key, "lease"), self.key(key, "interest"), self.key(key, "meta")]
+                ago = "" if in_flight_ms is None else str(max(0, in_flight_ms))
+                await self._resign(keys=keys, args=[token, ago], client=pipe)
             await pipe.execute()
