@@ -104,6 +104,13 @@ class Ledger(ABC):
     async def close(self) -> None:
         """The poller stopped (after it left the registry)."""
 
+    async def step_aside(self) -> bool:
+        """This replica cannot reach the upstream: let another lead; True if it will.
+
+        One process has nobody to hand over to: False.
+        """
+        return False
+
     def _published(self, name: str) -> None:
         if self._metrics is not None:
             self._metrics.events_published.labels(name).inc()

@@ -42,6 +42,9 @@ Fetch = Callable[[str, Mapping[str, str], Validators | None], Awaitable[Fetched]
 
 #: Polls in a row without a readable state before the run is logged (once).
 UNREAD_POLLS = 3
+#: Failed polls in a row after which a leader that other replicas' viewers also watch
+#: lets one of them lead (cluster mode: its own path to the upstream may be the trouble).
+STEP_ASIDE_AFTER = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +120,7 @@ class Poller:
         self._nudged = False
         self._next_poll: float | None = None
         self._failing_since: float | None = None
+        self._failures = 0
         self._backoff = Backoff(cadence.interval, cadence.backoff_max)
         ledger.nudge = self.nudge
         ledger.news = self._on_news
@@ -252,6 +256,7 @@ class Poller:
                 self.first.set_exception(error)
                 return None
             return await self._failed(error, started)
+        self._failures = 0
         if self._failing_since is not None:
             log.info("polls of run %s recovered", self.key.run_id)
             self._failing_since = None
@@ -304,6 +309,14 @@ class Poller:
     async def _failed(self, error: UpstreamError, started: float) -> float | None:
         """A failed poll: back off, or give up once failures lasted long enough."""
         give_up = self._cadence.give_up
+        self._failures += 1
+        if (
+            self._failures >= STEP_ASIDE_AFTER
+            and self.ledger.others > 0
+            and await self.ledger.step_aside()
+        ):
+            self._lose_lead()
+            return time.monotonic() + self._cadence.interval
         if self._failing_since is None:
             self._failing_since = started
             # Logged when a run starts failing and when it recovers, not per poll.
@@ -372,6 +385,7 @@ class Poller:
     def _lose_lead(self) -> None:
         self._next_poll = None
         self._failing_since = None
+        self._failures = 0
         self._backoff.reset()
         # Another replica may have polled meanwhile: our validators describe an answer
         # that may no longer be the latest one here; and pokes are the leader's.

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from bridge.cluster import RedisBackend
 from bridge.cluster.store import Record
@@ -27,7 +28,7 @@ from bridge.eventstream import ParsedEvent
 from bridge.history import RunHistory
 from bridge.settings import ConfigError, load
 from tests.redis_server import RedisServer
-from tests.support import RunningBridge, running_bridge, sse, wait_for
+from tests.support import RunningBridge, running_bridge, serving_app, sse, wait_for
 
 pytestmark = pytest.mark.redis
 
@@ -624,3 +625,62 @@ async def test_after_redis_lost_the_keys_the_next_leader_waits_an_interval(
         times = [r.at for r in legacy.seen if r.run_id == "flushed" and r.at >= flushed]
         gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
         assert min(gaps) >= CADENCE * 0.9, gaps
+
+
+# --- a leader that cannot reach the upstream steps aside ----------------------------------
+
+
+class Relay:
+    """An HTTP relay to the upstream for one replica; ``cut`` makes it drop every request."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.cut = False
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.cut:
+            assert request.transport is not None
+            request.transport.close()  # the path is gone: the replica sees a reset
+            return web.Response(status=502)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(self.upstream + request.path_qs, headers=request.headers) as r,
+        ):
+            return web.Response(body=await r.read(), status=r.status, content_type=r.content_type)
+
+
+async def test_a_leader_cut_off_from_the_upstream_hands_the_run_over(
+    legacy: LegacyApi, cluster: dict[str, Any]
+) -> None:
+    run = legacy.scripted("cutoff", nodes=("a", "b", "c"))
+    relay = Relay(legacy.url)
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", relay.handle)
+    settings = {**cluster, "poll_interval": 0.1, "backoff_max": 0.1}
+    async with (
+        serving_app(app) as through_relay,
+        running_bridge(through_relay, **settings) as a,
+        sse(f"{a.url}/v1/runs/cutoff/stream") as on_a,
+    ):
+        await on_a.next_named("progress")
+        await wait_for(lambda: cluster_of(a).leading == 1)
+        async with running_bridge(legacy.url, **settings) as b:
+            async with sse(f"{b.url}/v1/runs/cutoff/stream") as on_b:
+                await on_b.next_named("progress")
+                assert cluster_of(b).leading == 0
+                relay.cut = True
+                cut = time.monotonic()
+                run.advance()
+                # b, which can reach the upstream, takes over; both replicas' viewers
+                # get the change, with nothing lost and no error.
+                for stream in (on_b, on_a):
+                    event = await stream.next_named("progress", timeout=5)
+                    assert json.loads(event.data) == run.statuses[1]
+                took = time.monotonic() - cut
+                assert cluster_of(b).leading == 1 and cluster_of(a).leading == 0
+                # No flapping: a does not take the lease back while b leads.
+                relay.cut = False
+                run.advance()
+                await on_a.next_named("progress", timeout=5)
+                assert cluster_of(a).leading == 0
+                assert took < 5, took

@@ -106,6 +106,7 @@ class RedisBackend(LedgerBackend):
             token=f"{self._replica}-{next(self._serial)}",
             read=self._read,
             on_close=self._closed,
+            step_aside_s=max(10 * self._settings.poll_interval, lease_seconds(self._settings)),
         )
         self._ledgers[key] = ledger
         return ledger

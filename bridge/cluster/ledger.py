@@ -59,6 +59,7 @@ class RedisLedger(Ledger):
         token: str,
         read: Callable[[str], Reading | None],
         on_close: Callable[[RedisLedger], Coroutine[Any, Any, None]],
+        step_aside_s: float = 30.0,
     ) -> None:
         super().__init__(channel, metrics)
         self.key = channel.key
@@ -71,6 +72,10 @@ class RedisLedger(Ledger):
         self._read = read
         self._active = True
         self._diverged = False
+        #: After stepping aside: how long this replica leaves the lease to others, and
+        #: (cluster-wide) how long before another leader may step aside again.
+        self._step_aside_s = step_aside_s
+        self._cool_until = 0.0
 
     # --- the seam ----------------------------------------------------------------------
 
@@ -121,6 +126,19 @@ class RedisLedger(Ledger):
 
     async def close(self) -> None:
         await self._on_close(self)
+
+    async def step_aside(self) -> bool:
+        window_ms = int(self._step_aside_s * 1000)
+        if not await self._guarded(self._store.step_aside(self.key, self.token, window_ms)):
+            return False
+        log.warning(
+            "cluster: this replica cannot reach the upstream for run %s; another replica "
+            "whose viewers watch it takes over polling",
+            self.key.run_id,
+        )
+        self.leads = False
+        self._cool_until = time.monotonic() + self._step_aside_s
+        return True
 
     def resignation(self) -> tuple[ChannelKey, str, int | None]:
         """What giving up this ledger's lease tells Redis: key, token, and how long ago
@@ -194,7 +212,8 @@ class RedisLedger(Ledger):
 
     async def _tick(self) -> None:
         """Refresh interest and lease; bring the local copy and Redis's history in step."""
-        view = await self._store.tick(self.key, self.token, active=self._active)
+        may_lead = time.monotonic() >= self._cool_until
+        view = await self._store.tick(self.key, self.token, active=self._active, may_lead=may_lead)
         self.leads = view.holder == self.token
         self.others = view.others
         self.since_poll = None if view.since_poll is None else view.since_poll / 1000

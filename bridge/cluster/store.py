@@ -59,7 +59,7 @@ local meta = redis.call('HMGET', KEYS[2], 'epoch', 'seq', 'end', 'ok', 'polled')
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ttl)
-elseif (not holder) and ARGV[3] == '1' and meta[3] ~= 't' then
+elseif (not holder) and ARGV[3] == '1' and ARGV[4] ~= '0' and meta[3] ~= 't' then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
   holder = ARGV[1]
 end
@@ -148,6 +148,22 @@ redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'seq', ARGV[2], 'end', '', 'bytes'
   'polled', now)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return 1
+"""
+
+# KEYS: lease, meta. ARGV: token, window ms, channel, K.
+# A leader that cannot reach the upstream gives its lease up for a replica that can,
+# unless another leader did so within the window (then the upstream is down for all, and
+# handing over again would only restart the give-up clock): 1 given up, 0 kept.
+_STEP_ASIDE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local stepped = redis.call('HGET', KEYS[2], 'stepped')
+if stepped and now - tonumber(stepped) < tonumber(ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[2], 'stepped', now)
+redis.call('PUBLISH', ARGV[3], ARGV[4] .. '\\n!')
 return 1
 """
 
@@ -274,13 +290,17 @@ class Store:
         self._commit = client.register_script(_COMMIT)
         self._restore = client.register_script(_RESTORE)
         self._resign = client.register_script(_RESIGN)
+        self._step_aside = client.register_script(_STEP_ASIDE)
 
     def key(self, key: ChannelKey, part: str) -> str:
         return f"{self.prefix}{{{channel_name(key)}}}:{part}"
 
-    async def tick(self, key: ChannelKey, token: str, *, active: bool) -> TickView:
+    async def tick(
+        self, key: ChannelKey, token: str, *, active: bool, may_lead: bool = True
+    ) -> TickView:
         keys = [self.key(key, "lease"), self.key(key, "meta"), self.key(key, "interest")]
-        reply = await self._tick(keys=keys, args=[token, self.lease_ms, int(active)])
+        args: list[EncodableT] = [token, self.lease_ms, int(active), int(may_lead)]
+        reply = await self._tick(keys=keys, args=args)
         holder, epoch, seq, end, ok, others, since = reply
         epoch_text = _text(epoch)
         return TickView(
@@ -341,6 +361,13 @@ class Store:
         raw = await self.client.lrange(self.key(key, "events"), -count, -1)
         out = [Record.decode(i if isinstance(i, bytes) else i.encode()) for i in raw]
         return sorted((r for r in out if r is not None), key=lambda r: r.seq)
+
+    async def step_aside(self, key: ChannelKey, token: str, window_ms: int) -> bool:
+        """Give the lease up because this replica cannot reach the upstream (see the
+        script); True when given up, and the other replicas are told at once."""
+        keys = [self.key(key, "lease"), self.key(key, "meta")]
+        args: list[EncodableT] = [token, window_ms, self.events_channel, channel_name(key)]
+        return bool(await self._step_aside(keys=keys, args=args))
 
     async def resign(self, pollers: list[tuple[ChannelKey, str, int | None]]) -> None:
         """Give up the leases and interests of these (key, token, ms since the poll in
