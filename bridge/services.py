@@ -33,7 +33,7 @@ REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 
 def create_backend(settings: Settings, metrics: Metrics, reader: StatusReader) -> LedgerBackend:
     """The ledger backend BRIDGE_REDIS_URL's scheme names (unset: one process)."""
-    url = settings.redis_url
+    url = settings.redis_url or ("redis://" if settings.redis_sentinels else None)
     scheme = (url or "memory://").split(":", 1)[0].lower()
     if scheme == "memory":
         return MemoryBackend(metrics)

@@ -170,13 +170,28 @@ class Settings(BaseSettings):
     (so their viewers do not all reconnect at once); at most BRIDGE_SHUTDOWN_GRACE minus
     BRIDGE_DRAIN_DELAY."""
 
-    # --- cluster mode (BRIDGE_REDIS_URL) ---
+    # --- cluster mode (BRIDGE_REDIS_URL or BRIDGE_REDIS_SENTINELS) ---
     redis_prefix: str = "sse-bridge:"
     """Prefix of every Redis key and channel the bridge uses: the same on replicas that share
     pollers, another for bridges of another upstream sharing the Redis."""
     redis_timeout: float = Field(2.0, gt=0, le=60)
     """Seconds one Redis command (connecting included) may take before Redis counts as
     unavailable."""
+    redis_sentinels: CsvList = ()
+    """Cluster mode through Redis Sentinel instead of BRIDGE_REDIS_URL: the Sentinels'
+    `host:port` list, e.g. `sentinel-1:26379,sentinel-2:26379,sentinel-3:26379`; the
+    bridge follows the primary they name across failovers (see docs/cluster.md)."""
+    redis_sentinel_service: str | None = None
+    """The master name the Sentinels monitor (`sentinel monitor <name> ...`); required
+    with BRIDGE_REDIS_SENTINELS."""
+    redis_sentinel_password: SecretStr | None = None
+    """Password of the Sentinels themselves (their `requirepass`), if they have one."""
+    redis_password: SecretStr | None = None
+    """Password of the Redis primary that BRIDGE_REDIS_SENTINELS names (with
+    BRIDGE_REDIS_URL the URL carries it)."""
+    redis_db: int = Field(0, ge=0, le=65_535)
+    """Database number on the primary that BRIDGE_REDIS_SENTINELS names (with
+    BRIDGE_REDIS_URL the URL's path says it)."""
 
     # --- limits ---
     max_streams: int = Field(20_000, ge=1)
@@ -333,6 +348,7 @@ class Settings(BaseSettings):
         "failure_statuses",
         "cors_origins",
         "ignore_fields",
+        "redis_sentinels",
         mode="before",
     )
     @classmethod
@@ -391,6 +407,64 @@ class Settings(BaseSettings):
         except ValueError:
             raise ValueError("has a query parameter redis cannot use") from None
         return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            host_port(item)  # raises ValueError with the reason
+        return value
+
+    @field_validator("redis_sentinel_service", mode="before")
+    @classmethod
+    def _empty_service_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("redis_sentinel_password", "redis_password", mode="before")
+    @classmethod
+    def _empty_password_is_unset(cls, value: object) -> object:
+        # BRIDGE_REDIS_PASSWORD= in an env file means "no password", not an empty one.
+        return None if value == "" else value
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """BRIDGE_REDIS_SENTINELS as (host, port) pairs."""
+        return [host_port(item) for item in self.redis_sentinels]
+
+    @property
+    def cluster_mode(self) -> bool:
+        """Replicas share pollers through Redis: one URL, or the primary Sentinel names."""
+        return self.redis_url is not None or bool(self.redis_sentinels)
+
+    @model_validator(mode="after")
+    def _one_redis(self) -> Settings:
+        if self.redis_url is not None and self.redis_sentinels:
+            raise ValueError(
+                "set BRIDGE_REDIS_URL or BRIDGE_REDIS_SENTINELS, not both (Sentinel finds "
+                "the primary that BRIDGE_REDIS_URL would name)"
+            )
+        if self.redis_sentinels and self.redis_sentinel_service is None:
+            raise ValueError(
+                "BRIDGE_REDIS_SENTINELS needs BRIDGE_REDIS_SENTINEL_SERVICE, the master "
+                "name the Sentinels monitor"
+            )
+        if not self.redis_sentinels:
+            # Sentinel-only settings without Sentinels would be silently ignored.
+            stray = [
+                name
+                for name in (
+                    "redis_sentinel_service",
+                    "redis_sentinel_password",
+                    "redis_password",
+                    "redis_db",
+                )
+                if name in self.model_fields_set and getattr(self, name) not in (None, 0)
+            ]
+            if stray:
+                names = ", ".join(f"BRIDGE_{name.upper()}" for name in stray)
+                where = " (put them in BRIDGE_REDIS_URL)" if self.redis_url else ""
+                raise ValueError(f"{names} only apply with BRIDGE_REDIS_SENTINELS{where}")
+        return self
 
     @field_validator("redis_prefix")
     @classmethod
@@ -467,6 +541,18 @@ class Settings(BaseSettings):
 
     def upstream_base(self) -> str:
         return str(self.upstream_url).rstrip("/") if self.upstream_url else ""
+
+
+def host_port(item: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for an IPv6 address) as a pair; ValueError if not."""
+    host, sep, port = item.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or any(c in host for c in "/@ []"):
+        raise ValueError("each entry must be host:port, e.g. sentinel-1:26379")
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65_535:
+        raise ValueError("each entry needs a port from 1 to 65535, e.g. sentinel-1:26379")
+    return host, int(port)
 
 
 class ConfigError(Exception):

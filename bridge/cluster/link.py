@@ -19,9 +19,13 @@ from contextlib import suppress
 from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bridge.resilience import Backoff
 from bridge.settings import Settings
@@ -48,12 +52,76 @@ def safe_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
+def sentinel_description(settings: Settings) -> str:
+    """Where Sentinel mode looks, for logs: the Sentinels and the service, no password."""
+    hosts = ",".join(
+        f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        for host, port in settings.sentinel_addresses
+    )
+    return f"sentinel://{hosts}/{settings.redis_sentinel_service}"
+
+
+class PrimaryMoved(RedisConnectionError):
+    """The Sentinels name another primary than the one the listener is subscribed on."""
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """redis-py's Sentinel pool (asks Sentinel for the primary on every new connection)
+    with BlockingConnectionPool's bound: at most max_connections, others wait ``timeout``
+    for a free one, exactly like the BRIDGE_REDIS_URL pool (the MRO puts the Sentinel
+    connect logic over the blocking get/release)."""
+
+    async def release(self, connection: AbstractConnection) -> None:
+        # redis-py drops only *idle* connections when it learns of a new primary; one that
+        # was in use then would go back to the pool still talking to the old primary (which,
+        # if cut off rather than demoted, keeps accepting writes). Closed here, its next use
+        # asks the Sentinels again.
+        where = (getattr(connection, "host", None), getattr(connection, "port", None))
+        if self.master_address is not None and where != self.master_address:
+            await connection.disconnect()
+        await super().release(connection)
+
+
+def _sentinel_client(settings: Settings) -> tuple[Redis, Sentinel]:
+    timeout = settings.redis_timeout
+    password = settings.redis_sentinel_password
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        settings.sentinel_addresses,
+        sentinel_kwargs={
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            # Several Sentinels are asked in turn: one down is no reason to wait on it twice.
+            "retry": Retry(NoBackoff(), 0),
+            "password": password.get_secret_value() if password else None,
+        },
+    )
+    data_password = settings.redis_password
+    client: Redis = sentinel.master_for(
+        settings.redis_sentinel_service or "",
+        connection_pool_class=_BlockingSentinelPool,
+        max_connections=MAX_CONNECTIONS,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        # As with one URL: a pooled connection to a primary that went away fails once and
+        # its retry reconnects, which asks the Sentinels again (the new primary).
+        retry=Retry(NoBackoff(), 1),
+        password=data_password.get_secret_value() if data_password else None,
+        db=settings.redis_db,
+    )
+    return client, sentinel
+
+
 def describe(error: BaseException) -> str:
     """A few words on why Redis failed, without anything a message might carry."""
+    if isinstance(error, PrimaryMoved):
+        return "the Sentinels named a new primary; following it"
+    if isinstance(error, MasterNotFoundError):
+        return "no Sentinel answered with a primary for BRIDGE_REDIS_SENTINEL_SERVICE"
     if isinstance(error, AuthenticationError) or (
         isinstance(error, ResponseError) and str(error).startswith(("NOAUTH", "WRONGPASS"))
     ):
-        return "it refused the credentials in BRIDGE_REDIS_URL"
+        return "it refused the credentials in BRIDGE_REDIS_URL (or BRIDGE_REDIS_PASSWORD)"
     if isinstance(error, TimeoutError) or type(error).__name__ == "TimeoutError":
         return "it did not answer within BRIDGE_REDIS_TIMEOUT"
     if isinstance(error, ResponseError):
@@ -66,20 +134,28 @@ def describe(error: BaseException) -> str:
 
 class RedisLink:
     def __init__(self, settings: Settings, on_message: Callable[[bytes], None]) -> None:
-        assert settings.redis_url is not None
-        self.where = safe_url(settings.redis_url)
         timeout = settings.redis_timeout
-        pool = BlockingConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=MAX_CONNECTIONS,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            # One quick retry on a fresh connection: a pooled connection to a Redis that
-            # restarted fails once, and that is not an outage.
-            retry=Retry(NoBackoff(), 1),
-        )
-        self.client = Redis(connection_pool=pool)
+        self._sentinel = bool(settings.redis_sentinels)
+        #: Sentinel mode: the Sentinels' clients (closed with the link; the pool only
+        #: closes its connections to the primary).
+        self._sentinels: Sentinel | None = None
+        if self._sentinel:
+            self.where = sentinel_description(settings)
+            self.client, self._sentinels = _sentinel_client(settings)
+        else:
+            assert settings.redis_url is not None
+            self.where = safe_url(settings.redis_url)
+            pool = BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=timeout,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                # One quick retry on a fresh connection: a pooled connection to a Redis that
+                # restarted fails once, and that is not an outage.
+                retry=Retry(NoBackoff(), 1),
+            )
+            self.client = Redis(connection_pool=pool)
         self.up = False
         #: The cluster's credentials-digest key (None until Redis first answered).
         self.secret: bytes | None = None
@@ -115,6 +191,9 @@ class RedisLink:
         self.up = False
         with suppress(*REDIS_FAILURES):
             await self.client.aclose(close_connection_pool=True)
+        if self._sentinels is not None:
+            with suppress(*REDIS_FAILURES):
+                await self._sentinels.aclose()
 
     def trouble(self, error: BaseException) -> None:
         """A command failed: Redis counts as down until the listener sees it answer."""
@@ -124,7 +203,10 @@ class RedisLink:
     # --- the listener ----------------------------------------------------------------
 
     async def _listen(self) -> None:
-        backoff = Backoff(0.05, 2.0)
+        # Through Sentinel an outage is usually a failover that ends when a replica is
+        # promoted (a second or two): retry often enough to follow it at once. Each retry
+        # is one Sentinel query and one connect.
+        backoff = Backoff(0.05, 0.5 if self._sentinel else 2.0)
         while True:
             try:
                 await self._session(backoff)
@@ -144,7 +226,7 @@ class RedisLink:
         try:
             async with asyncio.timeout(self._timeout):
                 await pubsub.subscribe(self.events_channel)
-                await self._check()
+                await self._check(pubsub)
             backoff.reset()
             checked = time.monotonic()
             while True:
@@ -157,14 +239,15 @@ class RedisLink:
                 if self._check_now.is_set() or now - checked >= CHECK_EVERY:
                     self._check_now.clear()
                     async with asyncio.timeout(self._timeout):
-                        await self._check()
+                        await self._check(pubsub)
                     checked = now
         finally:
             with suppress(*REDIS_FAILURES):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
-    async def _check(self) -> None:
+    async def _check(self, pubsub: PubSub) -> None:
         """Redis answers (and keeps the cluster's digest key): the link is up."""
+        await self._on_primary(pubsub)
         secret = await _shared_secret(self.client, f"{self._prefix}secret", self.secret)
         if self.secret is not None and secret != self.secret:
             log.warning(
@@ -174,9 +257,31 @@ class RedisLink:
         self.secret = secret
         if not self.up:
             self.up = True
-            log.info("cluster: connected to Redis at %s", self.where)
+            primary = ""
+            connection = pubsub.connection
+            if isinstance(self.client.connection_pool, SentinelConnectionPool) and connection:
+                primary = f" (primary {connection.host}:{connection.port})"
+            log.info("cluster: connected to Redis at %s%s", self.where, primary)
             self._reported = False
         self._settled.set()
+
+    async def _on_primary(self, pubsub: PubSub) -> None:
+        """Sentinel mode: the pub/sub connection is on the primary the Sentinels name now.
+
+        After a failover the old primary may stay reachable (demoted to a replica, or cut
+        off from the others): its pub/sub connection then goes quiet instead of failing,
+        and nothing is published there any more. So each check asks the Sentinels, and a
+        move ends the session: the listener subscribes again, through the pool, on the new
+        primary. Asking also drops the pool's idle connections to the old one.
+        """
+        pool = self.client.connection_pool
+        if not isinstance(pool, SentinelConnectionPool):
+            return
+        ask = pool.get_master_address  # redis-py leaves it untyped
+        primary: tuple[str, int] = await ask()  # type: ignore[no-untyped-call]
+        connection = pubsub.connection
+        if connection is not None and (connection.host, connection.port) != primary:
+            raise PrimaryMoved("the primary moved")
 
     def _deliver(self, data: object) -> None:
         if isinstance(data, bytes):
