@@ -54,6 +54,7 @@ from bridge.demo.legacy_api import LegacyApi
 from bridge.demo.runs import ScriptedRun
 from bridge.eventstream import EventStreamParser, ParsedEvent
 from bridge.tasks import cancel_and_wait
+from tests.certificates import Certificate, make_certificate
 from tests.support import SseStream, serve_process, sse, wait_for
 
 pytestmark = pytest.mark.nginx
@@ -102,39 +103,9 @@ def free_port() -> int:
         return port
 
 
-# --- a self-signed certificate for 127.0.0.1 ----------------------------------------------
-
-
-@dataclass(frozen=True)
-class Certificate:
-    certfile: Path
-    keyfile: Path
-
-    def client_context(self, alpn: list[str]) -> ssl.SSLContext:
-        """A client context that trusts this certificate only, offering ``alpn``."""
-        context = ssl.create_default_context(cafile=str(self.certfile))
-        context.set_alpn_protocols(alpn)
-        return context
-
-
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
-    # The openssl command, bounded: the venv has no `cryptography`.
-    directory = tmp_path_factory.mktemp("nginx-tls")
-    certfile, keyfile = directory / "nginx.crt", directory / "nginx.key"
-    done = subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec",
-            "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
-            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            "-keyout", str(keyfile), "-out", str(certfile),
-        ],
-        capture_output=True,
-        timeout=START_TIMEOUT,
-        check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr.decode(errors="replace")
-    return Certificate(certfile, keyfile)
+    return make_certificate(tmp_path_factory.mktemp("nginx-tls"), "nginx")
 
 
 # --- nginx configurations -------------------------------------------------------------------

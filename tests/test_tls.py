@@ -11,8 +11,6 @@ Chromium, which trusts the certificate by its public key hash
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import json
 import os
 import socket
@@ -42,51 +40,13 @@ from bridge.eventstream import EventStreamParser, ParsedEvent
 from bridge.server import CannotLoadCertificate, serve
 from bridge.settings import load
 from bridge.tasks import cancel_and_wait
+from tests.certificates import Certificate, make_certificate, openssl
 from tests.support import FAST, RunningBridge, loopback_socket, running_bridge, sse, wait_for
 from tests.test_dashboard_browser import CHROMIUM_ARGS, chromium_path
 
-OPENSSL_TIMEOUT = 30
 WAIT_MS = 15_000
 #: How long the HTTP/1.1 page is given to open a seventh stream (it cannot: six per host).
 STALL_MS = 2_000
-
-
-# --- a self-signed certificate for 127.0.0.1 ------------------------------------------
-
-
-@dataclass(frozen=True)
-class Certificate:
-    certfile: Path
-    keyfile: Path
-    #: base64 of the SHA-256 of the public key (SPKI), as Chromium's flag wants it.
-    spki: str
-
-    def client_context(self, alpn: list[str]) -> ssl.SSLContext:
-        """A client context that trusts this certificate only, offering ``alpn``."""
-        context = ssl.create_default_context(cafile=str(self.certfile))
-        context.set_alpn_protocols(alpn)
-        return context
-
-
-def openssl(*args: str, stdin: bytes | None = None) -> bytes:
-    done = subprocess.run(
-        ["openssl", *args], input=stdin, capture_output=True, timeout=OPENSSL_TIMEOUT, check=False
-    )
-    assert done.returncode == 0, done.stderr.decode(errors="replace")
-    return done.stdout
-
-
-def make_certificate(directory: Path, name: str = "bridge") -> Certificate:
-    certfile, keyfile = directory / f"{name}.crt", directory / f"{name}.key"
-    openssl(
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-        "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
-        "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        "-keyout", str(keyfile), "-out", str(certfile),
-    )  # fmt: skip
-    public_der = openssl("pkey", "-in", str(keyfile), "-pubout", "-outform", "DER")
-    spki = base64.b64encode(hashlib.sha256(public_der).digest()).decode()
-    return Certificate(certfile, keyfile, spki)
 
 
 @pytest.fixture(scope="module")
