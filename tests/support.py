@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import socket
+import ssl
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -65,9 +66,15 @@ def loopback_socket(port: int = 0) -> socket.socket:
 
 @asynccontextmanager
 async def running_bridge(
-    upstream_url: str, sock: socket.socket | None = None, **overrides: Any
+    upstream_url: str,
+    sock: socket.socket | None = None,
+    client_ssl: ssl.SSLContext | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[RunningBridge]:
-    """The real bridge, served by Hypercorn on a loopback port, until the block ends."""
+    """The real bridge, served by Hypercorn on a loopback port, until the block ends.
+
+    With the TLS settings it serves HTTPS; ``client_ssl`` is what trusts its certificate.
+    """
     settings = load(**{**FAST, "upstream_url": upstream_url, **overrides})
     app = create_app(settings)
     own_socket = sock is None
@@ -79,9 +86,10 @@ async def running_bridge(
         await stop.wait()
 
     task = asyncio.create_task(serve(app, settings, shutdown_trigger=stopped, sock=sock))
-    url = f"http://127.0.0.1:{port}"
+    scheme = "https" if settings.tls_certfile is not None else "http"
+    url = f"{scheme}://127.0.0.1:{port}"
     try:
-        await wait_until_ready(url, task)
+        await wait_until_ready(url, task, client_ssl=client_ssl)
         yield RunningBridge(url, app, settings, stop, task)
     finally:
         stop.set()
@@ -93,14 +101,19 @@ async def running_bridge(
             sock.close()
 
 
-async def wait_until_ready(url: str, task: asyncio.Task[None], timeout: float = 10) -> None:
+async def wait_until_ready(
+    url: str,
+    task: asyncio.Task[None],
+    timeout: float = 10,
+    client_ssl: ssl.SSLContext | None = None,
+) -> None:
     async with asyncio.timeout(timeout), aiohttp.ClientSession() as session:
         while True:
             if task.done():
                 task.result()
                 raise RuntimeError("the bridge stopped before it was ready")
             try:
-                async with session.get(url + "/healthz") as response:
+                async with session.get(url + "/healthz", ssl=client_ssl or True) as response:
                     if response.status == 200:
                         return
             except aiohttp.ClientConnectionError:

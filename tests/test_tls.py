@@ -65,47 +65,15 @@ async def tls_bridge(
     **overrides: Any,
 ) -> AsyncIterator[RunningBridge]:
     """``running_bridge`` with the TLS settings: the same bridge, ready over HTTPS."""
-    settings = load(
-        **{
-            **FAST,
-            "upstream_url": upstream_url,
-            "tls_certfile": certificate.certfile,
-            "tls_keyfile": certificate.keyfile,
-            **overrides,
-        }
-    )
-    app = create_app(settings)
-    own_socket = sock is None
-    sock = sock or loopback_socket()
-    url = f"https://127.0.0.1:{sock.getsockname()[1]}"
-    stop = asyncio.Event()
-
-    async def stopped() -> None:
-        await stop.wait()
-
-    task = asyncio.create_task(serve(app, settings, shutdown_trigger=stopped, sock=sock))
-    try:
-        context = certificate.client_context(["http/1.1"])
-        async with asyncio.timeout(10), aiohttp.ClientSession() as http:
-            while True:
-                if task.done():
-                    task.result()
-                    raise RuntimeError("the bridge stopped before it was ready")
-                try:
-                    async with http.get(url + "/healthz", ssl=context) as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.01)
-        yield RunningBridge(url, app, settings, stop, task)
-    finally:
-        stop.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout=10)
-        except TimeoutError:
-            await cancel_and_wait(task)
-        if own_socket:
-            sock.close()
+    async with running_bridge(
+        upstream_url,
+        sock,
+        client_ssl=certificate.client_context(["http/1.1"]),
+        tls_certfile=certificate.certfile,
+        tls_keyfile=certificate.keyfile,
+        **overrides,
+    ) as bridge:
+        yield bridge
 
 
 def metric(b: RunningBridge, name: str, **labels: str) -> float | None:
