@@ -89,16 +89,13 @@ async def open_stream(
     except StopAsyncIteration:
         # The viewer already has every final event: 204 stops EventSource.
         return Response("", status=204)
-    except RunRefused as refusal:
-        services.metrics.streams_refused.labels(refusal.error.code).inc()
-        if viewer.wants_events and transient(refusal.error):
-            return retry_later(services, refusal.error, refusal.run_id if name_run else None)
-        return error_response(refusal.error, refusal.body() if name_run else None)
-    except BridgeError as error:
+    except (RunRefused, BridgeError) as refused:
+        error = refused.error if isinstance(refused, RunRefused) else refused
+        run_id = refused.run_id if isinstance(refused, RunRefused) and name_run else None
         services.metrics.streams_refused.labels(error.code).inc()
         if viewer.wants_events and transient(error):
-            return retry_later(services, error, None)
-        return error_response(error)
+            return retry_later(services, error, run_id)
+        return error_response(error, refused.body() if run_id is not None else None)
     services.metrics.streams_opened.inc()
     response = Response(watched(services, opening, body), headers=SSE_HEADERS)
     # Quart's RESPONSE_TIMEOUT (60 s) would cut every stream; ours ends by itself.
