@@ -11,8 +11,9 @@ per connection), so 5,000 runs take 200 connections, not 10,000. Every run chang
 every 3 intervals (a third of them at each interval). Over a window of ``--window``
 intervals: Redis commands (``INFO commandstats`` deltas) and CPU (``INFO cpu``) per run
 per interval, the replicas' CPU (``/proc/<pid>/stat``), upstream requests per run per
-interval, the bytes and messages one subscriber of the events channel receives (what
-every replica receives), and the delay from each change to its last viewer.
+interval, the pub/sub messages and bytes each replica receives (its own metrics; each run
+is on 2 replicas, so with targeted delivery a replica gets about 2/R of them), and the
+delay from each change to its last viewer.
 
 The poll interval is ``max(--interval, N / --max-polls)`` so that the upstream, the
 replicas, Redis and the client (all on the same few cores) are not saturated; every
@@ -45,6 +46,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 OUT = Path(__file__).parent / "out"
@@ -344,25 +346,22 @@ async def open_viewers(
     return transports
 
 
-# --- the events channel, as a replica receives it ------------------------------------
+# --- what each replica receives from Redis -------------------------------------------
 
 
-class Subscriber(asyncio.Protocol):
-    def __init__(self) -> None:
-        self.bytes = 0
-        self.messages = 0
-        self.tail = b""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        channel = f"{PREFIX}events".encode()
-        transport.write(b"*2\r\n$9\r\nSUBSCRIBE\r\n$%d\r\n%s\r\n" % (len(channel), channel))
-
-    def data_received(self, data: bytes) -> None:
-        self.bytes += len(data)
-        buf = self.tail + data
-        self.messages += buf.count(b"$7\r\nmessage\r\n") - self.tail.count(b"$7\r\nmessage\r\n")
-        self.tail = buf[-16:]
+async def received_by(http: aiohttp.ClientSession, replica: Replica) -> tuple[float, float]:
+    """Pub/sub messages and bytes the replica received so far (its own metrics)."""
+    async with http.get(replica.url + "/metrics") as response:
+        text = await response.text()
+    values = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    return (
+        values["bridge_redis_messages_received_total"],
+        values["bridge_redis_message_bytes_received_total"],
+    )
 
 
 # --- one (R, N) configuration ---------------------------------------------------------
@@ -388,14 +387,12 @@ async def measure(
 ) -> dict[str, Any]:
     redis = Redis(host="127.0.0.1", port=redis_port)
     await redis.flushall()
-    loop = asyncio.get_running_loop()
     http = aiohttp.ClientSession()
     replicas = [
         start_replica(upstream, f"redis://127.0.0.1:{redis_port}/0", interval)
         for _ in range(replicas_n)
     ]
     transports: list[asyncio.Transport] = []
-    sub_transport: asyncio.BaseTransport | None = None
     try:
         async with http.post(f"{upstream}/_bench/setup", json={"runs": runs}) as response:
             response.raise_for_status()
@@ -411,9 +408,6 @@ async def measure(
             await asyncio.sleep(0.05)
         else:
             raise RuntimeError("not every viewer got its runs' first status within 60 s")
-        sub_transport, subscriber = await loop.create_connection(
-            Subscriber, "127.0.0.1", redis_port
-        )
         await asyncio.sleep(2 * interval)  # settle: every poller on its cadence
 
         async def snapshot() -> dict[str, Any]:
@@ -430,8 +424,7 @@ async def measure(
                 "net_out": int((await redis.info("stats"))["total_net_output_bytes"]),
                 "replica_cpu": [r.cpu() for r in replicas],
                 "upstream_requests": up["requests"],
-                "sub_bytes": subscriber.bytes,
-                "sub_messages": subscriber.messages,
+                "received": [await received_by(http, r) for r in replicas],
                 "viewer_bytes": receipts.bytes,
             }
 
@@ -457,8 +450,6 @@ async def measure(
     finally:
         for transport in transports:
             transport.close()
-        if sub_transport is not None:
-            sub_transport.close()
         stop_replicas(replicas)
         await http.close()
         await redis.aclose()
@@ -535,8 +526,20 @@ async def measure(
         "replica_cpu_share_max": max(replica_cpu) / elapsed,
         "upstream_per_run_interval": (after["upstream_requests"] - before["upstream_requests"])
         / per,
-        "pubsub_bytes_per_replica_s": (after["sub_bytes"] - before["sub_bytes"]) / elapsed,
-        "pubsub_messages_per_replica_s": (after["sub_messages"] - before["sub_messages"]) / elapsed,
+        "pubsub_bytes_per_replica_s": statistics.mean(
+            (a[1] - b[1]) / elapsed
+            for a, b in zip(after["received"], before["received"], strict=True)
+        ),
+        "pubsub_messages_per_replica_s": statistics.mean(
+            (a[0] - b[0]) / elapsed
+            for a, b in zip(after["received"], before["received"], strict=True)
+        ),
+        # What a replica receives of all the events Redis published (each run's viewers
+        # are on 2 replicas: 2/R when delivery is targeted, 1 when every replica gets all).
+        "pubsub_share_per_replica": statistics.mean(
+            a[0] - b[0] for a, b in zip(after["received"], before["received"], strict=True)
+        )
+        / max(1.0, commands.get("publish", 0.0) * per),
         "changes": len(changes),
         "missed": missed,
         "delay_from_advance_s": {
@@ -585,7 +588,8 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "| R | N runs | interval s | top-level cmds | all cmds | script time % | "
         + " | ".join(names)
         + " | Redis CPU us | replica CPU us (all) | busiest replica % core | upstream polls "
-        "| events channel per replica msg/s, KB/s | delay to last viewer p50 / p99 / max ms "
+        "| received per replica msg/s, KB/s, share of all events "
+        "| delay to last viewer p50 / p99 / max ms "
         "(from change) | from upstream serving p50 / max ms | missed |",
         "|" + "---|" * (15 + len(names)),
     ]
@@ -604,7 +608,8 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"| {100 * row['replica_cpu_share_max']:.0f} "
             f"| {row['upstream_per_run_interval']:.2f} "
             f"| {row['pubsub_messages_per_replica_s']:.0f}, "
-            f"{row['pubsub_bytes_per_replica_s'] / 1024:.1f} "
+            f"{row['pubsub_bytes_per_replica_s'] / 1024:.1f}, "
+            f"{100 * row['pubsub_share_per_replica']:.0f}% "
             f"| {1000 * fa['p50']:.0f} / {1000 * fa['p99']:.0f} / {1000 * fa['max']:.0f} "
             f"| {1000 * fs['p50']:.0f} / {1000 * fs['max']:.0f} "
             f"| {row['missed']} of {row['changes']} |"
@@ -641,13 +646,17 @@ def summary(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
         "`commit` from the leader: 2 scripts per run per interval with one replica, 3 when "
         "the run's viewers are on two replicas, whatever R is. `lrange` (replays, on "
         f"joins) takes {lrange:.2f} us; `publish` runs inside `commit`.",
-        f"- **The single events channel**: each replica receives every run's events, "
-        f"whether it has viewers of them or not: at N = {top:,}, "
-        f"{statistics.mean(msgs):,.0f} messages/s and {statistics.mean(kb):,.0f} KB/s per "
-        "replica (one subscriber of the channel counted by the bench, which receives what "
-        "each replica receives); Redis writes that R times, so its output grows with "
-        "R x N, not with the viewers. A replica's share of the runs' events it uses falls "
-        "as 2/R here.",
+        f"- **Targeted delivery**: a replica subscribes to the channel of each run its "
+        "viewers watch and receives only those runs' events (plus pokes): at N = "
+        f"{top:,}, {statistics.mean(msgs):,.0f} messages/s and {statistics.mean(kb):,.0f} "
+        "KB/s per replica on average over R. The share of all published events a replica "
+        "receives is "
+        + ", ".join(
+            f"{100 * row['pubsub_share_per_replica']:.0f}% at R = {row['replicas']}" for row in big
+        )
+        + " (each run's viewers are on 2 replicas: 2/R is the ideal); Redis writes each "
+        "event to the replicas that watch it, so its output grows with the watched runs "
+        "and the replicas per run, not with R x N.",
         "- **Upstream**: 1.00 request per run per interval at every (R, N): one poll "
         "cluster-wide, whatever the replica count.",
         "- **Delay** from the change at the upstream (`run.advance()`) to the last viewer "

@@ -81,6 +81,10 @@ class RedisServer:
             while not await asyncio.to_thread(self.answers):
                 await asyncio.sleep(0.01)
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()

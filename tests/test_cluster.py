@@ -684,3 +684,135 @@ async def test_a_leader_cut_off_from_the_upstream_hands_the_run_over(
                 await on_a.next_named("progress", timeout=5)
                 assert cluster_of(a).leading == 0
                 assert took < 5, took
+
+
+# --- targeted delivery -------------------------------------------------------------------
+
+
+POKE = {"Authorization": "Bearer poke-secret-0123456789"}
+
+
+def received(replica: RunningBridge) -> float:
+    """Pub/sub messages the replica received from Redis (its metric)."""
+    value = replica.bridge.metrics.registry.get_sample_value("bridge_redis_messages_received_total")
+    assert value is not None
+    return value
+
+
+async def subscribers(store: Any, channel: str) -> int:
+    """How many pub/sub connections Redis has subscribed to ``channel``."""
+    ((_, count),) = await store.client.pubsub_numsub(channel)
+    return int(count)
+
+
+async def test_a_replica_receives_only_the_events_of_runs_its_viewers_watch(
+    legacy: LegacyApi, cluster: dict[str, Any]
+) -> None:
+    shared = legacy.scripted("shared-run", nodes=("a", "b", "c"))
+    solo = legacy.scripted("solo-run", nodes=("a", "b", "c", "d"))
+    # A long interval: an event a follower gets before its next sync came by pub/sub.
+    async with (
+        replicas(legacy, cluster, poll_interval=30.0, poke_token="poke-secret-0123456789") as (
+            a,
+            b,
+        ),
+        sse(f"{a.url}/v1/runs/shared-run/stream") as shared_on_a,
+        sse(f"{b.url}/v1/runs/shared-run/stream") as shared_on_b,
+        sse(f"{b.url}/v1/runs/solo-run/stream") as solo_on_b,
+    ):
+        for stream in (shared_on_a, shared_on_b, solo_on_b):
+            await stream.next_named("progress")
+        store = cluster_of(a).store
+        shared_live = store.live_channel(a.bridge.pollers.key("shared-run", {}))
+        solo_live = store.live_channel(b.bridge.pollers.key("solo-run", {}))
+        assert cluster_of(a).link.following == {shared_live}
+        assert cluster_of(b).link.following == {shared_live, solo_live}
+        assert await subscribers(store, shared_live) == 2
+        assert await subscribers(store, solo_live) == 1
+
+        received_on_a = received(a)
+        async with aiohttp.ClientSession() as http:
+            for _ in range(3):
+                solo.advance()
+                async with http.post(f"{b.url}/v1/runs/solo-run/poll", headers=POKE) as r:
+                    assert r.status == 202
+                await solo_on_b.next_named("progress", timeout=10)
+            # A change of the shared run reaches the follower at once, not at its next
+            # sync 30 s away: whichever replica leads, the other one is told by Redis.
+            shared.advance()
+            async with http.post(f"{a.url}/v1/runs/shared-run/poll", headers=POKE) as r:
+                assert r.status == 202
+            on_a = await shared_on_a.next_named("progress", timeout=10)
+            on_b = await shared_on_b.next_named("progress", timeout=10)
+            assert on_a.id == on_b.id and json.loads(on_b.data) == shared.statuses[1]
+        # a got the shared run's event (and the pokes of everyone), none of solo-run's:
+        # 3 pokes of solo-run, 1 poke and 1 event of shared-run.
+        assert received(a) - received_on_a == 5
+
+    # Viewers gone, pollers stopped: nobody is subscribed any more.
+    assert await subscribers(store, shared_live) == 0
+    assert await subscribers(store, solo_live) == 0
+
+
+async def test_a_replica_unsubscribes_when_its_last_viewer_of_a_run_leaves(
+    legacy: LegacyApi, cluster: dict[str, Any]
+) -> None:
+    legacy.scripted("leaving")
+    async with replicas(legacy, cluster) as (a, b):
+        key = a.bridge.pollers.key("leaving", {})
+        store = cluster_of(a).store
+        live = store.live_channel(key)
+        async with sse(f"{a.url}/v1/runs/leaving/stream") as on_a:
+            await on_a.next_named("progress")
+            async with sse(f"{b.url}/v1/runs/leaving/stream") as on_b:
+                await on_b.next_named("progress")
+                assert await subscribers(store, live) == 2
+            await wait_for(lambda: not cluster_of(b).link.following)
+            assert await subscribers(store, live) == 1
+            assert cluster_of(a).link.following == {live}
+
+
+async def test_subscriptions_are_restored_when_redis_comes_back(
+    legacy: LegacyApi, tmp_path: Path
+) -> None:
+    server = RedisServer(tmp_path)
+    server.start()
+    run = legacy.scripted("again", nodes=("a", "b", "c", "d"))
+    try:
+        async with (
+            replicas(
+                legacy,
+                {"redis_url": server.url, "redis_prefix": "again:"},
+                poll_interval=30.0,
+                poke_token="poke-secret-0123456789",
+            ) as (a, b),
+            sse(f"{a.url}/v1/runs/again/stream") as on_a,
+            sse(f"{b.url}/v1/runs/again/stream") as on_b,
+        ):
+            await on_a.next_named("progress")
+            await on_b.next_named("progress")
+            live = cluster_of(a).store.live_channel(a.bridge.pollers.key("again", {}))
+            server.kill()
+            await wait_for(lambda: not cluster_of(a).link.up and not cluster_of(b).link.up)
+            await server.astart()
+            await wait_for(lambda: cluster_of(a).link.up and cluster_of(b).link.up, timeout=10)
+            store = cluster_of(a).store
+            await wait_for_async(lambda: subscribers(store, live), 2)
+            # And the next change reaches both at once (by pub/sub, not the 30 s sync).
+            run.advance()
+            async with aiohttp.ClientSession() as http:
+                for replica in (a, b):
+                    async with http.post(f"{replica.url}/v1/runs/again/poll", headers=POKE) as r:
+                        assert r.status == 202
+            got = [await s.next_named("progress", timeout=10) for s in (on_a, on_b)]
+            assert got[0].id == got[1].id and json.loads(got[0].data) == run.statuses[1]
+    finally:
+        server.kill()
+
+
+async def wait_for_async(read: Any, expected: object, timeout: float = 5.0) -> None:
+    """Wait until the awaitable ``read()`` gives ``expected`` (bounded)."""
+    async with asyncio.timeout(timeout):
+        while (value := await read()) != expected:
+            await asyncio.sleep(0.02)
+    assert value == expected

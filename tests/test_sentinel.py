@@ -1,6 +1,7 @@
 """Cluster mode through Redis Sentinel, for real: a primary redis-server, its replica and
-a Sentinel (``redis-server --sentinel``), two bridges that find the primary through the
-Sentinel, and a failover while a run changes on every interval.
+three Sentinels (``redis-server --sentinel``, quorum 2, as production runs them), two
+bridges that find the primary through the Sentinels, and a failover while a run changes
+on every interval; and a Sentinel down, which the bridges pass over.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from tests.redis_server import RedisServer
 from tests.support import RunningBridge, SseStream, running_bridge, sse, wait_for
 
 SERVICE = "bridgeprimary"
+#: Sentinels, and how many must agree that the primary is down.
+SENTINELS, QUORUM = 3, 2
 
 
 # --- settings, without servers -------------------------------------------------------------
@@ -85,7 +88,8 @@ def test_sentinel_settings_are_validated_in_one_line(overrides: dict[str, Any], 
 
 class SentinelProcess(RedisServer):
     """``redis-server <config> --sentinel`` (Debian's redis-server has Sentinel built in;
-    no redis-sentinel package needed) monitoring one primary, quorum 1."""
+    no redis-sentinel package needed) monitoring one primary: QUORUM Sentinels must
+    agree that it is down before one of them, elected by a majority, fails it over."""
 
     def __init__(self, workdir: Path, primary: RedisServer) -> None:
         super().__init__(workdir)
@@ -99,7 +103,7 @@ class SentinelProcess(RedisServer):
             "bind 127.0.0.1\n"
             f'dir "{self.workdir}"\n'
             "sentinel announce-hostnames no\n"
-            f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary.port} 1\n"
+            f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary.port} {QUORUM}\n"
             f"sentinel down-after-milliseconds {SERVICE} 500\n"
             f"sentinel failover-timeout {SERVICE} 2000\n"
         )
@@ -114,12 +118,17 @@ class SentinelProcess(RedisServer):
 class Topology:
     primary: RedisServer
     replica: RedisServer
-    sentinel: SentinelProcess
+    sentinels: list[SentinelProcess]
+
+    @property
+    def sentinel(self) -> SentinelProcess:
+        """The first Sentinel still running (the one the test asks)."""
+        return next(s for s in self.sentinels if s.running)
 
     @property
     def settings(self) -> dict[str, Any]:
         return {
-            "redis_sentinels": f"127.0.0.1:{self.sentinel.port}",
+            "redis_sentinels": ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels),
             "redis_sentinel_service": SERVICE,
             "redis_prefix": f"s{uuid.uuid4().hex[:10]}:",
             "redis_timeout": 0.5,
@@ -147,41 +156,46 @@ class Topology:
 
 
 async def _replica_ready(topology: Topology) -> None:
-    """The replica is in sync, and the Sentinel knows it as a healthy replica."""
-    async with asyncio.timeout(20):
+    """The replica is in sync, and every Sentinel knows it as a healthy replica and knows
+    the other Sentinels (they find each other through the primary, every 2 s): without
+    that, a killed primary could not be agreed down and failed over."""
+    async with asyncio.timeout(30):
         async with Redis(port=topology.replica.port, socket_timeout=2) as r:
             while (await r.info("replication")).get("master_link_status") != "up":
                 await asyncio.sleep(0.05)
-        async with Redis(port=topology.sentinel.port, socket_timeout=2) as s:
-            while True:
-                replicas = await s.sentinel_slaves(SERVICE)
-                if any(
-                    int(x["port"]) == topology.replica.port
-                    and not x["is_sdown"]
-                    and not x["is_disconnected"]
-                    for x in replicas
-                ):
-                    return
-                await asyncio.sleep(0.05)
+        for sentinel in topology.sentinels:
+            async with Redis(port=sentinel.port, socket_timeout=2) as s:
+                while True:
+                    replicas = await s.sentinel_slaves(SERVICE)
+                    peers = await s.sentinel_sentinels(SERVICE)
+                    if len(peers) == len(topology.sentinels) - 1 and any(
+                        int(x["port"]) == topology.replica.port
+                        and not x["is_sdown"]
+                        and not x["is_disconnected"]
+                        for x in replicas
+                    ):
+                        break
+                    await asyncio.sleep(0.05)
 
 
 @pytest.fixture
 async def topology(tmp_path: Path) -> AsyncIterator[Topology]:
-    dirs = [tmp_path / name for name in ("primary", "replica", "sentinel")]
+    names = ("primary", "replica", *(f"sentinel{i}" for i in range(SENTINELS)))
+    dirs = [tmp_path / name for name in names]
     for d in dirs:
         d.mkdir()
     primary = RedisServer(dirs[0])
     replica = RedisServer(dirs[1])
     replica.extra_args = ["--replicaof", "127.0.0.1", str(primary.port)]
-    sentinel = SentinelProcess(dirs[2], primary)
-    topology = Topology(primary, replica, sentinel)
+    sentinels = [SentinelProcess(d, primary) for d in dirs[2:]]
+    topology = Topology(primary, replica, sentinels)
     try:
-        for server in (primary, replica, sentinel):
+        for server in (primary, replica, *sentinels):
             await server.astart()  # bounded: PING within 10 s
         await _replica_ready(topology)
         yield topology
     finally:
-        for server in (sentinel, replica, primary):
+        for server in (*sentinels, replica, primary):
             server.kill()
 
 
@@ -388,3 +402,34 @@ async def test_two_bridges_follow_a_sentinel_failover_without_losing_a_status(
     why = "unreachable" if kill else "the Sentinels named a new primary"
     assert [r for r in records if why in r.getMessage()]
     assert not [r for r in records if "sentinel://" in r.getMessage() and "@" in r.getMessage()]
+
+
+async def test_a_sentinel_down_is_passed_over(legacy: LegacyApi, topology: Topology) -> None:
+    """The first Sentinel listed is down from the start: the bridges ask the next ones
+    (each failed one costs at most BRIDGE_REDIS_TIMEOUT), serve, and follow a failover
+    the two remaining Sentinels (still a majority) carry out."""
+    topology.sentinels[0].kill()
+    run = legacy.scripted("quorum", nodes=("a", "b", "c", "d"))
+    cluster = topology.settings  # one prefix: one cluster
+    async with (
+        running_bridge(legacy.url, **cluster) as a,
+        running_bridge(legacy.url, **cluster) as b,
+        sse(f"{a.url}/v1/runs/quorum/stream") as on_a,
+        sse(f"{b.url}/v1/runs/quorum/stream") as on_b,
+    ):
+        firsts = [await s.next_named("progress") for s in (on_a, on_b)]
+        assert firsts[0].id == firsts[1].id
+        await topology.failover(kill=True)
+        await wait_for(
+            lambda: all(
+                cluster_of(x).link.up
+                and cluster_of(x).link.client.connection_pool.master_address  # type: ignore[attr-defined]
+                == ("127.0.0.1", topology.replica.port)
+                for x in (a, b)
+            ),
+            timeout=10,
+        )
+        for expected in run.statuses[1:3]:
+            run.advance()
+            got = [await s.next_named("progress", timeout=10) for s in (on_a, on_b)]
+            assert got[0].id == got[1].id and json.loads(got[0].data) == expected

@@ -16,7 +16,7 @@ import itertools
 import json
 import os
 
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from bridge.channel import Channel, ChannelKey
 from bridge.cluster.ledger import RedisLedger
@@ -31,7 +31,7 @@ from bridge.status import Reading, StatusReader
 __all__ = ["RedisBackend"]
 
 
-#: The name of a poke message on the events channel (never a channel key: those hold a
+#: The name of a poke message on the pokes channel (never a channel key: those hold a
 #: ':' and start with a digest).
 POKE = "!poke"
 
@@ -75,6 +75,22 @@ class RedisBackend(LedgerBackend):
             "Pollers of this replica that hold their run's lease (cluster mode)",
             registry=metrics.registry,
         ).set_function(lambda: float(self.leading))
+        Gauge(
+            "bridge_redis_subscriptions",
+            "Runs' event channels this replica follows in Redis (cluster mode)",
+            registry=metrics.registry,
+        ).set_function(lambda: float(len(self.link.following)))
+        self._received = Counter(
+            "bridge_redis_messages_received",
+            "Pub/sub messages this replica received from Redis: events of the runs its "
+            "viewers watch, and pokes (cluster mode)",
+            registry=metrics.registry,
+        )
+        self._received_bytes = Counter(
+            "bridge_redis_message_bytes_received",
+            "Bytes of the pub/sub messages this replica received (cluster mode)",
+            registry=metrics.registry,
+        )
 
     @property
     def leading(self) -> int:
@@ -125,6 +141,7 @@ class RedisBackend(LedgerBackend):
     async def _closed(self, ledger: RedisLedger) -> None:
         if self._ledgers.get(ledger.key) is ledger:
             del self._ledgers[ledger.key]
+            await self.link.unfollow(ledger.live_channel)
         if self._held is not None:
             self._held.append(ledger)
             return
@@ -154,14 +171,16 @@ class RedisBackend(LedgerBackend):
             raise ClusterUnavailable()
         try:
             async with asyncio.timeout(self._settings.redis_timeout):
-                await self.link.client.publish(self.store.events_channel, f"{POKE}\n{run_id}")
+                await self.link.client.publish(self.store.pokes_channel, f"{POKE}\n{run_id}")
         except REDIS_FAILURES as error:
             self.link.trouble(error)
             raise ClusterUnavailable() from None
         return True
 
     def _deliver(self, message: bytes) -> None:
-        """A message of the events channel: to this replica's ledger of its key, if any."""
+        """A pub/sub message: to this replica's ledger of its key, if any; or a poke."""
+        self._received.inc()
+        self._received_bytes.inc(len(message))
         name, _, payload = message.partition(b"\n")
         if name == POKE.encode():
             run_id = payload.decode("ascii", "replace")

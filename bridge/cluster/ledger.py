@@ -76,6 +76,9 @@ class RedisLedger(Ledger):
         #: (cluster-wide) how long before another leader may step aside again.
         self._step_aside_s = step_aside_s
         self._cool_until = 0.0
+        #: This key's pub/sub channel, and whether the link follows it for this ledger.
+        self.live_channel = store.live_channel(self.key)
+        self._following = False
 
     # --- the seam ----------------------------------------------------------------------
 
@@ -212,6 +215,11 @@ class RedisLedger(Ledger):
 
     async def _tick(self) -> None:
         """Refresh interest and lease; bring the local copy and Redis's history in step."""
+        if not self._following:
+            # Subscribed before the first read of the head: whatever is published after
+            # that read arrives here at once, nothing waits for the next sync.
+            await self._link.follow(self.live_channel)
+            self._following = True
         may_lead = time.monotonic() >= self._cool_until
         view = await self._store.tick(self.key, self.token, active=self._active, may_lead=may_lead)
         self.leads = view.holder == self.token

@@ -1,11 +1,14 @@
 """A replica's link to Redis: a bounded command pool, one pub/sub connection, and health.
 
 One listener task per replica owns the only pub/sub connection: it subscribes to the
-cluster's events channel, hands each message to the pollers (in order, without a queue),
-and decides whether Redis is *up*. It logs a line when Redis is lost and one when it is
-back, never one per failed command; while Redis is down it retries with backoff.
-Pollers that see a command fail call ``trouble()``: the link is marked down at once
-(so /readyz says so) and the listener checks it again right away.
+cluster's pokes channel and to the channel of each run this replica's viewers watch
+(``follow``/``unfollow``: targeted delivery, so a replica never receives the events of
+runs nobody here watches), hands each message to the pollers (in order, without a
+queue), and decides whether Redis is *up*. It logs a line when Redis is lost and one
+when it is back, never one per failed command; while Redis is down it retries with
+backoff, and a new session subscribes to everything followed. Pollers that see a
+command fail call ``trouble()``: the link is marked down at once (so /readyz says so)
+and the listener checks it again right away.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from typing import Any
 from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -167,10 +171,64 @@ class RedisLink:
         self._reported = False  # an outage was logged and not yet its end
         self._task: asyncio.Task[None] | None = None
         self._check_every = min(CHECK_EVERY, settings.poll_interval)
+        #: The per-run channels followed (every session subscribes to all of them).
+        self.following: set[str] = set()
+        #: Follows waiting for Redis to confirm their subscription, by channel.
+        self._confirming: dict[str, list[asyncio.Future[None]]] = {}
+        #: The current session's pub/sub (None between sessions).
+        self._pubsub: PubSub | None = None
+        #: The pub/sub connection may be in an unknown state (a command on it failed):
+        #: the session ends and the next one starts on a new connection.
+        self._pubsub_failed = False
 
     @property
-    def events_channel(self) -> str:
+    def pokes_channel(self) -> str:
         return f"{self._prefix}events"
+
+    async def follow(self, channel: str) -> None:
+        """Receive ``channel``'s messages from now on: returns once Redis confirmed the
+        subscription (so nothing published after this returns is missed), within
+        BRIDGE_REDIS_TIMEOUT; raises a Redis failure otherwise."""
+        self.following.add(channel)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._confirming.setdefault(channel, [])
+        waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self._timeout):
+                pubsub = self._pubsub
+                if pubsub is not None:
+                    # Sent from the caller's task: the listener reads the confirmation
+                    # (only the listener reads). Between sessions, the next one sends it.
+                    await self._command(pubsub.subscribe(channel))
+                await waiter
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+                waiters.remove(waiter)
+                if not waiters and self._confirming.get(channel) is waiters:
+                    del self._confirming[channel]
+
+    async def unfollow(self, channel: str) -> None:
+        """Stop receiving ``channel`` (bounded; a failure only leaves the subscription to
+        the next session, which drops it)."""
+        self.following.discard(channel)
+        pubsub = self._pubsub
+        if pubsub is None or not self.up:
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._command(pubsub.unsubscribe(channel))
+        except REDIS_FAILURES as error:
+            self.trouble(error)
+
+    async def _command(self, sending: Awaitable[object]) -> None:
+        try:
+            await sending
+        except BaseException:
+            # Cancelled or failed midway: what the connection carries next is unknown.
+            self._pubsub_failed = True
+            self._check_now.set()
+            raise
 
     async def start(self) -> None:
         """Start the listener; wait (at most BRIDGE_REDIS_TIMEOUT) for a first verdict.
@@ -222,19 +280,26 @@ class RedisLink:
 
     async def _session(self, backoff: Backoff) -> None:
         """Subscribe, then pass messages on and check health until something fails."""
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.client.pubsub()
+        self._pubsub_failed = False
         try:
             async with asyncio.timeout(self._timeout):
-                await pubsub.subscribe(self.events_channel)
+                sent = set(self.following)
+                await pubsub.subscribe(self.pokes_channel, *sent)
+                # From here on a follow sends its own subscription; those that came while
+                # the first was on its way are sent now.
+                self._pubsub = pubsub
+                if missed := self.following - sent:
+                    await pubsub.subscribe(*missed)
                 await self._check(pubsub)
             backoff.reset()
             checked = time.monotonic()
             while True:
-                message = await pubsub.get_message(
-                    ignore_subscribe_messages=True, timeout=self._check_every
-                )
-                if message is not None and message.get("type") == "message":
-                    self._deliver(message.get("data"))
+                message = await pubsub.get_message(timeout=self._check_every)
+                if message is not None:
+                    self._on_pubsub(message)
+                if self._pubsub_failed:
+                    raise RedisConnectionError("a subscription could not be sent")
                 now = time.monotonic()
                 if self._check_now.is_set() or now - checked >= CHECK_EVERY:
                     self._check_now.clear()
@@ -242,8 +307,19 @@ class RedisLink:
                         await self._check(pubsub)
                     checked = now
         finally:
+            self._pubsub = None
             with suppress(*REDIS_FAILURES):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _on_pubsub(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "message":
+            self._deliver(message.get("data"))
+        elif kind == "subscribe":
+            channel = message.get("channel")
+            name = channel.decode() if isinstance(channel, bytes) else str(channel)
+            for waiter in self._confirming.pop(name, ()):
+                waiter.set_result(None)
 
     async def _check(self, pubsub: PubSub) -> None:
         """Redis answers (and keeps the cluster's digest key): the link is up."""

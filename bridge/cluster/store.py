@@ -13,9 +13,14 @@ tag ``{K}``)::
                                   bytes, but always the newest one
     <prefix>{K}:interest  zset    tokens of pollers whose replica has viewers of K,
                                   scored by when that interest expires (ms)
+    <prefix>{K}:live      pub/sub ``K\\n<record>`` for each new event, ``K\\n!`` when a
+                                  new lease holder's first poll confirmed the history or a
+                                  leader stepped aside: only replicas with viewers of K
+                                  subscribe (targeted delivery)
     <prefix>secret        string  the key of the credentials digest, made once (SET NX)
-    <prefix>events        pub/sub ``K\\n<record>`` for each new event, ``K\\n!`` when a
-                                  new lease holder's first poll confirmed the history
+    <prefix>events        pub/sub ``!poke\\n<run id>`` (bridge/cluster/__init__.py); every
+                                  replica listens. Bridges before per-run channels also
+                                  published their events here, and these are still applied
 
 A record is ``<epoch> <seq> <name> <kind>\\n<data>``: kind ``p`` (progress), ``t`` (a
 terminal state the upstream reported) or ``s`` (a terminal event the bridge made: it
@@ -281,7 +286,8 @@ class Store:
     ) -> None:
         self.client = client
         self.prefix = prefix
-        self.events_channel = f"{prefix}events"
+        #: The one channel every replica listens on (pokes): see the module docstring.
+        self.pokes_channel = f"{prefix}events"
         self.lease_ms = lease_ms
         self.keep_ms = keep_ms
         self.history_size = history_size
@@ -294,6 +300,10 @@ class Store:
 
     def key(self, key: ChannelKey, part: str) -> str:
         return f"{self.prefix}{{{channel_name(key)}}}:{part}"
+
+    def live_channel(self, key: ChannelKey) -> str:
+        """The pub/sub channel of K's events: replicas with viewers of K subscribe."""
+        return self.key(key, "live")
 
     async def tick(
         self, key: ChannelKey, token: str, *, active: bool, may_lead: bool = True
@@ -331,7 +341,7 @@ class Store:
             self.history_size,
             base_epoch,
             base_seq,
-            self.events_channel,
+            self.live_channel(key),
             channel_name(key),
             name,
             kind,
@@ -366,7 +376,7 @@ class Store:
         """Give the lease up because this replica cannot reach the upstream (see the
         script); True when given up, and the other replicas are told at once."""
         keys = [self.key(key, "lease"), self.key(key, "meta")]
-        args: list[EncodableT] = [token, window_ms, self.events_channel, channel_name(key)]
+        args: list[EncodableT] = [token, window_ms, self.live_channel(key), channel_name(key)]
         return bool(await self._step_aside(keys=keys, args=args))
 
     async def resign(self, pollers: list[tuple[ChannelKey, str, int | None]]) -> None:
