@@ -13,15 +13,17 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bridge.cluster import RedisBackend
+from bridge.cluster.link import MAX_CONNECTIONS
 from bridge.cluster.store import Record
 from bridge.demo.legacy_api import Fault, LegacyApi
 from bridge.eventstream import ParsedEvent
@@ -816,3 +818,30 @@ async def wait_for_async(read: Any, expected: object, timeout: float = 5.0) -> N
         while (value := await read()) != expected:
             await asyncio.sleep(0.02)
     assert value == expected
+
+
+async def test_a_busy_connection_pool_is_not_a_redis_outage(
+    legacy: LegacyApi, cluster: dict[str, Any]
+) -> None:
+    """Every pooled connection in use for BRIDGE_REDIS_TIMEOUT (a replica starting
+    thousands of runs at once): that call fails, Redis is not called down for it."""
+    legacy.scripted("busy")
+    async with running_bridge(legacy.url, **cluster, redis_timeout=0.2) as a:
+        link = cluster_of(a).link
+        pool = link.client.connection_pool
+        held = []
+        with suppress(RedisConnectionError):  # the listener holds one already
+            for _ in range(MAX_CONNECTIONS):
+                held.append(await pool.get_connection())
+        assert len(held) >= MAX_CONNECTIONS - 2
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{a.url}/v1/runs/busy") as r:
+                    assert r.status == 503
+                    assert (await r.json())["error"] == "cluster_unavailable"
+            assert link.up
+        finally:
+            for connection in held:
+                await pool.release(connection)
+        async with sse(f"{a.url}/v1/runs/busy/stream") as stream:
+            assert (await stream.next_named("progress")).event == "progress"

@@ -141,7 +141,7 @@ class RedisBackend(LedgerBackend):
     async def _closed(self, ledger: RedisLedger) -> None:
         if self._ledgers.get(ledger.key) is ledger:
             del self._ledgers[ledger.key]
-            await self.link.unfollow(ledger.live_channel)
+            self.link.unfollow(ledger.live_channel)
         if self._held is not None:
             self._held.append(ledger)
             return

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 from urllib.parse import urlsplit
@@ -116,6 +116,12 @@ def _sentinel_client(settings: Settings) -> tuple[Redis, Sentinel]:
     return client, sentinel
 
 
+def pool_exhausted(error: BaseException) -> bool:
+    """redis-py's BlockingConnectionPool gave up waiting for a free connection (it raises
+    ConnectionError("No connection available.") from the wait's TimeoutError)."""
+    return isinstance(error, RedisConnectionError) and isinstance(error.__cause__, TimeoutError)
+
+
 def describe(error: BaseException) -> str:
     """A few words on why Redis failed, without anything a message might carry."""
     if isinstance(error, PrimaryMoved):
@@ -175,11 +181,11 @@ class RedisLink:
         self.following: set[str] = set()
         #: Follows waiting for Redis to confirm their subscription, by channel.
         self._confirming: dict[str, list[asyncio.Future[None]]] = {}
-        #: The current session's pub/sub (None between sessions).
-        self._pubsub: PubSub | None = None
-        #: The pub/sub connection may be in an unknown state (a command on it failed):
-        #: the session ends and the next one starts on a new connection.
-        self._pubsub_failed = False
+        #: (Un)subscriptions asked since the session's sender last sent (it sends them in
+        #: one command each: thousands of runs starting at once are a few commands).
+        self._to_subscribe: set[str] = set()
+        self._to_unsubscribe: set[str] = set()
+        self._changed = asyncio.Event()
 
     @property
     def pokes_channel(self) -> str:
@@ -188,18 +194,16 @@ class RedisLink:
     async def follow(self, channel: str) -> None:
         """Receive ``channel``'s messages from now on: returns once Redis confirmed the
         subscription (so nothing published after this returns is missed), within
-        BRIDGE_REDIS_TIMEOUT; raises a Redis failure otherwise."""
+        BRIDGE_REDIS_TIMEOUT; raises TimeoutError otherwise."""
         self.following.add(channel)
+        self._to_unsubscribe.discard(channel)
+        self._to_subscribe.add(channel)
+        self._changed.set()
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiters = self._confirming.setdefault(channel, [])
         waiters.append(waiter)
         try:
             async with asyncio.timeout(self._timeout):
-                pubsub = self._pubsub
-                if pubsub is not None:
-                    # Sent from the caller's task: the listener reads the confirmation
-                    # (only the listener reads). Between sessions, the next one sends it.
-                    await self._command(pubsub.subscribe(channel))
                 await waiter
         finally:
             if not waiter.done():
@@ -208,27 +212,13 @@ class RedisLink:
                 if not waiters and self._confirming.get(channel) is waiters:
                     del self._confirming[channel]
 
-    async def unfollow(self, channel: str) -> None:
-        """Stop receiving ``channel`` (bounded; a failure only leaves the subscription to
-        the next session, which drops it)."""
+    def unfollow(self, channel: str) -> None:
+        """Stop receiving ``channel`` (sent with the next batch; a session that starts
+        meanwhile does not subscribe to it)."""
         self.following.discard(channel)
-        pubsub = self._pubsub
-        if pubsub is None or not self.up:
-            return
-        try:
-            async with asyncio.timeout(self._timeout):
-                await self._command(pubsub.unsubscribe(channel))
-        except REDIS_FAILURES as error:
-            self.trouble(error)
-
-    async def _command(self, sending: Awaitable[object]) -> None:
-        try:
-            await sending
-        except BaseException:
-            # Cancelled or failed midway: what the connection carries next is unknown.
-            self._pubsub_failed = True
-            self._check_now.set()
-            raise
+        self._to_subscribe.discard(channel)
+        self._to_unsubscribe.add(channel)
+        self._changed.set()
 
     async def start(self) -> None:
         """Start the listener; wait (at most BRIDGE_REDIS_TIMEOUT) for a first verdict.
@@ -254,7 +244,15 @@ class RedisLink:
                 await self._sentinels.aclose()
 
     def trouble(self, error: BaseException) -> None:
-        """A command failed: Redis counts as down until the listener sees it answer."""
+        """A command failed: Redis counts as down until the listener sees it answer.
+
+        Not when the command never left: all MAX_CONNECTIONS were busy for
+        BRIDGE_REDIS_TIMEOUT (thousands of runs starting at once on a busy replica).
+        That one call fails; calling Redis down would fail every poller and every new
+        viewer of the replica with it.
+        """
+        if pool_exhausted(error):
+            return
         self._down(error)
         self._check_now.set()
 
@@ -281,25 +279,24 @@ class RedisLink:
     async def _session(self, backoff: Backoff) -> None:
         """Subscribe, then pass messages on and check health until something fails."""
         pubsub = self.client.pubsub()
-        self._pubsub_failed = False
+        sender: asyncio.Task[None] | None = None
         try:
             async with asyncio.timeout(self._timeout):
-                sent = set(self.following)
-                await pubsub.subscribe(self.pokes_channel, *sent)
-                # From here on a follow sends its own subscription; those that came while
-                # the first was on its way are sent now.
-                self._pubsub = pubsub
-                if missed := self.following - sent:
-                    await pubsub.subscribe(*missed)
+                # A new connection: everything followed, in one command; what is asked
+                # while it is on its way goes with the sender's first batch.
+                self._to_subscribe.clear()
+                self._to_unsubscribe.clear()
+                await pubsub.subscribe(self.pokes_channel, *self.following)
                 await self._check(pubsub)
+            sender = asyncio.create_task(self._send_subscriptions(pubsub), name="cluster-sub")
             backoff.reset()
             checked = time.monotonic()
             while True:
                 message = await pubsub.get_message(timeout=self._check_every)
                 if message is not None:
                     self._on_pubsub(message)
-                if self._pubsub_failed:
-                    raise RedisConnectionError("a subscription could not be sent")
+                if sender.done():
+                    sender.result()  # it failed: end the session (a new connection)
                 now = time.monotonic()
                 if self._check_now.is_set() or now - checked >= CHECK_EVERY:
                     self._check_now.clear()
@@ -307,9 +304,24 @@ class RedisLink:
                         await self._check(pubsub)
                     checked = now
         finally:
-            self._pubsub = None
+            if sender is not None:
+                await cancel_and_wait(sender)
             with suppress(*REDIS_FAILURES):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _send_subscriptions(self, pubsub: PubSub) -> None:
+        """The session's one sender of (un)subscriptions, in batches; the listener reads
+        the confirmations (only the listener reads the connection)."""
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            drop, self._to_unsubscribe = self._to_unsubscribe, set()
+            add, self._to_subscribe = self._to_subscribe, set()
+            async with asyncio.timeout(self._timeout):
+                if drop:
+                    await pubsub.unsubscribe(*drop)
+                if add:
+                    await pubsub.subscribe(*add)
 
     def _on_pubsub(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
