@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import random
 
+from prometheus_client import Gauge
+
 from bridge import sse
 from bridge.auth import ForwardAuth
 from bridge.channel import Subscription
@@ -16,6 +18,7 @@ from bridge.hub import Hub
 from bridge.keepalive import StreamLimits
 from bridge.ledger import LedgerBackend, MemoryBackend
 from bridge.limits import StreamLimiter
+from bridge.loop_lag import LoopLag
 from bridge.metrics import Metrics
 from bridge.poller import Cadence
 from bridge.profiles import PROFILES
@@ -86,9 +89,20 @@ class Services:
         self.limiter = StreamLimiter(settings.max_streams, settings.max_streams_per_client)
         self.ticker = Ticker(settings.ping_interval, settings.send_timeout)
         self.metrics.track(lambda: self.pollers.active, lambda: self.ticker.viewers)
+        Gauge(
+            "bridge_channels", "Runs with a live channel now", registry=self.metrics.registry
+        ).set_function(lambda: self.hub.live_count)
+        # Every stall of the loop, whatever its cause (bridge/loop_lag.py).
+        self.loop_lag = LoopLag(self.metrics.registry)
         self.gc: GcTuner | None = None
         if settings.gc_freeze_interval > 0:
-            self.gc = GcTuner(settings.gc_freeze_interval, settings.gc_full_interval)
+            self.gc = GcTuner(
+                settings.gc_freeze_interval,
+                settings.gc_full_interval,
+                settings.gc_full_growth,
+                self.metrics.registry,
+                streams=lambda: self.limiter.open,
+            )
         self.auth = ForwardAuth(settings) if settings.auth_url is not None else None
         self.readiness = Readiness(settings, self.upstream, self.backend.health)
         self.draining = False
@@ -100,6 +114,7 @@ class Services:
         if self.auth is not None:
             await self.auth.start()
         self.ticker.start()
+        self.loop_lag.start()
         if self.gc is not None:
             self.gc.start()
 
@@ -108,6 +123,7 @@ class Services:
         if self._spreading is not None:
             await cancel_and_wait(self._spreading)
         await self.ticker.stop()
+        await self.loop_lag.stop()
         if self.gc is not None:
             await self.gc.stop()
         await self.pollers.close()

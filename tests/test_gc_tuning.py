@@ -1,12 +1,21 @@
-"""The collector tuning: freeze at start, periodic freeze, full collections, and undo."""
+"""The collector tuning: freeze, full collections when the heap grew (or at the latest
+after the full interval), the pause metrics, and undo."""
 
 from __future__ import annotations
 
 import gc
 import weakref
 
+from prometheus_client import CollectorRegistry
+
 from bridge.demo.legacy_api import LegacyApi
-from bridge.gc_tuning import YOUNG_THRESHOLD, GcTuner
+from bridge.gc_tuning import (
+    GARBAGE_PER_STREAM,
+    MIN_GROWTH,
+    OBJECTS_PER_STREAM,
+    YOUNG_THRESHOLD,
+    GcTuner,
+)
 from tests.support import running_bridge, sse, wait_for
 
 
@@ -15,22 +24,72 @@ class Cycle:
         self.me = self
 
 
-async def test_tuner_freezes_collects_cycles_and_restores() -> None:
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    value = registry.get_sample_value(name, labels)
+    assert value is not None, name
+    return value
+
+
+async def test_start_collects_freezes_and_stop_restores() -> None:
     before = gc.get_threshold()
-    tuner = GcTuner(freeze_every=0.01, full_every=0.05)
+    registry = CollectorRegistry()
+    tuner = GcTuner(freeze_every=3600, full_every=3600, registry=registry)
     tuner.start()
     try:
         assert gc.get_threshold()[0] == YOUNG_THRESHOLD
         assert gc.get_freeze_count() > 0
-        # Garbage only the cyclic collector can free, frozen with everything else.
-        ref = weakref.ref(Cycle())
-        gc.freeze()
-        await wait_for(lambda: tuner.full_collections >= 2, timeout=5)
-        assert ref() is None
+        assert tuner.full_collections == 1
+        assert tuner.heap > 0
+        assert sample(registry, "bridge_gc_heap_objects") == tuner.heap
+        # The start's full collection was timed like any other.
+        assert sample(registry, "bridge_gc_pause_seconds_count", generation="2") >= 1
     finally:
         await tuner.stop()
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
+    assert tuner._timing not in gc.callbacks
+
+
+async def test_a_process_that_does_not_grow_is_not_collected_again() -> None:
+    tuner = GcTuner(freeze_every=3600, full_every=3600)
+    tuner.start()
+    try:
+        for _ in range(3):
+            tuner.tick()
+        assert tuner.full_collections == 1
+    finally:
+        await tuner.stop()
+
+
+async def test_growth_brings_a_full_collection_that_frees_frozen_cycles() -> None:
+    tuner = GcTuner(freeze_every=0.01, full_every=3600, full_growth=0.25)
+    tuner.start()
+    kept: list[list[int]] = []
+    try:
+        # Garbage only the cyclic collector can free, frozen with everything else.
+        ref = weakref.ref(Cycle())
+        gc.freeze()
+        assert ref() is not None
+        tuner.collected.clear()
+        # Live objects enough to pass both bounds: the heap grew, a collection is due.
+        kept.extend([i] for i in range(max(MIN_GROWTH, tuner.heap // 4) + 10_000))
+        await wait_for(tuner.collected.is_set, timeout=10)
+        assert tuner.full_collections >= 2
+        assert ref() is None
+        assert tuner.grown < MIN_GROWTH
+    finally:
+        kept.clear()
+        await tuner.stop()
+
+
+async def test_the_full_interval_is_the_longest_wait() -> None:
+    tuner = GcTuner(freeze_every=3600, full_every=1e-9)
+    tuner.start()
+    try:
+        tuner.tick()
+        assert tuner.full_collections == 2
+    finally:
+        await tuner.stop()
 
 
 async def test_bridge_runs_with_tuning_on(legacy: LegacyApi) -> None:
@@ -38,8 +97,33 @@ async def test_bridge_runs_with_tuning_on(legacy: LegacyApi) -> None:
     async with running_bridge(legacy.url, gc_freeze_interval=0.02, gc_full_interval=0.1) as b:
         async with sse(f"{b.url}/v1/runs/gc/stream") as s:
             await s.next_named("progress")
-            assert b.bridge.gc is not None
-            await wait_for(lambda: b.bridge.gc.full_collections >= 1, timeout=5)  # type: ignore[union-attr]
+            tuner = b.bridge.gc
+            assert tuner is not None
+            await wait_for(lambda: tuner.full_collections >= 2, timeout=5)
             run.advance()
             await s.next_named("progress")
+            registry = b.bridge.metrics.registry
+            assert sample(registry, "bridge_gc_pause_seconds_count", generation="2") >= 2
     assert gc.get_freeze_count() == 0
+
+
+async def test_growth_that_is_new_streams_is_not_garbage() -> None:
+    streams = [5_000]
+    tuner = GcTuner(freeze_every=3600, full_every=3600, streams=lambda: streams[0])
+    tuner.start()
+    try:
+        # A storm of connects explains all of the growth: live objects, nothing to collect.
+        streams[0] += 5_000
+        tuner.grown = 5_000 * OBJECTS_PER_STREAM
+        assert tuner.garbage() == 0
+        assert not tuner.due()
+        # The same growth with as many viewers coming as going is garbage.
+        streams[0] = 5_000
+        assert tuner.garbage() == tuner.grown
+        assert tuner.due()
+        # Viewers who left without coming back leave cycles behind too.
+        tuner.grown = 0
+        streams[0] = 2_000
+        assert tuner.garbage() == 3_000 * GARBAGE_PER_STREAM
+    finally:
+        await tuner.stop()

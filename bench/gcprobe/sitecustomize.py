@@ -8,6 +8,11 @@ pauses can be matched to the bench's rounds. Memory is bounded (a ring of pauses
 
 Two experiment knobs, to estimate what GC tuning in the bridge would buy before anyone
 writes it: ``BENCH_GC_THRESHOLDS=a,b,c`` (``gc.set_threshold``) and ``BENCH_GC_DISABLE=1``.
+
+``BENCH_GC_CENSUS=<file>`` (bench/soak.py ``--census``): each SIGUSR1 runs one full
+collection over everything, frozen objects included, and writes what it found: how much
+cyclic garbage had piled up since the last census, of which types, from which code, and
+how long the full collection took (it pauses the process: for measurement runs only).
 """
 
 from __future__ import annotations
@@ -116,3 +121,76 @@ def _install_tracemalloc(path: str) -> None:
 _TRACE = os.environ.get("BENCH_TRACEMALLOC")
 if _TRACE:
     _install_tracemalloc(_TRACE)
+
+
+def _census(path: str) -> None:
+    """``BENCH_GC_CENSUS=<file>``: on SIGUSR1, collect everything and say what was garbage.
+
+    The garbage is kept (``DEBUG_SAVEALL``) only long enough to count it by type, by the
+    code of its frames and coroutines, then freed by a second collection. Objects frozen
+    before the census are frozen again after it, as ``bridge/gc_tuning.py`` would."""
+    import signal
+    import sys
+    from collections import Counter
+
+    state = {"census": 0}
+
+    def where(obj: Any) -> str | None:
+        code = getattr(obj, "f_code", None) or getattr(obj, "cr_code", None)
+        code = code or getattr(obj, "ag_code", None) or getattr(obj, "gi_code", None)
+        if code is None:
+            return None
+        return f"{code.co_qualname} ({code.co_filename.rsplit('/', 2)[-1]}:{code.co_firstlineno})"
+
+    def census(signum: int, frame: Any) -> None:
+        frozen_before = gc.get_freeze_count()
+        gc.unfreeze()
+        debug = gc.get_debug()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        started = time.perf_counter_ns()
+        found = gc.collect()
+        scan_ns = time.perf_counter_ns() - started
+        gc.set_debug(debug)
+        garbage = list(gc.garbage)
+        gc.garbage.clear()
+        by_type: Counter[str] = Counter()
+        by_code: Counter[str] = Counter()
+        size = 0
+        for obj in garbage:
+            kind = type(obj)
+            by_type[f"{kind.__module__}.{kind.__qualname__}"] += 1
+            size += sys.getsizeof(obj)
+            code = where(obj)
+            if code is not None:
+                by_code[code] += 1
+            coro = getattr(obj, "get_coro", None)
+            if callable(coro):
+                by_code["task of " + (where(coro()) or "?")] += 1
+        del garbage
+        started = time.perf_counter_ns()
+        freed = gc.collect()
+        free_ns = time.perf_counter_ns() - started
+        gc.freeze()
+        state["census"] += 1
+        data = {
+            "census": state["census"],
+            "time_ns": time.time_ns(),
+            "frozen_before": frozen_before,
+            "frozen_after": gc.get_freeze_count(),
+            "garbage_objects": found,
+            "garbage_bytes_shallow": size,
+            "full_collection_ms": scan_ns / 1e6,
+            "freeing_collection_ms": free_ns / 1e6,
+            "freed": freed,
+            "by_type": by_type.most_common(40),
+            "by_code": by_code.most_common(40),
+        }
+        with open(path, "w") as f:
+            json.dump(data, f)
+
+    signal.signal(signal.SIGUSR1, census)
+
+
+_CENSUS = os.environ.get("BENCH_GC_CENSUS")
+if _CENSUS:
+    _census(_CENSUS)
