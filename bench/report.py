@@ -36,7 +36,9 @@ def _targets(results: dict[str, Any]) -> list[str]:
 
 
 def _steps(results: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    steps: list[dict[str, Any]] = results["targets"][name].get("ladder", {}).get("steps", [])
+    # A run without the reference target (e.g. --targets bridge,asgi-transport) has none.
+    target = results["targets"].get(name, {})
+    steps: list[dict[str, Any]] = target.get("ladder", {}).get("steps", [])
     return steps
 
 

@@ -1,7 +1,7 @@
 """The Quart app: the API's routes and its error answers.
 
-    GET /v1/runs/{id}/stream   one run's SSE stream        \\ both opened by
-    GET /v1/streams?runs=a,b   several runs on one stream  / bridge/opening.py
+    GET /v1/runs/{id}/stream   one run's SSE stream        \\ served in front of Quart
+    GET /v1/streams?runs=a,b   several runs on one stream  / by bridge/front.py
     GET /v1/runs/{id}          the latest status as JSON
     GET /healthz, /readyz, /metrics
 
@@ -12,58 +12,44 @@ demo's run list are bridge/dashboard.py's.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
-import random
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from functools import partial
+from collections.abc import Awaitable, Callable
 
 from pydantic import SecretStr
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException, NotFound
 
-from bridge import catchup, sse
+from bridge import catchup
 from bridge import run_id as run_ids
-from bridge.cors import install_cors
+from bridge.cors import cors_policy, install_cors
 from bridge.dashboard import register_dashboard
 from bridge.errors import BridgeError, Draining, InvalidRunId, PokeDisabled, PokeUnauthorized
-from bridge.hypercorn_transport import CaptureSend, fast_path_transport
-from bridge.multi import multi_frames, parse_runs
+from bridge.front import StreamFront
 from bridge.openapi import register_openapi
-from bridge.opening import Framer, RunRefused, stream_body
+from bridge.opening import RunRefused
+from bridge.reply import Reply, error_reply, http_error_reply
 from bridge.services import Services
 from bridge.settings import Settings
 from bridge.sse import encode_json
-from bridge.stream import run_frames
 from bridge.upstream import forwardable
 from bridge.viewer import Viewer, client_address, resume_from
 
 #: app.extensions key of the app's Services.
 SERVICES = "bridge"
 
-SSE_HEADERS = {
-    "Content-Type": "text/event-stream; charset=utf-8",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-}
+
+def response_of(reply: Reply) -> Response:
+    return Response(reply.body, status=reply.status, headers=dict(reply.headers))
 
 
 def error_response(error: BridgeError, body: dict[str, str] | None = None) -> Response:
-    response = Response(
-        encode_json(body or error.body()), status=error.status, content_type="application/json"
-    )
-    if error.retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
-    return response
+    return response_of(error_reply(error, body))
 
 
-def viewer_of(services: Services, *, stream: bool) -> Viewer:
-    """What this request says about its viewer (``stream``: it may take the fast path)."""
+def viewer_of(services: Services) -> Viewer:
+    """What this request says about its viewer (the JSON routes: never a stream)."""
     settings = services.settings
     headers = request.headers
-    transport = None
-    if stream and settings.direct_writes:
-        transport = fast_path_transport(request.scope, services.metrics.fast_path_fell_back)
     return Viewer(
         credentials=forwardable(settings.forward_headers, dict(headers.items())),
         client=client_address(
@@ -72,87 +58,28 @@ def viewer_of(services: Services, *, stream: bool) -> Viewer:
             request.remote_addr,
         ),
         resume_from=resume_from(headers.get("Last-Event-ID"), request.args),
-        transport=transport,
         wants_events="text/event-stream" in headers.get("Accept", ""),
     )
 
 
-async def open_stream(
-    services: Services, viewer: Viewer, runs: list[str], framer: Framer, *, name_run: bool
-) -> Response:
-    """The SSE response, or the error that refused it (``name_run``: say which run)."""
-    body = stream_body(services, viewer, runs, framer)
-    try:
-        if services.draining:
-            raise Draining("The bridge is shutting down.")
-        opening = await anext(body)
-    except StopAsyncIteration:
-        # The viewer already has every final event: 204 stops EventSource.
-        return Response("", status=204)
-    except (RunRefused, BridgeError) as refused:
-        error = refused.error if isinstance(refused, RunRefused) else refused
-        run_id = refused.run_id if isinstance(refused, RunRefused) and name_run else None
-        services.metrics.streams_refused.labels(error.code).inc()
-        if viewer.wants_events and transient(error):
-            return retry_later(services, error, run_id)
-        return error_response(error, refused.body() if run_id is not None else None)
-    services.metrics.streams_opened.inc()
-    response = Response(watched(services, opening, body), headers=SSE_HEADERS)
-    # Quart's RESPONSE_TIMEOUT (60 s) would cut every stream; ours ends by itself.
-    response.timeout = None
-    return response
-
-
-def transient(error: BridgeError) -> bool:
-    """A refusal that may pass by itself: upstream trouble, a full or draining bridge."""
-    return error.status in (429, 502, 503, 504)
-
-
-def retry_later(services: Services, error: BridgeError, run_id: str | None) -> Response:
-    """A transient refusal as EventSource understands it: 200, ``retry:``, a comment, close.
-
-    Browsers fail an EventSource for good on any non-200 answer (WHATWG HTML, "Server-sent
-    events": a response whose status is not 200 fails the connection) and never retry;
-    this form makes them reconnect after ``retry`` ms and resume by Last-Event-ID.
-    """
-    seconds = error.retry_after
-    base = services.settings.retry_ms if seconds is None else seconds * 1000
-    retry = int(base * (1 + random.uniform(0, 0.2)))  # spread the reconnects
-    which = f" (run {run_id})" if run_id is not None else ""
-    comment = f": {error.code}{which}: {error.message}\n\n".encode()
-    return Response(sse.retry(retry) + comment, status=200, headers=SSE_HEADERS)
-
-
-async def watched(
-    services: Services, first: bytes, rest: AsyncGenerator[bytes, None]
-) -> AsyncIterator[bytes]:
-    """The response body: ``first``, then ``rest``, each send timed by the ticker."""
-    loop = asyncio.get_running_loop()
-    sending = services.ticker.watch()
-    try:
-        sending.since = loop.time()
-        yield first
-        sending.since = None
-        async for chunk in rest:
-            sending.since = loop.time()
-            yield chunk
-            sending.since = None
-    finally:
-        services.ticker.unwatch(sending)
-        await rest.aclose()
-
-
 def create_app(settings: Settings) -> Quart:
     app = Quart("bridge")
-    app.asgi_app = CaptureSend(app.asgi_app)  # type: ignore[method-assign]
     # Werkzeug would 308-redirect /v1/runs//stream to /v1/runs/stream: the status of a
     # run called "stream". Empty segments must be refused, not merged.
     app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     services = Services(settings)
     app.extensions[SERVICES] = services
-    install_cors(app, settings)
-    single_run: Framer = partial(run_frames, ticker=services.ticker)
+    cors = cors_policy(settings)
+    install_cors(app, cors)
+    # The stream routes are served in front of Quart (bridge/front.py: what a viewer costs
+    # to open and to hold); Quart still knows their rules, for OPTIONS, 405 and OpenAPI.
+    app.asgi_app = StreamFront(app.asgi_app, services, cors)  # type: ignore[method-assign,assignment]
+    for rule, endpoint in (
+        ("/v1/runs/<run_id>/stream", "run_stream"),
+        ("/v1/streams", "multi_stream"),
+    ):
+        app.add_url_rule(rule, endpoint, methods=["GET"])
 
     @app.before_serving
     async def _start() -> None:
@@ -178,11 +105,8 @@ def create_app(settings: Settings) -> Quart:
 
     @app.errorhandler(HTTPException)
     async def _http_error(error: HTTPException) -> Response:
-        code = (error.name or "error").lower().replace(" ", "_")
-        body = {"error": code, "message": error.description or code}
-        return Response(
-            encode_json(body), status=error.code or 500, content_type="application/json"
-        )
+        reply = http_error_reply(error.code or 500, error.name, error.description or "")
+        return response_of(reply)
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -203,7 +127,7 @@ def create_app(settings: Settings) -> Quart:
     @app.get("/v1/runs/<run_id>")
     async def run_status(run_id: str) -> Response:
         run_ids.validate(run_id)
-        viewer = viewer_of(services, stream=False)
+        viewer = viewer_of(services)
         headers = await services.upstream_headers(run_id, viewer.credentials)
         async with services.pollers.lease(run_id, headers) as channel:
             latest = channel.history.latest
@@ -211,18 +135,6 @@ def create_app(settings: Settings) -> Quart:
             response = Response(latest.data, content_type="application/json")
             response.headers["Cache-Control"] = "no-cache"
             return response
-
-    @app.get("/v1/runs/<run_id>/stream")
-    async def run_stream(run_id: str) -> Response:
-        runs = [run_ids.validate(run_id)]
-        viewer = viewer_of(services, stream=True)
-        return await open_stream(services, viewer, runs, single_run, name_run=False)
-
-    @app.get("/v1/streams")
-    async def multi_stream() -> Response:
-        runs = parse_runs(request.args.getlist("runs"), settings.multi_max_runs)
-        viewer = viewer_of(services, stream=False)
-        return await open_stream(services, viewer, runs, multi_frames, name_run=True)
 
     @app.post("/v1/runs/<run_id>/poll")
     async def poke(run_id: str) -> Response:
@@ -244,7 +156,7 @@ def create_app(settings: Settings) -> Quart:
     async def run_events(run_id: str) -> Response:
         run_ids.validate(run_id)
         wait = catchup.parse_wait(request.args.get("wait"), settings.longpoll_max)
-        viewer = viewer_of(services, stream=False)
+        viewer = viewer_of(services)
         return await answered(
             lambda: catchup.events(services, viewer, run_id, viewer.resume_from, wait)
         )
@@ -253,7 +165,7 @@ def create_app(settings: Settings) -> Quart:
     async def run_result(run_id: str) -> Response:
         run_ids.validate(run_id)
         wait = catchup.parse_wait(request.args.get("wait"), settings.longpoll_max)
-        viewer = viewer_of(services, stream=False)
+        viewer = viewer_of(services)
         return await answered(lambda: catchup.result(services, viewer, run_id, wait))
 
     async def answered(asked: Callable[[], Awaitable[catchup.Answer]]) -> Response:

@@ -51,7 +51,7 @@ import asyncio
 import functools
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from typing import Any, Final, Literal, get_args
 
@@ -59,26 +59,13 @@ log = logging.getLogger("bridge.hypercorn_transport")
 
 #: Hypercorn releases whose internals the walk was checked against: [lowest, end).
 TESTED_HYPERCORN: Final = ((0, 17), (0, 19))
-#: The ASGI scope key under which ``CaptureSend`` leaves the server's send callable.
+#: The ASGI scope key under which the stream front (bridge/front.py) leaves the server's
+#: send callable for the walk.
 SEND_KEY: Final = "bridge.send"
 
 #: Why a stream that wanted the fast path took the ASGI path (the metric's label).
 FallbackReason = Literal["http_version", "method", "hypercorn_version", "internals"]
 FALLBACK_REASONS: Final[tuple[FallbackReason, ...]] = get_args(FallbackReason)
-
-AsgiApp = Callable[[Any, Any, Any], Awaitable[None]]
-
-
-class CaptureSend:
-    """ASGI middleware that leaves the server's ``send`` in the scope for the stream route."""
-
-    def __init__(self, app: AsgiApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope.get("type") == "http":
-            scope[SEND_KEY] = send
-        await self.app(scope, receive, send)
 
 
 def fast_path_transport(
@@ -86,7 +73,7 @@ def fast_path_transport(
 ) -> asyncio.WriteTransport | None:
     """The viewer's transport if this request may take the fast path, else None.
 
-    ``scope`` is the request's ASGI scope (with ``CaptureSend`` installed); ``fell_back``
+    ``scope`` is the request's ASGI scope (the server's ``send`` under SEND_KEY); ``fell_back``
     is told the reason whenever None is returned for a live connection.
     """
     if scope.get("http_version") != "1.1":

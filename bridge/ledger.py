@@ -81,6 +81,13 @@ class Ledger(ABC):
         #: When the poll in flight started (monotonic), set by the poller; None between.
         self.polling_since: float | None = None
 
+    def detach(self) -> None:
+        """The poller stopped: forget its callbacks (bound methods of the poller, which
+        holds this ledger: a reference cycle that would outlive the run otherwise)."""
+        self.nudge = _nothing
+        self.news = _nothing
+        self.poke = _refuse
+
     @abstractmethod
     async def sync(self, *, active: bool) -> bool:
         """Before each step of the loop; ``active``: viewers here (or lingering).

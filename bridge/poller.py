@@ -190,6 +190,7 @@ class Poller:
                 self.first.exception()
             self._on_stop(self)
             await self.ledger.close()
+            self.ledger.detach()
 
     async def _step(self) -> float | None:
         """Sync, and poll when leading and due: when to step next (None: stop)."""

@@ -80,19 +80,33 @@ class PollerRegistry:
         Raises UpstreamError when the first status cannot be fetched with these headers,
         ClusterUnavailable when cluster mode cannot reach Redis.
         """
+        channel, poller = await self.take(run_id, headers)
+        try:
+            yield channel
+        finally:
+            if poller is not None:
+                poller.release()
+
+    async def take(self, run_id: str, headers: Mapping[str, str]) -> tuple[Channel, Poller | None]:
+        """``lease`` without the context manager: the channel, and the poller whose
+        ``release()`` ends the lease (None: an ended run answered from history).
+
+        For streams held open after their opening (bridge/opening.py), where a bound
+        method to call later costs less per viewer than a suspended context manager.
+        """
         key = self.key(run_id, headers)
         cached = self.hub.find(key)
         if cached is not None and cached.history.terminal and key not in self._pollers:
             # Ended runs are answered from history: no upstream request.
-            yield cached
-            return
+            return cached, None
         poller = self._pollers.get(key) or self._start(key, headers)
         poller.acquire()
         try:
             await asyncio.shield(poller.first)
-            yield poller.channel
-        finally:
+        except BaseException:
             poller.release()
+            raise
+        return poller.channel, poller
 
     def _start(self, key: ChannelKey, headers: Mapping[str, str]) -> Poller:
         channel = self.hub.open(key)

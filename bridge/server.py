@@ -18,6 +18,7 @@ from hypercorn.config import Config
 from hypercorn.logging import Logger
 from quart import Quart
 
+from bridge import hypercorn_cycles
 from bridge.app import SERVICES
 from bridge.services import Services
 from bridge.settings import Settings
@@ -257,6 +258,9 @@ async def serve(
         services.drain()
         await asyncio.sleep(settings.drain_delay)
 
+    # Each connection's objects are then freed by refcount when it ends, not left as
+    # cyclic garbage for a full collection (issue 14; bridge/hypercorn_cycles.py).
+    hypercorn_cycles.install()
     try:
         await hypercorn_serve(
             app,

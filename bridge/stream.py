@@ -7,7 +7,10 @@ Here: where a viewer starts (``run_frames``) and the frames it gets. Two ways ou
   change on its channel, the next ping, its deadline, shutdown) sets the one ``wake``
   event of its subscription, so a viewer costs one suspended coroutine, never a task;
 - the fast path: once the opening is sent and the viewer caught up, its frames are
-  written to its socket by the channel and the process's ticker (bridge/direct.py).
+  written to its socket by the channel and the process's ticker (bridge/direct.py); the
+  generator then yields its ``DirectSink`` once, and whoever sends the frames (the ASGI
+  stream front, bridge/front.py) waits for the sink's end or the viewer leaving, in its
+  own coroutine: no task, no wake-up, no frame of this generator per event.
 
 Both follow one ``Keepalive`` (the ping schedule and the deadline), so a viewer gets the
 same pings and the same ``timeout`` on either path.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
+from typing import TypeAlias
 
 from bridge import sse
 from bridge.channel import Subscription
@@ -26,10 +30,18 @@ from bridge.keepalive import Keepalive, StreamLimits
 from bridge.ticker import Ticker
 from bridge.viewer import Viewer
 
+#: A stream's output: frames to send, or (once, on the fast path) the sink to wait for.
+Frames: TypeAlias = AsyncGenerator[bytes | DirectSink, None]
+
+#: The ``wake`` of every subscription on the fast path: nothing waits on it any more (the
+#: channel writes to the sink), so one shared event stands in for each viewer's own
+#: (an event and its waiter deque are most of a kilobyte, per viewer, for minutes).
+_UNWAITED = asyncio.Event()
+
 
 def run_frames(
     subscriptions: list[Subscription], viewer: Viewer, limits: StreamLimits, ticker: Ticker
-) -> AsyncGenerator[bytes, None] | None:
+) -> Frames | None:
     """The single-run framer (see bridge/opening.py): resume, then ``events``."""
     (subscription,) = subscriptions
     history = subscription.channel.history
@@ -47,13 +59,14 @@ async def events(
     cursor: int,
     limits: StreamLimits,
     direct: tuple[asyncio.WriteTransport, Ticker] | None = None,
-) -> AsyncGenerator[bytes, None]:
+) -> Frames:
     """Frames for one viewer; ends after a terminal event, a timeout or ``close()``.
 
     ``first`` is what the viewer gets before anything live (replay or current status),
     ``cursor`` the seq the viewer already has when ``first`` is empty. With ``direct``
     (the viewer's transport and the process's ticker), the live part is written straight
-    to the socket once the opening is sent.
+    to the socket once the opening is sent: the sink is yielded, and the stream is over
+    once its ``ended`` resolves (or the consumer finishes it: the viewer left).
     """
     history = subscription.channel.history
     keepalive = Keepalive(limits)
@@ -74,7 +87,20 @@ async def events(
         if direct is not None:
             transport, ticker = direct
             sink = DirectSink(transport, cursor, keepalive)
-            await _hand_over(subscription, sink, ticker, limits.viewer_buffer)
+            # What was published while the opening went out; from here on the channel writes.
+            for event in history.after(cursor, limits.viewer_buffer):
+                sink.deliver(event)
+            if sink.ended.done():
+                return
+            subscription.sink = sink
+            subscription.wake = _UNWAITED
+            first = pending = []  # nothing more to send from here: keep none of it
+            ticker.add(sink, lambda: history.latest)
+            try:
+                yield sink
+            finally:
+                ticker.discard(sink)
+                subscription.sink = None
             return
         due = keepalive.due(loop.time())
         if due is not None:
@@ -88,22 +114,3 @@ async def events(
             continue
         await keepalive.sleep(subscription.wake)
         pending = history.after(cursor, limits.viewer_buffer)
-
-
-async def _hand_over(
-    subscription: Subscription, sink: DirectSink, ticker: Ticker, viewer_buffer: int
-) -> None:
-    """Put the viewer on the fast path and wait (one future, no wake-ups) until it ends."""
-    history = subscription.channel.history
-    # What was published while the opening went out; from here on the channel writes.
-    for event in history.after(sink.cursor, viewer_buffer):
-        sink.deliver(event)
-    if sink.ended.done():
-        return
-    subscription.sink = sink
-    ticker.add(sink, lambda: history.latest)
-    try:
-        await sink.ended
-    finally:
-        ticker.discard(sink)
-        subscription.sink = None

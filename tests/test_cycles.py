@@ -1,0 +1,245 @@
+"""A closed connection is freed by reference counting, not left as cyclic garbage.
+
+Why it matters: bridge/gc_tuning.py freezes the heap, so whatever dies in a reference
+cycle waits for a full collection, which pauses a bridge of 10,000 viewers for seconds
+(issue 14, bench/FINDINGS.md "What dies while frozen"). bridge/hypercorn_cycles.py cuts
+Hypercorn's (and asyncio's) cycles once a connection's ``TCPServer.run()`` returned.
+
+Each test serves the real bridge (Hypercorn on loopback, the GC tuner off), opens a few
+connections from a worker thread with blocking sockets (a client that leaves no Python
+garbage of its own), collects, closes them by FIN or by reset, waits on the bridge's own
+state until every connection has ended, and collects again with ``DEBUG_SAVEALL``:
+whatever that finds died in a cycle when the connections closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import socket
+import struct
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import pytest
+from hypercorn.config import Config
+
+from bridge import hypercorn_cycles, server
+from bridge.demo.legacy_api import LegacyApi
+from bridge.settings import Settings
+from tests.support import RunningBridge, running_bridge, wait_for
+
+Path = Literal["fast", "asgi", "short"]
+Close = Literal["fin", "rst"]
+RUN = "cycles"
+VIEWERS = 6
+#: What a connection is made of, below the request: none of it may be left to the collector.
+CONNECTION_TYPES = frozenset(
+    {
+        "hypercorn.asyncio.tcp_server.TCPServer",
+        "hypercorn.protocol.ProtocolWrapper",
+        "asyncio.streams.StreamReader",
+        "asyncio.streams.StreamWriter",
+        "asyncio.streams.StreamReaderProtocol",
+        "asyncio.selector_events._SelectorSocketTransport",
+        "socket.socket",
+        "ConnectionResetError",
+    }
+)
+
+
+def type_name(obj: object) -> str:
+    cls = type(obj)
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+
+
+# --- the client: blocking sockets, in a thread --------------------------------------
+
+
+def request(path: Path) -> bytes:
+    target = "/healthz" if path == "short" else f"/v1/runs/{RUN}/stream"
+    return f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode()
+
+
+def read_until(sock: socket.socket, marker: bytes) -> None:
+    seen = b""
+    while marker not in seen:
+        data = sock.recv(65536)
+        assert data, f"closed before {marker!r}"
+        seen += data
+
+
+def open_viewers(port: int, path: Path) -> list[socket.socket]:
+    socks = []
+    for _ in range(VIEWERS):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        if path == "short":
+            for _ in range(3):  # keep-alive, then the close
+                sock.sendall(request(path))
+                read_until(sock, b'"ok"}')
+        else:
+            sock.sendall(request(path))
+            read_until(sock, b"event: progress")
+        socks.append(sock)
+    return socks
+
+
+def close_viewers(socks: list[socket.socket], how: Close) -> None:
+    for sock in socks:
+        if how == "rst":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        else:
+            sock.shutdown(socket.SHUT_WR)
+    if how == "fin":
+        for sock in socks:  # read to the server's close (unread data would make it a reset)
+            while sock.recv(65536):
+                pass
+            sock.close()
+
+
+# --- the measurement ----------------------------------------------------------------
+
+
+@pytest.fixture
+def short_keep_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hypercorn keeps a connection whose client left between requests until its
+    keep-alive timeout (75 s in the bridge): make that 0.5 s, so the test waits for it (and
+    the idle connections of the short path outlive their opening)."""
+    configure = server.hypercorn_config
+
+    def configured(settings: Settings, sock: socket.socket) -> Config:
+        config = configure(settings, sock)
+        config.keep_alive_timeout = 0.5
+        return config
+
+    monkeypatch.setattr(server, "hypercorn_config", configured)
+
+
+def connections() -> int:
+    """Hypercorn connections still running (each is one task of its asyncio worker)."""
+    return sum(
+        1
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "").endswith("_server_callback")
+    )
+
+
+def open_streams(b: RunningBridge, name: str = "bridge_open_streams") -> float:
+    return b.bridge.metrics.registry.get_sample_value(name) or 0.0
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def collect_saved() -> list[Any]:
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        found = list(gc.garbage)
+        gc.garbage.clear()
+    finally:
+        gc.set_debug(0)
+    return found
+
+
+async def garbage_of_closing(legacy: LegacyApi, path: Path, how: Close) -> Counter[str]:
+    """Types (and counts) of what died in cycles when VIEWERS connections closed."""
+    legacy.scripted(RUN)
+    async with running_bridge(
+        legacy.url,
+        poll_interval=30.0,  # the first status at once, no poll while measuring
+        linger=30.0,  # the poller outlives its viewers (its own stop is not measured)
+        direct_writes=path != "asgi",
+    ) as b:
+        port = int(b.url.rsplit(":", 1)[1])
+        # The readiness check's connection ends first (at the keep-alive timeout).
+        await wait_for(lambda: connections() == 0)
+        socks = await asyncio.to_thread(open_viewers, port, path)
+        if path == "fast":
+            await wait_for(lambda: open_streams(b, "bridge_fast_path_streams") == VIEWERS)
+        elif path == "asgi":
+            await wait_for(lambda: open_streams(b) == VIEWERS)
+        await wait_for(lambda: connections() == VIEWERS)
+        gc.collect()
+        with collector_paused():
+            await asyncio.to_thread(close_viewers, socks, how)
+            await wait_for(lambda: open_streams(b) == 0 and connections() == 0)
+            garbage = collect_saved()
+    try:
+        return Counter(type_name(o) for o in garbage)
+    finally:
+        del garbage
+
+
+CASES = [(p, c) for p in ("fast", "asgi", "short") for c in ("fin", "rst")]
+
+
+@pytest.mark.usefixtures("short_keep_alive")
+@pytest.mark.parametrize(("path", "how"), CASES)
+async def test_a_closed_connection_is_freed_by_refcount(
+    legacy: LegacyApi, path: Path, how: Close
+) -> None:
+    """Hypercorn's connection objects, the streams, transport, socket and a reset's
+    traceback are never cyclic garbage, on every path the bridge serves."""
+    found = await garbage_of_closing(legacy, path, how)
+    left = {name: n for name, n in found.items() if name in CONNECTION_TYPES}
+    assert hypercorn_cycles.stats.off is None
+    assert left == {}, f"left to the collector: {left}; all cyclic garbage: {dict(found)}"
+
+
+@pytest.mark.usefixtures("short_keep_alive")
+@pytest.mark.parametrize(
+    ("path", "how"),
+    CASES,
+)
+async def test_closing_leaves_no_cyclic_garbage_at_all(
+    legacy: LegacyApi, path: Path, how: Close
+) -> None:
+    found = await garbage_of_closing(legacy, path, how)
+    assert found == Counter(), f"cyclic garbage per {VIEWERS} closed connections: {dict(found)}"
+
+
+def test_an_unchecked_hypercorn_is_left_alone(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from hypercorn.asyncio.tcp_server import TCPServer
+
+    installed = hypercorn_cycles._original is not None
+    hypercorn_cycles.uninstall()
+    run = TCPServer.run
+    monkeypatch.setattr(hypercorn_cycles, "installed_hypercorn", lambda: "0.19.0")
+    monkeypatch.setattr(hypercorn_cycles, "_warned", False)
+    try:
+        assert hypercorn_cycles.install() is False
+        assert TCPServer.run is run
+        assert "outside the checked range" in (hypercorn_cycles.stats.off or "")
+        assert "cycles of closed connections are left to the collector" in caplog.text
+    finally:
+        monkeypatch.undo()
+        hypercorn_cycles.stats.off = None
+        if installed:
+            hypercorn_cycles.install()
+
+
+def test_release_never_raises_into_hypercorn() -> None:
+    class Odd:
+        @property
+        def reader(self) -> object:
+            raise RuntimeError("moved")
+
+    failed = hypercorn_cycles.stats.failed
+    hypercorn_cycles.release(Odd())
+    assert hypercorn_cycles.stats.failed == failed + 1
