@@ -56,7 +56,7 @@ def _run(args: argparse.Namespace, command: str) -> int:
     # bench/RESULTS.md is the full suite's; quick runs and experiments report beside their json.
     official = not args.quick and not args.out
     report_path = BENCH_DIR / "RESULTS.md" if official else config.out / "RESULTS.md"
-    report_path.write_text(render(results, _profiles()))
+    report_path.write_text(render(results, _profiles(), _soak()))
     print(f"wrote {results_path} and {report_path}")
     return 0
 
@@ -70,6 +70,15 @@ def _profiles() -> dict[str, dict[str, object]]:
         except (OSError, ValueError):
             continue
     return found
+
+
+def _soak() -> dict[str, object] | None:
+    """The latest soak (``python -m bench.soak`` with its default name), if there is one."""
+    try:
+        data: dict[str, object] = json.loads((OUT_DIR / "soak.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data
 
 
 def _profile_cmd(args: argparse.Namespace, command: str) -> int:
@@ -100,7 +109,7 @@ def _report(args: argparse.Namespace, command: str) -> int:
     results = json.loads(source.read_text())
     official = source.resolve() == (OUT_DIR / "results.json").resolve()
     out = BENCH_DIR / "RESULTS.md" if official else source.parent / "RESULTS.md"
-    out.write_text(render(results, _profiles()))
+    out.write_text(render(results, _profiles(), _soak()))
     print(f"wrote {out}")
     return 0
 

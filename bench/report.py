@@ -1,10 +1,17 @@
-"""RESULTS.md from results.json (and, when present, the profile): tables and ratios to nchan."""
+"""RESULTS.md from results.json (and, when present, the profile and the latest soak).
+
+Ratios are to nchan (issue 4's targets) and, for what a viewer costs to arrive and to
+hold, to the raw-ASGI-on-Hypercorn probe measured in the same run (issue 14's targets).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 REFERENCE = "nchan"
+#: The raw ASGI app on Hypercorn that writes through the transport (bench/asgi_fanout.py):
+#: what Hypercorn itself costs per connection, the bar for the bridge's connect path.
+PROBE = "asgi-transport"
 ORDER = ("bridge", "nchan", "floor", "naive", "asgi-send", "asgi-transport")
 
 
@@ -139,6 +146,57 @@ def targets_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def probe_targets_table(results: dict[str, Any]) -> list[str]:
+    """Issue 14: new streams and memory against the raw-ASGI probe of the same run."""
+    lines = [
+        f"| target (issue 14) | bridge | {PROBE} probe | ratio | required | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    step, probe = _connect_step(results, "bridge"), _connect_step(results, PROBE)
+    if step is None or probe is None:
+        return [*lines, f"| (run with --targets including bridge and {PROBE}) | | | | | |"]
+
+    def row(
+        what: str, ours: float | None, theirs: float | None, unit: str, op: str, bar: float
+    ) -> str:
+        ratio = _ratio(ours, theirs)
+        ok = None if ratio is None else (ratio >= bar if op == ">=" else ratio <= bar)
+        met = "n/a" if ok is None else ("yes" if ok else "**no**")
+        return (
+            f"| {what} | {_f(ours, 0 if unit == '/s' else 1)}{unit} "
+            f"| {_f(theirs, 0 if unit == '/s' else 1)}{unit} | {_x(ratio)} | {op} {bar}x | {met} |"
+        )
+
+    top, probe_top = _steps(results, "bridge")[-1], _steps(results, PROBE)[-1]
+    return [
+        *lines,
+        row(
+            f"new streams/s, {step['added']:,} concurrent connects",
+            step["new_streams_per_s"],
+            probe["new_streams_per_s"],
+            "/s",
+            ">=",
+            0.75,
+        ),
+        row(
+            "server CPU per new stream",
+            step.get("connect_cpu_us_per_stream"),
+            probe.get("connect_cpu_us_per_stream"),
+            " us",
+            "<=",
+            1.35,
+        ),
+        row(
+            f"RSS per open stream at {top['viewers']:,}",
+            top.get("rss_per_stream_kib"),
+            probe_top.get("rss_per_stream_kib"),
+            " KiB",
+            "<=",
+            1.25,
+        ),
+    ]
+
+
 def fanout_table(results: dict[str, Any]) -> list[str]:
     lines = [
         "| viewers | target | p50 ms | p99 ms | last ms (median round) | last ms (worst round) "
@@ -201,10 +259,14 @@ def upstream_table(results: dict[str, Any]) -> list[str]:
 
 def memory_table(results: dict[str, Any]) -> list[str]:
     lines = [
-        "| target | viewers | RSS MiB | RSS per stream KiB | vs nchan | new streams/s (step) "
-        "| server CPU us per new stream | connect p99 ms |",
-        "|---|---|---|---|---|---|---|---|",
+        "| target | viewers | RSS MiB | RSS per stream KiB | vs nchan | vs probe "
+        "| new streams/s (step) | vs probe | server CPU us per new stream | vs probe "
+        "| connect p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    probe_steps = _steps(results, PROBE)
+    probe_rss = probe_steps[-1].get("rss_per_stream_kib") if probe_steps else None
+    probe_connect = _connect_step(results, PROBE) or {}
     for name in _targets(results):
         steps = _steps(results, name)
         if not steps:
@@ -213,15 +275,17 @@ def memory_table(results: dict[str, Any]) -> list[str]:
         ref = _steps(results, REFERENCE)
         ref_top = next((s for s in ref if s["level"] == top["level"]), None)
         ref_rss = ref_top.get("rss_per_stream_kib") if ref_top else None
-        connect = _connect_step(results, name)
+        connect = _connect_step(results, name) or {}
+        rate, cpu = connect.get("new_streams_per_s"), connect.get("connect_cpu_us_per_stream")
         lines.append(
             f"| {name} | {top['viewers']:,} | {_f(top['rss_kib'] / 1024)} "
             f"| {_f(top.get('rss_per_stream_kib'))} "
             f"| {_x(_ratio(top.get('rss_per_stream_kib'), ref_rss))} "
-            f"| {_f(connect['new_streams_per_s'] if connect else None, 0)} "
-            f"({_f(connect['added'] if connect else None)} added) "
-            f"| {_f(connect.get('connect_cpu_us_per_stream') if connect else None)} "
-            f"| {_f(connect['connect'].get('latency_p99_ms_max_worker') if connect else None)} |"
+            f"| {_x(_ratio(top.get('rss_per_stream_kib'), probe_rss))} "
+            f"| {_f(rate, 0)} ({_f(connect.get('added'))} added) "
+            f"| {_x(_ratio(rate, probe_connect.get('new_streams_per_s')))} "
+            f"| {_f(cpu)} | {_x(_ratio(cpu, probe_connect.get('connect_cpu_us_per_stream')))} "
+            f"| {_f(connect.get('connect', {}).get('latency_p99_ms_max_worker'))} |"
         )
     return lines
 
@@ -396,7 +460,24 @@ def profile_lines(profiles: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
-def render(results: dict[str, Any], profiles: dict[str, dict[str, Any]] | None = None) -> str:
+def soak_lines(soak: dict[str, Any] | None) -> list[str]:
+    """The latest ``bench.soak`` run, under its own heading: a separate run, not this one."""
+    if not soak:
+        return ["No soak recorded (`python -m bench.soak` writes bench/out/soak.json)."]
+    from bench.soak import render as render_soak
+
+    title, *body = render_soak(soak).splitlines()
+    return [
+        f"Its own run, not the one above: {title.removeprefix('# Soak: ')}.",
+        *body,
+    ]
+
+
+def render(
+    results: dict[str, Any],
+    profiles: dict[str, dict[str, Any]] | None = None,
+    soak: dict[str, Any] | None = None,
+) -> str:
     meta = results["meta"]
     cfg = meta["config"]
     host = meta["host"]
@@ -427,6 +508,8 @@ def render(results: dict[str, Any], profiles: dict[str, dict[str, Any]] | None =
         "",
         *targets_table(results),
         "",
+        *probe_targets_table(results),
+        "",
         "## Fan-out delay: t0 to each viewer's kernel receive time",
         "",
         "t0: bridge, when the upstream first served the changed status; nchan and floor, just "
@@ -456,6 +539,10 @@ def render(results: dict[str, Any], profiles: dict[str, dict[str, Any]] | None =
         "## The bridge's garbage collector",
         "",
         *gc_lines(results),
+        "",
+        "## Soak: steady churn for many minutes",
+        "",
+        *soak_lines(soak),
         "",
         "## Profile of the bridge (py-spy)",
         "",

@@ -3,11 +3,19 @@
 A viewer waits on its subscription's ``wake`` (the ASGI path, bridge/stream.py), or has
 a ``Sink`` that the channel writes each event to as it is published (the fast path,
 bridge/direct.py); the channel knows only this small protocol, not the fast path.
+
+An event goes to at most ``FANOUT_SLICE`` viewers per turn of the event loop. Written in
+one go, an event to 10,000 fast-path viewers held the loop for 150-210 ms (bench/soak.py's
+loop lag, issue 14), and every ping, connect and other run's event waited that long. The
+rest of the viewers follow from a loop callback, slice by slice, every event in order: a
+viewer gets each event once (a sink skips what it already has, bridge/direct.py), and
+what is still to be written is bounded (``MAX_BACKLOG`` events, then written at once).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -64,6 +72,13 @@ class Subscription:
             self.sink.finish("closed")
 
 
+#: Viewers one turn of the event loop writes an event to: 10-20 ms of writes here.
+FANOUT_SLICE = 1_000
+#: Events whose fan-out may wait for a later turn; past it the backlog is written at once
+#: (a loop too busy to come back to it must not hold events, nor memory, without bound).
+MAX_BACKLOG = 8
+
+
 class Channel:
     def __init__(self, key: ChannelKey, history: RunHistory) -> None:
         self.key = key
@@ -75,6 +90,12 @@ class Channel:
         self.synthetic_end = False
         #: The latest status as its ledger compares it (ignored fields left out).
         self.fingerprint: str | None = None
+        #: Events still to be written to some of their viewers, oldest first: each with
+        #: the viewers it had when published (a viewer who came later read it from the
+        #: history), and where the next slice of the oldest starts.
+        self._backlog: deque[tuple[Event, list[Subscription]]] = deque()
+        self._next = 0
+        self._continuation: asyncio.Handle | None = None
 
     @property
     def viewers(self) -> int:
@@ -113,8 +134,48 @@ class Channel:
     def _deliver(self, event: Event, synthetic: bool) -> None:
         if synthetic:
             self.synthetic_end = True
-        for subscription in self._subscribers:
-            subscription.notify(event)
+        if not self._backlog and len(self._subscribers) <= FANOUT_SLICE:
+            for subscription in self._subscribers:
+                subscription.notify(event)
+            return
+        self._backlog.append((event, list(self._subscribers)))
+        if len(self._backlog) > MAX_BACKLOG:
+            self.flush()
+        elif self._continuation is None:
+            self._write_slice()
+
+    def _write_slice(self) -> None:
+        """Write the next ``FANOUT_SLICE`` viewers' events; come back for the rest."""
+        self._continuation = None
+        budget = FANOUT_SLICE
+        while self._backlog and budget > 0:
+            event, viewers = self._backlog[0]
+            end = min(len(viewers), self._next + budget)
+            for i in range(self._next, end):
+                viewers[i].notify(event)
+            budget -= end - self._next
+            self._next = end
+            if end == len(viewers):
+                self._backlog.popleft()
+                self._next = 0
+        if self._backlog:
+            self._continuation = asyncio.get_running_loop().call_soon(self._write_slice)
+
+    def flush(self) -> None:
+        """Write every event still in the backlog now (before the viewers are closed)."""
+        if self._continuation is not None:
+            self._continuation.cancel()
+            self._continuation = None
+        while self._backlog:
+            event, viewers = self._backlog.popleft()
+            for subscription in viewers[self._next :]:
+                subscription.notify(event)
+            self._next = 0
+
+    @property
+    def fanning_out(self) -> bool:
+        """Some viewers are still to get a published event (a later turn of the loop)."""
+        return bool(self._backlog)
 
     def add(self, subscription: Subscription) -> None:
         self._subscribers.add(subscription)
@@ -127,6 +188,7 @@ class Channel:
         return list(self._subscribers)
 
     def close_all(self) -> None:
+        self.flush()
         for subscription in list(self._subscribers):
             subscription.close()
 

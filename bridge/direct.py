@@ -4,8 +4,9 @@ Through ASGI, every frame of every viewer would cost a task wake-up, Quart's res
 loop, Hypercorn's send path and h11 framing (measured: about 3x a plain write loop, and
 the bulk of the fan-out delay at 10,000 viewers; see bench/FINDINGS.md). Once a viewer's
 stream is open and caught up, its channel instead writes each frame, encoded and
-chunk-framed once per event, to every viewer's asyncio transport in one loop. h11 still
-writes the response head and the closing chunk, so the HTTP framing stays Hypercorn's.
+chunk-framed once per event, to every viewer's asyncio transport in a plain loop (1,000
+viewers per turn of the event loop, bridge/channel.py). h11 still writes the response
+head and the closing chunk, so the HTTP framing stays Hypercorn's.
 
 A process-wide ticker (one task, not one timer per viewer) sends pings, ends streams at
 their timeout, and looks after slow viewers: a viewer whose unsent bytes exceed
@@ -53,7 +54,9 @@ class DirectSink:
 
     def deliver(self, event: Event) -> None:
         """Write ``event`` now, or skip it while the viewer's socket is full."""
-        if self.ended.done():
+        # An event already written: the hand-over (bridge/stream.py) wrote it from the
+        # history while its channel's fan-out had not reached this viewer yet.
+        if self.ended.done() or event.seq <= self.cursor:
             return
         transport = self.transport
         if transport.is_closing():

@@ -122,12 +122,18 @@ class StreamFront:
         await asgi.start(send, 200, SSE_HEADERS + cors)
         try:
             if viewer.transport is not None:
-                await self._serve_fast(send, receive, stream.first, stream.frames)
+                left = await self._serve_fast(send, receive, stream.first, stream.frames)
             else:
-                await self._serve_asgi(send, receive, stream.first, stream.frames)
+                left = await self._serve_asgi(send, receive, stream.first, stream.frames)
         finally:
             await stream.close()
-        await send(asgi.END)
+        # Not after the viewer left: Hypercorn (0.17-0.18, protocol/h11.py
+        # ``_maybe_recycle``) would take the completed response for the end of a
+        # keep-alive request and hold the dead connection, and all it refers to, for its
+        # keep-alive timeout (75 s): about a million objects after 10,000 viewers left
+        # (bench/FINDINGS.md). Ending the app without it is ASGI's way after a disconnect.
+        if not left:
+            await send(asgi.END)
 
     # --- the request, read once ----------------------------------------------------
 
@@ -209,11 +215,12 @@ class StreamFront:
 
     # --- the two ways a stream is served ----------------------------------------------
 
-    async def _serve_fast(self, send: Send, receive: Receive, first: bytes, frames: Frames) -> None:
+    async def _serve_fast(self, send: Send, receive: Receive, first: bytes, frames: Frames) -> bool:
         """The opening through ASGI, then (once caught up) the sink writes: wait for its
-        end or for the viewer leaving, in this coroutine."""
+        end or for the viewer leaving, in this coroutine. True: the viewer is gone."""
         ticker = self.services.ticker
         sending = ticker.watch()
+        left = False
         try:
             await timed(send, sending, first)
             async for item in frames:
@@ -222,20 +229,25 @@ class StreamFront:
                     ticker.unwatch(sending)
                     if await asgi.disconnected_before(item.ended, receive):
                         item.finish("disconnected")
+                    # A sink that found its socket closed, or dropped a viewer, ended it.
+                    left = item.ended.result() in ("disconnected", "dropped")
                 else:
                     await timed(send, sending, item)
+            return left
         finally:
             ticker.unwatch(sending)
 
-    async def _serve_asgi(self, send: Send, receive: Receive, first: bytes, frames: Frames) -> None:
+    async def _serve_asgi(self, send: Send, receive: Receive, first: bytes, frames: Frames) -> bool:
         """Every frame through ASGI: one task sends them while this one watches for the
-        viewer leaving (it wakes nothing else: a frame loop waits on its run's events)."""
+        viewer leaving (it wakes nothing else: a frame loop waits on its run's events).
+        True: the viewer is gone."""
         pump = asyncio.create_task(self._pump(send, first, frames), name="bridge:stream")
         try:
             if await asgi.disconnected_before(pump, receive):
-                return
+                return True
             if not pump.cancelled():  # cancelled: the ticker dropped a stalled viewer
                 pump.result()  # a failure is the request's
+            return False
         finally:
             await cancel_and_wait(pump)
 

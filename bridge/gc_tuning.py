@@ -7,34 +7,32 @@ and buffers) are moved out of the collector's sight with ``gc.freeze()`` once a 
 
 What freezing costs: an object that dies in a reference cycle while frozen is only freed
 by a full collection (``gc.unfreeze()`` + ``gc.collect()``), which scans every object and
-pauses the process in proportion to the heap (bench/soak.py --census: 2.3-2.9 s over
-the 2.1 million objects of 10,000 streams on the 2-core bench machine). Such cycles are
-not rare: every closed connection leaves 35-135 objects (8-20 KB) of them, most inside
-Hypercorn's per-connection objects (TCPServer, protocol, HTTPStream, task group and their
-bound methods refer to each other), which nothing in the bridge can break
-(bench/FINDINGS.md, "What dies while frozen"). CPython 3.11 has no way to collect part
-of the frozen objects, so the full collection stays; what this module chooses is *when*:
+pauses the process in proportion to the heap (1.5-2.5 s over the 1.7 million objects of
+10,000 streams on the 2-core bench machine). CPython 3.11 cannot collect part of the
+frozen objects. Closed connections used to leave 35-135 objects of such cycles each,
+40-51 MB a minute at 1 % churn of 10,000 viewers; ``bridge/hypercorn_cycles.py`` and the
+bridge's own fixes took them to 0 (bench/cycles.py), and the soak agrees: ten minutes of
+100 reconnects/s among 10,000 streams left 931 objects in all (bench/FINDINGS.md, "What
+dies while frozen"). So the full collection is a safety net, run only when the frozen
+objects hold real garbage:
 
-- when the objects frozen since the last full collection reach BRIDGE_GC_FULL_GROWTH of
-  the objects that survived it (default a quarter: CPython's own rule for its oldest
-  generation, which freezing turned off). A process whose viewers stay put grows by
-  nothing and never pauses; one with churn collects before its garbage outgrows the live
-  heap, so the pause stays about the size of the live heap instead of growing with ten
-  minutes of garbage (a fixed 600 s period at 100 reconnects/s lets about 2.5 million
-  garbage objects pile up, doubling both the pause and the heap), and memory stays
-  bounded;
-- and at the latest every BRIDGE_GC_FULL_INTERVAL seconds, in case anything escaped the
-  count.
+- when the objects frozen since the last full collection, less what the streams opened
+  since keep alive (``OBJECTS_PER_STREAM`` each, or plus what the streams closed since
+  freed), reach BRIDGE_GC_FULL_GROWTH of the objects it kept (default a quarter:
+  CPython's own rule for its oldest generation, which freezing turned off). A reconnect
+  storm is live growth and sets nothing off; a leak of cycles is collected before it
+  outgrows the live heap, so memory stays bounded;
+- and, if BRIDGE_GC_FULL_INTERVAL is set, at the latest after that many seconds.
 
-Growth is counted from ``gc.get_count()[0]`` (tracked objects allocated minus freed since
-the last freeze or young collection), read before each freeze and at the start of each
-young collection: free, and an over-estimate (what died before a tick is not subtracted
-past zero), so the collection can come early, never late. Growth that is new streams is
-live, not garbage: ``OBJECTS_PER_STREAM`` for each stream more than at the last full
-collection is taken off, so a reconnect storm of 10,000 viewers does not set off a series
-of ever longer collections while they connect (CPython's own rule spent 4.5 s in 15 full
-collections there, bench/FINDINGS.md); a stream fewer counts as ``GARBAGE_PER_STREAM``, the
-cycles it is likely to have left.
+The growth is counted in two steps. Every tick adds ``gc.get_count()[0]`` (tracked
+objects allocated minus freed since the last freeze or young collection): free, but an
+over-estimate, as a free is not counted once that count is at zero; in the soak it
+reached the threshold every two minutes and set off four 2-second pauses that freed 931
+objects. So when the estimate says due, the frozen objects are counted exactly
+(``gc.get_freeze_count()``, a walk of the frozen list) and that figure decides, and the
+estimate resumes from it. A collection needs the exact count over the threshold twice,
+``SETTLE`` seconds apart: what connections that are closing still hold is live for a
+moment, and a collection then would pause the process to free nothing.
 
 Every collection's pause is exported (``bridge_gc_pause_seconds`` by generation, and the
 longest of the last minute), with the objects each one freed.
@@ -61,11 +59,13 @@ YOUNG_THRESHOLD = 50_000
 #: Growth below this many objects never calls for a full collection (a small process
 #: would otherwise collect after every few requests).
 MIN_GROWTH = 200_000
+#: Seconds the exact count must stay over the threshold before a full collection: the
+#: objects of connections that are still closing are live, not garbage, and soon gone
+#: (bench/run: 250,000 of them after 10,000 viewers left at once, gone within 15 s).
+SETTLE = 30.0
 #: Objects one open stream keeps: (2.08 million frozen objects at 10,000 streams - 0.36
 #: million at 1,000) / 9,000 (bench/soak.py --census).
 OBJECTS_PER_STREAM = 190
-#: Cyclic garbage one closed stream leaves: 35-135 objects (bench/soak.py --census).
-GARBAGE_PER_STREAM = 100
 GENERATIONS = ("0", "1", "2")
 PAUSE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -125,8 +125,12 @@ class GcTuner:
         full_growth: float = 0.25,
         registry: CollectorRegistry | None = None,
         streams: Callable[[], int] | None = None,
+        settle: float = SETTLE,
     ) -> None:
         self.freeze_every = freeze_every
+        self.settle = settle
+        #: When the exact count was first found over the threshold (None: it was not).
+        self._over_since: float | None = None
         self.full_every = full_every
         self.full_growth = full_growth
         #: Streams open now (their own objects are live growth, not garbage).
@@ -142,6 +146,8 @@ class GcTuner:
         self.heap = 0
         self.grown = 0
         self.full_collections = 0
+        #: Walks of the frozen list (``confirmed()``): each a pause of some milliseconds.
+        self.exact_counts = 0
         #: Set after each full collection (for tests: wait on it instead of sleeping).
         self.collected = asyncio.Event()
 
@@ -178,23 +184,50 @@ class GcTuner:
             # gc.freeze() splices lists: it costs nothing at any heap size, where a
             # collection of 10,000 new streams took over a second.
             gc.freeze()
-        self.metrics.growth.set(self.garbage())
+        self.metrics.growth.set(max(0, self.garbage()))
 
     def due(self) -> bool:
-        if time.monotonic() - self._last_full >= self.full_every:
+        now = time.monotonic()
+        if self.full_every and now - self._last_full >= self.full_every:
             return True
-        return self.garbage() >= max(MIN_GROWTH, self.full_growth * self.heap)
+        # The estimate (never under the truth) is free; the exact count is not, so it
+        # is only asked when the estimate says a collection is due.
+        if self.garbage() < self.threshold():
+            return False
+        if self._over_since is not None and now - self._over_since < self.settle:
+            return False
+        if not self.confirmed():
+            self._over_since = None
+            return False
+        if self._over_since is None:
+            # Over once: it may be live objects on their way out; ask again later.
+            self._over_since = now
+            return False
+        return True
+
+    def threshold(self) -> int:
+        return max(MIN_GROWTH, int(self.full_growth * self.heap))
+
+    def confirmed(self) -> bool:
+        """Count the frozen objects: is the growth since the last full collection real?
+
+        ``gc.get_freeze_count()`` walks the frozen list (about 10 ms per million objects
+        here), so it runs only when the estimate says due; the estimate then resumes from
+        the exact figure, which takes back what it over-counted.
+        """
+        gc.freeze()
+        self.grown = gc.get_freeze_count() - self.heap
+        self.exact_counts += 1
+        return self.garbage() >= self.threshold()
 
     def garbage(self) -> int:
-        """Objects that may have died in cycles since the last full collection (an upper
-        estimate): the growth, less what the streams opened since then keep alive, plus
-        what the streams closed since then are likely to have left."""
+        """Objects that may have died in cycles since the last full collection: the
+        growth less what the streams opened since then keep alive (or plus what the
+        streams closed since then freed). Exact after ``confirmed()``; between two exact
+        counts an upper estimate, as frees of frozen objects are not all counted."""
         if self._streams is None:
             return self.grown
-        more = self._streams() - self._streams_at_full
-        if more >= 0:
-            return max(0, self.grown - more * OBJECTS_PER_STREAM)
-        return self.grown - more * GARBAGE_PER_STREAM
+        return self.grown - (self._streams() - self._streams_at_full) * OBJECTS_PER_STREAM
 
     def full(self) -> None:
         started = time.monotonic()
@@ -205,6 +238,7 @@ class GcTuner:
         # about a second anyway: the base the next trigger is measured against.
         self.heap = gc.get_freeze_count()
         self.grown = 0
+        self._over_since = None
         self._streams_at_full = self._streams() if self._streams is not None else 0
         self._last_full = time.monotonic()
         self.full_collections += 1

@@ -204,14 +204,15 @@ class Settings(BaseSettings):
     gc_freeze_interval: float = Field(1.0, ge=0)
     """Seconds between moving long-lived objects out of the garbage collector's sight
     (gc.freeze); 0 leaves Python's collector as it is."""
-    gc_full_interval: float = Field(3600.0, gt=0)
-    """The longest time, in seconds, between two full garbage collections when
-    BRIDGE_GC_FREEZE_INTERVAL is set (each pauses the process, one to a few seconds at
-    10,000 streams); they come sooner when BRIDGE_GC_FULL_GROWTH says so."""
+    gc_full_interval: float = Field(0.0, ge=0)
+    """If set, the longest time in seconds between two full garbage collections when
+    BRIDGE_GC_FREEZE_INTERVAL is set (each pauses the process, one to two seconds at
+    10,000 streams); 0 (the default): only when BRIDGE_GC_FULL_GROWTH says so."""
     gc_full_growth: float = Field(0.25, gt=0)
-    """A full garbage collection runs once the objects frozen since the last one reach
-    this share of the objects it kept (the cyclic garbage of closed connections is only
-    freed then): larger means rarer pauses and more memory held by garbage."""
+    """A full garbage collection runs once the objects frozen since the last one, less
+    what new streams keep alive, reach this share of the objects it kept (objects that
+    die in reference cycles while frozen are only freed then): larger means rarer pauses
+    and more memory held by garbage."""
     direct_writes: bool = True
     """Write live frames straight to each viewer's socket, one loop per change (the fast
     path, bridge/direct.py); false sends every frame through ASGI."""

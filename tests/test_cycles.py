@@ -212,6 +212,29 @@ async def test_closing_leaves_no_cyclic_garbage_at_all(
     assert found == Counter(), f"cyclic garbage per {VIEWERS} closed connections: {dict(found)}"
 
 
+@pytest.mark.parametrize(
+    ("path", "how"), [(p, c) for p in ("fast", "asgi") for c in ("fin", "rst")]
+)
+async def test_a_stream_whose_viewer_left_ends_its_connection_at_once(
+    legacy: LegacyApi, path: Path, how: Close
+) -> None:
+    """Hypercorn keeps a connection whose response was completed as an idle keep-alive
+    connection for its keep-alive timeout (75 s here), holding everything the connection
+    refers to, even when its client is gone: the bridge does not complete the response of
+    a viewer who left, so the connection ends as soon as the viewer does."""
+    legacy.scripted(RUN)
+    async with running_bridge(
+        legacy.url, poll_interval=30.0, linger=30.0, direct_writes=path != "asgi"
+    ) as b:
+        port = int(b.url.rsplit(":", 1)[1])
+        socks = await asyncio.to_thread(open_viewers, port, path)
+        await wait_for(lambda: open_streams(b) == VIEWERS)
+        released = hypercorn_cycles.stats.released
+        await asyncio.to_thread(close_viewers, socks, how)
+        await wait_for(lambda: hypercorn_cycles.stats.released - released == VIEWERS, timeout=10)
+        assert open_streams(b) == 0
+
+
 def test_an_unchecked_hypercorn_is_left_alone(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

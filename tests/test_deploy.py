@@ -309,9 +309,11 @@ def _number(text: str) -> float:
 def measured() -> Measured:
     """Read from the bench's reports, which deployment.yaml and docs/deploy.md cite."""
     results = (ROOT / "bench" / "RESULTS.md").read_text()
-    # | bridge | 10,000 | 415.1 | 35.4 | 2.94x | 1,819 (5,000 added) | ...
+    # | bridge | 10,000 | 295.1 | 23.0 | 1.91x | 1.22x | 2,804 (5,000 added) | ...
     row = re.search(
-        r"^\| bridge \| ([\d,]+) \| ([\d.]+) \| ([\d.]+) \| [^|]+\| ([\d,]+) \(", results, re.M
+        r"^\| bridge \| ([\d,]+) \| ([\d.]+) \| ([\d.]+) \|(?: (?:[\d.]+x|n/a) \|)+ ([\d,]+) \(",
+        results,
+        re.M,
     )
     assert row, "bench/RESULTS.md: the bridge's row of 'Memory and new streams' moved"
     streams, rss_mib, per_stream, rate = (_number(g) for g in row.groups())
