@@ -16,23 +16,23 @@ bridge's own fixes took them to 0 (bench/cycles.py), and the soak agrees: ten mi
 dies while frozen"). So the full collection is a safety net, run only when the frozen
 objects hold real garbage:
 
-- when the objects frozen since the last full collection, less what the streams opened
-  since keep alive (``OBJECTS_PER_STREAM`` each, or plus what the streams closed since
-  freed), reach BRIDGE_GC_FULL_GROWTH of the objects it kept (default a quarter:
-  CPython's own rule for its oldest generation, which freezing turned off). A reconnect
-  storm is live growth and sets nothing off; a leak of cycles is collected before it
-  outgrows the live heap, so memory stays bounded;
+- when the heap has grown by BRIDGE_GC_FULL_GROWTH (default a quarter: CPython's own
+  rule for its oldest generation, which freezing turned off) since the last full
+  collection, less what the streams opened since keep alive, and stayed so for
+  ``SETTLE`` seconds. A reconnect storm is live growth and sets nothing off; what
+  connections that are closing still hold for a moment is live too; a leak of cycles is
+  collected before it outgrows the live heap, so memory stays bounded;
 - and, if BRIDGE_GC_FULL_INTERVAL is set, at the latest after that many seconds.
 
-The growth is counted in two steps. Every tick adds ``gc.get_count()[0]`` (tracked
-objects allocated minus freed since the last freeze or young collection): free, but an
-over-estimate, as a free is not counted once that count is at zero; in the soak it
-reached the threshold every two minutes and set off four 2-second pauses that freed 931
-objects. So when the estimate says due, the frozen objects are counted exactly
-(``gc.get_freeze_count()``, a walk of the frozen list) and that figure decides, and the
-estimate resumes from it. A collection needs the exact count over the threshold twice,
-``SETTLE`` seconds apart: what connections that are closing still hold is live for a
-moment, and a collection then would pause the process to free nothing.
+The heap is counted in pymalloc's allocated blocks (``sys.getallocatedblocks()``, under
+a millisecond at 10,000 streams: it sums pools, it does not walk objects), exactly, each
+tick: every object up to 512 bytes is one block, so a cycle's objects are counted; a
+stream holds ``BLOCKS_PER_STREAM``. Two
+counts tried before it fell short (bench/FINDINGS.md): ``gc.get_count()`` ticks up on
+every allocation but misses frees of frozen objects, so under churn it reached the
+threshold every two minutes (seven 1.6-2.2 s collections in 15 minutes that freed 931
+objects in all); ``gc.get_freeze_count()`` is exact but walks the frozen list, 225-270 ms
+over the 1.6 million objects of 10,000 streams (py-spy in the soak), itself a stall.
 
 Every collection's pause is exported (``bridge_gc_pause_seconds`` by generation, and the
 longest of the last minute), with the objects each one freed.
@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -56,16 +57,17 @@ log = logging.getLogger("bridge.gc")
 
 #: Allocations (minus deallocations) before a young collection; CPython's default is 700.
 YOUNG_THRESHOLD = 50_000
-#: Growth below this many objects never calls for a full collection (a small process
-#: would otherwise collect after every few requests).
-MIN_GROWTH = 200_000
-#: Seconds the exact count must stay over the threshold before a full collection: the
-#: objects of connections that are still closing are live, not garbage, and soon gone
-#: (bench/run: 250,000 of them after 10,000 viewers left at once, gone within 15 s).
+#: Growth below this many allocated blocks never calls for a full collection (a small
+#: process would otherwise collect after every few requests).
+MIN_GROWTH = 400_000
+#: Seconds the growth must stay over the threshold before a full collection: what
+#: connections that are closing still hold is live, not garbage, and soon gone
+#: (bench/run: 250,000 objects after 10,000 viewers left at once, gone within 15 s).
 SETTLE = 30.0
-#: Objects one open stream keeps: (2.08 million frozen objects at 10,000 streams - 0.36
-#: million at 1,000) / 9,000 (bench/soak.py --census).
-OBJECTS_PER_STREAM = 190
+#: Allocated blocks one open stream keeps: 223 on the fast path, 247 on the ASGI path
+#: (2,000 streams opened on a bridge in one process, the difference of
+#: ``sys.getallocatedblocks()`` after a collection, divided; HTTP/1.1, plain).
+BLOCKS_PER_STREAM = 250
 GENERATIONS = ("0", "1", "2")
 PAUSE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -96,14 +98,15 @@ class GcMetrics:
             registry=registry,
         ).set_function(lambda: self.recent.value(time.monotonic()))
         self.heap = Gauge(
-            "bridge_gc_heap_objects",
-            "Objects that survived the last full collection (frozen since)",
+            "bridge_gc_heap_blocks",
+            "Python's allocated memory blocks right after the last full collection",
             registry=registry,
         )
         self.growth = Gauge(
-            "bridge_gc_growth_objects",
-            "Objects that may have died in cycles since the last full collection (an upper "
-            "estimate); a full collection runs when this reaches BRIDGE_GC_FULL_GROWTH x the heap",
+            "bridge_gc_growth_blocks",
+            "Allocated blocks since the last full collection that the open streams do not "
+            "explain; a full collection runs when this stays over BRIDGE_GC_FULL_GROWTH x "
+            "the heap",
             registry=registry,
         )
         for generation in GENERATIONS:
@@ -128,26 +131,22 @@ class GcTuner:
         settle: float = SETTLE,
     ) -> None:
         self.freeze_every = freeze_every
-        self.settle = settle
-        #: When the exact count was first found over the threshold (None: it was not).
-        self._over_since: float | None = None
         self.full_every = full_every
         self.full_growth = full_growth
-        #: Streams open now (their own objects are live growth, not garbage).
+        self.settle = settle
+        #: Streams open now (their own blocks are live growth, not garbage).
         self._streams = streams
         self._streams_at_full = 0
         self.metrics = GcMetrics(registry)
         self._task: asyncio.Task[None] | None = None
         self._saved: tuple[int, int, int] | None = None
         self._started_at = 0.0
-        self._young_count = 0
         self._last_full = 0.0
-        #: Objects that survived the last full collection, and objects frozen since.
+        #: When the growth was first seen over the threshold (None: it is not over).
+        self._over_since: float | None = None
+        #: Allocated blocks right after the last full collection: the live heap.
         self.heap = 0
-        self.grown = 0
         self.full_collections = 0
-        #: Walks of the frozen list (``confirmed()``): each a pause of some milliseconds.
-        self.exact_counts = 0
         #: Set after each full collection (for tests: wait on it instead of sleeping).
         self.collected = asyncio.Event()
 
@@ -177,67 +176,46 @@ class GcTuner:
 
     def tick(self) -> None:
         """Freeze what survived since the last tick, or collect everything when due."""
-        self.grown += gc.get_count()[0]
         if self.due():
             self.full()
         else:
             # gc.freeze() splices lists: it costs nothing at any heap size, where a
             # collection of 10,000 new streams took over a second.
             gc.freeze()
-        self.metrics.growth.set(max(0, self.garbage()))
 
     def due(self) -> bool:
         now = time.monotonic()
         if self.full_every and now - self._last_full >= self.full_every:
             return True
-        # The estimate (never under the truth) is free; the exact count is not, so it
-        # is only asked when the estimate says a collection is due.
-        if self.garbage() < self.threshold():
-            return False
-        if self._over_since is not None and now - self._over_since < self.settle:
-            return False
-        if not self.confirmed():
+        garbage = self.garbage()
+        self.metrics.growth.set(max(0, garbage))
+        if garbage < self.threshold():
             self._over_since = None
             return False
         if self._over_since is None:
-            # Over once: it may be live objects on their way out; ask again later.
+            # Over once: it may be live objects on their way out; look again later.
             self._over_since = now
-            return False
-        return True
+        return now - self._over_since >= self.settle
 
     def threshold(self) -> int:
         return max(MIN_GROWTH, int(self.full_growth * self.heap))
 
-    def confirmed(self) -> bool:
-        """Count the frozen objects: is the growth since the last full collection real?
-
-        ``gc.get_freeze_count()`` walks the frozen list (about 10 ms per million objects
-        here), so it runs only when the estimate says due; the estimate then resumes from
-        the exact figure, which takes back what it over-counted.
-        """
-        gc.freeze()
-        self.grown = gc.get_freeze_count() - self.heap
-        self.exact_counts += 1
-        return self.garbage() >= self.threshold()
-
     def garbage(self) -> int:
-        """Objects that may have died in cycles since the last full collection: the
-        growth less what the streams opened since then keep alive (or plus what the
-        streams closed since then freed). Exact after ``confirmed()``; between two exact
-        counts an upper estimate, as frees of frozen objects are not all counted."""
+        """Allocated blocks since the last full collection that the streams opened since
+        do not explain (or, for streams closed since, plus what they freed): an upper
+        bound on what died in cycles, counted exactly, at any time, in well under a
+        millisecond (``sys.getallocatedblocks()`` sums pymalloc's pools)."""
+        grown = sys.getallocatedblocks() - self.heap
         if self._streams is None:
-            return self.grown
-        return self.grown - (self._streams() - self._streams_at_full) * OBJECTS_PER_STREAM
+            return grown
+        return grown - (self._streams() - self._streams_at_full) * BLOCKS_PER_STREAM
 
     def full(self) -> None:
         started = time.monotonic()
         gc.unfreeze()
         found = gc.collect()
         gc.freeze()
-        # Walks the frozen list once (tens of ms at 10,000 streams), inside a pause of
-        # about a second anyway: the base the next trigger is measured against.
-        self.heap = gc.get_freeze_count()
-        self.grown = 0
+        self.heap = sys.getallocatedblocks()
         self._over_since = None
         self._streams_at_full = self._streams() if self._streams is not None else 0
         self._last_full = time.monotonic()
@@ -246,23 +224,19 @@ class GcTuner:
         self.metrics.growth.set(0)
         self.collected.set()
         log.debug(
-            "full collection: %d unreachable, %d kept, %.0f ms",
+            "full collection: %d unreachable, %d blocks kept, %.0f ms",
             found,
             self.heap,
             (self._last_full - started) * 1e3,
         )
 
     def _timing(self, phase: str, info: dict[str, Any]) -> None:
-        """gc.callbacks: time every collection; count what a young one moves along."""
+        """gc.callbacks: time every collection."""
         if phase == "start":
             self._started_at = time.perf_counter()
-            # A young collection resets the count the next tick would have read.
-            self._young_count = gc.get_count()[0] if info["generation"] < 2 else 0
             return
-        collected = int(info.get("collected", 0))
-        if self._young_count:
-            self.grown += max(0, self._young_count - collected)
-            self._young_count = 0
         self.metrics.observe(
-            int(info["generation"]), time.perf_counter() - self._started_at, collected
+            int(info["generation"]),
+            time.perf_counter() - self._started_at,
+            int(info.get("collected", 0)),
         )

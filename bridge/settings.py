@@ -209,10 +209,10 @@ class Settings(BaseSettings):
     BRIDGE_GC_FREEZE_INTERVAL is set (each pauses the process, one to two seconds at
     10,000 streams); 0 (the default): only when BRIDGE_GC_FULL_GROWTH says so."""
     gc_full_growth: float = Field(0.25, gt=0)
-    """A full garbage collection runs once the objects frozen since the last one, less
-    what new streams keep alive, reach this share of the objects it kept (objects that
-    die in reference cycles while frozen are only freed then): larger means rarer pauses
-    and more memory held by garbage."""
+    """A full garbage collection runs once the heap has grown by this share since the
+    last one, beyond what the streams opened since hold, for 30 s (objects that die in
+    reference cycles while frozen are only freed then): larger means rarer pauses and
+    more memory held by garbage."""
     direct_writes: bool = True
     """Write live frames straight to each viewer's socket, one loop per change (the fast
     path, bridge/direct.py); false sends every frame through ASGI."""

@@ -4,12 +4,13 @@ after the full interval), the pause metrics, and undo."""
 from __future__ import annotations
 
 import gc
+import sys
 import weakref
 
 from prometheus_client import CollectorRegistry
 
 from bridge.demo.legacy_api import LegacyApi
-from bridge.gc_tuning import MIN_GROWTH, OBJECTS_PER_STREAM, YOUNG_THRESHOLD, GcTuner
+from bridge.gc_tuning import BLOCKS_PER_STREAM, MIN_GROWTH, YOUNG_THRESHOLD, GcTuner
 from tests.support import running_bridge, sse, wait_for
 
 
@@ -34,7 +35,7 @@ async def test_start_collects_freezes_and_stop_restores() -> None:
         assert gc.get_freeze_count() > 0
         assert tuner.full_collections == 1
         assert tuner.heap > 0
-        assert sample(registry, "bridge_gc_heap_objects") == tuner.heap
+        assert sample(registry, "bridge_gc_heap_blocks") == tuner.heap
         # The start's full collection was timed like any other.
         assert sample(registry, "bridge_gc_pause_seconds_count", generation="2") >= 1
     finally:
@@ -70,7 +71,7 @@ async def test_growth_brings_a_full_collection_that_frees_frozen_cycles() -> Non
         await wait_for(tuner.collected.is_set, timeout=10)
         assert tuner.full_collections >= 2
         assert ref() is None
-        assert tuner.grown < MIN_GROWTH
+        assert tuner.garbage() < MIN_GROWTH
     finally:
         kept.clear()
         await tuner.stop()
@@ -103,90 +104,70 @@ async def test_bridge_runs_with_tuning_on(legacy: LegacyApi) -> None:
 
 async def test_growth_that_is_new_streams_is_not_garbage() -> None:
     streams = [5_000]
-    tuner = GcTuner(freeze_every=3600, full_every=3600, streams=lambda: streams[0])
+    tuner = GcTuner(freeze_every=3600, full_every=3600, streams=lambda: streams[0], settle=0)
     tuner.start()
+    kept: list[list[int]] = []
     try:
-        # A storm of connects explains all of the growth: live objects, nothing to collect.
-        streams[0] += 5_000
-        tuner.grown = 5_000 * OBJECTS_PER_STREAM
-        assert tuner.garbage() == 0
-        assert not tuner.due()
-        assert tuner.exact_counts == 0
+        # A storm of connects explains the growth: live blocks, nothing to collect.
+        before = sys.getallocatedblocks()
+        kept.extend([i] for i in range(tuner.threshold()))
+        grown = sys.getallocatedblocks() - before
+        assert grown > tuner.threshold()
+        streams[0] += grown // BLOCKS_PER_STREAM + 1
+        assert tuner.garbage() < tuner.threshold()
+        tuner.tick()
+        assert tuner.full_collections == 1
         # The same growth with as many viewers coming as going may be garbage.
         streams[0] = 5_000
-        tuner.grown = 5_000 * OBJECTS_PER_STREAM
-        assert tuner.garbage() == tuner.grown
-        # Viewers who left freed their objects: the growth they explain is not garbage.
-        tuner.grown = -3_000 * OBJECTS_PER_STREAM
-        streams[0] = 2_000
-        assert tuner.garbage() == 0
+        assert tuner.garbage() >= tuner.threshold()
     finally:
+        kept.clear()
         await tuner.stop()
 
 
-async def test_an_estimate_that_over_counts_is_corrected_by_the_exact_count() -> None:
-    """Frees of frozen objects are not all counted between ticks, so the cheap estimate
-    can say due when nothing died in a cycle: the exact count of the frozen objects
-    decides, and the estimate resumes from it (the soak's collections that freed 931
-    objects in ten minutes, bench/FINDINGS.md)."""
-    tuner = GcTuner(freeze_every=3600, full_every=3600, settle=0)
-    tuner.start()
-    try:
-        tuner.grown = tuner.threshold() + 1
-        tuner.tick()
-        assert tuner.exact_counts == 1
-        assert tuner.full_collections == 1
-        assert tuner.grown < tuner.threshold()
-        # The next tick does not count again: the estimate starts from the exact figure.
-        tuner.tick()
-        assert tuner.exact_counts == 1
-    finally:
-        await tuner.stop()
-
-
-async def test_frozen_cycles_that_stay_over_the_threshold_are_collected() -> None:
+async def test_growth_that_stays_over_the_threshold_is_collected() -> None:
     tuner = GcTuner(freeze_every=3600, full_every=3600, settle=0)
     tuner.start()
     try:
         # Frozen before any young collection can free them (as when they died frozen).
         gc.disable()
         try:
-            refs = [weakref.ref(Cycle()) for _ in range(tuner.threshold() + 1_000)]
+            refs = [weakref.ref(Cycle()) for _ in range(tuner.threshold())]
             gc.freeze()
         finally:
             gc.enable()
         assert all(ref() is not None for ref in refs[:10])
-        # Whatever the estimate made of them, the exact count of the frozen objects
-        # finds more than the threshold, once and again: a collection, which frees them.
-        tuner.grown = tuner.threshold()
         tuner.tick()
-        assert (tuner.exact_counts, tuner.full_collections) == (1, 1)
-        tuner.tick()
-        assert (tuner.exact_counts, tuner.full_collections) == (2, 2)
+        assert tuner.full_collections == 2
         assert all(ref() is None for ref in refs)
+        assert tuner.garbage() < tuner.threshold()
     finally:
         await tuner.stop()
 
 
 async def test_live_objects_on_their_way_out_are_not_collected() -> None:
-    """Connections that are still closing hold objects that look like growth for a
-    moment: the count must stay over the threshold for ``settle`` seconds."""
+    """Connections that are still closing hold blocks that look like growth for a
+    moment: the growth must stay over the threshold for ``settle`` seconds."""
     tuner = GcTuner(freeze_every=3600, full_every=3600, settle=3600)
     tuner.start()
     passing: list[list[int]] = []
     try:
-        passing.extend([i] for i in range(tuner.threshold() + 1_000))
+        passing.extend([i] for i in range(tuner.threshold()))
         tuner.tick()
-        assert (tuner.exact_counts, tuner.full_collections) == (1, 1)
-        # Within the settle time nothing is counted again, nor collected.
         tuner.tick()
-        assert (tuner.exact_counts, tuner.full_collections) == (1, 1)
+        assert tuner.full_collections == 1
+        # Gone before the settle time ended: nothing to collect, and the clock restarts.
         passing.clear()
-        # Gone before the settle time ended: the next count finds nothing to collect.
-        tuner._over_since = -3600.0
         tuner.tick()
-        assert (tuner.exact_counts, tuner.full_collections) == (2, 1)
-        assert tuner.grown < tuner.threshold()
+        assert tuner.full_collections == 1
+        assert tuner._over_since is None
+        # Growth that stays: once the settle time is over, a collection.
+        passing.extend([i] for i in range(tuner.threshold()))
+        tuner.tick()
+        assert tuner._over_since is not None
+        tuner._over_since -= 3600
+        tuner.tick()
+        assert tuner.full_collections == 2
     finally:
         passing.clear()
         await tuner.stop()
