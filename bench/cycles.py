@@ -36,27 +36,34 @@ import argparse
 import asyncio
 import gc
 import socket
-import struct
 import sys
 import time
 import types
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from hypercorn.config import Config
 
 from bridge import hypercorn_cycles, server
 from bridge.demo.legacy_api import LegacyApi, serving
 from bridge.settings import Settings
-from tests.support import RunningBridge, running_bridge, wait_for
+from tests.closing import (
+    RUN,
+    CloseHow,
+    PathName,
+    close_viewers,
+    collector_paused,
+    connections,
+    open_streams,
+    open_viewers,
+    saved_garbage,
+    type_name,
+)
+from tests.support import running_bridge, wait_for
 
-PathName = Literal["fast", "asgi", "short"]
-CloseHow = Literal["fin", "rst"]
-RUN = "cycles"
 #: How long a wait on the bridge may take before the bench gives up (bounded run time).
 WAIT = 30.0
 #: Hypercorn's keep-alive timeout here (seconds); see ``measure``.
@@ -83,67 +90,6 @@ class Measured:
 
     def by_type(self) -> Counter[str]:
         return Counter(type_name(o) for o in self.garbage)
-
-
-def type_name(obj: object) -> str:
-    cls = type(obj)
-    if cls.__module__ == "builtins":
-        return cls.__qualname__
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-# --- the client: blocking sockets in a worker thread ----------------------------------
-
-
-def request_bytes(path: PathName) -> bytes:
-    if path == "short":
-        return b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-    return (
-        f"GET /v1/runs/{RUN}/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        "Accept: text/event-stream\r\n\r\n"
-    ).encode()
-
-
-def read_until(sock: socket.socket, marker: bytes, have: bytes = b"") -> bytes:
-    while marker not in have:
-        data = sock.recv(65536)
-        if not data:
-            raise ConnectionError("closed before " + repr(marker))
-        have += data
-    return have
-
-
-def open_viewers(port: int, path: PathName, n: int) -> list[socket.socket]:
-    socks = []
-    for _ in range(n):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
-        if path == "short":
-            for _ in range(3):  # keep-alive: three answers on one connection
-                sock.sendall(request_bytes(path))
-                read_until(sock, b'"ok"}')
-        else:
-            sock.sendall(request_bytes(path))
-            read_until(sock, b"event: progress")  # the stream is open, its first event out
-        socks.append(sock)
-    return socks
-
-
-def close_viewers(socks: list[socket.socket], how: CloseHow) -> None:
-    for sock in socks:
-        if how == "rst":
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            sock.close()
-        else:
-            sock.shutdown(socket.SHUT_WR)
-    if how == "fin":
-        # A close with unread data would be a reset: read to the server's own close.
-        for sock in socks:
-            try:
-                while sock.recv(65536):
-                    pass
-            except OSError:
-                pass
-            sock.close()
 
 
 # --- the cycles -------------------------------------------------------------------------
@@ -389,39 +335,6 @@ def cycles(garbage: list[Any], connections: int, limit: int) -> list[str]:
 # --- one measurement ----------------------------------------------------------------------
 
 
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
-def saved_garbage() -> list[Any]:
-    """Collect everything; what died in cycles is kept (DEBUG_SAVEALL) and returned."""
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        gc.collect()
-        found = list(gc.garbage)
-        gc.garbage.clear()
-    finally:
-        gc.set_debug(0)
-    return found
-
-
-def open_streams(b: RunningBridge) -> float:
-    value = b.bridge.metrics.registry.get_sample_value("bridge_open_streams")
-    return value or 0.0
-
-
-def fast_path_streams(b: RunningBridge) -> float:
-    value = b.bridge.metrics.registry.get_sample_value("bridge_fast_path_streams")
-    return value or 0.0
-
-
 async def measure(
     legacy: LegacyApi, path: PathName, close: CloseHow, n: int, hooked: bool
 ) -> Measured:
@@ -450,13 +363,13 @@ async def measure(
         ) as b:
             port = int(b.url.rsplit(":", 1)[1])
             # Warm up: the channel, the upstream connection, lazily built objects.
-            warm = await asyncio.to_thread(open_viewers, port, path, 2)
+            warm = await asyncio.to_thread(open_viewers, port, path, 2, WAIT)
             await asyncio.to_thread(close_viewers, warm, "fin")
             await wait_for(lambda: open_streams(b) == 0 and connections() == 0, WAIT)
 
-            socks = await asyncio.to_thread(open_viewers, port, path, n)
+            socks = await asyncio.to_thread(open_viewers, port, path, n, WAIT)
             if path == "fast":
-                await wait_for(lambda: fast_path_streams(b) == n, WAIT)
+                await wait_for(lambda: open_streams(b, "bridge_fast_path_streams") == n, WAIT)
             elif path == "asgi":
                 await wait_for(lambda: open_streams(b) == n, WAIT)
             # All n still open (an idle one would end at the keep-alive timeout).
@@ -476,15 +389,6 @@ async def measure(
         hypercorn_cycles.install = install  # type: ignore[method-assign]
         server.hypercorn_config = configure  # type: ignore[method-assign]
     return Measured(path, close, hooked, n, garbage, control)
-
-
-def connections() -> int:
-    """Hypercorn connections still running (each is one task of its asyncio worker)."""
-    return sum(
-        1
-        for task in asyncio.all_tasks()
-        if getattr(task.get_coro(), "__qualname__", "").endswith("_server_callback")
-    )
 
 
 # --- the report ---------------------------------------------------------------------------

@@ -17,11 +17,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
-import struct
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any, Literal
 
 import pytest
 from hypercorn.config import Config
@@ -29,12 +25,23 @@ from hypercorn.config import Config
 from bridge import hypercorn_cycles, server
 from bridge.demo.legacy_api import LegacyApi
 from bridge.settings import Settings
-from tests.support import RunningBridge, running_bridge, wait_for
+from tests.closing import (
+    RUN,
+    CloseHow,
+    PathName,
+    close_viewers,
+    collector_paused,
+    connections,
+    open_streams,
+    open_viewers,
+    saved_garbage,
+    type_name,
+)
+from tests.support import running_bridge, wait_for
 
-Path = Literal["fast", "asgi", "short"]
-Close = Literal["fin", "rst"]
-RUN = "cycles"
 VIEWERS = 6
+#: Seconds a viewer's socket waits on the bridge.
+TIMEOUT = 10.0
 #: What a connection is made of, below the request: none of it may be left to the collector.
 CONNECTION_TYPES = frozenset(
     {
@@ -48,58 +55,6 @@ CONNECTION_TYPES = frozenset(
         "ConnectionResetError",
     }
 )
-
-
-def type_name(obj: object) -> str:
-    cls = type(obj)
-    return (
-        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    )
-
-
-# --- the client: blocking sockets, in a thread --------------------------------------
-
-
-def request(path: Path) -> bytes:
-    target = "/healthz" if path == "short" else f"/v1/runs/{RUN}/stream"
-    return f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode()
-
-
-def read_until(sock: socket.socket, marker: bytes) -> None:
-    seen = b""
-    while marker not in seen:
-        data = sock.recv(65536)
-        assert data, f"closed before {marker!r}"
-        seen += data
-
-
-def open_viewers(port: int, path: Path) -> list[socket.socket]:
-    socks = []
-    for _ in range(VIEWERS):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        if path == "short":
-            for _ in range(3):  # keep-alive, then the close
-                sock.sendall(request(path))
-                read_until(sock, b'"ok"}')
-        else:
-            sock.sendall(request(path))
-            read_until(sock, b"event: progress")
-        socks.append(sock)
-    return socks
-
-
-def close_viewers(socks: list[socket.socket], how: Close) -> None:
-    for sock in socks:
-        if how == "rst":
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            sock.close()
-        else:
-            sock.shutdown(socket.SHUT_WR)
-    if how == "fin":
-        for sock in socks:  # read to the server's close (unread data would make it a reset)
-            while sock.recv(65536):
-                pass
-            sock.close()
 
 
 # --- the measurement ----------------------------------------------------------------
@@ -120,42 +75,7 @@ def short_keep_alive(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(server, "hypercorn_config", configured)
 
 
-def connections() -> int:
-    """Hypercorn connections still running (each is one task of its asyncio worker)."""
-    return sum(
-        1
-        for task in asyncio.all_tasks()
-        if getattr(task.get_coro(), "__qualname__", "").endswith("_server_callback")
-    )
-
-
-def open_streams(b: RunningBridge, name: str = "bridge_open_streams") -> float:
-    return b.bridge.metrics.registry.get_sample_value(name) or 0.0
-
-
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
-def collect_saved() -> list[Any]:
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        gc.collect()
-        found = list(gc.garbage)
-        gc.garbage.clear()
-    finally:
-        gc.set_debug(0)
-    return found
-
-
-async def garbage_of_closing(legacy: LegacyApi, path: Path, how: Close) -> Counter[str]:
+async def garbage_of_closing(legacy: LegacyApi, path: PathName, how: CloseHow) -> Counter[str]:
     """Types (and counts) of what died in cycles when VIEWERS connections closed."""
     legacy.scripted(RUN)
     async with running_bridge(
@@ -167,7 +87,7 @@ async def garbage_of_closing(legacy: LegacyApi, path: Path, how: Close) -> Count
         port = int(b.url.rsplit(":", 1)[1])
         # The readiness check's connection ends first (at the keep-alive timeout).
         await wait_for(lambda: connections() == 0)
-        socks = await asyncio.to_thread(open_viewers, port, path)
+        socks = await asyncio.to_thread(open_viewers, port, path, VIEWERS, TIMEOUT)
         if path == "fast":
             await wait_for(lambda: open_streams(b, "bridge_fast_path_streams") == VIEWERS)
         elif path == "asgi":
@@ -177,7 +97,7 @@ async def garbage_of_closing(legacy: LegacyApi, path: Path, how: Close) -> Count
         with collector_paused():
             await asyncio.to_thread(close_viewers, socks, how)
             await wait_for(lambda: open_streams(b) == 0 and connections() == 0)
-            garbage = collect_saved()
+            garbage = saved_garbage()
     try:
         return Counter(type_name(o) for o in garbage)
     finally:
@@ -190,7 +110,7 @@ CASES = [(p, c) for p in ("fast", "asgi", "short") for c in ("fin", "rst")]
 @pytest.mark.usefixtures("short_keep_alive")
 @pytest.mark.parametrize(("path", "how"), CASES)
 async def test_a_closed_connection_is_freed_by_refcount(
-    legacy: LegacyApi, path: Path, how: Close
+    legacy: LegacyApi, path: PathName, how: CloseHow
 ) -> None:
     """Hypercorn's connection objects, the streams, transport, socket and a reset's
     traceback are never cyclic garbage, on every path the bridge serves."""
@@ -206,7 +126,7 @@ async def test_a_closed_connection_is_freed_by_refcount(
     CASES,
 )
 async def test_closing_leaves_no_cyclic_garbage_at_all(
-    legacy: LegacyApi, path: Path, how: Close
+    legacy: LegacyApi, path: PathName, how: CloseHow
 ) -> None:
     found = await garbage_of_closing(legacy, path, how)
     assert found == Counter(), f"cyclic garbage per {VIEWERS} closed connections: {dict(found)}"
@@ -216,7 +136,7 @@ async def test_closing_leaves_no_cyclic_garbage_at_all(
     ("path", "how"), [(p, c) for p in ("fast", "asgi") for c in ("fin", "rst")]
 )
 async def test_a_stream_whose_viewer_left_ends_its_connection_at_once(
-    legacy: LegacyApi, path: Path, how: Close
+    legacy: LegacyApi, path: PathName, how: CloseHow
 ) -> None:
     """Hypercorn keeps a connection whose response was completed as an idle keep-alive
     connection for its keep-alive timeout (75 s here), holding everything the connection
@@ -227,7 +147,7 @@ async def test_a_stream_whose_viewer_left_ends_its_connection_at_once(
         legacy.url, poll_interval=30.0, linger=30.0, direct_writes=path != "asgi"
     ) as b:
         port = int(b.url.rsplit(":", 1)[1])
-        socks = await asyncio.to_thread(open_viewers, port, path)
+        socks = await asyncio.to_thread(open_viewers, port, path, VIEWERS, TIMEOUT)
         await wait_for(lambda: open_streams(b) == VIEWERS)
         released = hypercorn_cycles.stats.released
         await asyncio.to_thread(close_viewers, socks, how)
