@@ -31,8 +31,7 @@ from bridge.reply import Reply, error_reply, http_error_reply
 from bridge.services import Services
 from bridge.settings import Settings
 from bridge.sse import encode_json
-from bridge.upstream import forwardable
-from bridge.viewer import Viewer, client_address, resume_from
+from bridge.viewer import Viewer, viewer_from
 
 #: app.extensions key of the app's Services.
 SERVICES = "bridge"
@@ -48,17 +47,15 @@ def error_response(error: BridgeError, body: dict[str, str] | None = None) -> Re
 
 def viewer_of(services: Services) -> Viewer:
     """What this request says about its viewer (the JSON routes: never a stream)."""
-    settings = services.settings
     headers = request.headers
-    return Viewer(
-        credentials=forwardable(settings.forward_headers, dict(headers.items())),
-        client=client_address(
-            settings.trust_forwarded_for,
-            headers.get("X-Forwarded-For", ""),
-            request.remote_addr,
-        ),
-        resume_from=resume_from(headers.get("Last-Event-ID"), request.args),
-        wants_events="text/event-stream" in headers.get("Accept", ""),
+    return viewer_from(
+        services.settings,
+        offered=dict(headers.items()),
+        forwarded_for=headers.get("X-Forwarded-For", ""),
+        remote_addr=request.remote_addr,
+        last_event_id=headers.get("Last-Event-ID"),
+        args=request.args,
+        accept=headers.get("Accept", ""),
     )
 
 

@@ -147,17 +147,7 @@ class Channel:
     def _write_slice(self) -> None:
         """Write the next ``FANOUT_SLICE`` viewers' events; come back for the rest."""
         self._continuation = None
-        budget = FANOUT_SLICE
-        while self._backlog and budget > 0:
-            event, viewers = self._backlog[0]
-            end = min(len(viewers), self._next + budget)
-            for i in range(self._next, end):
-                viewers[i].notify(event)
-            budget -= end - self._next
-            self._next = end
-            if end == len(viewers):
-                self._backlog.popleft()
-                self._next = 0
+        self._write(FANOUT_SLICE)
         if self._backlog:
             self._continuation = asyncio.get_running_loop().call_soon(self._write_slice)
 
@@ -166,11 +156,21 @@ class Channel:
         if self._continuation is not None:
             self._continuation.cancel()
             self._continuation = None
-        while self._backlog:
-            event, viewers = self._backlog.popleft()
-            for subscription in viewers[self._next :]:
-                subscription.notify(event)
-            self._next = 0
+        self._write(None)
+
+    def _write(self, budget: int | None) -> None:
+        """The backlog's events to up to ``budget`` viewers in all (None: to every one)."""
+        while self._backlog and (budget is None or budget > 0):
+            event, viewers = self._backlog[0]
+            end = len(viewers) if budget is None else min(len(viewers), self._next + budget)
+            for i in range(self._next, end):
+                viewers[i].notify(event)
+            if budget is not None:
+                budget -= end - self._next
+            self._next = end
+            if end == len(viewers):
+                self._backlog.popleft()
+                self._next = 0
 
     @property
     def fanning_out(self) -> bool:

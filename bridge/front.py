@@ -51,8 +51,7 @@ from bridge.services import Services
 from bridge.stream import Frames, run_frames
 from bridge.tasks import cancel_and_wait
 from bridge.ticker import Sending
-from bridge.upstream import forwardable
-from bridge.viewer import Viewer, client_address, resume_from
+from bridge.viewer import Viewer, viewer_from
 
 log = logging.getLogger("bridge.front")
 
@@ -166,18 +165,18 @@ class StreamFront:
                 # The scope is Hypercorn's HTTPStream's own, and ``send`` a bound method of
                 # it: left in there, it is a reference cycle that outlives the connection.
                 del scope[SEND_KEY]
-        offered = {name.decode("latin-1"): request[name] for name in self.forward & request.keys()}
         client = scope.get("client")
-        return Viewer(
-            credentials=forwardable(settings.forward_headers, offered),
-            client=client_address(
-                settings.trust_forwarded_for,
-                request.get(b"x-forwarded-for", ""),
-                client[0] if client else "<local>",
-            ),
-            resume_from=resume_from(request.get(b"last-event-id"), first_values(query)),
+        return viewer_from(
+            settings,
+            offered={
+                name.decode("latin-1"): request[name] for name in self.forward & request.keys()
+            },
+            forwarded_for=request.get(b"x-forwarded-for", ""),
+            remote_addr=client[0] if client else None,
+            last_event_id=request.get(b"last-event-id"),
+            args=first_values(query),
+            accept=request.get(b"accept", ""),
             transport=transport,
-            wants_events="text/event-stream" in request.get(b"accept", ""),
         )
 
     # --- the opening (refusals answer here) -----------------------------------------

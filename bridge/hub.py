@@ -60,12 +60,21 @@ class Hub:
         self, channel: Channel, wake: asyncio.Event | None = None
     ) -> AsyncIterator[Subscription]:
         """Watch ``channel``; several subscriptions may share one ``wake`` event."""
-        subscription = Subscription(channel, wake) if wake is not None else Subscription(channel)
-        channel.add(subscription)
+        subscription = self.join(channel, wake)
         try:
             yield subscription
         finally:
             channel.discard(subscription)
+
+    def join(self, channel: Channel, wake: asyncio.Event | None = None) -> Subscription:
+        """``subscribe`` without the context manager: ``channel.discard`` ends it.
+
+        For streams held open after their opening (bridge/opening.py), where a bound
+        method to call later costs less per viewer than a suspended context manager.
+        """
+        subscription = Subscription(channel, wake) if wake is not None else Subscription(channel)
+        channel.add(subscription)
+        return subscription
 
     def live_channels(self) -> Iterator[Channel]:
         return iter(list(self._live.values()))

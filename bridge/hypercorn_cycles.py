@@ -63,11 +63,11 @@ from __future__ import annotations
 
 import inspect
 import logging
-import re
 import types
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any, Final
+
+from bridge.hypercorn_transport import installed_hypercorn, outside
 
 log = logging.getLogger("bridge.hypercorn_cycles")
 
@@ -98,24 +98,9 @@ async def _gone(_event: object) -> None:
     """The send of a connection that is over: nothing is left to send to."""
 
 
-def installed_hypercorn() -> str | None:
-    """The installed Hypercorn's version string, None if it is not installed."""
-    try:
-        return metadata.version("hypercorn")
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def _unchecked() -> str | None:
     """Why the installed Hypercorn is not one this was checked against, else None."""
-    version = installed_hypercorn()
-    match = re.match(r"\d+(?:\.\d+)*", version or "")
-    release = tuple(int(p) for p in match.group().split(".")) if match else None
-    lowest, end = CHECKED_HYPERCORN
-    if release is None or not lowest <= release < end:
-        checked = ".".join(map(str, lowest)) + " to <" + ".".join(map(str, end))
-        return f"Hypercorn {version} is outside the checked range {checked}"
-    return None
+    return outside(installed_hypercorn(), CHECKED_HYPERCORN, "checked")
 
 
 def install() -> bool:

@@ -137,12 +137,18 @@ def untested_hypercorn() -> str | None:
 
     Cached: the installed version does not change while the process runs.
     """
-    version = installed_hypercorn()
-    lowest, end = TESTED_HYPERCORN
-    tested = f">={_dotted(lowest)},<{_dotted(end)}"
+    return outside(installed_hypercorn(), TESTED_HYPERCORN, "tested")
+
+
+def outside(
+    version: str | None, releases: tuple[tuple[int, ...], tuple[int, ...]], checked: str
+) -> str | None:
+    """Why Hypercorn ``version`` is not in ``releases`` ([lowest, end)), else None."""
+    lowest, end = releases
     release = _release(version) if version is not None else None
     if release is None or not lowest <= release < end:
-        return f"Hypercorn {version} is outside the tested range {tested}"
+        span = f">={_dotted(lowest)},<{_dotted(end)}"
+        return f"Hypercorn {version} is outside the {checked} range {span}"
     return None
 
 

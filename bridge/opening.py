@@ -135,8 +135,7 @@ async def open_stream(
         wake = asyncio.Event()  # one wake-up for every run of this viewer
         subscriptions = []
         for channel in channels:
-            subscription = Subscription(channel, wake)
-            channel.add(subscription)
+            subscription = services.hub.join(channel, wake)
             holding.callback(channel.discard, subscription)
             subscriptions.append(subscription)
         frames = framer(subscriptions, viewer, services.limits())

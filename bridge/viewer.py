@@ -6,6 +6,9 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from bridge.settings import Settings
+from bridge.upstream import forwardable
+
 
 @dataclass(frozen=True, slots=True)
 class Viewer:
@@ -37,3 +40,26 @@ def resume_from(last_event_id: str | None, args: Mapping[str, str]) -> str | Non
     if not value:
         value = args.get("cursor") or args.get("since")
     return value or None
+
+
+def viewer_from(
+    settings: Settings,
+    *,
+    offered: Mapping[str, str],
+    forwarded_for: str,
+    remote_addr: str | None,
+    last_event_id: str | None,
+    args: Mapping[str, str],
+    accept: str,
+    transport: asyncio.WriteTransport | None = None,
+) -> Viewer:
+    """The viewer of a request, from what the route read of it: ``offered``, the request
+    headers that may be forwarded (all of them will do: only allow-listed ones are kept),
+    ``forwarded_for`` X-Forwarded-For, ``remote_addr`` the peer, ``args`` the query."""
+    return Viewer(
+        credentials=forwardable(settings.forward_headers, offered),
+        client=client_address(settings.trust_forwarded_for, forwarded_for, remote_addr),
+        resume_from=resume_from(last_event_id, args),
+        transport=transport,
+        wants_events="text/event-stream" in accept,
+    )
