@@ -1,6 +1,6 @@
 """What a closed connection leaves to the cyclic garbage collector (issue 14).
 
-Every object that dies in a reference cycle while ``bridge/gc_tuning.py`` keeps the heap
+Every object that dies in a reference cycle while ``bridge/ops/gc_tuning.py`` keeps the heap
 frozen is freed only by a full collection, whose pause grows with the live heap (2-3 s
 at 10,000 viewers). This measures that garbage directly, in one process, on loopback:
 
@@ -24,7 +24,7 @@ A control does steps 3-4 with nothing closing, for what the process leaves anywa
 Paths: ``fast`` (HTTP/1.1 stream on the fast path), ``asgi`` (the same with
 ``BRIDGE_DIRECT_WRITES=false``), ``short`` (three keep-alive ``GET /healthz`` on a
 connection, then the close: Quart's path). Each is measured without and with the
-Hypercorn hook (``bridge/hypercorn_cycles.py``).
+Hypercorn hook (``bridge/server/hypercorn_cycles.py``).
 
     .venv/bin/python -m bench.cycles [--streams 200] [--paths fast,asgi,short]
         [--closes fin,rst] [--cycles 6] [--out bench/results/cycles.md]
@@ -47,8 +47,9 @@ from typing import Any
 
 from hypercorn.config import Config
 
-from bridge import hypercorn_cycles, server
 from bridge.demo.legacy_api import LegacyApi, serving
+from bridge.server import hypercorn_cycles
+from bridge.server import serve as server
 from bridge.settings import Settings
 from tests.closing import (
     RUN,

@@ -9,14 +9,14 @@ it far more than that slack). Representations:
 
     old        a faithful copy of the history before the byte bound: per event the parsed
                status, its JSON, the SSE frame and the chunk-framed frame; 256 events
-    one-copy   the history as built now (bridge/history.py), bounded by count only
+    one-copy   the history as built now (bridge/events/history.py), bounded by count only
     new        the history as built now with the default bounds (256 events, 4 MiB)
     bridge     the real bridge (Hypercorn on loopback, one viewer on the fast path,
                a loopback upstream in the same process), new code, default bounds
 
 All rows come from the same run of this script on the same machine, so they compare.
 A second part times the fast path's write of one event to many viewers for each way of
-sending the HTTP/1.1 chunk without storing it (the choice made in bridge/history.py's
+sending the HTTP/1.1 chunk without storing it (the choice made in bridge/events/history.py's
 ``http_chunk``). Writes bench/out/history_memory.json and prints both tables.
 """
 
@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import OUT_DIR
-from bridge import sse
-from bridge.history import Event, RunHistory, http_chunk
+from bridge.events import sse
+from bridge.events.history import Event, RunHistory, http_chunk
+from bridge.polling.status import is_terminal
 from bridge.settings import load
-from bridge.status import is_terminal
 
 MiB = 1 << 20
 #: Nodes of the status: ~900 KB of JSON in all, under the default 1 MiB body cap.
@@ -316,7 +316,7 @@ async def fanout(viewers: int, frame_bytes: int, rounds: int) -> dict[str, Any]:
             t.write(sse.chunk(e.frame))
 
         def once_per_event(t: asyncio.WriteTransport, e: Event) -> None:
-            t.write(http_chunk(e))  # what bridge/direct.py does
+            t.write(http_chunk(e))  # what bridge/streams/direct.py does
 
         variants: dict[str, Callable[[asyncio.WriteTransport, Event], None]] = {
             "stored chunk (old)": stored_chunk,

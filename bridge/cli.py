@@ -48,9 +48,9 @@ def _upstream_required(settings: Settings, command: str) -> bool:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from bridge.app import create_app
-    from bridge.logs import configure_logging
-    from bridge.server import CannotListen, listen_socket, serve
+    from bridge.ops.logs import configure_logging
+    from bridge.server.serve import CannotListen, listen_socket, serve
+    from bridge.web.app import create_app
 
     settings = _settings()
     if not _upstream_required(settings, "serve"):
@@ -88,8 +88,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     import json
 
-    from bridge import inspection
     from bridge.errors import BridgeError
+    from bridge.tools import inspection
 
     try:
         given = inspection.parse_headers(args.header)
@@ -112,7 +112,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _profiles(args: argparse.Namespace) -> int:
-    from bridge.profiles import PROFILES, describe
+    from bridge.polling.profiles import PROFILES, describe
 
     if args.name is None:
         width = max(len(name) for name in PROFILES)
@@ -133,7 +133,7 @@ def _profiles(args: argparse.Namespace) -> int:
 
 def variables_epilog() -> str:
     """Every BRIDGE_* variable with its default, for `serve --help`."""
-    from bridge.config_doc import rows
+    from bridge.tools.config_doc import rows
 
     column = 34
     lines = ["environment variables (default after '='; nothing after it: unset):"]
@@ -147,7 +147,7 @@ def variables_epilog() -> str:
         lines += [" " * column + more for more in wrapped[1:]]
     lines += [
         "",
-        "`python -m bridge.config_doc env` prints them as an env file (config/example.env);",
+        "`python -m bridge.tools.config_doc env` prints them as an env file (config/example.env);",
         "`sse-bridge inspect RUN_ID` shows how the bridge reads one of your runs.",
     ]
     return "\n".join(lines)
@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         "watch",
         help="follow one run in the terminal (exit 0 complete, 1 error, 2 timeout/refused)",
     )
-    from bridge import watch as watch_command
+    from bridge.tools import watch as watch_command
 
     watch_command.add_arguments(watch)
     watch.set_defaults(func=watch_command.main)

@@ -1,6 +1,6 @@
 """The services one app shares, built once from Settings, started and stopped together.
 
-Nothing here reads a request: routes pass in what they took from it (bridge/viewer.py).
+Nothing here reads a request: routes pass in what they took from it (bridge/streams/viewer.py).
 """
 
 from __future__ import annotations
@@ -10,25 +10,25 @@ import random
 
 from prometheus_client import Gauge
 
-from bridge import sse
-from bridge.auth import ForwardAuth
-from bridge.channel import Subscription
-from bridge.gc_tuning import GcTuner
-from bridge.hub import Hub
-from bridge.keepalive import StreamLimits
-from bridge.ledger import LedgerBackend, MemoryBackend
-from bridge.limits import StreamLimiter
-from bridge.loop_lag import LoopLag
-from bridge.metrics import Metrics
-from bridge.poller import Cadence
-from bridge.profiles import PROFILES
-from bridge.readiness import Readiness
-from bridge.registry import PollerRegistry
+from bridge.events import sse
+from bridge.events.channel import Subscription
+from bridge.events.hub import Hub
+from bridge.ops.gc_tuning import GcTuner
+from bridge.ops.loop_lag import LoopLag
+from bridge.ops.metrics import Metrics
+from bridge.polling.ledger import LedgerBackend, MemoryBackend
+from bridge.polling.poller import Cadence
+from bridge.polling.profiles import PROFILES
+from bridge.polling.registry import PollerRegistry
+from bridge.polling.status import StatusReader
+from bridge.polling.upstream import UpstreamClient
 from bridge.settings import Settings
-from bridge.status import StatusReader
+from bridge.streams.keepalive import StreamLimits
+from bridge.streams.limits import StreamLimiter
+from bridge.streams.ticker import Ticker
 from bridge.tasks import cancel_and_wait
-from bridge.ticker import Ticker
-from bridge.upstream import UpstreamClient
+from bridge.web.auth import ForwardAuth
+from bridge.web.readiness import Readiness
 
 #: URL schemes of cluster mode (BRIDGE_REDIS_URL).
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
@@ -92,7 +92,7 @@ class Services:
         Gauge(
             "bridge_channels", "Runs with a live channel now", registry=self.metrics.registry
         ).set_function(lambda: self.hub.live_count)
-        # Every stall of the loop, whatever its cause (bridge/loop_lag.py).
+        # Every stall of the loop, whatever its cause (bridge/ops/loop_lag.py).
         self.loop_lag = LoopLag(self.metrics.registry)
         self.gc: GcTuner | None = None
         if settings.gc_freeze_interval > 0:

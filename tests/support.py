@@ -18,12 +18,12 @@ import aiohttp
 from aiohttp import web
 from quart import Quart
 
-from bridge.app import SERVICES, create_app
-from bridge.eventstream import EventStreamParser, ParsedEvent
-from bridge.server import serve
+from bridge.server.serve import serve
 from bridge.services import Services
 from bridge.settings import Settings, load
 from bridge.tasks import cancel_and_wait
+from bridge.tools.eventstream import EventStreamParser, ParsedEvent
+from bridge.web.app import SERVICES, create_app
 
 #: Small intervals so the tests run in tens of milliseconds, not seconds.
 FAST = {

@@ -182,7 +182,7 @@ async def test_a_state_the_expression_cannot_find_is_logged_once(
 ) -> None:
     async with scripted_api() as api:
         api.statuses["lost"] = [{"job": {"state": "DONE"}}]
-        caplog.set_level(logging.WARNING, logger="bridge.poller")
+        caplog.set_level(logging.WARNING, logger="bridge.polling.poller")
         async with (
             running_bridge(api.url, upstream_run_path="/jobs/{run_id}") as b,
             sse(f"{b.url}/v1/runs/lost/stream") as s,
@@ -200,7 +200,7 @@ async def test_an_unknown_state_is_logged_once_per_process(
     async with scripted_api() as api:
         api.statuses["u1"] = [{"status": "DONE"}]
         api.statuses["u2"] = [{"status": "DONE"}]
-        caplog.set_level(logging.WARNING, logger="bridge.poller")
+        caplog.set_level(logging.WARNING, logger="bridge.polling.poller")
         async with running_bridge(api.url, upstream_run_path="/jobs/{run_id}") as b:
             async with (
                 sse(f"{b.url}/v1/runs/u1/stream") as s1,

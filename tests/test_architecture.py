@@ -26,7 +26,7 @@ def imports_of(path: pathlib.Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
-            # `from bridge import sse` imports the module bridge.sse.
+            # `from bridge import sse` imports the module bridge.events.sse.
             names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
 
@@ -80,7 +80,7 @@ def test_the_checker_finds_a_cycle() -> None:
 
 def test_no_import_cycle_among_bridge_modules() -> None:
     edges = graph()
-    assert edges.get("bridge.app")  # the graph is really read
+    assert edges.get("bridge.web.app")  # the graph is really read
     assert find_cycle(edges) is None
 
 
@@ -88,18 +88,18 @@ def test_no_import_cycle_among_bridge_modules() -> None:
     ("module", "must_not_import"),
     [
         # The hub and channels know a small Sink protocol, not the fast path.
-        ("bridge.channel", "bridge.direct"),
-        ("bridge.hub", "bridge.direct"),
+        ("bridge.events.channel", "bridge.streams.direct"),
+        ("bridge.events.hub", "bridge.streams.direct"),
         # The poll loop knows the ledger seam, not what is behind it.
-        ("bridge.poller", "bridge.cluster"),
-        ("bridge.registry", "bridge.cluster"),
-        ("bridge.ledger", "bridge.cluster"),
+        ("bridge.polling.poller", "bridge.cluster"),
+        ("bridge.polling.registry", "bridge.cluster"),
+        ("bridge.polling.ledger", "bridge.cluster"),
         # The dashboard is a page; the API is registered by the app.
-        ("bridge.dashboard", "bridge.multi"),
-        ("bridge.dashboard", "bridge.app"),
+        ("bridge.web.dashboard", "bridge.streams.multi"),
+        ("bridge.web.dashboard", "bridge.web.app"),
         # The production server does not borrow from the demo.
-        ("bridge.server", "bridge.demo"),
-        ("bridge.app", "bridge.demo"),
+        ("bridge.server.serve", "bridge.demo"),
+        ("bridge.web.app", "bridge.demo"),
     ],
 )
 def test_seams(module: str, must_not_import: str) -> None:
@@ -116,4 +116,8 @@ def test_only_the_server_modules_touch_hypercorn() -> None:
         for path in PACKAGE.rglob("*.py")
         if any(m == "hypercorn" or m.startswith("hypercorn.") for m in imports_of(path))
     }
-    assert users <= {"bridge.server", "bridge.hypercorn_transport", "bridge.hypercorn_cycles"}
+    assert users <= {
+        "bridge.server.serve",
+        "bridge.server.hypercorn_transport",
+        "bridge.server.hypercorn_cycles",
+    }

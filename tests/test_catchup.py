@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from bridge.demo.legacy_api import Fault, LegacyApi
-from bridge.eventstream import EventStreamParser
+from bridge.tools.eventstream import EventStreamParser
 from tests.support import running_bridge, sse, wait_for
 
 

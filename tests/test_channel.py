@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 
-from bridge.channel import FANOUT_SLICE, MAX_BACKLOG, Channel, ChannelKey, Subscription
-from bridge.direct import DirectSink
-from bridge.history import Event, RunHistory, http_chunk
-from bridge.keepalive import Keepalive, StreamLimits
+from bridge.events.channel import FANOUT_SLICE, MAX_BACKLOG, Channel, ChannelKey, Subscription
+from bridge.events.history import Event, RunHistory, http_chunk
+from bridge.streams.direct import DirectSink
+from bridge.streams.keepalive import Keepalive, StreamLimits
 from tests.support import wait_for
 
 LIMITS = StreamLimits(ping_interval=15, stream_timeout=3600, viewer_buffer=64, retry_ms=1000)

@@ -1,7 +1,7 @@
 """A second, independent SSE client against the real served bridge: httpx with httpx-sse.
 
 The other tests read streams with tests/support.py (aiohttp and the bridge's own parser,
-bridge/eventstream.py): a framing mistake shared by the bridge and that parser would pass
+bridge/tools/eventstream.py): a framing mistake shared by the bridge and that parser would pass
 there. httpx-sse is someone else's parser on someone else's HTTP stack. Here it follows a
 run, resumes with Last-Event-ID across a bridge restart, and reads /v1/streams.
 """

@@ -26,9 +26,9 @@ from bridge.cluster import RedisBackend
 from bridge.cluster.link import MAX_CONNECTIONS
 from bridge.cluster.store import Record
 from bridge.demo.legacy_api import Fault, LegacyApi
-from bridge.eventstream import ParsedEvent
-from bridge.history import RunHistory
+from bridge.events.history import RunHistory
 from bridge.settings import ConfigError, load
+from bridge.tools.eventstream import ParsedEvent
 from tests.redis_server import RedisServer
 from tests.support import RunningBridge, running_bridge, serving_app, sse, wait_for
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pathlib
 
-from bridge import config_doc
 from bridge.settings import Settings
+from bridge.tools import config_doc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""The stream routes served in front of Quart (bridge/front.py): same answers, once each.
+"""The stream routes served in front of Quart (bridge/web/front.py): same answers, once each.
 
 What a connect costs is the bench's (bench/results/issue14-connect.md); here: the routes
 match as Quart's rules did, a fast-path viewer that leaves gives its slot back through
@@ -13,9 +13,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bridge.asgi import disconnected_before
 from bridge.demo.legacy_api import LegacyApi
-from bridge.front import stream_route
+from bridge.web.asgi import disconnected_before
+from bridge.web.front import stream_route
 from tests.support import running_bridge, sse, wait_for
 
 

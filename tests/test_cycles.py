@@ -1,8 +1,8 @@
 """A closed connection is freed by reference counting, not left as cyclic garbage.
 
-Why it matters: bridge/gc_tuning.py freezes the heap, so whatever dies in a reference
+Why it matters: bridge/ops/gc_tuning.py freezes the heap, so whatever dies in a reference
 cycle waits for a full collection, which pauses a bridge of 10,000 viewers for seconds
-(issue 14, bench/FINDINGS.md "What dies while frozen"). bridge/hypercorn_cycles.py cuts
+(issue 14, bench/FINDINGS.md "What dies while frozen"). bridge/server/hypercorn_cycles.py cuts
 Hypercorn's (and asyncio's) cycles once a connection's ``TCPServer.run()`` returned.
 
 Each test serves the real bridge (Hypercorn on loopback, the GC tuner off), opens a few
@@ -22,8 +22,9 @@ from collections import Counter
 import pytest
 from hypercorn.config import Config
 
-from bridge import hypercorn_cycles, server
 from bridge.demo.legacy_api import LegacyApi
+from bridge.server import hypercorn_cycles
+from bridge.server import serve as server
 from bridge.settings import Settings
 from tests.closing import (
     RUN,

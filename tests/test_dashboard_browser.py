@@ -22,10 +22,10 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from bridge.dashboard import enable_demo_api
 from bridge.demo.legacy_api import LegacyApi, serving
 from bridge.demo.main import settings_overrides
 from bridge.demo.runs import TimedRun
+from bridge.web.dashboard import enable_demo_api
 from tests.support import RunningBridge, loopback_socket, running_bridge
 
 pytestmark = pytest.mark.browser

@@ -243,7 +243,7 @@ def test_the_readiness_probe_sees_the_drain_before_the_listener_closes(
     settings = bridge_settings(rendering.config, monkeypatch)
     probe = rendering.container["readinessProbe"]
     assert probe["periodSeconds"] * probe["failureThreshold"] <= settings.drain_delay
-    # /readyz may wait for one probe of the upstream (bridge/upstream.py: at most the
+    # /readyz may wait for one probe of the upstream (bridge/polling/upstream.py: at most the
     # upstream timeout, capped at 5 s): the kubelet must wait for that answer.
     assert probe["timeoutSeconds"] > min(settings.upstream_timeout, 5.0)
 
@@ -556,7 +556,7 @@ def test_every_copy_source_is_in_the_build_context_and_nothing_else_is() -> None
             needed.add(source)
     # The package's sources and data reach the image (pyproject's package-data).
     assert {"bridge/__init__.py", "bridge/py.typed"} <= context
-    assert any(f.startswith("bridge/static/") for f in context)
+    assert any(f.startswith("bridge/web/static/") for f in context)
     # Docker sends the Dockerfile and .dockerignore whatever the patterns say.
     assert context - needed <= {"Dockerfile", ".dockerignore"}, sorted(context - needed)
 
@@ -570,7 +570,7 @@ def test_the_heavy_and_private_parts_of_the_checkout_stay_out() -> None:
         "bench/out/lifecycle.json",
         "docs/dashboard.png",
         ".mypy_cache/3.11/x.json",
-        "build/lib/bridge/app.py",
+        "build/lib/bridge/web/app.py",
         "sse_bridge.egg-info/PKG-INFO",
         "bridge/__pycache__/app.cpython-311.pyc",
         ".env",
@@ -584,8 +584,8 @@ def test_the_pattern_matcher_follows_dockers_rules() -> None:
     def ignores(lines: list[str], path: str) -> bool:
         return excluded(path, [p for p in map(IgnorePattern.parse, lines) if p is not None])
 
-    assert ignores(["*"], "bridge/app.py")  # through its parent directory
-    assert not ignores(["*", "!bridge"], "bridge/app.py")
+    assert ignores(["*"], "bridge/web/app.py")  # through its parent directory
+    assert not ignores(["*", "!bridge"], "bridge/web/app.py")
     assert ignores(["*", "!bridge", "**/__pycache__"], "bridge/sub/__pycache__/x.pyc")
     assert ignores(["**/*.pyc"], "x.pyc") and ignores(["**/*.pyc"], "a/b/x.pyc")
     assert not ignores(["*/temp*"], "temp.txt") and ignores(["*/temp*"], "a/temporary.txt")

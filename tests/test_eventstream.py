@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.eventstream import EventStreamParser, ParsedEvent
+from bridge.tools.eventstream import EventStreamParser, ParsedEvent
 
 
 def events(raw: bytes) -> list[tuple[str, str, str]]:

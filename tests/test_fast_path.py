@@ -23,11 +23,11 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge import hypercorn_transport
 from bridge.demo.legacy_api import LegacyApi
-from bridge.eventstream import EventStreamParser, ParsedEvent
-from bridge.hypercorn_transport import SEND_KEY, FallbackReason, fast_path_transport
-from bridge.metrics import Metrics
+from bridge.ops.metrics import Metrics
+from bridge.server import hypercorn_transport
+from bridge.server.hypercorn_transport import SEND_KEY, FallbackReason, fast_path_transport
+from bridge.tools.eventstream import EventStreamParser, ParsedEvent
 from tests.support import running_bridge, serve_process, sse
 
 TERMINAL = {"complete", "error", "cancelled", "timeout"}
@@ -399,7 +399,7 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [
         r
         for r in caplog.records
-        if r.name == "bridge.hypercorn_transport" and r.levelno >= logging.WARNING
+        if r.name == "bridge.server.hypercorn_transport" and r.levelno >= logging.WARNING
     ]
 
 

@@ -10,7 +10,7 @@ import weakref
 from prometheus_client import CollectorRegistry
 
 from bridge.demo.legacy_api import LegacyApi
-from bridge.gc_tuning import BLOCKS_PER_STREAM, MIN_GROWTH, YOUNG_THRESHOLD, GcTuner
+from bridge.ops.gc_tuning import BLOCKS_PER_STREAM, MIN_GROWTH, YOUNG_THRESHOLD, GcTuner
 from tests.support import running_bridge, sse, wait_for
 
 

@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 import pytest
 
-from bridge import sse
-from bridge.eventstream import EventStreamParser
-from bridge.history import EVENT_OVERHEAD, Event, RunHistory, http_chunk, parse_id
+from bridge.events import sse
+from bridge.events.history import EVENT_OVERHEAD, Event, RunHistory, http_chunk, parse_id
+from bridge.tools.eventstream import EventStreamParser
 
 EPOCH = 1_700_000_000_000
 MiB = 1 << 20

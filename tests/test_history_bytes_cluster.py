@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from bridge import sse
-from bridge.channel import ChannelKey
 from bridge.cluster.store import PROGRESS, TERMINAL, WRITTEN, Record, Store
+from bridge.events import sse
+from bridge.events.channel import ChannelKey
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis

@@ -20,9 +20,9 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from bridge import sse
-from bridge.channel import Channel
-from bridge.history import Event, RunHistory
+from bridge.events import sse
+from bridge.events.channel import Channel
+from bridge.events.history import Event, RunHistory
 from tests.support import running_bridge, serving_app
 
 MiB = 1 << 20

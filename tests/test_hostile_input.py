@@ -22,12 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from bridge import sse
 from bridge.demo.legacy_api import Fault, LegacyApi
-from bridge.eventstream import EventStreamParser, ParsedEvent
-from bridge.history import RunHistory
-from bridge.status import StatusReader
-from bridge.upstream import UpstreamClient
+from bridge.events import sse
+from bridge.events.history import RunHistory
+from bridge.polling.status import StatusReader
+from bridge.polling.upstream import UpstreamClient
+from bridge.tools.eventstream import EventStreamParser, ParsedEvent
 from tests.support import SseStream, running_bridge, serving_app, wait_for
 from tests.support import sse as sse_stream
 

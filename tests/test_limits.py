@@ -12,7 +12,7 @@ from contextlib import AsyncExitStack
 import aiohttp
 
 from bridge.demo.legacy_api import LegacyApi
-from bridge.eventstream import EventStreamParser, ParsedEvent
+from bridge.tools.eventstream import EventStreamParser, ParsedEvent
 from tests.support import loopback_socket, running_bridge, sse, wait_for
 
 

@@ -8,7 +8,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from bridge.demo.legacy_api import LegacyApi
-from bridge.loop_lag import LoopLag, RecentMax
+from bridge.ops.loop_lag import LoopLag, RecentMax
 from tests.support import running_bridge, sse, wait_for
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import aiohttp
 
 from bridge.demo.legacy_api import LegacyApi
-from bridge.eventstream import ParsedEvent
-from bridge.multi import decode_cursor, encode_cursor, entry, run_key
+from bridge.streams.multi import decode_cursor, encode_cursor, entry, run_key
+from bridge.tools.eventstream import ParsedEvent
 from tests.support import SseStream, auth_service, running_bridge, sse, wait_for
 
 NODES = ("a", "b")

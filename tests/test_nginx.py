@@ -52,8 +52,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.demo.legacy_api import LegacyApi
 from bridge.demo.runs import ScriptedRun
-from bridge.eventstream import EventStreamParser, ParsedEvent
 from bridge.tasks import cancel_and_wait
+from bridge.tools.eventstream import EventStreamParser, ParsedEvent
 from tests.certificates import Certificate, make_certificate
 from tests.support import SseStream, serve_process, sse, wait_for
 

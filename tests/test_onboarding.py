@@ -22,8 +22,8 @@ import pytest
 from aiohttp import web
 
 from bridge import cli
-from bridge.inspection import examine
 from bridge.settings import load, unknown_variables
+from bridge.tools.inspection import examine
 from tests.support import serving_app
 
 ROOT = Path(__file__).resolve().parent.parent

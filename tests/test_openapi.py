@@ -30,15 +30,15 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from bridge import run_id as run_ids
-from bridge.app import create_app
 from bridge.demo.legacy_api import Fault, LegacyApi
-from bridge.openapi import build_document
 from bridge.settings import Settings, load
+from bridge.web.app import create_app
+from bridge.web.openapi import build_document
 from tests.support import FAST, running_bridge
 
 # --- the document and the app's routes --------------------------------------------------
 
-#: Routes the document leaves out, each with its reason (bridge/openapi.py says the same).
+#: Routes the document leaves out, each with its reason (bridge/web/openapi.py says the same).
 LEFT_OUT = {
     ("GET", "/"): "the dashboard page: for people, off unless BRIDGE_DASHBOARD",
     ("GET", "/static/{filename}"): "the dashboard page's own files",

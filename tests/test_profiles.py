@@ -10,7 +10,7 @@ from typing import Any
 import jq
 import pytest
 
-from bridge.profiles import PROFILES, Profile, describe
+from bridge.polling.profiles import PROFILES, Profile, describe
 
 CONTRACT_NAMES = {
     "github-actions",

@@ -25,8 +25,8 @@ from redis.asyncio import Redis
 from bridge.cluster import RedisBackend
 from bridge.cluster.link import sentinel_description
 from bridge.demo.legacy_api import LegacyApi
-from bridge.eventstream import ParsedEvent
 from bridge.settings import ConfigError, load
+from bridge.tools.eventstream import ParsedEvent
 from tests.redis_server import RedisServer
 from tests.support import RunningBridge, SseStream, running_bridge, sse, wait_for
 

@@ -1,4 +1,4 @@
-"""SSE framing, checked by parsing it back with the WHATWG parser (bridge/eventstream.py)."""
+"""SSE framing, checked by parsing it back with the WHATWG parser (bridge/tools/eventstream.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from bridge import sse
-from bridge.eventstream import EventStreamParser, ParsedEvent
+from bridge.events import sse
+from bridge.tools.eventstream import EventStreamParser, ParsedEvent
 
 HOSTILE = [
     "a\rb",

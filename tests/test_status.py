@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from bridge import sse
+from bridge.events import sse
+from bridge.polling.status import ExpressionError, StatusReader, field_expr, is_terminal
 from bridge.services import status_reader
 from bridge.settings import ConfigError, load
-from bridge.status import ExpressionError, StatusReader, field_expr, is_terminal
 
 DEFAULT = StatusReader(state_expr=".status", success=["completed"], failure=["failed", "cancelled"])
 

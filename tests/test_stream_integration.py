@@ -117,7 +117,7 @@ async def test_timeout_event_closes_stream(legacy: LegacyApi, direct: bool) -> N
 
 
 async def test_timeout_message_in_minutes(legacy: LegacyApi) -> None:
-    from bridge.sse import timeout_message
+    from bridge.events.sse import timeout_message
 
     assert timeout_message(600) == "Stream timeout after 10 minutes"
     assert timeout_message(60) == "Stream timeout after 1 minute"

@@ -33,13 +33,13 @@ from playwright.async_api import Browser, Page, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.app import create_app
 from bridge.demo.legacy_api import LegacyApi
 from bridge.demo.runs import ScriptedRun
-from bridge.eventstream import EventStreamParser, ParsedEvent
-from bridge.server import CannotLoadCertificate, serve
+from bridge.server.serve import CannotLoadCertificate, serve
 from bridge.settings import load
 from bridge.tasks import cancel_and_wait
+from bridge.tools.eventstream import EventStreamParser, ParsedEvent
+from bridge.web.app import create_app
 from tests.certificates import Certificate, make_certificate, openssl
 from tests.support import FAST, RunningBridge, loopback_socket, running_bridge, sse, wait_for
 from tests.test_dashboard_browser import CHROMIUM_ARGS, chromium_path

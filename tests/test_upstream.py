@@ -24,8 +24,8 @@ from bridge.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from bridge.polling.upstream import NEVER_FORWARDED, UpstreamClient, forwardable
 from bridge.settings import load
-from bridge.upstream import NEVER_FORWARDED, UpstreamClient, forwardable
 
 BASE = "http://legacy.test"
 RUN_URL = f"{BASE}/runs/r1"

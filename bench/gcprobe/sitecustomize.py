@@ -128,7 +128,7 @@ def _census(path: str) -> None:
 
     The garbage is kept (``DEBUG_SAVEALL``) only long enough to count it by type, by the
     code of its frames and coroutines, then freed by a second collection. Objects frozen
-    before the census are frozen again after it, as ``bridge/gc_tuning.py`` would."""
+    before the census are frozen again after it, as ``bridge/ops/gc_tuning.py`` would."""
     import signal
     import sys
     from collections import Counter

@@ -4,7 +4,7 @@
     store.py   what is kept in Redis per channel key, and the Lua scripts that change it
     ledger.py  a poller's ledger: lead (commit, publish) or follow (copy)
 
-``RedisBackend`` is the ``LedgerBackend`` (bridge/ledger.py) of cluster mode. The poll
+``RedisBackend`` is the ``LedgerBackend`` (bridge/polling/ledger.py) of cluster mode. The poll
 loop, the hub, the streams and resume are the one-process ones: each replica keeps a
 local channel per watched run whose history carries the leader's ids. See docs/cluster.md.
 """
@@ -18,15 +18,15 @@ import os
 
 from prometheus_client import Counter, Gauge
 
-from bridge.channel import Channel, ChannelKey
 from bridge.cluster.ledger import RedisLedger
 from bridge.cluster.link import REDIS_FAILURES, RedisLink
 from bridge.cluster.store import Store, parse_channel_name
 from bridge.errors import ClusterUnavailable
-from bridge.ledger import Ledger, LedgerBackend
-from bridge.metrics import Metrics
+from bridge.events.channel import Channel, ChannelKey
+from bridge.ops.metrics import Metrics
+from bridge.polling.ledger import Ledger, LedgerBackend
+from bridge.polling.status import Reading, StatusReader
 from bridge.settings import Settings
-from bridge.status import Reading, StatusReader
 
 __all__ = ["RedisBackend"]
 

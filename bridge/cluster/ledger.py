@@ -3,7 +3,7 @@
 Every poller syncs once per poll interval (one Lua script: refresh this replica's
 interest, renew or take the lease, read the history's head) and keeps the replica's
 local copy of the history in step with Redis. The one holding the lease *leads*: the
-poll loop (bridge/poller.py) polls the upstream on its cadence and ``record`` commits
+poll loop (bridge/polling/poller.py) polls the upstream on its cadence and ``record`` commits
 each change to Redis (a script that only the lease holder passes, on top of the history
 it has), which numbers the event and publishes it; every replica, the leader too, copies
 it into its local channel with that id. The others *follow*: no upstream request, their
@@ -26,8 +26,6 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from bridge import sse
-from bridge.channel import Channel, ChannelKey
 from bridge.cluster.link import REDIS_FAILURES, RedisLink
 from bridge.cluster.store import (
     NOT_HOLDER,
@@ -39,9 +37,11 @@ from bridge.cluster.store import (
     Store,
 )
 from bridge.errors import ClusterUnavailable
-from bridge.ledger import Ledger, Observation, changed, end_status
-from bridge.metrics import Metrics
-from bridge.status import Reading, is_terminal
+from bridge.events import sse
+from bridge.events.channel import Channel, ChannelKey
+from bridge.ops.metrics import Metrics
+from bridge.polling.ledger import Ledger, Observation, changed, end_status
+from bridge.polling.status import Reading, is_terminal
 
 log = logging.getLogger("bridge.cluster")
 

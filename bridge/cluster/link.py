@@ -31,7 +31,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from bridge.resilience import Backoff
+from bridge.polling.resilience import Backoff
 from bridge.settings import Settings
 from bridge.tasks import cancel_and_wait
 

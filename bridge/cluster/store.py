@@ -38,8 +38,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.typing import EncodableT
 
-from bridge import sse
-from bridge.channel import ChannelKey
+from bridge.events import sse
+from bridge.events.channel import ChannelKey
 
 #: Kinds of record.
 PROGRESS, TERMINAL, SYNTHETIC = "p", "t", "s"

@@ -14,13 +14,13 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bridge.app import create_app
-from bridge.dashboard import enable_demo_api
 from bridge.demo.legacy_api import LegacyApi, serving, spawning
 from bridge.demo.shapes import shape_for
-from bridge.logs import configure_logging
-from bridge.server import CannotListen, bound_port, listen_socket, serve, signal_trigger
+from bridge.ops.logs import configure_logging
+from bridge.server.serve import CannotListen, bound_port, listen_socket, serve, signal_trigger
 from bridge.settings import Settings
+from bridge.web.app import create_app
+from bridge.web.dashboard import enable_demo_api
 
 
 def settings_overrides(profile: str | None) -> dict[str, object]:

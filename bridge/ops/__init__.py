@@ -1,0 +1,1 @@
+"""Running it: metrics, logs, event-loop lag, the garbage collector."""

@@ -1,0 +1,1 @@
+"""Asking the upstream: the client, what a status means, the poll loop, pollers, the ledger seam."""

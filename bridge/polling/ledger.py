@@ -1,0 +1,244 @@
+"""The seam between the poll loop and where a run's history lives.
+
+The poll loop (bridge/polling/poller.py) decides *when* the upstream is asked; a ``Ledger``
+decides what an answer *becomes*. The whole seam is the two classes below:
+
+    LedgerBackend   one per process, chosen by BRIDGE_REDIS_URL's scheme (bridge/services.py):
+                    memory (no URL): this module's MemoryBackend, one process;
+                    redis, rediss, unix: bridge/cluster/, replicas share through Redis.
+      .start() / .close()           the backend's own connections
+      .digest_secret()              the key of the credentials digest (shared by replicas)
+      .open(key, channel)           a Ledger for one poller
+      .health()                     what /readyz adds about the backend
+      .relay_poke(run_id)           carry a poke to the replica that polls the run
+      .hold_resignations() / .resign_held()
+                                    shutdown: give every lease up in one go, not one by one
+
+    Ledger          one per poller (per run and credentials)
+      .sync(active)                 before each step: learn what others did (False: stop)
+      .record(observation)          a polled status: an event if it changed
+      .still()                      a poll the upstream answered 304 Not Modified
+      .end(code, message)           the bridge's own terminal error (refused, gave up)
+      .close()                      the poller stopped
+      .leads / .fresh / .others / .since_poll
+                                    what the loop needs to know to decide the next step
+
+In one process the ledger is the channel itself: it always leads, and each change is
+published to the viewers at once. In cluster mode only the replica holding the run's
+lease leads; the others follow (no upstream request) and copy what the leader committed.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bridge.events import sse
+from bridge.events.channel import Channel, ChannelKey
+from bridge.ops.metrics import Metrics
+from bridge.polling.status import Reading
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One polled status, encoded and read once."""
+
+    #: The status as one line of JSON (what viewers receive as ``data``).
+    data: str
+    #: What the status filters made of it: event, state, progress, fingerprint.
+    reading: Reading
+
+    @property
+    def name(self) -> str:
+        """The event it is sent as if it changed: progress, complete or error."""
+        return self.reading.event
+
+
+class Ledger(ABC):
+    """Where one poller's findings go. Raises ClusterUnavailable when its store is away."""
+
+    def __init__(self, channel: Channel, metrics: Metrics | None) -> None:
+        self.channel = channel
+        self._metrics = metrics
+        #: This poller may ask the upstream now (one process: always).
+        self.leads = True
+        #: The channel's latest status is current: a waiting first viewer may have it.
+        self.fresh = False
+        #: Pollers elsewhere whose viewers still watch this run (keep leading for them).
+        self.others = 0
+        #: Seconds since anyone last polled this run (None: unknown); a new leader
+        #: waits out the rest of the interval so the cadence survives a handover.
+        self.since_poll: float | None = None
+        #: Asks the poll loop for an early step, to sync (the poller sets its own).
+        self.nudge: Callable[[], None] = _nothing
+        #: Tells the poller the channel changed between steps (the poller sets its own).
+        self.news: Callable[[], None] = _nothing
+        #: Asks the poller to poll at once (a poke; the poller sets its own): False when
+        #: one was already pending.
+        self.poke: Callable[[], bool] = _refuse
+        #: When the poll in flight started (monotonic), set by the poller; None between.
+        self.polling_since: float | None = None
+
+    def detach(self) -> None:
+        """The poller stopped: forget its callbacks (bound methods of the poller, which
+        holds this ledger: a reference cycle that would outlive the run otherwise)."""
+        self.nudge = _nothing
+        self.news = _nothing
+        self.poke = _refuse
+
+    @abstractmethod
+    async def sync(self, *, active: bool) -> bool:
+        """Before each step of the loop; ``active``: viewers here (or lingering).
+
+        False: the history can no longer be continued here and the poller must stop.
+        """
+
+    @abstractmethod
+    async def record(self, observation: Observation) -> None:
+        """A status the leader just polled: an event if it differs from the latest."""
+
+    @abstractmethod
+    async def still(self) -> None:
+        """The leader polled and the upstream said nothing changed (304 Not Modified)."""
+
+    @abstractmethod
+    async def end(self, code: str, message: str) -> bool:
+        """End the run with the bridge's own ``error``; True once it is ended."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """The poller stopped (after it left the registry)."""
+
+    async def step_aside(self) -> bool:
+        """This replica cannot reach the upstream: let another lead; True if it will.
+
+        One process has nobody to hand over to: False.
+        """
+        return False
+
+    def _published(self, name: str) -> None:
+        if self._metrics is not None:
+            self._metrics.events_published.labels(name).inc()
+
+
+def _nothing() -> None:
+    pass
+
+
+def _refuse() -> bool:
+    return False
+
+
+def changed(channel: Channel, observation: Observation) -> bool:
+    """Whether ``observation`` would be news to ``channel``'s viewers: it differs from the
+    latest status, leaving out the ignored fields (BRIDGE_IGNORE_FIELDS)."""
+    latest = channel.history.latest
+    if latest is None:
+        return True
+    if channel.fingerprint is not None:
+        return channel.fingerprint != observation.reading.fingerprint
+    return latest.data != observation.data
+
+
+def end_status(code: str, message: str) -> str:
+    """The ``data`` of the bridge's own terminal error, encoded."""
+    return sse.encode_json({"status": code, "errorMessage": message})
+
+
+class LocalLedger(Ledger):
+    """One process: publish each change to the channel's viewers at once."""
+
+    async def sync(self, *, active: bool) -> bool:
+        return True
+
+    async def record(self, observation: Observation) -> None:
+        self.fresh = True
+        if self.channel.history.terminal or not changed(self.channel, observation):
+            return
+        self.channel.publish(observation.name, observation.data, observation.reading)
+        self._published(observation.name)
+
+    async def still(self) -> None:
+        self.fresh = True
+
+    async def end(self, code: str, message: str) -> bool:
+        self.fresh = True
+        if not self.channel.history.terminal:
+            self.channel.publish(sse.ERROR, end_status(code, message), synthetic=True)
+            self._published(sse.ERROR)
+        return True
+
+    async def close(self) -> None:
+        pass
+
+
+class LedgerBackend(ABC):
+    """Makes the ledgers of one process; see the module docstring for the whole seam."""
+
+    #: True when the backend keeps ended runs' histories itself (Redis): the local
+    #: hub then keeps nothing after a poller stopped.
+    keeps_ended_runs = False
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Connect (when the app starts serving)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Disconnect (after every poller stopped)."""
+
+    @abstractmethod
+    def digest_secret(self) -> bytes:
+        """The key of the credentials digest; raises ClusterUnavailable when unknown."""
+
+    @abstractmethod
+    def open(self, key: ChannelKey, channel: Channel) -> Ledger:
+        """A ledger for a new poller of ``key``; raises ClusterUnavailable when it can't."""
+
+    def health(self) -> tuple[bool, dict[str, str]]:
+        """(usable, what /readyz reports about the backend)."""
+        return True, {}
+
+    @abstractmethod
+    async def relay_poke(self, run_id: str) -> bool:
+        """Carry a poke of ``run_id`` to the replica polling it; False: poke locally."""
+
+    @abstractmethod
+    def hold_resignations(self) -> None:
+        """Shutdown begins: ledgers closed from now on leave their leases to ``resign_held``."""
+
+    @abstractmethod
+    async def resign_held(self) -> None:
+        """Give up, in one go, what ``hold_resignations`` kept back."""
+
+
+class MemoryBackend(LedgerBackend):
+    """One process: a random digest key, and ledgers that publish locally."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self._secret = os.urandom(32)
+        self._metrics = metrics
+
+    def digest_secret(self) -> bytes:
+        return self._secret
+
+    def open(self, key: ChannelKey, channel: Channel) -> Ledger:
+        return LocalLedger(channel, self._metrics)
+
+    # Nothing to connect, and no lease to give up.
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def relay_poke(self, run_id: str) -> bool:
+        return False  # one process: the registry pokes its own pollers
+
+    def hold_resignations(self) -> None:
+        pass
+
+    async def resign_held(self) -> None:
+        pass

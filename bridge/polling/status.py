@@ -1,0 +1,227 @@
+"""What a status object means: its state, whether the run ended, its progress, and
+whether it changed, read by jq filters compiled once at start (BRIDGE_STATE_EXPR,
+BRIDGE_PROGRESS_EXPR, BRIDGE_IGNORE_FIELDS; bridge/polling/profiles.py has presets).
+
+jq (the ``jq`` package, bindings to the real jq) is the expression language: operators
+already know it from scripts, and it reaches nested fields, arrays and two-field states
+(``if .status == "completed" then .conclusion else .status end``) that a dotted path
+cannot. A filter that fails on one status object does not stop the bridge: that status
+counts as "still going", and ``Reading.problem`` says why (the poller logs it once).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import jq
+
+from bridge.events import sse
+
+#: Longest state kept; a longer first output is a mistake in the filter, not a state.
+MAX_STATE_LENGTH = 256
+
+#: States that plainly mean "still going" in the APIs the bridge meets (case-folded). A
+#: state outside these and both lists is worth a warning: it may be a final state that
+#: neither BRIDGE_SUCCESS_STATUSES nor BRIDGE_FAILURE_STATUSES names.
+USUAL_IN_PROGRESS = frozenset(
+    {
+        "accepted",
+        "active",
+        "blocked",
+        "building",
+        "canceling",
+        "cancelling",
+        "created",
+        "executing",
+        "in_progress",
+        "initializing",
+        "manual",
+        "new",
+        "paused",
+        "pending",
+        "preparing",
+        "processing",
+        "provisioning",
+        "queued",
+        "requested",
+        "retrying",
+        "running",
+        "scheduled",
+        "starting",
+        "started",
+        "submitted",
+        "terminating",
+        "up_for_reschedule",
+        "up_for_retry",
+        "validating",
+        "finalizing",
+        "waiting",
+        "waiting_for_resource",
+        "deferred",
+        "restarting",
+    }
+)
+#: Unknown states warned about per process, at most (each once).
+MAX_WARNED_STATES = 64
+
+
+class ExpressionError(ValueError):
+    """A filter that does not compile; the message names what was wrong, one line."""
+
+
+def is_terminal(event: str) -> bool:
+    return event in (sse.COMPLETE, sse.ERROR)
+
+
+def field_expr(name: str) -> str:
+    """BRIDGE_STATUS_FIELD's plain field name as the filter it stands for."""
+    return "." + json.dumps(name) if not name.isidentifier() else "." + name
+
+
+def _compile(expr: str, what: str) -> Any:
+    try:
+        return jq.compile(expr)
+    except ValueError as error:
+        # jq's message is several lines (the filter, a caret): keep its first line.
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "invalid"
+        raise ExpressionError(f"{what} does not compile: {first}") from None
+
+
+def ignore_filter(paths: Iterable[str]) -> str | None:
+    """The jq filter that deletes ``paths`` (jq paths such as ``.meta.served_at``)."""
+    chosen = [p.strip() for p in paths if p.strip()]
+    return f"del({', '.join(chosen)})" if chosen else None
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One status object, read."""
+
+    #: progress, complete or error.
+    event: str
+    #: The run's state as the state filter gave it (None: none, so still going).
+    state: str | None
+    #: 0 to 1 where a progress filter is set and gave a number.
+    progress: float | None
+    #: What is compared to tell a change: the status without its ignored fields.
+    fingerprint: str
+    #: Why the state could not be read, if so (one line, for the log).
+    problem: str | None = None
+    #: The state is in a list, or a usual or documented in-progress state.
+    known: bool = True
+    #: Why the progress could not be read, if so (shown by `sse-bridge inspect`; a run
+    #: without progress yet, e.g. queued, is common and not worth a warning).
+    progress_problem: str | None = None
+
+
+class StatusReader:
+    def __init__(
+        self,
+        *,
+        state_expr: str,
+        success: Iterable[str],
+        failure: Iterable[str],
+        ignore_fields: Iterable[str] = (),
+        progress_expr: str | None = None,
+        in_progress: Iterable[str] = (),
+    ) -> None:
+        self.state_expr = state_expr
+        self._state = _compile(state_expr, "the state expression")
+        self._success = frozenset(s.casefold() for s in success)
+        self._failure = frozenset(s.casefold() for s in failure)
+        self._going = USUAL_IN_PROGRESS | {s.casefold() for s in in_progress}
+        self._warned: set[str] = set()
+        self.ignore = ignore_filter(ignore_fields)
+        self._ignore = _compile(self.ignore, "the ignored fields") if self.ignore else None
+        self._progress = (
+            _compile(progress_expr, "the progress expression") if progress_expr else None
+        )
+
+    def read(self, status: dict[str, Any], data: str | None = None) -> Reading:
+        """Read ``status`` (``data``: it as ``sse.encode_json`` wrote it, if at hand)."""
+        if data is None:
+            data = sse.encode_json(status)
+        problems: list[str] = []
+        state = self._read_state(status, problems)
+        progress_problems: list[str] = []
+        progress = self._read_progress(status, progress_problems)
+        fingerprint = data
+        if self._ignore is not None:
+            try:
+                fingerprint = sse.encode_json(self._ignore.input_value(status).first())
+            except (ValueError, StopIteration):
+                problems.append("the ignored fields could not be deleted")
+        event = self.event_of(state)
+        known = state is None or event != sse.PROGRESS or state.casefold() in self._going
+        return Reading(
+            event,
+            state,
+            progress,
+            fingerprint,
+            "; ".join(problems) or None,
+            known,
+            "; ".join(progress_problems) or None,
+        )
+
+    def first_warning(self, state: str) -> bool:
+        """True the first time an unknown ``state`` is to be warned about in this process."""
+        folded = state.casefold()
+        if folded in self._warned or len(self._warned) >= MAX_WARNED_STATES:
+            return False
+        self._warned.add(folded)
+        return True
+
+    def event_of(self, state: str | None) -> str:
+        """The event a state is sent as (case-insensitive)."""
+        if state is None:
+            return sse.PROGRESS
+        folded = state.casefold()
+        if folded in self._success:
+            return sse.COMPLETE
+        if folded in self._failure:
+            return sse.ERROR
+        return sse.PROGRESS
+
+    def _read_state(self, status: dict[str, Any], problems: list[str]) -> str | None:
+        try:
+            value = self._state.input_value(status).first()
+        except StopIteration:
+            return None  # no output: still going
+        except ValueError:
+            # jq's message may quote the status; logs get the fact, not the data.
+            problems.append("the state expression failed on this status")
+            return None
+        if value is None:
+            return None
+        if isinstance(value, str):
+            state = value
+        elif isinstance(value, bool | int | float):
+            state = json.dumps(value)
+        else:
+            problems.append(f"the state expression gave {type(value).__name__}, not a state")
+            return None
+        if len(state) > MAX_STATE_LENGTH:
+            problems.append(f"the state expression gave {len(state)} characters, not a state")
+            return None
+        return state
+
+    def _read_progress(self, status: dict[str, Any], problems: list[str]) -> float | None:
+        if self._progress is None:
+            return None
+        try:
+            value = self._progress.input_value(status).first()
+        except StopIteration:
+            return None
+        except ValueError:
+            problems.append("the progress expression failed on this status")
+            return None
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            problems.append("the progress expression gave no number")
+            return None
+        return min(1.0, max(0.0, float(value)))

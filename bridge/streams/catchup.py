@@ -1,0 +1,129 @@
+"""For clients that cannot hold a stream: JSON catch-up and long-poll on the same pollers.
+
+    GET /v1/runs/{run_id}/events?since=<id>&wait=<s>   the events after ``since`` (seed 002)
+    GET /v1/runs/{run_id}/result?wait=<s>               the final status, once the run ended
+
+Both open like a stream (bridge/streams/opening.py): a stream slot for as long as they wait, the
+same admission, shared poller, history and credentials, the same errors. Ids are the SSE
+stream's, so a client may switch between the two. A wait ends early on news, on the
+run's end, or on drain (with what it has).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack, suppress
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from bridge.errors import InvalidRequest
+from bridge.events import sse
+from bridge.events.channel import Subscription
+from bridge.events.history import Event
+from bridge.services import Services
+from bridge.streams.opening import lease_all
+from bridge.streams.viewer import Viewer
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: str
+    headers: dict[str, str]
+
+
+def parse_wait(value: str | None, longest: float) -> float:
+    """``wait`` in seconds, 0 to BRIDGE_LONGPOLL_MAX; 400 for anything else."""
+    if value is None or value == "":
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= longest:  # also refuses nan
+        raise InvalidRequest(f"wait must be a number of seconds from 0 to {longest:g}.")
+    return seconds
+
+
+def state_header(event: Event | None) -> str:
+    """X-Run-State: the state as the status filters read it ("" when none), header-safe."""
+    state = event.state if event is not None else None
+    if not state:
+        return ""
+    # An upstream string may hold anything; a header may not (no CR/LF, ASCII only).
+    return state if state.isascii() and state.isprintable() else quote(state, safe="")
+
+
+async def _wait(subscription: Subscription, ready: bool, seconds: float) -> None:
+    """Until ``ready`` would be true (news on the channel), ``seconds`` pass, or drain."""
+    if ready or seconds <= 0 or subscription.closed:
+        return
+    subscription.wake.clear()
+    with suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await subscription.wake.wait()
+
+
+def _events_body(run_id: str, events: list[Event], cursor: str | None, latest: Event) -> str:
+    # Each event's data is already one line of JSON: embedded, never parsed again.
+    items = ",".join(
+        f'{{"id":{sse.encode_json(e.id)},"event":{sse.encode_json(e.name)},"data":{e.data}}}'
+        for e in events
+    )
+    return (
+        f'{{"run_id":{sse.encode_json(run_id)},"events":[{items}],'
+        f'"cursor":{sse.encode_json(cursor)},"state":{sse.encode_json(latest.state)},'
+        f'"progress":{sse.encode_json(latest.progress)},'
+        f'"terminal":{sse.encode_json(latest.terminal)}}}'
+    )
+
+
+async def events(
+    services: Services, viewer: Viewer, run_id: str, since: str | None, wait: float
+) -> Answer:
+    """The events after ``since`` (or the current status), waiting up to ``wait`` for one."""
+    async with AsyncExitStack() as stack:
+        stack.enter_context(services.limiter.hold(viewer.client))
+        (channel,) = await lease_all(stack, services, [run_id], viewer)
+        subscription = await stack.enter_async_context(services.hub.subscribe(channel))
+        history = channel.history
+        held = history.holds(since)
+        if held is None:
+            # No since, or one this history no longer holds: the current status.
+            found = history.resume(None)
+        else:
+            found = history.after(held)
+            await _wait(subscription, bool(found) or history.terminal, wait)
+            found = history.after(held)
+        latest = history.latest
+        assert latest is not None  # a lease always comes with a first status
+        cursor = found[-1].id if found else since
+        body = _events_body(run_id, found, cursor, latest)
+        headers = {"Cache-Control": "no-cache", "X-Run-State": state_header(latest)}
+        return Answer(200, body, headers)
+
+
+async def result(services: Services, viewer: Viewer, run_id: str, wait: float) -> Answer:
+    """200 with the final status once the run ended (waiting up to ``wait``), else 202."""
+    async with AsyncExitStack() as stack:
+        stack.enter_context(services.limiter.hold(viewer.client))
+        (channel,) = await lease_all(stack, services, [run_id], viewer)
+        subscription = await stack.enter_async_context(services.hub.subscribe(channel))
+        history = channel.history
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while not history.terminal and not subscription.closed:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            await _wait(subscription, False, left)
+        latest = history.latest
+        assert latest is not None
+        headers = {
+            "Cache-Control": "no-cache",
+            "X-Run-State": state_header(latest),
+            # The outcome in the stream's words (complete / error / progress), so a
+            # script needs no state lists of its own.
+            "X-Run-Event": latest.name,
+        }
+        return Answer(200 if history.terminal else 202, latest.data, headers)

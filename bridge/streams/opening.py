@@ -1,0 +1,153 @@
+"""The one way a stream opens, for one run (/v1/runs/{id}/stream) or several (/v1/streams).
+
+    stream slot (limits) -> admission and lease per run (shared pollers) -> subscription
+    -> the framer places the viewer in each history (resume) and makes the frames
+
+Everything that can refuse the viewer happens in ``open_stream``, before anything is
+sent, so the route can still answer with an error status and JSON body. A framer that
+finds the viewer already has every run's final event returns None: ``open_stream``
+returns None and the route answers 204 (which stops EventSource).
+
+What an open stream holds (its slot, leases, subscriptions) is a list of plain calls to
+give each back (``Holding``), not an exit stack of suspended context managers: a stream
+is held for minutes by each of thousands of viewers, so what it keeps alive is counted
+per viewer (bench/results/issue14-connect.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol
+
+from bridge.errors import BridgeError
+from bridge.events.channel import Channel, Subscription
+from bridge.services import Services
+from bridge.streams.keepalive import StreamLimits
+from bridge.streams.stream import Frames
+from bridge.streams.viewer import Viewer
+
+#: Places the viewer in its runs' histories and makes its frames; None: nothing to send.
+Framer = Callable[[list[Subscription], Viewer, StreamLimits], Frames | None]
+
+
+class RunRefused(Exception):
+    """One of the runs was refused: the whole request is answered with that error."""
+
+    def __init__(self, run_id: str, error: BridgeError) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+        self.error = error
+
+    def body(self) -> dict[str, str]:
+        return {**self.error.body(), "run_id": self.run_id}
+
+
+class Holder(Protocol):
+    """Where what was taken is given back later (``Holding``, or an ``AsyncExitStack``)."""
+
+    def callback(self, callback: Callable[..., object], /, *args: Any) -> Any: ...
+
+
+class Holding:
+    """What an open stream holds, as the calls that give it back, last taken first."""
+
+    __slots__ = ("_undo",)
+
+    def __init__(self) -> None:
+        self._undo: list[Callable[[], object]] = []
+
+    def callback(self, callback: Callable[..., object], /, *args: Any) -> None:
+        self._undo.append(partial(callback, *args) if args else callback)
+
+    def release(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+
+
+async def lease_all(
+    holder: Holder, services: Services, runs: list[str], viewer: Viewer
+) -> list[Channel]:
+    """One lease per run, taken concurrently, each given back through ``holder``.
+
+    Each run is admitted (forward-auth mode) and leased from the poller shared by viewers
+    with the same upstream headers. Raises RunRefused for the first run (in request
+    order) that was refused, after every other attempt has finished (and its lease, if
+    any, been put on ``holder``).
+    """
+    channels: dict[str, Channel] = {}
+    refused: dict[str, BridgeError] = {}
+
+    async def one(run_id: str) -> None:
+        try:
+            headers = await services.upstream_headers(run_id, dict(viewer.credentials))
+            channel, poller = await services.pollers.take(run_id, headers)
+        except BridgeError as error:  # UpstreamError, or a refusal of the auth service
+            refused[run_id] = error
+            return
+        if poller is not None:
+            holder.callback(poller.release)
+        channels[run_id] = channel
+
+    if len(runs) == 1:
+        await one(runs[0])  # no task group: the single-run connect path stays cheap
+    else:
+        async with asyncio.TaskGroup() as group:
+            for run_id in runs:
+                group.create_task(one(run_id), name=f"lease:{run_id}")
+    for run_id in runs:
+        if run_id in refused:
+            raise RunRefused(run_id, refused[run_id])
+    return [channels[run_id] for run_id in runs]
+
+
+@dataclass(eq=False, slots=True)
+class Opened:
+    """An open stream: its first bytes (sent by the route), the rest, what it holds."""
+
+    first: bytes
+    frames: Frames
+    holding: Holding
+
+    async def close(self) -> None:
+        """End the frames and give back the slot, leases and subscriptions (once)."""
+        try:
+            await self.frames.aclose()
+        finally:
+            self.holding.release()
+
+
+async def open_stream(
+    services: Services, viewer: Viewer, runs: list[str], framer: Framer
+) -> Opened | None:
+    """A stream slot, leases and subscriptions (refusals raise), then the first frame.
+
+    None: the viewer already has every run's final event. The caller closes the result.
+    """
+    holding = Holding()
+    # One connection, one slot of the stream limits, however many runs it carries.
+    services.limiter.take(viewer.client)
+    holding.callback(services.limiter.give, viewer.client)
+    try:
+        channels = await lease_all(holding, services, runs, viewer)
+        wake = asyncio.Event()  # one wake-up for every run of this viewer
+        subscriptions = []
+        for channel in channels:
+            subscription = services.hub.join(channel, wake)
+            holding.callback(channel.discard, subscription)
+            subscriptions.append(subscription)
+        frames = framer(subscriptions, viewer, services.limits())
+        if frames is None:
+            holding.release()
+            return None
+        first = await anext(frames)  # a framer's opening: its retry line
+        if not isinstance(first, bytes):
+            raise TypeError("a stream must open with bytes")
+        services.metrics.open_streams.inc()
+        holding.callback(services.metrics.open_streams.dec)
+    except BaseException:
+        holding.release()
+        raise
+    return Opened(first, frames, holding)

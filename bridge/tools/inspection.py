@@ -1,0 +1,487 @@
+"""``sse-bridge inspect``: fetch one run once and show how the bridge reads it.
+
+The point is onboarding: someone pointing the bridge at their own API should learn in
+a minute whether the state expression and the two state lists fit it, and if not, which
+variable to change. So the run is fetched through the real ``UpstreamClient`` with the
+headers a viewer (or, in forward-auth mode, the bridge itself) would send, and read by
+the same ``StatusReader`` the pollers use; nothing here has its own idea of a status.
+
+Exit codes: 0 the state is read and known; 1 the configuration does not fit this status
+(with a one-line hint naming the variable); 2 the configuration is wrong or the upstream
+refused or failed (the bridge's own one-line message).
+
+Header values are never printed (they are credentials); neither is a URL's password.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import jq
+from rich.console import Console
+from rich.highlighter import JSONHighlighter
+from rich.text import Text
+
+from bridge.errors import BridgeError
+from bridge.events import sse
+from bridge.polling.profiles import PROFILES
+from bridge.polling.status import Reading
+from bridge.polling.upstream import UpstreamClient, forwardable
+from bridge.services import status_reader
+from bridge.settings import Settings
+
+EXIT_OK = 0
+EXIT_MISREAD = 1
+EXIT_FAILED = 2
+
+#: The pretty status is cut here: enough to see its shape, not a page of scrolling.
+MAX_STATUS_LINES = 60
+MAX_LINE_CHARS = 160
+#: How far the searches below look into the status (it may be a megabyte of JSON).
+MAX_DEPTH = 5
+MAX_NODES = 5000
+
+#: Keys that usually hold a run's state, normalized (lower case, no ``_`` or ``-``).
+STATE_KEYS = ("state", "status", "phase", "conclusion", "result", "resultstate", "runstate")
+#: Keys that say a run ended when set (normalized); ``done`` only counts when true.
+FINISHED_KEYS = frozenset(
+    {
+        "finishedat",
+        "completedat",
+        "endedat",
+        "endtime",
+        "finishtime",
+        "finishedon",
+        "completedon",
+        "completiontime",
+        "completiondate",
+        "enddate",
+        "stoppedat",
+        "done",
+    }
+)
+#: Words that make an unknown final state more likely a failure than a success.
+FAILURE_WORDS = ("fail", "error", "cancel", "abort", "kill", "reject", "timed", "timeout", "crash")
+
+_JQ_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_PLAIN_STATE = re.compile(r"[A-Za-z0-9_.:+-]+")
+_SECRET_PARAM = re.compile(r"key|token|secret|pass|auth|sig|credential|session", re.IGNORECASE)
+
+
+class HeaderError(ValueError):
+    """A ``-H`` argument that is not ``Name: value``; the message never holds the value."""
+
+
+@dataclass(frozen=True, slots=True)
+class SentHeader:
+    name: str
+    #: Where it comes from: BRIDGE_UPSTREAM_HEADERS or the -H arguments.
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class Examination:
+    """What the bridge makes of one status, and what to change if that is wrong."""
+
+    state_expr: str
+    #: Which variable the state expression comes from, for the operator to change.
+    state_source: str
+    reading: Reading
+    #: success, failure, in progress (a usual state), or unknown (in no list).
+    verdict: str
+    #: Each ignored path and the values it selects in this status.
+    ignored: tuple[tuple[str, tuple[Any, ...]], ...]
+    #: The jq path of a field saying the run ended (finished_at, done: true, ...), if any.
+    finished_by: str | None
+    #: Likely state fields as (jq path, value), shallowest first.
+    candidates: tuple[tuple[str, str], ...]
+    hint: str | None
+    exit_code: int
+
+
+@dataclass(frozen=True, slots=True)
+class Inspection:
+    url: str
+    sent: tuple[SentHeader, ...]
+    #: -H names not sent (not in BRIDGE_FORWARD_HEADERS, or forward-auth mode).
+    dropped: tuple[str, ...]
+    mode: str
+    status: dict[str, Any]
+    examination: Examination
+
+
+def parse_headers(lines: Sequence[str]) -> dict[str, str]:
+    """``-H 'Name: value'`` arguments as a dict (last one of a name wins)."""
+    headers: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        name, sep, value = line.partition(":")
+        name = name.strip()
+        if not sep or not _HEADER_NAME.fullmatch(name):
+            # Not quoted back: `-H 'Bearer abc'` (no name) would print the token.
+            raise HeaderError(f"-H number {number} must look like 'Name: value'")
+        if any(c in value for c in "\r\n\0"):
+            raise HeaderError(f"-H {name}: the value must not contain a line break")
+        headers[name] = value.strip()
+    return headers
+
+
+def masked_url(url: str) -> str:
+    """``url`` without its password and with secret-looking query values starred."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.split(':', 1)[0]}:***@{host}" if ":" in user else f"{user}@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode(
+            [(k, "***" if _SECRET_PARAM.search(k) else v) for k, v in pairs], safe="*{}"
+        )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def jq_path(keys: Sequence[str]) -> str:
+    """The jq path of nested object keys: ``.job.state``, ``.meta."run-state"``."""
+    return "".join(
+        f".{key}" if _JQ_IDENTIFIER.fullmatch(key) else f".{json.dumps(key)}" for key in keys
+    )
+
+
+def _normal(key: str) -> str:
+    return key.lower().replace("_", "").replace("-", "")
+
+
+def _objects(status: Mapping[str, Any]) -> Iterator[tuple[tuple[str, ...], str, Any]]:
+    """(path, key, value) of every object member, shallowest first, bounded.
+
+    Lists are not entered: a state inside ``conditions[]`` or ``nodes[]`` is a part's
+    state, not the run's, and suggesting it would mislead.
+    """
+    queue: deque[tuple[tuple[str, ...], Mapping[str, Any]]] = deque([((), status)])
+    seen = 0
+    while queue:
+        path, obj = queue.popleft()
+        for key, value in obj.items():
+            seen += 1
+            if seen > MAX_NODES:
+                return
+            yield (*path, key), key, value
+            if isinstance(value, dict) and len(path) + 1 < MAX_DEPTH:
+                queue.append(((*path, key), value))
+
+
+def state_candidates(status: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """Fields that look like the run's state, as (jq path, value)."""
+    found: list[tuple[int, int, str, str]] = []
+    for path, key, value in _objects(status):
+        rank = _normal(key)
+        if rank in STATE_KEYS and isinstance(value, str) and value:
+            found.append((len(path), STATE_KEYS.index(rank), jq_path(path), value))
+    found.sort(key=lambda item: (item[0], item[1]))
+    return tuple((path, value) for _, _, path, value in found)
+
+
+def finished_field(status: Mapping[str, Any]) -> str | None:
+    """The jq path of a field that says the run ended, if the status has one."""
+    for path, key, value in _objects(status):
+        name = _normal(key)
+        if name not in FINISHED_KEYS:
+            continue
+        if name == "done":
+            if value is True:
+                return jq_path(path)
+        # 0 and "" are how some APIs (Databricks' end_time) say "not yet".
+        elif value not in (None, "", 0, False) and not isinstance(value, dict | list):
+            return jq_path(path)
+    return None
+
+
+def _shown(state: str) -> str:
+    # A state is upstream text: quote anything unusual so it cannot pass for something else.
+    return state if _PLAIN_STATE.fullmatch(state) else json.dumps(state)
+
+
+def _state_source(settings: Settings) -> str:
+    profile = PROFILES.get(settings.profile or "")
+    if settings.state_expr is not None:
+        if profile is not None and settings.state_expr == profile.state_expr:
+            return f"from BRIDGE_PROFILE={profile.name}"
+        return "BRIDGE_STATE_EXPR"
+    return f"BRIDGE_STATUS_FIELD={settings.status_field}"
+
+
+def _ignored(settings: Settings, status: dict[str, Any]) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    out: list[tuple[str, tuple[Any, ...]]] = []
+    for path in settings.ignore_fields:
+        try:
+            values = tuple(jq.compile(path).input_value(status).all())
+        except ValueError:
+            values = ()  # the path does not apply to this status (e.g. .a[] on a string)
+        out.append((path, values))
+    return tuple(out)
+
+
+def _verdict(settings: Settings, reading: Reading) -> str:
+    if reading.event == sse.COMPLETE:
+        return "success"
+    if reading.event == sse.ERROR:
+        return "failure"
+    if reading.state is None:
+        return "none"
+    return "in progress" if reading.known else "unknown"
+
+
+def _missing_hint(
+    settings: Settings, reading: Reading, candidates: tuple[tuple[str, str], ...]
+) -> str:
+    expr = settings.state_filter
+    others = [c for c in candidates if c[0] != expr]
+    failed = [p for p in (reading.problem or "").split("; ") if "state expression" in p]
+    what = (
+        f"the state expression {expr} {failed[0].removeprefix('the state expression ')}"
+        if failed
+        else f"the state expression {expr} gives no state"
+    )
+    if not others:
+        return (
+            f"{what}; set BRIDGE_STATE_EXPR to the jq path of the run's state "
+            "(this status has no field named state, status or phase)"
+        )
+    path, value = others[0]
+    key = path.rsplit(".", 1)[-1].strip('"')
+    also = f" (also: {', '.join(p for p, _ in others[1:4])})" if len(others) > 1 else ""
+    return (
+        f"set BRIDGE_STATE_EXPR={path} - the status has a field `{key}` at {path} "
+        f"({json.dumps(value)}); {what}{also}"
+    )
+
+
+def _unknown_hint(settings: Settings, state: str, finished_by: str | None) -> str:
+    folded = state.casefold()
+    failure_first = any(word in folded for word in FAILURE_WORDS)
+    first, second = (
+        ("BRIDGE_FAILURE_STATUSES", "BRIDGE_SUCCESS_STATUSES")
+        if failure_first
+        else ("BRIDGE_SUCCESS_STATUSES", "BRIDGE_FAILURE_STATUSES")
+    )
+    current = settings.failure_statuses if failure_first else settings.success_statuses
+    # The whole value, because setting the variable replaces the list (a profile's too).
+    value = ",".join((*current, state))
+    means = "failed" if failure_first else "succeeded"
+    if finished_by is not None:
+        why = f"the status looks finished ({finished_by} is set) but {_shown(state)} is in no list"
+    else:
+        why = (
+            f"{_shown(state)} is in neither list nor a usual in-progress state, so the bridge "
+            "treats it as still going"
+        )
+    return (
+        f"add {_shown(state)} to {first} ({first}={value}) if it means the run {means}, "
+        f"or to {second}; {why}"
+    )
+
+
+def examine(settings: Settings, status: dict[str, Any]) -> Examination:
+    """Read ``status`` as the pollers would and decide the exit code and hint."""
+    reading = status_reader(settings).read(status)
+    candidates = state_candidates(status)
+    finished_by = finished_field(status)
+    hint: str | None = None
+    code = EXIT_OK
+    state_problem = reading.problem is not None and "state expression" in reading.problem
+    if reading.state is None or state_problem:
+        code, hint = EXIT_MISREAD, _missing_hint(settings, reading, candidates)
+    elif not reading.known:
+        hint = _unknown_hint(settings, reading.state, finished_by)
+        # Only a status that looks finished is surely misread: an unusual in-progress
+        # state (say "compiling") is fine as it is, and is shown with the hint.
+        if finished_by is not None:
+            code = EXIT_MISREAD
+    elif reading.problem is not None:
+        code, hint = EXIT_MISREAD, f"check BRIDGE_IGNORE_FIELDS: {reading.problem}"
+    if hint is None and reading.progress_problem is not None:
+        # A run without progress yet (queued) is common: said, not an error.
+        hint = (
+            f"check BRIDGE_PROGRESS_EXPR: {reading.progress_problem} (fine while the run has "
+            "no progress yet; `(.x // 0)` gives 0 instead)"
+        )
+    return Examination(
+        state_expr=settings.state_filter,
+        state_source=_state_source(settings),
+        reading=reading,
+        verdict=_verdict(settings, reading),
+        ignored=_ignored(settings, status),
+        finished_by=finished_by,
+        candidates=candidates,
+        hint=hint,
+        exit_code=code,
+    )
+
+
+def request_headers(
+    settings: Settings, given: Mapping[str, str]
+) -> tuple[dict[str, str], tuple[SentHeader, ...], tuple[str, ...], str]:
+    """The headers sent, their origins, the -H names dropped, and the auth mode."""
+    sent = [SentHeader(name, "BRIDGE_UPSTREAM_HEADERS") for name in settings.upstream_headers]
+    if settings.auth_url is not None:
+        # Forward-auth mode polls with the bridge's own headers only, whoever watches.
+        return {}, tuple(sent), tuple(given), "forward-auth"
+    chosen = forwardable(settings.forward_headers, given)
+    sent += [SentHeader(name, "-H, in BRIDGE_FORWARD_HEADERS") for name in chosen]
+    dropped = tuple(name for name in given if name.lower() not in chosen)
+    return chosen, tuple(sent), dropped, "viewer"
+
+
+async def inspect_run(settings: Settings, run_id: str, given: Mapping[str, str]) -> Inspection:
+    """Fetch ``run_id`` once and examine it; raises BridgeError (UpstreamError, InvalidRunId)."""
+    headers, sent, dropped, mode = request_headers(settings, given)
+    client = UpstreamClient(settings)
+    await client.start()
+    try:
+        url = masked_url(client.url_for(run_id))
+        status = await client.fetch_status(run_id, headers)
+    finally:
+        await client.close()
+    return Inspection(url, sent, dropped, mode, status, examine(settings, status))
+
+
+def failure_line(settings: Settings, run_id: str, error: BridgeError) -> str:
+    """The one line printed for a refusal or failure, with where to look."""
+    where = ""
+    if error.status == 404:
+        where = " (check BRIDGE_UPSTREAM_URL and BRIDGE_UPSTREAM_RUN_PATH, and the run id)"
+    elif error.status in (401, 403):
+        where = (
+            " (pass credentials with -H; only names in BRIDGE_FORWARD_HEADERS are sent)"
+            if settings.auth_url is None
+            else " (forward-auth mode sends BRIDGE_UPSTREAM_HEADERS)"
+        )
+    elif error.code in ("upstream_unavailable", "upstream_timeout"):
+        where = " (check BRIDGE_UPSTREAM_URL; BRIDGE_UPSTREAM_TIMEOUT bounds the wait)"
+    try:
+        url = masked_url(UpstreamClient(settings).url_for(run_id))
+    except BridgeError:
+        return f"sse-bridge: inspect: {error.message}"
+    return f"sse-bridge: inspect: GET {url}: {error.message}{where}"
+
+
+# --- output --------------------------------------------------------------------------
+
+
+def as_json(inspection: Inspection) -> dict[str, Any]:
+    e = inspection.examination
+    r = e.reading
+    return {
+        "url": inspection.url,
+        "mode": inspection.mode,
+        "headers_sent": [h.name for h in inspection.sent],
+        "headers_dropped": list(inspection.dropped),
+        "status": inspection.status,
+        "state_expr": e.state_expr,
+        "state_source": e.state_source,
+        "state": r.state,
+        "verdict": e.verdict,
+        "known": r.known,
+        "progress": r.progress,
+        "ignored": {path: list(values) for path, values in e.ignored},
+        "finished_by": e.finished_by,
+        "event": r.event,
+        "problem": r.problem,
+        "hint": e.hint,
+        "exit_code": e.exit_code,
+    }
+
+
+def _pretty_status(status: dict[str, Any]) -> str:
+    # json.dumps escapes control characters: no upstream value can drive the terminal.
+    lines = json.dumps(status, indent=2).splitlines()
+    cut = [
+        line if len(line) <= MAX_LINE_CHARS else line[: MAX_LINE_CHARS - 1] + "…"
+        for line in lines[:MAX_STATUS_LINES]
+    ]
+    if len(lines) > MAX_STATUS_LINES:
+        cut.append(f"… {len(lines) - MAX_STATUS_LINES} more lines (--json prints it whole)")
+    return "\n".join(cut)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def render(inspection: Inspection, settings: Settings, out: TextIO) -> None:
+    console = Console(file=out, highlight=False, soft_wrap=True)
+    e = inspection.examination
+    r = e.reading
+
+    def row(label: str, value: str | Text, style: str = "") -> None:
+        line = Text(f"{label:<18}", style="bold")
+        line.append(value if isinstance(value, Text) else Text(value, style=style))
+        console.print(line)
+
+    row("upstream", f"GET {inspection.url}")
+    sent = ", ".join(f"{h.name}: *** ({h.origin})" for h in inspection.sent)
+    row("headers", sent or "none besides Accept and User-Agent")
+    if inspection.dropped:
+        why = (
+            "forward-auth mode sends no viewer header"
+            if inspection.mode == "forward-auth"
+            else "not in BRIDGE_FORWARD_HEADERS"
+        )
+        row("not sent", f"{', '.join(inspection.dropped)} ({why})", "yellow")
+    console.print(Text("status", style="bold"))
+    console.print(JSONHighlighter()(Text(_pretty_status(inspection.status))))
+    if settings.profile:
+        row("profile", settings.profile)
+    row("state expression", f"{e.state_expr}  ({e.state_source})")
+    if r.state is None:
+        row("state", "none (no output, or null: the bridge reads it as still going)", "red")
+    else:
+        row("state", json.dumps(r.state))
+    verdicts = {
+        "success": (
+            f"success (in BRIDGE_SUCCESS_STATUSES: {','.join(settings.success_statuses)})",
+            "green",
+        ),
+        "failure": (
+            f"failure (in BRIDGE_FAILURE_STATUSES: {','.join(settings.failure_statuses)})",
+            "green",
+        ),
+        "in progress": ("in progress (a known in-progress state)", "green"),
+        "unknown": ("in no list and not a usual in-progress state: counts as still going", "red"),
+        "none": ("still going, for want of a state", "red"),
+    }
+    text, style = verdicts[e.verdict]
+    row("verdict", text, style)
+    if settings.progress_expr is None:
+        row("progress", "(BRIDGE_PROGRESS_EXPR unset)", "dim")
+    elif r.progress is None:
+        row("progress", f"none in this status  ({settings.progress_expr})")
+    else:
+        row("progress", f"{r.progress:.0%}  ({settings.progress_expr})")
+    if not e.ignored:
+        row("ignored fields", "(BRIDGE_IGNORE_FIELDS unset)", "dim")
+    for index, (path, values) in enumerate(e.ignored):
+        shown = ", ".join(_short(v) for v in values[:3]) if values else "(no value)"
+        if values and all(v is None for v in values):
+            shown = "null (absent from this status?)"
+        row("ignored fields" if index == 0 else "", f"{path} = {shown}")
+    if e.finished_by is not None:
+        row("looks finished", f"{e.finished_by} is set")
+    row(
+        "event", f"{r.event}" + ("  (the stream would end here)" if r.event != sse.PROGRESS else "")
+    )
+    if r.problem is not None:
+        row("problem", r.problem, "red")
+    if e.hint is not None:
+        console.print(Text("hint: ", style="bold red") + Text(e.hint))
+    else:
+        console.print(Text("ok: the bridge reads this run as configured", style="bold green"))

@@ -1,0 +1,1 @@
+"""The HTTP face: Quart app, ASGI stream front, replies, CORS, auth, readiness, OpenAPI, page."""

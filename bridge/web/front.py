@@ -1,0 +1,285 @@
+"""The stream routes, served as a plain ASGI app in front of Quart.
+
+    GET|HEAD /v1/runs/{run_id}/stream   one run's SSE stream
+    GET|HEAD /v1/streams?runs=a,b,c      several runs on one stream
+
+Why: a stream is opened once and then held for minutes, so what its opening costs and
+what it keeps alive is per viewer: under a reconnect storm thousands open within
+seconds. Through Quart each one cost a request and a response object, werkzeug headers,
+two tasks (Quart's request handler and its receiver), a copied context and an exit stack
+kept alive for the stream's whole life; bench/results/issue14-connect.md measured it
+against a raw ASGI app on the same Hypercorn. Here a stream costs the coroutine Hypercorn
+already runs for the request: a fast-path viewer waits for its sink's end or for the
+disconnect in that coroutine (bridge/web/asgi.py), and only the ASGI path (HTTP/1.0, HEAD,
+HTTP/2) adds one task to pump frames while the disconnect is watched.
+
+Everything else goes to Quart, including other methods on these paths (the CORS
+preflight ``OPTIONS``, 405 for the rest): Quart keeps both rules in its URL map, so
+routing, ``OPTIONS`` and the OpenAPI check know them. What Quart gave these routes is
+done here once, with the same code the Quart routes use: JSON errors and the EventSource
+retry form (bridge/web/reply.py), CORS (bridge/web/cors.py's policy), a JSON 500 for a failure.
+The access log is Hypercorn's, for both. Hypercorn stays the server; nothing here parses
+HTTP: the request is the ASGI scope Hypercorn built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from functools import partial
+from typing import Final
+from urllib.parse import parse_qsl
+
+from bridge import run_id as run_ids
+from bridge.errors import BridgeError, Draining
+from bridge.server.hypercorn_transport import SEND_KEY, fast_path_transport
+from bridge.services import Services
+from bridge.streams.direct import DirectSink
+from bridge.streams.multi import multi_frames, parse_runs
+from bridge.streams.opening import Framer, Opened, RunRefused, open_stream
+from bridge.streams.stream import Frames, run_frames
+from bridge.streams.ticker import Sending
+from bridge.streams.viewer import Viewer, viewer_from
+from bridge.tasks import cancel_and_wait
+from bridge.web import asgi
+from bridge.web.asgi import App, Receive, Scope, Send
+from bridge.web.cors import CorsPolicy
+from bridge.web.reply import (
+    SSE_HEADERS,
+    Reply,
+    error_reply,
+    http_error_reply,
+    retry_reply,
+    transient,
+)
+
+log = logging.getLogger("bridge.web.front")
+
+RUN_PREFIX: Final = "/v1/runs/"
+RUN_SUFFIX: Final = "/stream"
+MULTI_PATH: Final = "/v1/streams"
+#: The request headers the stream routes read, besides the forwarded ones.
+_READ: Final = frozenset({b"accept", b"last-event-id", b"origin", b"x-forwarded-for"})
+_INTERNAL_ERROR: Final = http_error_reply(
+    500,
+    "Internal Server Error",
+    "The server encountered an internal error and was unable to complete your request.",
+)
+
+Headers = tuple[tuple[str, str], ...]
+
+
+def stream_route(scope: Scope) -> tuple[bool, str | None]:
+    """(a stream route, its run id or None for /v1/streams), as werkzeug would match it.
+
+    A run id is one non-empty path segment; anything else (``/v1/runs//stream``, an
+    encoded slash) is not this route, and Quart answers it as before (400).
+    """
+    if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
+        return False, None
+    path: str = scope["path"]
+    if path == MULTI_PATH:
+        return True, None
+    if path.startswith(RUN_PREFIX) and path.endswith(RUN_SUFFIX):
+        run_id = path[len(RUN_PREFIX) : -len(RUN_SUFFIX)]
+        if run_id and "/" not in run_id:
+            return True, run_id
+    return False, None
+
+
+class StreamFront:
+    """ASGI middleware: the stream routes here, every other request to ``app`` (Quart)."""
+
+    def __init__(self, app: App, services: Services, cors: CorsPolicy | None) -> None:
+        self.app = app
+        self.services = services
+        self.cors = cors
+        self.single_run: Framer = partial(run_frames, ticker=services.ticker)
+        # Matched against the scope's (lower-case) header names without decoding them all.
+        self.forward = frozenset(h.encode("latin-1") for h in services.settings.forward_headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        matched, run_id = stream_route(scope)
+        if not matched:
+            await self.app(scope, receive, send)
+            return
+        request = self._read(scope)
+        cors = self.cors.headers(request.get(b"origin"), scope["method"]) if self.cors else ()
+        try:
+            opened = await self._open(scope, send, request, run_id)
+        except BridgeError as error:  # the request itself is refused (400)
+            self.services.metrics.streams_refused.labels(error.code).inc()
+            opened = error_reply(error)
+        except Exception:
+            log.exception("stream request failed")
+            opened = _INTERNAL_ERROR
+        del request  # read: not kept for the stream's life
+        if isinstance(opened, Reply):
+            await asgi.send_reply(send, opened, cors)
+            return
+        viewer, stream = opened
+        await asgi.start(send, 200, SSE_HEADERS + cors)
+        try:
+            if viewer.transport is not None:
+                left = await self._serve_fast(send, receive, stream.first, stream.frames)
+            else:
+                left = await self._serve_asgi(send, receive, stream.first, stream.frames)
+        finally:
+            await stream.close()
+        # Not after the viewer left: Hypercorn (0.17-0.18, protocol/h11.py
+        # ``_maybe_recycle``) would take the completed response for the end of a
+        # keep-alive request and hold the dead connection, and all it refers to, for its
+        # keep-alive timeout (75 s): about a million objects after 10,000 viewers left
+        # (bench/FINDINGS.md). Ending the app without it is ASGI's way after a disconnect.
+        if not left:
+            await send(asgi.END)
+
+    # --- the request, read once ----------------------------------------------------
+
+    def _read(self, scope: Scope) -> dict[bytes, str]:
+        """The headers the routes read (first of each) and the forwarded ones (last wins,
+        as a dict of all headers would have it), decoded; nothing else is decoded."""
+        found: dict[bytes, str] = {}
+        for name, value in scope["headers"]:
+            if name in self.forward or (name in _READ and name not in found):
+                found[name] = value.decode("latin-1")
+        return found
+
+    def _viewer(
+        self,
+        scope: Scope,
+        send: Send,
+        request: dict[bytes, str],
+        query: list[tuple[str, str]],
+        *,
+        stream: bool,
+    ) -> Viewer:
+        """What the request says about its viewer (``stream``: it may take the fast path)."""
+        settings = self.services.settings
+        transport = None
+        if stream and settings.direct_writes:
+            scope[SEND_KEY] = send
+            try:
+                transport = fast_path_transport(scope, self.services.metrics.fast_path_fell_back)
+            finally:
+                # The scope is Hypercorn's HTTPStream's own, and ``send`` a bound method of
+                # it: left in there, it is a reference cycle that outlives the connection.
+                del scope[SEND_KEY]
+        client = scope.get("client")
+        return viewer_from(
+            settings,
+            offered={
+                name.decode("latin-1"): request[name] for name in self.forward & request.keys()
+            },
+            forwarded_for=request.get(b"x-forwarded-for", ""),
+            remote_addr=client[0] if client else None,
+            last_event_id=request.get(b"last-event-id"),
+            args=first_values(query),
+            accept=request.get(b"accept", ""),
+            transport=transport,
+        )
+
+    # --- the opening (refusals answer here) -----------------------------------------
+
+    async def _open(
+        self, scope: Scope, send: Send, request: dict[bytes, str], run_id: str | None
+    ) -> Reply | tuple[Viewer, Opened]:
+        services = self.services
+        query = query_args(scope)
+        if run_id is not None:
+            runs = [run_ids.validate(run_id)]
+            viewer = self._viewer(scope, send, request, query, stream=True)
+            framer, name_run = self.single_run, False
+        else:
+            wanted = [value for name, value in query if name == "runs"]
+            runs = parse_runs(wanted, services.settings.multi_max_runs)
+            viewer = self._viewer(scope, send, request, query, stream=False)
+            framer, name_run = multi_frames, True
+        try:
+            if services.draining:
+                raise Draining("The bridge is shutting down.")
+            opened = await open_stream(services, viewer, runs, framer)
+        except (RunRefused, BridgeError) as refused:
+            error = refused.error if isinstance(refused, RunRefused) else refused
+            named = refused.run_id if isinstance(refused, RunRefused) and name_run else None
+            services.metrics.streams_refused.labels(error.code).inc()
+            if viewer.wants_events and transient(error):
+                return retry_reply(error, services.settings.retry_ms, named)
+            return error_reply(error, refused.body() if named is not None else None)
+        if opened is None:
+            # The viewer already has every final event: 204 stops EventSource.
+            return Reply(204, ())
+        services.metrics.streams_opened.inc()
+        return viewer, opened
+
+    # --- the two ways a stream is served ----------------------------------------------
+
+    async def _serve_fast(self, send: Send, receive: Receive, first: bytes, frames: Frames) -> bool:
+        """The opening through ASGI, then (once caught up) the sink writes: wait for its
+        end or for the viewer leaving, in this coroutine. True: the viewer is gone."""
+        ticker = self.services.ticker
+        sending = ticker.watch()
+        left = False
+        try:
+            await timed(send, sending, first)
+            async for item in frames:
+                if isinstance(item, DirectSink):
+                    # Nothing more goes through ASGI but the end: no send to time.
+                    ticker.unwatch(sending)
+                    if await asgi.disconnected_before(item.ended, receive):
+                        item.finish("disconnected")
+                    # A sink that found its socket closed, or dropped a viewer, ended it.
+                    left = item.ended.result() in ("disconnected", "dropped")
+                else:
+                    await timed(send, sending, item)
+            return left
+        finally:
+            ticker.unwatch(sending)
+
+    async def _serve_asgi(self, send: Send, receive: Receive, first: bytes, frames: Frames) -> bool:
+        """Every frame through ASGI: one task sends them while this one watches for the
+        viewer leaving (it wakes nothing else: a frame loop waits on its run's events).
+        True: the viewer is gone."""
+        pump = asyncio.create_task(self._pump(send, first, frames), name="bridge:stream")
+        try:
+            if await asgi.disconnected_before(pump, receive):
+                return True
+            if not pump.cancelled():  # cancelled: the ticker dropped a stalled viewer
+                pump.result()  # a failure is the request's
+            return False
+        finally:
+            await cancel_and_wait(pump)
+
+    async def _pump(self, send: Send, first: bytes, frames: Frames) -> None:
+        ticker = self.services.ticker
+        sending = ticker.watch()  # this task: the ticker cancels it if a send stalls
+        try:
+            await timed(send, sending, first)
+            async for item in frames:
+                if isinstance(item, bytes):  # never a sink: this viewer has no transport
+                    await timed(send, sending, item)
+        finally:
+            ticker.unwatch(sending)
+            # A cancelled task keeps this frame in its CancelledError's traceback, and the
+            # entry keeps the task: drop the entry from the frame, or the two are a cycle.
+            del sending
+
+
+async def timed(send: Send, sending: Sending, data: bytes) -> None:
+    """One frame through ASGI, timed by the ticker (which drops a send that stalls)."""
+    sending.since = asyncio.get_running_loop().time()
+    await asgi.body(send, data)
+    sending.since = None
+
+
+def query_args(scope: Scope) -> list[tuple[str, str]]:
+    raw: bytes = scope.get("query_string", b"")
+    return parse_qsl(raw.decode("latin-1"), keep_blank_values=True) if raw else []
+
+
+def first_values(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """Each name's first value, as a multidict's ``get`` gives it."""
+    out: dict[str, str] = {}
+    for name, value in pairs:
+        out.setdefault(name, value)
+    return out
