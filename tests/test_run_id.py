@@ -94,7 +94,7 @@ def test_any_accepted_id_is_plain_ascii_of_the_allowed_set(value: str) -> None:
     except InvalidRunId:
         return
     assert 1 <= len(value) <= run_ids.MAX_LENGTH
-    assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value, flags=re.ASCII)
+    assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:+~-]*", value, flags=re.ASCII)
 
 
 @given(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", fullmatch=True))
