@@ -7,25 +7,31 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Mapping
+from functools import partial
 
 from prometheus_client import Gauge
 
 from bridge.events import sse
 from bridge.events.channel import Subscription
+from bridge.events.feed import FeedHistory
+from bridge.events.history import RunHistory
 from bridge.events.hub import Hub
 from bridge.ops.gc_tuning import GcTuner
 from bridge.ops.loop_lag import LoopLag
 from bridge.ops.metrics import Metrics
+from bridge.polling.feed import FeedPoller, FeedSource
 from bridge.polling.ledger import LedgerBackend, MemoryBackend
-from bridge.polling.poller import Cadence
+from bridge.polling.poller import Cadence, Poller
 from bridge.polling.profiles import PROFILES
 from bridge.polling.registry import PollerRegistry
 from bridge.polling.status import StatusReader
-from bridge.polling.upstream import UpstreamClient
+from bridge.polling.upstream import Page, UpstreamClient, Validators
 from bridge.settings import Settings
 from bridge.streams.keepalive import StreamLimits
 from bridge.streams.limits import StreamLimiter
 from bridge.streams.ticker import Ticker
+from bridge.streams.viewer import Viewer
 from bridge.tasks import cancel_and_wait
 from bridge.web.auth import ForwardAuth
 from bridge.web.readiness import Readiness
@@ -67,12 +73,15 @@ class Services:
         self.upstream = UpstreamClient(settings, self.metrics)
         self.reader = status_reader(settings)
         self.backend = create_backend(settings, self.metrics, self.reader)
+        #: BRIDGE_FEED_PATH: runs are polled as event feeds (bridge/polling/feed.py).
+        self.feed = FeedSource(settings) if settings.feed_path is not None else None
         self.hub = Hub(
             history_size=settings.history_size,
             history_max_bytes=settings.history_max_bytes,
             history_runs=settings.history_runs,
             # Where the backend keeps ended runs (Redis), nothing is kept here.
             history_ttl=0 if self.backend.keeps_ended_runs else settings.history_ttl,
+            history=(partial(FeedHistory, start=settings.feed_start) if self.feed else RunHistory),
         )
         self.pollers = PollerRegistry(
             self.hub,
@@ -81,6 +90,11 @@ class Services:
             fetch=self.upstream.fetch,
             reader=self.reader,
             metrics=self.metrics,
+            make=(
+                partial(FeedPoller, source=self.feed, pages=self.fetch_page)
+                if self.feed
+                else Poller
+            ),
         )
         # The intervals in force, by state group (fixed words: the configured keys).
         self.metrics.poll_interval.labels("default").set(settings.poll_interval)
@@ -175,6 +189,16 @@ class Services:
         # Jitter spreads the reconnects of many viewers after a restart.
         retry = int(s.retry_ms * (1 + random.uniform(0, 0.2)))
         return StreamLimits(s.ping_interval, s.stream_timeout, s.viewer_buffer, retry)
+
+    async def fetch_page(
+        self, url: str, headers: Mapping[str, str], validators: Validators | None = None
+    ) -> Page:
+        """One feed or list page (any JSON) from the upstream."""
+        return await self.upstream.fetch_page(url, headers, validators, any_json=True)
+
+    def polled_with(self, viewer: Viewer) -> dict[str, str]:
+        """The headers a viewer's own requests go upstream with, once it is admitted."""
+        return dict(viewer.credentials) if self.auth is None else {}
 
     async def upstream_headers(self, run_id: str, viewer: dict[str, str]) -> dict[str, str]:
         """The headers ``viewer`` polls ``run_id`` with (after admission).

@@ -102,12 +102,19 @@ class Channel:
         return len(self._subscribers)
 
     def publish(
-        self, name: str, data: str, reading: Reading | None = None, *, synthetic: bool = False
+        self,
+        name: str,
+        data: str,
+        reading: Reading | None = None,
+        *,
+        synthetic: bool = False,
+        event_id: str | None = None,
     ) -> Event:
         """The next event; ``data`` is the status as ``sse.encode_json`` wrote it, and
-        ``reading`` what the status filters made of it (none for the bridge's own)."""
+        ``reading`` what the status filters made of it (none for the bridge's own);
+        ``event_id`` the upstream's own id (a feed's cursor), else the history's."""
         state, progress = _parts(reading)
-        event = self.history.append(name, data, state=state, progress=progress)
+        event = self.history.append(name, data, state=state, progress=progress, event_id=event_id)
         self.fingerprint = reading.fingerprint if reading is not None else None
         self._deliver(event, synthetic)
         return event

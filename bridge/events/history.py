@@ -130,13 +130,20 @@ class RunHistory:
         self._seq = 0
 
     def append(
-        self, name: str, data: str, *, state: str | None = None, progress: float | None = None
+        self,
+        name: str,
+        data: str,
+        *,
+        state: str | None = None,
+        progress: float | None = None,
+        event_id: str | None = None,
     ) -> Event:
-        """Add the next event; ``data`` is the status as ``sse.encode_json`` wrote it."""
+        """Add the next event; ``data`` is the status as ``sse.encode_json`` wrote it.
+        ``event_id``: the upstream's own id (a feed's cursor) instead of the bridge's."""
         if self.terminal:
             raise RuntimeError("a terminal history takes no more events")
         self._seq += 1
-        event_id = f"{self.epoch}-{self._seq}"
+        event_id = event_id or f"{self.epoch}-{self._seq}"
         event = Event.build(self._seq, event_id, name, data, state, progress)
         self._events.append(event)
         self._bytes += event.nbytes

@@ -7,7 +7,7 @@ One hub per process, in every mode: sharing across replicas is the ledger's busi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 
 from cachetools import TTLCache
@@ -24,7 +24,10 @@ class Hub:
         history_max_bytes: int,
         history_runs: int,
         history_ttl: float,
+        history: Callable[[int, int], RunHistory] = RunHistory,
     ) -> None:
+        #: What a new channel's history is (a feed's keeps the upstream's cursors as ids).
+        self._history = history
         self._history_size = history_size
         self._history_max_bytes = history_max_bytes
         self._live: dict[ChannelKey, Channel] = {}
@@ -44,7 +47,7 @@ class Hub:
         if channel is None:
             channel = self._retired.pop(key, None)
             if channel is None or channel.synthetic_end:
-                channel = Channel(key, RunHistory(self._history_size, self._history_max_bytes))
+                channel = Channel(key, self._history(self._history_size, self._history_max_bytes))
             self._live[key] = channel
         return channel
 

@@ -19,6 +19,7 @@ from urllib.parse import quote
 from bridge.errors import InvalidRequest
 from bridge.events import sse
 from bridge.events.channel import Subscription
+from bridge.events.feed import current_status
 from bridge.events.history import Event
 from bridge.services import Services
 from bridge.streams.opening import lease_all
@@ -64,17 +65,20 @@ async def _wait(subscription: Subscription, ready: bool, seconds: float) -> None
             await subscription.wake.wait()
 
 
-def _events_body(run_id: str, events: list[Event], cursor: str | None, latest: Event) -> str:
+def _events_body(run_id: str, events: list[Event], cursor: str | None, latest: Event | None) -> str:
     # Each event's data is already one line of JSON: embedded, never parsed again.
+    # A feed with no item yet has no latest event: its state is the last page's.
+    state = latest.state if latest is not None else None
+    progress = latest.progress if latest is not None else None
     items = ",".join(
         f'{{"id":{sse.encode_json(e.id)},"event":{sse.encode_json(e.name)},"data":{e.data}}}'
         for e in events
     )
     return (
         f'{{"run_id":{sse.encode_json(run_id)},"events":[{items}],'
-        f'"cursor":{sse.encode_json(cursor)},"state":{sse.encode_json(latest.state)},'
-        f'"progress":{sse.encode_json(latest.progress)},'
-        f'"terminal":{sse.encode_json(latest.terminal)}}}'
+        f'"cursor":{sse.encode_json(cursor)},"state":{sse.encode_json(state)},'
+        f'"progress":{sse.encode_json(progress)},'
+        f'"terminal":{sse.encode_json(latest is not None and latest.terminal)}}}'
     )
 
 
@@ -95,8 +99,8 @@ async def events(
             found = history.after(held)
             await _wait(subscription, bool(found) or history.terminal, wait)
             found = history.after(held)
+        # A lease comes with a first status (a feed's may have no item yet).
         latest = history.latest
-        assert latest is not None  # a lease always comes with a first status
         cursor = found[-1].id if found else since
         body = _events_body(run_id, found, cursor, latest)
         headers = {"Cache-Control": "no-cache", "X-Run-State": state_header(latest)}
@@ -118,12 +122,14 @@ async def result(services: Services, viewer: Viewer, run_id: str, wait: float) -
                 break
             await _wait(subscription, False, left)
         latest = history.latest
-        assert latest is not None
+        status = current_status(history) or "null"
         headers = {
             "Cache-Control": "no-cache",
             "X-Run-State": state_header(latest),
             # The outcome in the stream's words (complete / error / progress), so a
             # script needs no state lists of its own.
-            "X-Run-Event": latest.name,
+            "X-Run-Event": latest.name if latest is not None else sse.PROGRESS,
         }
-        return Answer(200 if history.terminal else 202, latest.data, headers)
+        if history.terminal and latest is not None:
+            status = latest.data
+        return Answer(200 if history.terminal else 202, status, headers)

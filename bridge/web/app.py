@@ -21,6 +21,7 @@ from werkzeug.exceptions import HTTPException, NotFound
 
 from bridge import run_id as run_ids
 from bridge.errors import BridgeError, Draining, InvalidRunId, PokeDisabled, PokeUnauthorized
+from bridge.events.feed import current_status
 from bridge.events.sse import encode_json
 from bridge.services import Services
 from bridge.settings import Settings
@@ -127,9 +128,9 @@ def create_app(settings: Settings) -> Quart:
         viewer = viewer_of(services)
         headers = await services.upstream_headers(run_id, viewer.credentials)
         async with services.pollers.lease(run_id, headers) as channel:
-            latest = channel.history.latest
-            assert latest is not None  # a lease always comes with a first status
-            response = Response(latest.data, content_type="application/json")
+            status = current_status(channel.history)
+            assert status is not None  # a lease always comes with a first status
+            response = Response(status, content_type="application/json")
             response.headers["Cache-Control"] = "no-cache"
             return response
 

@@ -35,6 +35,7 @@ from bridge.errors import BridgeError, Draining
 from bridge.server.hypercorn_transport import SEND_KEY, fast_path_transport
 from bridge.services import Services
 from bridge.streams.direct import DirectSink
+from bridge.streams.feed import FeedFramer
 from bridge.streams.multi import multi_frames, parse_runs
 from bridge.streams.opening import Framer, Opened, RunRefused, open_stream
 from bridge.streams.stream import Frames, run_frames
@@ -95,6 +96,8 @@ class StreamFront:
         self.services = services
         self.cors = cors
         self.single_run: Framer = partial(run_frames, ticker=services.ticker)
+        if services.feed is not None:
+            self.single_run = FeedFramer(services.feed, services.fetch_page, services.polled_with)
         # Matched against the scope's (lower-case) header names without decoding them all.
         self.forward = frozenset(h.encode("latin-1") for h in services.settings.forward_headers)
 

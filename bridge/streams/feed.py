@@ -1,0 +1,174 @@
+"""A feed run's stream (BRIDGE_FEED_PATH): history replay, catch-up from the upstream, live.
+
+The ids are the upstream's cursors (bridge/events/feed.py). A viewer whose cursor the
+bridge's history still covers gets the items after it from there; a viewer from further
+back (or one without a cursor once the history no longer holds the run's start) is
+caught up from the upstream first, page by page, with its own credentials, and then
+joins the live events: nothing is lost however long it was away, as far as the upstream
+keeps. If the upstream refuses the cursor as too old (400, 404, 410), the catch-up ends
+with an ``error`` event that says so, never a silent gap; any other failure ends the
+stream with a ``retry:`` so the viewer comes back and resumes where it was.
+
+Feed viewers take the ASGI path: every item is an event a viewer must get, so none is
+ever coalesced, and a viewer that falls behind is dropped by the ticker (after
+BRIDGE_SEND_TIMEOUT) and resumes by its cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Callable, Mapping
+
+from bridge.errors import UpstreamError
+from bridge.events import sse
+from bridge.events.channel import Subscription
+from bridge.events.feed import CursorKey, FeedHistory, cursor_key
+from bridge.events.history import Event
+from bridge.polling.feed import FeedSource, PageFetch
+from bridge.streams.keepalive import Keepalive, StreamLimits
+from bridge.streams.viewer import Viewer
+
+#: Upstream answers that mean "this cursor is gone" (or never was).
+STALE_CURSOR = frozenset({400, 404, 410})
+
+
+def stale_cursor_error(status: int) -> bytes:
+    """The ``error`` event that ends a catch-up the upstream refused."""
+    data = sse.encode_json(
+        {
+            "status": "cursor_expired",
+            "errorMessage": (
+                f"The upstream API no longer serves events after this cursor (HTTP {status}); "
+                "events after it cannot be replayed. Reconnect without Last-Event-ID to "
+                "start from the events the upstream still has."
+            ),
+        }
+    )
+    return sse.frame(sse.ERROR, data)
+
+
+class FeedFramer:
+    """The single-run framer of feed mode (see bridge/streams/opening.py)."""
+
+    def __init__(
+        self,
+        source: FeedSource,
+        pages: PageFetch,
+        headers: Callable[[Viewer], Mapping[str, str]],
+    ) -> None:
+        self._source = source
+        self._pages = pages
+        self._headers = headers
+
+    def __call__(
+        self, subscriptions: list[Subscription], viewer: Viewer, limits: StreamLimits
+    ) -> AsyncGenerator[bytes, None] | None:
+        (subscription,) = subscriptions
+        history = subscription.channel.history
+        assert isinstance(history, FeedHistory)
+        resume = viewer.resume_from
+        if resume is None and history.complete_from_start:
+            resume = self._source.start
+        held = history.holds(resume)
+        if held is not None and not history.after(held) and history.terminal:
+            return None  # the viewer already has the run's final event
+        catch_up = None
+        if held is None:
+            catch_up = (resume or self._source.start, dict(self._headers(viewer)))
+        return self._frames(subscription, history, resume, limits, catch_up)
+
+    async def _frames(
+        self,
+        subscription: Subscription,
+        history: FeedHistory,
+        resume: str | None,
+        limits: StreamLimits,
+        catch_up: tuple[str, dict[str, str]] | None,
+    ) -> AsyncGenerator[bytes, None]:
+        keepalive = Keepalive(limits)
+        loop = asyncio.get_running_loop()
+        yield sse.retry(limits.retry_ms)
+        after = cursor_key(resume) if resume is not None else None
+        if catch_up is not None:
+            cursor, headers = catch_up
+            refused: list[int] = []
+            async for frame in self._upstream(subscription, history, cursor, headers, refused):
+                if isinstance(frame, bytes):
+                    yield frame
+                else:
+                    resume, after = frame, cursor_key(frame)
+            if refused:
+                return
+            if subscription.closed:
+                if subscription.farewell:
+                    yield subscription.farewell
+                return
+        seq = history.holds(resume)
+        if seq is None:
+            seq = 0  # the upstream had nothing newer: what is held, past the cursor
+        pending = _keyed(history, history.after(seq))
+        while True:
+            for event, key in pending:
+                seq = event.seq
+                if after is not None and key <= after and not event.terminal:
+                    continue  # the viewer has it (caught up from the upstream meanwhile)
+                yield event.frame
+                if event.terminal:
+                    return
+            if subscription.closed:
+                if subscription.farewell:
+                    yield subscription.farewell
+                return
+            due = keepalive.due(loop.time())
+            if due is not None:
+                yield keepalive.frame(due)
+                if due == "timeout":
+                    return
+                pending = []
+                continue
+            pending = _keyed(history, history.after(seq))
+            if pending:
+                continue
+            await keepalive.sleep(subscription.wake)
+            pending = _keyed(history, history.after(seq))
+
+    async def _upstream(
+        self,
+        subscription: Subscription,
+        history: FeedHistory,
+        cursor: str,
+        headers: dict[str, str],
+        refused: list[int],
+    ) -> AsyncGenerator[bytes | str, None]:
+        """Frames of the items after ``cursor`` until the history holds where they reach;
+        each page's last cursor is yielded too (a ``str``), for the live part. A stale
+        cursor's status goes into ``refused`` (the stream then ends)."""
+        source = self._source
+        run_id = subscription.channel.key.run_id
+        key = cursor_key(cursor)
+        while history.holds(cursor) is None and not subscription.closed:
+            try:
+                page = await self._pages(source.url(run_id, cursor), headers, None)
+            except UpstreamError as error:
+                status = error.upstream_status
+                if status is not None and status in STALE_CURSOR:
+                    refused.append(status)
+                    yield stale_cursor_error(status)
+                else:
+                    # Come back later and resume from the last item sent.
+                    yield sse.retry(3000)
+                    subscription.close()
+                return
+            read = source.read(page.value)
+            fresh = [item for item in read.items if item.key > key]
+            if not fresh:
+                return  # the upstream has nothing newer than this cursor
+            for item in fresh:
+                yield sse.frame(item.event, item.data, item.cursor)
+            cursor, key = fresh[-1].cursor, fresh[-1].key
+            yield cursor
+
+
+def _keyed(history: FeedHistory, events: list[Event]) -> list[tuple[Event, CursorKey]]:
+    """Each event with its cursor key, taken while the history still holds them."""
+    return [(event, history.key_of(event)) for event in events]

@@ -1,0 +1,94 @@
+"""Upstreams on loopback for the feed and fleet tests: a run feed shaped like seed 002's
+``GET /v1/agent-runs/{runId}/events?since={sequence}``, and a list of runs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from tests.support import serving_app
+
+
+@dataclass
+class FeedRun:
+    status: str = "running"
+    events: list[dict[str, Any]] = field(default_factory=list)
+    #: Cursors below this are answered 410 Gone (the upstream no longer keeps them).
+    kept_from: int = 0
+
+    def add(self, event_type: str, **payload: Any) -> dict[str, Any]:
+        event = {"sequence": len(self.events) + 1, "eventType": event_type, "payload": payload}
+        self.events.append(event)
+        return event
+
+
+@dataclass
+class FeedUpstream:
+    url: str = ""
+    runs: dict[str, FeedRun] = field(default_factory=dict)
+    page_size: int = 100
+    #: The page carries the run's state (seed 002's runStatus); else only /runs/{id} does.
+    state_on_page: bool = True
+    #: Extra raw items appended to every page (bad input).
+    junk: list[Any] = field(default_factory=list)
+    #: (path, since, Authorization) of every request.
+    requests: list[tuple[str, str | None, str | None]] = field(default_factory=list)
+
+    def run(self, run_id: str) -> FeedRun:
+        return self.runs.setdefault(run_id, FeedRun())
+
+    def feed_requests(self, run_id: str) -> list[tuple[str, str | None, str | None]]:
+        return [r for r in self.requests if r[0] == f"/v1/agent-runs/{run_id}/events"]
+
+    async def events(self, request: web.Request) -> web.Response:
+        run_id = request.match_info["run_id"]
+        since_text = request.query.get("since")
+        self.requests.append((request.path, since_text, request.headers.get("Authorization")))
+        if request.headers.get("Authorization") == "Bearer nope":
+            return web.json_response({"error": "unauthorized"}, status=401)
+        run = self.runs.get(run_id)
+        if run is None:
+            return web.json_response({"error": "no such run"}, status=404)
+        since = int(since_text or "0")
+        if since < run.kept_from:
+            return web.json_response({"error": "cursor expired"}, status=410)
+        after = [e for e in run.events if e["sequence"] > since]
+        page = after[: self.page_size]
+        body: dict[str, Any] = {
+            "events": page + self.junk,
+            "hasMore": len(after) > len(page),
+        }
+        if self.state_on_page:
+            body["runStatus"] = run.status
+        return web.json_response(body)
+
+    async def status(self, request: web.Request) -> web.Response:
+        run_id = request.match_info["run_id"]
+        self.requests.append((request.path, None, request.headers.get("Authorization")))
+        run = self.runs.get(run_id)
+        if run is None:
+            return web.json_response({"error": "no such run"}, status=404)
+        return web.json_response({"id": run_id, "status": run.status})
+
+
+@asynccontextmanager
+async def feed_upstream() -> AsyncIterator[FeedUpstream]:
+    upstream = FeedUpstream()
+    app = web.Application()
+    app.router.add_get("/v1/agent-runs/{run_id}/events", upstream.events)
+    app.router.add_get("/runs/{run_id}", upstream.status)
+    async with serving_app(app) as url:
+        upstream.url = url
+        yield upstream
+
+
+#: The settings of seed 002's feed, as a user writes them.
+SEED_002 = {
+    "feed_path": "/v1/agent-runs/{run_id}/events?since={cursor}",
+    "feed_more": ".hasMore",
+    "state_expr": ".runStatus",
+}
