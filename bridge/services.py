@@ -21,6 +21,7 @@ from bridge.ops.gc_tuning import GcTuner
 from bridge.ops.loop_lag import LoopLag
 from bridge.ops.metrics import Metrics
 from bridge.polling.feed import FeedPoller, FeedSource
+from bridge.polling.fleet import Fleets
 from bridge.polling.ledger import LedgerBackend, MemoryBackend
 from bridge.polling.poller import Cadence, Poller
 from bridge.polling.profiles import PROFILES
@@ -96,6 +97,12 @@ class Services:
                 else Poller
             ),
         )
+        #: BRIDGE_UPSTREAM_LIST_PATH: one list request per scope feeds every listed run.
+        self.fleets = (
+            Fleets(settings, self.pollers, self.reader, self.fetch_page, self.metrics.registry)
+            if settings.upstream_list_path is not None
+            else None
+        )
         # The intervals in force, by state group (fixed words: the configured keys).
         self.metrics.poll_interval.labels("default").set(settings.poll_interval)
         for state, seconds in settings.poll_intervals.items():
@@ -140,6 +147,8 @@ class Services:
         await self.loop_lag.stop()
         if self.gc is not None:
             await self.gc.stop()
+        if self.fleets is not None:
+            await self.fleets.close()
         await self.pollers.close()
         await self.backend.close()
         if self.auth is not None:
@@ -156,6 +165,8 @@ class Services:
         if self.draining:
             return
         self.draining = True
+        if self.fleets is not None:
+            self.fleets.drain(self._farewell)
         subscriptions = [s for c in self.hub.live_channels() for s in c.subscriptions]
         window = self.settings.drain_window
         if window <= 0 or not subscriptions:

@@ -613,6 +613,11 @@ class Settings(BaseSettings):
             raise ValueError("set both BRIDGE_TLS_CERTFILE and BRIDGE_TLS_KEYFILE, or neither")
         if self.poll_interval_max < self.poll_interval:
             raise ValueError("BRIDGE_POLL_INTERVAL_MAX must not be below BRIDGE_POLL_INTERVAL")
+        if self.feed_path is not None and self.upstream_list_path is not None:
+            raise ValueError(
+                "set BRIDGE_FEED_PATH or BRIDGE_UPSTREAM_LIST_PATH, not both (a listed run's "
+                "status is a snapshot, not a feed)"
+            )
         if self.drain_delay > self.shutdown_grace:
             raise ValueError("BRIDGE_DRAIN_DELAY must not exceed BRIDGE_SHUTDOWN_GRACE")
         return self

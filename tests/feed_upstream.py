@@ -92,3 +92,61 @@ SEED_002 = {
     "feed_more": ".hasMore",
     "state_expr": ".runStatus",
 }
+
+
+@dataclass
+class ListUpstream:
+    """``GET /runs`` lists the runs in ``listed`` (each its status); ``/runs/{id}`` is one."""
+
+    url: str = ""
+    statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    listed: list[str] = field(default_factory=list)
+    #: Items per page (0: one page); further pages by `Link: <...>; rel="next"`.
+    page_size: int = 0
+    #: Raw items added to the list (bad input).
+    junk: list[Any] = field(default_factory=list)
+    requests: list[tuple[str, str | None]] = field(default_factory=list)
+
+    def set(self, run_id: str, status: str, **more: Any) -> None:
+        self.statuses[run_id] = {"id": run_id, "status": status, **more}
+        if run_id not in self.listed:
+            self.listed.append(run_id)
+
+    def run_requests(self, run_id: str) -> int:
+        return sum(1 for path, _ in self.requests if path == f"/runs/{run_id}")
+
+    def list_requests(self) -> int:
+        return sum(1 for path, _ in self.requests if path == "/runs")
+
+    async def list(self, request: web.Request) -> web.Response:
+        auth = request.headers.get("Authorization")
+        self.requests.append((request.path, auth))
+        if auth == "Bearer nope":
+            return web.json_response({"error": "unauthorized"}, status=401)
+        items: list[Any] = [self.statuses[r] for r in self.listed] + self.junk
+        headers = {}
+        if self.page_size:
+            page = int(request.query.get("page", "1"))
+            start = (page - 1) * self.page_size
+            if start + self.page_size < len(items):
+                headers["Link"] = f'</runs?page={page + 1}>; rel="next"'
+            items = items[start : start + self.page_size]
+        return web.json_response(items, headers=headers)
+
+    async def one(self, request: web.Request) -> web.Response:
+        self.requests.append((request.path, request.headers.get("Authorization")))
+        status = self.statuses.get(request.match_info["run_id"])
+        if status is None:
+            return web.json_response({"error": "no such run"}, status=404)
+        return web.json_response(status)
+
+
+@asynccontextmanager
+async def list_upstream() -> AsyncIterator[ListUpstream]:
+    upstream = ListUpstream()
+    app = web.Application()
+    app.router.add_get("/runs", upstream.list)
+    app.router.add_get("/runs/{run_id}", upstream.one)
+    async with serving_app(app) as url:
+        upstream.url = url
+        yield upstream

@@ -125,12 +125,16 @@ class RunView:
     entry: str | None = None
     pending: list[Event] = field(default_factory=list)
     done: bool = False
+    #: ``envelope=0``: each event's data as the run's own stream has it.
+    envelope: bool = True
 
     @property
     def channel(self) -> Channel:
         return self.subscription.channel
 
     def frame(self, event: Event, multi_id: str) -> bytes:
+        if not self.envelope:
+            return sse.frame(event.name, event.data, multi_id)
         # state and progress as the status filters read them (null where they gave none):
         # a page shows any configured API without knowing its shape.
         data = (
@@ -157,14 +161,18 @@ def position(view: RunView, resume: Mapping[str, tuple[int, int]]) -> None:
 
 
 def multi_frames(
-    subscriptions: list[Subscription], viewer: Viewer, limits: StreamLimits
+    subscriptions: list[Subscription],
+    viewer: Viewer,
+    limits: StreamLimits,
+    envelope: bool = True,
 ) -> AsyncGenerator[bytes, None] | None:
-    """The multi-run framer (see bridge/streams/opening.py): each run placed after its own id."""
+    """The multi-run framer (see bridge/streams/opening.py): each run placed after its own
+    id; ``envelope=False`` sends each event's data as the run's own stream has it."""
     resume = decode_cursor(viewer.resume_from)
     views = []
     for subscription in subscriptions:
         run_id = subscription.channel.key.run_id
-        view = RunView(run_id, run_key(run_id), subscription)
+        view = RunView(run_id, run_key(run_id), subscription, envelope=envelope)
         position(view, resume)
         views.append(view)
     if all(view.done for view in views):

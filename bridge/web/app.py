@@ -76,6 +76,7 @@ def create_app(settings: Settings) -> Quart:
     for rule, endpoint in (
         ("/v1/runs/<run_id>/stream", "run_stream"),
         ("/v1/streams", "multi_stream"),
+        ("/v1/events", "fleet_stream"),
     ):
         app.add_url_rule(rule, endpoint, methods=["GET"])
 

@@ -36,6 +36,7 @@ from bridge.server.hypercorn_transport import SEND_KEY, fast_path_transport
 from bridge.services import Services
 from bridge.streams.direct import DirectSink
 from bridge.streams.feed import FeedFramer
+from bridge.streams.fleet import open_fleet_stream, parse_envelope
 from bridge.streams.multi import multi_frames, parse_runs
 from bridge.streams.opening import Framer, Opened, RunRefused, open_stream
 from bridge.streams.stream import Frames, run_frames
@@ -59,6 +60,7 @@ log = logging.getLogger("bridge.web.front")
 RUN_PREFIX: Final = "/v1/runs/"
 RUN_SUFFIX: Final = "/stream"
 MULTI_PATH: Final = "/v1/streams"
+EVENTS_PATH: Final = "/v1/events"
 #: The request headers the stream routes read, besides the forwarded ones.
 _READ: Final = frozenset({b"accept", b"last-event-id", b"origin", b"x-forwarded-for"})
 _INTERNAL_ERROR: Final = http_error_reply(
@@ -79,7 +81,7 @@ def stream_route(scope: Scope) -> tuple[bool, str | None]:
     if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
         return False, None
     path: str = scope["path"]
-    if path == MULTI_PATH:
+    if path in (MULTI_PATH, EVENTS_PATH):
         return True, None
     if path.startswith(RUN_PREFIX) and path.endswith(RUN_SUFFIX):
         run_id = path[len(RUN_PREFIX) : -len(RUN_SUFFIX)]
@@ -189,6 +191,8 @@ class StreamFront:
     ) -> Reply | tuple[Viewer, Opened]:
         services = self.services
         query = query_args(scope)
+        if scope["path"] == EVENTS_PATH:
+            return await self._open_events(scope, send, request, query)
         if run_id is not None:
             runs = [run_ids.validate(run_id)]
             viewer = self._viewer(scope, send, request, query, stream=True)
@@ -196,8 +200,9 @@ class StreamFront:
         else:
             wanted = [value for name, value in query if name == "runs"]
             runs = parse_runs(wanted, services.settings.multi_max_runs)
+            envelope = parse_envelope(first_values(query).get("envelope"))
             viewer = self._viewer(scope, send, request, query, stream=False)
-            framer, name_run = multi_frames, True
+            framer, name_run = partial(multi_frames, envelope=envelope), True
         try:
             if services.draining:
                 raise Draining("The bridge is shutting down.")
@@ -212,6 +217,29 @@ class StreamFront:
         if opened is None:
             # The viewer already has every final event: 204 stops EventSource.
             return Reply(204, ())
+        services.metrics.streams_opened.inc()
+        return viewer, opened
+
+    async def _open_events(
+        self,
+        scope: Scope,
+        send: Send,
+        request: dict[bytes, str],
+        query: list[tuple[str, str]],
+    ) -> Reply | tuple[Viewer, Opened]:
+        """``GET /v1/events``: every listed run (bridge/streams/fleet.py)."""
+        services = self.services
+        envelope = parse_envelope(first_values(query).get("envelope"))
+        viewer = self._viewer(scope, send, request, query, stream=False)
+        try:
+            if services.draining:
+                raise Draining("The bridge is shutting down.")
+            opened = await open_fleet_stream(services, viewer, envelope)
+        except BridgeError as error:
+            services.metrics.streams_refused.labels(error.code).inc()
+            if viewer.wants_events and transient(error):
+                return retry_reply(error, services.settings.retry_ms, None)
+            return error_reply(error)
         services.metrics.streams_opened.inc()
         return viewer, opened
 
