@@ -129,7 +129,13 @@ async def test_seed_001s_browser_client_as_printed_on_v1_events(
     vocabulary = tmp_path / "runner.toml"
     vocabulary.write_text(RUNNER_EVENTS)
     async with list_upstream() as up:
+        served: dict[str, str] = {}
+
+        async def page_handler(request: web.Request) -> web.Response:
+            return web.Response(text=served["html"], content_type="text/html")
+
         pages = web.Application()
+        pages.router.add_get("/", page_handler)
         async with serving_app(pages) as page_origin:
             settings = {
                 "upstream_list_path": "/runs",
@@ -141,19 +147,16 @@ async def test_seed_001s_browser_client_as_printed_on_v1_events(
                 client = SEED_001_CLIENT.replace(
                     "http://localhost:4800/api/events", f"{b.url}/v1/events?envelope=0"
                 )
-                html = PAGE.replace("CLIENT", client)
-
-                async def page_handler(request: web.Request) -> web.Response:
-                    return web.Response(text=html, content_type="text/html")
-
-                pages.router.add_get("/", page_handler)
+                served["html"] = PAGE.replace("CLIENT", client)
                 page = await browser.new_page()
                 logged: list[str] = []
                 page.on("console", lambda m: logged.append(m.text))
                 errors: list[str] = []
                 page.on("pageerror", lambda e: errors.append(str(e)))
                 await page.goto(page_origin + "/")
-                up.set("a1b2c3d4", "in_progress", **runner_status("a1b2c3d4", "in_progress", ""))
+                # The run starts after the page opened: its whole life arrives live.
+                up.statuses["a1b2c3d4"] = runner_status("a1b2c3d4", "in_progress", "")
+                up.listed.append("a1b2c3d4")
                 up.statuses["a1b2c3d4"] = runner_status(
                     "a1b2c3d4", "in_progress", "Workspace already available\n"
                 )
