@@ -294,6 +294,11 @@ class Settings(BaseSettings):
             values.setdefault("progress_expr", chosen.progress_expr)
         if chosen.upstream_headers and "upstream_headers" not in values:
             values["upstream_headers"] = dict(chosen.upstream_headers)
+        # How its list of runs and its feed read (the paths stay the operator's).
+        for preset in (chosen.fleet, chosen.feed):
+            if preset is not None:
+                for name, value in preset.settings().items():
+                    values.setdefault(name, value)
         return values
 
     @field_validator("poll_intervals", mode="before")
