@@ -9,10 +9,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from bridge.settings import ConfigError, load
 from tests.feed_upstream import SEED_002, feed_upstream
-from tests.support import running_bridge, sse, wait_for
+from tests.support import running_bridge, serving_app, sse, wait_for
 
 AUTH = {"Authorization": "Bearer alice"}
 
@@ -236,3 +237,40 @@ def test_the_defaults_are_the_contracts() -> None:
     assert (settings.list_items, settings.list_id) == (".[]", ".id")
     assert (settings.list_max_pages, settings.list_max_runs) == (10, 10_000)
     assert json.dumps(settings.upstream_list_path) == "null"
+
+
+async def test_opaque_cursors_are_told_apart_by_identity_not_order() -> None:
+    """Event ids that do not sort (``evt_k``, ``evt_c``, ...): nothing is dropped, a
+    repeat is, and a cursor the history no longer holds is asked of the upstream."""
+    names = ["evt_k", "evt_c", "evt_x", "evt_a", "evt_m", "evt_b"]
+    shown = 3
+    seen_after: list[str | None] = []
+
+    async def feed(request: web.Request) -> web.Response:
+        after = request.query.get("after") or None
+        seen_after.append(after)
+        start = 0 if after is None or after == "start" else names.index(after) + 1
+        # Each page repeats the item before it, as feeds with inclusive cursors do.
+        items = [{"id": n, "type": "STEP"} for n in names[max(0, start - 1) : shown]]
+        return web.json_response({"data": items, "status": "running"})
+
+    app = web.Application()
+    app.router.add_get("/runs/{run_id}/events", feed)
+    settings = {
+        "feed_path": "/runs/{run_id}/events?after={cursor}",
+        "feed_start": "start",
+        "feed_items": ".data[]",
+        "feed_cursor": ".id",
+        "state_expr": ".status",
+        "history_size": 2,
+    }
+    async with serving_app(app) as url, running_bridge(url, **settings) as b:
+        async with sse(f"{b.url}/v1/runs/o1/stream") as s:
+            assert [(await s.next_named("STEP")).id for _ in range(3)] == names[:3]
+            shown = 6
+            assert [(await s.next_named("STEP")).id for _ in range(3)] == names[3:]
+        # evt_c is no longer in the bridge's history (2 kept): the upstream has the rest.
+        mark = len(seen_after)
+        async with sse(f"{b.url}/v1/runs/o1/stream", {"Last-Event-ID": "evt_c"}) as s:
+            assert [(await s.next_named("STEP")).id for _ in range(4)] == names[2:]
+        assert "evt_c" in seen_after[mark:]

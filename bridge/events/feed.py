@@ -5,11 +5,12 @@ With BRIDGE_FEED_PATH the upstream keeps a run's events itself, each with a curs
 ``Last-Event-ID`` is the upstream's own: what this history still holds is replayed from
 here, anything older is asked of the upstream (bridge/streams/feed.py).
 
-Cursors are ordered as numbers where they read as numbers (``15``, ``"15"``) and as
-strings otherwise: a cursor is placed among the held ones by that order, so a viewer
-whose cursor falls between two items (or before the oldest held one) resumes exactly
-after it. A feed has no ``progress`` snapshots to collapse to, so ``after`` never
-collapses: every held item is replayed.
+Cursors that read as numbers (``15``, ``"15"``) are ordered as numbers: a viewer's cursor
+is placed among the held ones by that order, so one that falls between two items (or
+before the oldest held one) resumes exactly after it. Any other cursor is opaque (an
+event id such as ``evt_9f2a``): it is found among the held ones by equality only, and
+one not held is asked of the upstream. A feed has no ``progress`` snapshots to collapse
+to, so ``after`` never collapses: every held item is replayed.
 """
 
 from __future__ import annotations
@@ -24,8 +25,13 @@ from bridge.events.history import Event, RunHistory
 CursorKey = tuple[int, float, str]
 
 
+def ordered(key: CursorKey) -> bool:
+    """The cursor is a number: it has a place among others, not only an identity."""
+    return key[0] == 0
+
+
 def cursor_key(cursor: str) -> CursorKey:
-    """Where ``cursor`` stands among a feed's cursors."""
+    """Where ``cursor`` stands among a feed's cursors (numbers first, by value)."""
     text = cursor.strip()
     if text and len(text) <= 40:
         try:
@@ -48,6 +54,7 @@ class FeedHistory(RunHistory):
         #: The cursor key everything after which is held: the feed's start until the
         #: oldest item is trimmed, then the trimmed item's.
         self.floor: CursorKey = cursor_key(start)
+        self.start = start
         self._by_id: dict[str, int] = {}
         #: The last feed page as one line of JSON: the run's status where one is asked
         #: for (GET /v1/runs/{id}), and the end event's data.
@@ -98,9 +105,11 @@ class FeedHistory(RunHistory):
         oldest = self._events[0].seq if self._events else self.last_seq + 1
         if seq is not None and seq >= oldest - 1:
             return seq
+        if event_id == self.start and self.complete_from_start:
+            return oldest - 1  # the feed's start: everything held is after it
         key = cursor_key(event_id)
-        if key < self.floor:
-            return None  # older than anything held: the upstream has it
+        if not ordered(key) or key < self.floor:
+            return None  # opaque and not held, or older than anything held: the upstream has it
         # The last held event at or before the cursor (none: everything held is after it).
         at = bisect.bisect_right(self._keys, key)
         return oldest - 1 + at
@@ -119,6 +128,10 @@ class FeedHistory(RunHistory):
         if seq is None:
             return self.after(0)
         return self.after(seq)
+
+    def behind(self, seq: int) -> bool:
+        """Events after ``seq`` were trimmed already: only the upstream still has them."""
+        return bool(self._events) and seq < self._events[0].seq - 1
 
     @property
     def complete_from_start(self) -> bool:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,7 @@ import jq
 
 from bridge import run_id as run_ids
 from bridge.events import sse
-from bridge.events.feed import CursorKey, FeedHistory, cursor_key
+from bridge.events.feed import CursorKey, FeedHistory, cursor_key, ordered
 from bridge.polling.poller import Poller
 from bridge.polling.status import Reading
 from bridge.polling.upstream import Fetched, Page, Validators
@@ -50,6 +51,8 @@ PageFetch = Callable[[str, Mapping[str, str], Validators | None], Awaitable[Page
 MAX_CURSOR = 256
 MAX_EVENT_NAME = 128
 _BREAKS = frozenset("\r\n\x00")
+#: Opaque cursors remembered per run to tell a repeated item (numbers need no memory).
+RECENT_OPAQUE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +181,9 @@ class FeedPoller(Poller):
         #: The state as the latest full answer read it.
         self._state: Reading | None = None
         self._logged: set[str] = set()
+        #: Opaque cursors published lately, oldest first (duplicates are told by identity).
+        self._recent: deque[str] = deque()
+        self._recent_set: set[str] = set()
 
     @property
     def history(self) -> FeedHistory:
@@ -290,7 +296,7 @@ class FeedPoller(Poller):
         for item in read.items:
             if history.terminal:
                 return
-            if item.key <= self._key:
+            if self._seen(item):
                 self._once(
                     "duplicate",
                     "run %s: the feed repeated or went back to a cursor it had passed; such "
@@ -300,8 +306,19 @@ class FeedPoller(Poller):
                 continue
             self.channel.publish(item.event, item.data, state, event_id=item.cursor)
             self.cursor, self._key = item.cursor, item.key
+            if not ordered(item.key):
+                self._recent.append(item.cursor)
+                self._recent_set.add(item.cursor)
+                if len(self._recent) > RECENT_OPAQUE:
+                    self._recent_set.discard(self._recent.popleft())
             if self._metrics is not None:
                 self._metrics.events_published.labels("feed_item").inc()
+
+    def _seen(self, item: Item) -> bool:
+        """A duplicate: a number not above the last one, or an opaque cursor seen lately."""
+        if ordered(item.key) and ordered(self._key):
+            return item.key <= self._key
+        return item.cursor in self._recent_set or item.cursor == self.cursor
 
     def _end(self, state: Reading) -> None:
         """The end event at a final state: the last page as its data."""

@@ -22,7 +22,7 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 from bridge.errors import UpstreamError
 from bridge.events import sse
 from bridge.events.channel import Subscription
-from bridge.events.feed import CursorKey, FeedHistory, cursor_key
+from bridge.events.feed import CursorKey, FeedHistory, cursor_key, ordered
 from bridge.events.history import Event
 from bridge.polling.feed import FeedSource, PageFetch
 from bridge.streams.keepalive import Keepalive, StreamLimits
@@ -66,71 +66,79 @@ class FeedFramer:
         (subscription,) = subscriptions
         history = subscription.channel.history
         assert isinstance(history, FeedHistory)
-        resume = viewer.resume_from
-        if resume is None and history.complete_from_start:
-            resume = self._source.start
+        resume = viewer.resume_from or self._source.start
         held = history.holds(resume)
         if held is not None and not history.after(held) and history.terminal:
             return None  # the viewer already has the run's final event
-        catch_up = None
-        if held is None:
-            catch_up = (resume or self._source.start, dict(self._headers(viewer)))
-        return self._frames(subscription, history, resume, limits, catch_up)
+        headers = dict(self._headers(viewer))
+        return self._frames(subscription, history, resume, limits, headers)
 
     async def _frames(
         self,
         subscription: Subscription,
         history: FeedHistory,
-        resume: str | None,
+        position: str,
         limits: StreamLimits,
-        catch_up: tuple[str, dict[str, str]] | None,
+        headers: dict[str, str],
     ) -> AsyncGenerator[bytes, None]:
+        """From the upstream while the history does not hold ``position`` (the last
+        cursor the viewer has), from the history after it, then live; and back to the
+        upstream should the viewer fall further behind than the history keeps."""
         keepalive = Keepalive(limits)
         loop = asyncio.get_running_loop()
         yield sse.retry(limits.retry_ms)
-        after = cursor_key(resume) if resume is not None else None
-        if catch_up is not None:
-            cursor, headers = catch_up
-            refused: list[int] = []
-            async for frame in self._upstream(subscription, history, cursor, headers, refused):
-                if isinstance(frame, bytes):
-                    yield frame
-                else:
-                    resume, after = frame, cursor_key(frame)
-            if refused:
-                return
-            if subscription.closed:
-                if subscription.farewell:
-                    yield subscription.farewell
-                return
-        seq = history.holds(resume)
-        if seq is None:
-            seq = 0  # the upstream had nothing newer: what is held, past the cursor
-        pending = _keyed(history, history.after(seq))
+        after = cursor_key(position)
+        #: Opaque cursors sent from the upstream: the history may hold them too.
+        sent: set[str] = set()
         while True:
-            for event, key in pending:
-                seq = event.seq
-                if after is not None and key <= after and not event.terminal:
-                    continue  # the viewer has it (caught up from the upstream meanwhile)
-                yield event.frame
-                if event.terminal:
+            seq = history.holds(position)
+            if seq is None:
+                refused: list[int] = []
+                async for frame in self._upstream(
+                    subscription, history, position, headers, refused
+                ):
+                    if isinstance(frame, bytes):
+                        yield frame
+                    else:
+                        position, after = frame, cursor_key(frame)
+                        if not ordered(after):
+                            sent.add(frame)
+                if refused:
                     return
-            if subscription.closed:
-                if subscription.farewell:
-                    yield subscription.farewell
-                return
-            due = keepalive.due(loop.time())
-            if due is not None:
-                yield keepalive.frame(due)
-                if due == "timeout":
+                if subscription.closed:
+                    if subscription.farewell:
+                        yield subscription.farewell
                     return
-                pending = []
-                continue
+                # The upstream had nothing newer: what is held, past the cursor.
+                seq = history.holds(position) or 0
             pending = _keyed(history, history.after(seq))
-            if pending:
-                continue
-            await keepalive.sleep(subscription.wake)
-            pending = _keyed(history, history.after(seq))
+            while not history.behind(seq):
+                for event, key in pending:
+                    seq = event.seq
+                    if not event.terminal and (
+                        event.id in sent or (ordered(key) and ordered(after) and key <= after)
+                    ):
+                        continue  # the viewer has it (caught up from the upstream meanwhile)
+                    yield event.frame
+                    if event.terminal:
+                        return
+                    position = event.id
+                if subscription.closed:
+                    if subscription.farewell:
+                        yield subscription.farewell
+                    return
+                due = keepalive.due(loop.time())
+                if due is not None:
+                    yield keepalive.frame(due)
+                    if due == "timeout":
+                        return
+                    pending = []
+                    continue
+                pending = _keyed(history, history.after(seq))
+                if pending:
+                    continue
+                await keepalive.sleep(subscription.wake)
+                pending = _keyed(history, history.after(seq))
 
     async def _upstream(
         self,
@@ -160,11 +168,17 @@ class FeedFramer:
                     subscription.close()
                 return
             read = source.read(page.value)
-            fresh = [item for item in read.items if item.key > key]
+            fresh = [
+                item
+                for item in read.items
+                if (item.key > key if ordered(item.key) and ordered(key) else item.cursor != cursor)
+            ]
             if not fresh:
                 return  # the upstream has nothing newer than this cursor
             for item in fresh:
                 yield sse.frame(item.event, item.data, item.cursor)
+                if not ordered(item.key):
+                    yield item.cursor  # remembered: the history may hold it as well
             cursor, key = fresh[-1].cursor, fresh[-1].key
             yield cursor
 
