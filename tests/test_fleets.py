@@ -4,12 +4,16 @@ loopback."""
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 import aiohttp
+import jq
 import pytest
 
+from bridge.polling.fleet import ListSource
+from bridge.settings import load
 from tests.feed_upstream import list_upstream
 from tests.support import SseStream, running_bridge, sse, wait_for
 
@@ -224,3 +228,31 @@ async def test_the_list_poller_stops_with_its_last_viewer() -> None:
             await wait_for(lambda: b.bridge.pollers.active == 0)
             lists = up.list_requests()
         assert up.list_requests() == lists
+
+
+@pytest.mark.parametrize(
+    ("items", "run_id", "page"),
+    [
+        (".[]", ".id", [{"id": "a"}, {"x": 1}, "text", None, [1], {"id": 7}]),
+        (".[]", ".id", {"one": {"id": "a"}, "two": {"id": "b"}}),
+        (".[]", ".id", "not a list"),
+        (".workflow_runs[]", ".id", {"workflow_runs": [{"id": 1}, {"id": 2}], "total_count": 2}),
+        (".items[]", ".metadata.name", {"items": [{"metadata": {"name": "j1"}}, {"spec": {}}]}),
+        (".runs[] | {id: .run_id, status}", ".id", {"runs": [{"run_id": 5, "status": "x"}]}),
+        (".runs[] | select(.active)", ".id", {"runs": [{"id": "a", "active": True}, {"id": "b"}]}),
+    ],
+)
+def test_reading_a_list_gives_what_jq_gives(items: str, run_id: str, page: Any) -> None:
+    """The defaults are read without jq and paths without jq's copies: same results."""
+    settings = load(
+        upstream_url="http://127.0.0.1:1",
+        upstream_list_path="/runs",
+        list_items=items,
+        list_id=run_id,
+    )
+    program = jq.compile(f"[({items}) | [., ([try ({run_id})] | .[0])]]")
+    try:
+        expected = [tuple(pair) for pair in program.input_value(page).first()]
+    except ValueError:
+        expected = None
+    assert ListSource(settings).read(page, json.dumps(page)) == expected

@@ -55,6 +55,8 @@ log = logging.getLogger("bridge.polling.fleet")
 
 PageFetch = Callable[[str, Mapping[str, str], Validators | None], Awaitable[Page]]
 
+_NONE = object()
+
 #: Entries the fleet log keeps for resume (events of all listed runs, newest last).
 FLEET_LOG_SIZE = 20_000
 
@@ -70,19 +72,57 @@ class ListSource:
         self.url = settings.upstream_base() + settings.upstream_list_path
         self.max_pages = settings.list_max_pages
         self.max_runs = settings.list_max_runs
-        # One jq run per page gives every item with its id (null where there is none),
-        # in order: no filter is run per item (bench/fleet.py measures a list tick).
-        self._program = jq.compile(
-            f"[({settings.list_items}) | [., ([try ({settings.list_id})] | .[0])]]"
-        )
+        items, run_id = settings.list_items, settings.list_id
+        #: The contract's defaults, `.[]` and `.id`, are read without jq: the same
+        #: results (an array's elements or an object's values; an object's `id`, else
+        #: null), without jq's parse of the whole page, most of a tick (bench/fleet.py).
+        self._defaults = items.strip() == ".[]" and run_id.strip() == ".id"
+        # One jq run per page, never one per item (bench/fleet.py measures a list tick).
+        # It reads the page's text and gives where each item is in the page and its id
+        # (null where there is none), so the items themselves are the page's own Python
+        # objects, not copies made by jq: jq's parse is most of a tick's cost already.
+        self._where = jq.compile(f"[path({items})], [({items}) | [try ({run_id})] | .[0]]")
+        # Items that are not parts of the page (built by the filter): their values.
+        self._values = jq.compile(f"[({items}) | [., ([try ({run_id})] | .[0])]]")
 
-    def read(self, page: Any) -> list[tuple[Any, Any]] | None:
-        """(item, id) of each item of the page, in order; None: the filter failed."""
+    def read(self, page: Any, text: str | None = None) -> list[tuple[Any, Any]] | None:
+        """(item, id) of each item of the page, in order; None: the filter failed.
+        ``text``: the page as the upstream sent it (the same JSON as ``page``)."""
+        if self._defaults:
+            return _defaults(page)
+        if text is not None:
+            try:
+                paths, ids = self._where.input_text(text).all()
+            except (ValueError, StopIteration):
+                pass  # not paths into the page (e.g. `{id, status}`): take the values
+            else:
+                try:
+                    return [(_at(page, path), ids[i]) for i, path in enumerate(paths)]
+                except (KeyError, IndexError, TypeError):
+                    pass
         try:
-            found = self._program.input_value(page).first()
+            found = self._values.input_value(page).first()
         except (ValueError, StopIteration):
             return None
         return [(pair[0], pair[1]) for pair in found] if isinstance(found, list) else None
+
+
+def _defaults(page: Any) -> list[tuple[Any, Any]] | None:
+    """``.[]`` with ``.id`` of each (null where jq's ``try .id`` gives nothing)."""
+    if isinstance(page, list):
+        found = page
+    elif isinstance(page, dict):
+        found = list(page.values())
+    else:
+        return None  # jq: "Cannot iterate over" a string, a number, null
+    return [(item, item.get("id") if isinstance(item, dict) else None) for item in found]
+
+
+def _at(value: Any, path: list[Any]) -> Any:
+    """The part of ``value`` at a path jq's ``path()`` gave (keys and indexes)."""
+    for step in path:
+        value = value[step]
+    return value
 
 
 def run_id_of(value: Any) -> str | None:
@@ -301,8 +341,8 @@ class Fleet:
         #: Log sinks on listed (and just delisted) runs' channels.
         self._sinks: dict[str, Subscription] = {}
         self._leaving: set[str] = set()
-        #: The last JSON of each listed run, to skip unchanged items cheaply.
-        self._last: dict[str, str] = {}
+        #: The last item of each listed run, to skip unchanged items cheaply.
+        self._last: dict[str, Any] = {}
         #: Each page URL's validators and what it listed (for a 304).
         self._pages_held: dict[str, tuple[Validators, list[tuple[Any, Any]]]] = {}
         self.viewers: set[FleetViewer] = set()
@@ -434,7 +474,7 @@ class Fleet:
             if page.value is None and held is not None:
                 found.extend(held[1])  # 304: as it was
             else:
-                read = self._source.read(page.value)
+                read = self._source.read(page.value, page.text)
                 if read is None:
                     self._once("items", "BRIDGE_LIST_ITEMS failed on the list, or gave no items")
                     read = []
@@ -498,10 +538,10 @@ class Fleet:
         self.listed = channels
 
     async def _feed(self, run_id: str, item: Any) -> Channel | None:
-        data = sse.encode_json(item)
         member = self._members.get(run_id)
-        if member is not None and self._last.get(run_id) == data:
-            return member.channel  # unchanged since the last list
+        if member is not None and self._last.get(run_id, _NONE) == item:
+            return member.channel  # unchanged since the last list (compared in C)
+        data = sse.encode_json(item)
         if run_id in self._ended:
             ended = self._registry.hub.find(self._registry.key(run_id, self._headers))
             if ended is not None:
@@ -526,7 +566,7 @@ class Fleet:
                 poller.release()
                 await poller.ledger.record(Observation(data, self._reader.read(item, data)))
                 return poller.channel
-        self._last[run_id] = data
+        self._last[run_id] = item
         await member.fed(Observation(data, self._reader.read(item, data)))
         if member.channel.history.terminal:
             # Ended while listed: its poller stops; nothing more can change it.

@@ -104,6 +104,8 @@ class Page:
     #: The absolute URL of ``Link: <...>; rel="next"``, when it is on the upstream's own
     #: origin (a link elsewhere would carry the forwarded credentials there).
     next_url: str | None = None
+    #: The body as text (``fetch_page(any_json=True)``), a valid JSON text.
+    text: str | None = None
 
 
 def _next_link(response: aiohttp.ClientResponse, base: str) -> str | None:
@@ -340,8 +342,10 @@ class UpstreamClient:
             ) from None
         if self._metrics is not None:
             self._metrics.upstream_bytes.inc(len(body))
-        value = self._parse_any(body) if any_json else self._parse(body)
-        return Page(value, validators, wait, following)
+        if not any_json:
+            return Page(self._parse(body), validators, wait, following)
+        # Kept as text too: jq reads a text faster than a Python value it must encode first.
+        return Page(self._parse_any(body), validators, wait, following, body.decode())
 
     async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
         cap = self._settings.upstream_max_bytes
