@@ -261,6 +261,7 @@ async def list_tick(items: int = 1000, rounds: int = 20) -> dict[str, Any]:
                 for label, share in (
                     ("unchanged", 0.0),
                     ("changed_10pct", 0.1),
+                    ("changed_third", 1 / 3),
                     ("changed_all", 1.0),
                 ):
                     times = []
