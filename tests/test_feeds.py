@@ -274,3 +274,23 @@ async def test_opaque_cursors_are_told_apart_by_identity_not_order() -> None:
         async with sse(f"{b.url}/v1/runs/o1/stream", {"Last-Event-ID": "evt_c"}) as s:
             assert [(await s.next_named("STEP")).id for _ in range(4)] == names[2:]
         assert "evt_c" in seen_after[mark:]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"feed_path": "/r/{run_id}/e?c={cursor}", "redis_url": "redis://127.0.0.1:1"}, "FEED"),
+        ({"upstream_list_path": "/runs", "redis_url": "redis://127.0.0.1:1"}, "LIST"),
+        ({"feed_path": "/r/{run_id}/e?c={cursor}", "upstream_list_path": "/runs"}, "FEED"),
+    ],
+)
+def test_combinations_the_bridge_cannot_serve_yet_stop_the_start(
+    overrides: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(upstream_url="http://127.0.0.1:1", **overrides)
+    message = str(caught.value)
+    assert (
+        "\n" not in message
+        and f"BRIDGE_{'FEED_PATH' if named == 'FEED' else 'UPSTREAM_LIST_PATH'}" in message
+    )

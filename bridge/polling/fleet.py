@@ -295,8 +295,9 @@ class ListedPoller(Poller):
             return None
         if self._settled() or self._idle_done(now):
             return None
-        # Woken by a nudge (fed, delisted, a viewer left) well before this.
-        return now + 60 * self._cadence.interval
+        # Fed, delisted or left by a viewer, it is nudged; otherwise it syncs once an
+        # interval like any poller (its ledger's bookkeeping), asking nothing.
+        return now + self._cadence.interval
 
 
 # --- one credential scope's list poller -----------------------------------------------
