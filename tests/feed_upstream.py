@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -35,6 +37,9 @@ class FeedUpstream:
     state_on_page: bool = True
     #: Extra raw items appended to every page (bad input).
     junk: list[Any] = field(default_factory=list)
+    #: Answer with an ETag, and 304 to a matching If-None-Match.
+    etags: bool = False
+    not_modified: int = 0
     #: (path, since, Authorization) of every request.
     requests: list[tuple[str, str | None, str | None]] = field(default_factory=list)
 
@@ -64,7 +69,13 @@ class FeedUpstream:
         }
         if self.state_on_page:
             body["runStatus"] = run.status
-        return web.json_response(body)
+        if not self.etags:
+            return web.json_response(body)
+        etag = '"' + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest() + '"'
+        if request.headers.get("If-None-Match") == etag:
+            self.not_modified += 1
+            return web.Response(status=304, headers={"ETag": etag})
+        return web.json_response(body, headers={"ETag": etag})
 
     async def status(self, request: web.Request) -> web.Response:
         run_id = request.match_info["run_id"]

@@ -294,3 +294,64 @@ def test_combinations_the_bridge_cannot_serve_yet_stop_the_start(
         "\n" not in message
         and f"BRIDGE_{'FEED_PATH' if named == 'FEED' else 'UPSTREAM_LIST_PATH'}" in message
     )
+
+
+async def test_json_catch_up_beyond_the_history_pages_from_the_upstream() -> None:
+    async with feed_upstream() as up:
+        run = up.run("r9")
+        for i in range(12):
+            run.add("STEP", n=i + 1)
+        up.page_size = 4
+        settings = {**SEED_002, "history_size": 3, "feed_max_pages": 2}
+        async with running_bridge(up.url, **settings) as b:
+            # The bridge's poller reads the whole feed; its history keeps the last 3.
+            async with sse(f"{b.url}/v1/runs/r9/stream", AUTH) as s:
+                while (await s.next_named("STEP")).id != "12":
+                    pass
+            # No since: the feed from its start, in steps of at most 2 pages of 4.
+            status, body = await get_json(f"{b.url}/v1/runs/r9/events", AUTH)
+            assert status == 200
+            assert [e["id"] for e in body["events"]] == [str(i) for i in range(1, 9)]
+            assert body["cursor"] == "8" and body["state"] == "running"
+            status, body = await get_json(f"{b.url}/v1/runs/r9/events?since=8", AUTH)
+            assert [e["id"] for e in body["events"]] == ["9", "10", "11", "12"]
+            # A cursor the upstream no longer has: 410 with the bridge's own error.
+            run.kept_from = 5
+            status, body = await get_json(f"{b.url}/v1/runs/r9/events?since=2", AUTH)
+            assert (status, body["error"]) == (410, "cursor_expired")
+
+
+async def test_a_poke_polls_a_feed_at_once() -> None:
+    async with feed_upstream() as up:
+        run = up.run("r10")
+        run.add("A")
+        settings = {**SEED_002, "poll_interval": 30, "poke_token": "p" * 20}
+        async with (
+            running_bridge(up.url, **settings) as b,
+            sse(f"{b.url}/v1/runs/r10/stream", AUTH) as s,
+        ):
+            assert (await s.next_named("A")).id == "1"
+            run.add("B")
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    f"{b.url}/v1/runs/r10/poll", headers={"Authorization": "Bearer " + "p" * 20}
+                ) as r,
+            ):
+                assert r.status == 202
+            assert (await s.next_named("B")).id == "2"
+
+
+async def test_an_unchanged_feed_page_is_asked_conditionally() -> None:
+    async with feed_upstream() as up:
+        up.etags = True
+        run = up.run("r11")
+        run.add("A")
+        async with (
+            running_bridge(up.url, **SEED_002) as b,
+            sse(f"{b.url}/v1/runs/r11/stream", AUTH) as s,
+        ):
+            assert (await s.next_named("A")).id == "1"
+            await wait_for(lambda: up.not_modified >= 2)
+            run.add("B")
+            assert (await s.next_named("B")).id == "2"

@@ -256,3 +256,24 @@ def test_reading_a_list_gives_what_jq_gives(items: str, run_id: str, page: Any) 
     except ValueError:
         expected = None
     assert ListSource(settings).read(page, json.dumps(page)) == expected
+
+
+async def test_a_poke_of_a_listed_run_asks_the_list_at_once() -> None:
+    token = "t" * 20
+    async with list_upstream() as up:
+        up.set("a", "running", step=1)
+        async with (
+            running_bridge(up.url, **LIST, poll_interval=30, poke_token=token) as b,
+            sse(f"{b.url}/v1/events", AUTH) as s,
+        ):
+            await envelopes(s, 1)
+            up.set("a", "running", step=2)
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    f"{b.url}/v1/runs/a/poll", headers={"Authorization": f"Bearer {token}"}
+                ) as r,
+            ):
+                assert r.status == 202
+            assert await envelopes(s, 1) == [("progress", "a", up.statuses["a"])]
+            assert up.run_requests("a") == 0

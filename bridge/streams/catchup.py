@@ -19,9 +19,10 @@ from urllib.parse import quote
 from bridge.errors import InvalidRequest
 from bridge.events import sse
 from bridge.events.channel import Subscription
-from bridge.events.feed import current_status
+from bridge.events.feed import FeedHistory, current_status
 from bridge.events.history import Event
 from bridge.services import Services
+from bridge.streams.feed import upstream_events
 from bridge.streams.opening import lease_all
 from bridge.streams.viewer import Viewer
 
@@ -65,10 +66,17 @@ async def _wait(subscription: Subscription, ready: bool, seconds: float) -> None
             await subscription.wake.wait()
 
 
-def _events_body(run_id: str, events: list[Event], cursor: str | None, latest: Event | None) -> str:
+def _events_body(
+    run_id: str,
+    events: list[Event],
+    cursor: str | None,
+    latest: Event | None,
+    state: str | None = None,
+) -> str:
     # Each event's data is already one line of JSON: embedded, never parsed again.
-    # A feed with no item yet has no latest event: its state is the last page's.
-    state = latest.state if latest is not None else None
+    # ``state``: a feed's, from its last page (it may have no item, so no latest event).
+    if state is None and latest is not None:
+        state = latest.state
     progress = latest.progress if latest is not None else None
     items = ",".join(
         f'{{"id":{sse.encode_json(e.id)},"event":{sse.encode_json(e.name)},"data":{e.data}}}'
@@ -92,6 +100,23 @@ async def events(
         subscription = await stack.enter_async_context(services.hub.subscribe(channel))
         history = channel.history
         held = history.holds(since)
+        feed = services.feed
+        if isinstance(history, FeedHistory) and feed is not None:
+            # A feed: items the history no longer holds come from the upstream.
+            since = since or feed.start
+            held = history.holds(since)
+            if held is None:
+                found = await upstream_events(
+                    feed,
+                    services.fetch_page,
+                    run_id,
+                    since,
+                    services.polled_with(viewer),
+                    history.state,
+                )
+                reached = found[-1].id if found else since
+                body = _events_body(run_id, found, reached, history.latest, history.state)
+                return Answer(200, body, {"Cache-Control": "no-cache"})
         if held is None:
             # No since, or one this history no longer holds: the current status.
             found = history.resume(None)
@@ -102,7 +127,9 @@ async def events(
         # A lease comes with a first status (a feed's may have no item yet).
         latest = history.latest
         cursor = found[-1].id if found else since
-        body = _events_body(run_id, found, cursor, latest)
+        # A feed's state is its last page's, whether or not it had an item.
+        state = history.state if isinstance(history, FeedHistory) else None
+        body = _events_body(run_id, found, cursor, latest, state)
         headers = {"Cache-Control": "no-cache", "X-Run-State": state_header(latest)}
         return Answer(200, body, headers)
 

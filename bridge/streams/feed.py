@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Callable, Mapping
 
-from bridge.errors import UpstreamError
+from bridge.errors import BridgeError, UpstreamError
 from bridge.events import sse
 from bridge.events.channel import Subscription
 from bridge.events.feed import CursorKey, FeedHistory, cursor_key, ordered
@@ -30,6 +30,57 @@ from bridge.streams.viewer import Viewer
 
 #: Upstream answers that mean "this cursor is gone" (or never was).
 STALE_CURSOR = frozenset({400, 404, 410})
+
+
+class CursorExpired(BridgeError):
+    """The upstream no longer serves events after a viewer's cursor (JSON catch-up)."""
+
+    status = 410
+    code = "cursor_expired"
+
+    def __init__(self, upstream_status: int) -> None:
+        super().__init__(
+            f"The upstream API no longer serves events after this cursor (HTTP "
+            f"{upstream_status}); ask again without `since` to start from the events it has."
+        )
+
+
+async def upstream_events(
+    source: FeedSource,
+    pages: PageFetch,
+    run_id: str,
+    cursor: str,
+    headers: Mapping[str, str],
+    state: str | None,
+) -> list[Event]:
+    """The items after ``cursor``, from the upstream (at most BRIDGE_FEED_MAX_PAGES
+    pages), as events with their cursors as ids: a JSON client's catch-up step, which
+    it continues with ``since`` = the last id. Raises CursorExpired for a stale cursor."""
+    found: list[Event] = []
+    key = cursor_key(cursor)
+    for _ in range(source.max_pages):
+        try:
+            page = await pages(source.url(run_id, cursor), headers, None)
+        except UpstreamError as error:
+            status = error.upstream_status
+            if status is not None and status in STALE_CURSOR:
+                raise CursorExpired(status) from None
+            raise
+        read = source.read(page.value)
+        fresh = [
+            item
+            for item in read.items
+            if (item.key > key if ordered(item.key) and ordered(key) else item.cursor != cursor)
+        ]
+        if not fresh:
+            break
+        found.extend(
+            Event.build(0, item.cursor, item.event, item.data, state=state) for item in fresh
+        )
+        cursor, key = fresh[-1].cursor, fresh[-1].key
+        if not source.more(page.value):
+            break
+    return found
 
 
 def stale_cursor_error(status: int) -> bytes:
