@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import AsyncExitStack
 from typing import Any
 
 import aiohttp
 import jq
 import pytest
 
-from bridge.polling.fleet import ListSource
+from bridge.events.history import Event
+from bridge.polling.fleet import FleetLog, ListSource
 from bridge.settings import load
 from tests.feed_upstream import list_upstream
 from tests.support import SseStream, running_bridge, sse, wait_for
@@ -277,3 +279,35 @@ async def test_a_poke_of_a_listed_run_asks_the_list_at_once() -> None:
                 assert r.status == 202
             assert await envelopes(s, 1) == [("progress", "a", up.statuses["a"])]
             assert up.run_requests("a") == 0
+
+
+async def test_a_listed_runs_own_viewer_outlives_the_list_poller() -> None:
+    async with list_upstream() as up:
+        up.set("a", "running", step=1)
+        async with running_bridge(up.url, **LIST) as b:
+            async with AsyncExitStack() as stack:
+                fleet = await stack.enter_async_context(sse(f"{b.url}/v1/events", AUTH))
+                await envelopes(fleet, 1)
+                own = await stack.enter_async_context(sse(f"{b.url}/v1/runs/a/stream", AUTH))
+                assert (await own.next_named("progress")).data
+                assert up.run_requests("a") == 0
+                # The list's last viewer leaves: the run's own viewer is served by its path.
+                fleet.response.close()
+                await wait_for(lambda: not b.bridge.fleets.fleets())
+                up.set("a", "running", step=2)
+                assert own.data(await own.next_named("progress"))["step"] == 2
+                assert up.run_requests("a") >= 1
+
+
+def test_the_fleet_log_is_bounded_in_entries_and_bytes() -> None:
+    log = FleetLog(size=10, max_bytes=3 * 10 * 1024)
+    small = Event.build(1, "1-1", "progress", '{"a":1}')
+    for _ in range(25):
+        log.append("r", small)
+    assert len(log) == 10 and log.holds(f"{log.epoch}-15") == 15
+    assert log.holds(f"{log.epoch}-14") is None
+    big = Event.build(2, "1-2", "progress", json.dumps({"x": "y" * 4000}))
+    for _ in range(5):
+        log.append("r", big)
+    assert log.nbytes <= 3 * 10 * 1024 and 1 <= len(log) <= 3
+    assert [e.seq for e in log.after(log.last_seq - 1)] == [log.last_seq]

@@ -57,8 +57,10 @@ PageFetch = Callable[[str, Mapping[str, str], Validators | None], Awaitable[Page
 
 _NONE = object()
 
-#: Entries the fleet log keeps for resume (events of all listed runs, newest last).
+#: Entries the fleet log keeps for resume (events of all listed runs, newest last), and
+#: the bytes they may hold at most.
 FLEET_LOG_SIZE = 20_000
+FLEET_LOG_BYTES = 64 * 1024 * 1024
 
 
 # --- the list ------------------------------------------------------------------------
@@ -176,18 +178,32 @@ def event_frame(run_id: str, event: Event, frame_id: str, envelope: bool) -> byt
 
 
 class FleetLog:
-    """The events of every listed run in one order, bounded; ids ``<epoch>-<seq>``."""
+    """The events of every listed run in one order, bounded in entries and in bytes;
+    ids ``<epoch>-<seq>``. An entry costs its event (shared with the run's history while
+    that holds it) and the two frames it may make: three times the event's bytes."""
 
-    def __init__(self, size: int = FLEET_LOG_SIZE) -> None:
+    def __init__(self, size: int = FLEET_LOG_SIZE, max_bytes: int = FLEET_LOG_BYTES) -> None:
         self.epoch = time.time_ns() // 1_000_000
-        self._entries: deque[Entry] = deque(maxlen=size)
+        self._entries: deque[Entry] = deque()
+        self._size = size
+        self._max_bytes = max_bytes
+        self.nbytes = 0
         self.last_seq = 0
 
     def append(self, run_id: str, event: Event) -> Entry:
         self.last_seq += 1
         entry = Entry(self.last_seq, f"{self.epoch}-{self.last_seq}", run_id, event)
         self._entries.append(entry)
+        self.nbytes += 3 * event.nbytes
+        # Oldest first; a viewer behind them gets every run's current status again.
+        while len(self._entries) > 1 and (
+            len(self._entries) > self._size or self.nbytes > self._max_bytes
+        ):
+            self.nbytes -= 3 * self._entries.popleft().event.nbytes
         return entry
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     @property
     def current_id(self) -> str:
@@ -357,6 +373,8 @@ class Fleet:
         self._backoff = Backoff(interval, max(interval, hint_max))
         #: List requests made (tests, bench).
         self.polls = 0
+        #: The bridge stops: members are let go, not handed over to their own polling.
+        self.shutting_down = False
 
     # --- viewers -------------------------------------------------------------------
 
@@ -605,7 +623,11 @@ class Fleet:
         for run_id in list(self._sinks):
             self._unsink(run_id)
         for member in self._members.values():
-            member.release()
+            if self.shutting_down:
+                member.release()
+            else:
+                # Its single-run viewers stay: it asks its own path from now on.
+                member.delisted()
         self._members.clear()
 
     def _once(self, what: str, message: str, *args: object) -> None:
@@ -696,5 +718,7 @@ class Fleets:
             fleet.close_viewers(farewell)
 
     async def close(self) -> None:
+        for fleet in self._fleets.values():
+            fleet.shutting_down = True
         for task in list(self._tasks):
             await cancel_and_wait(task)
