@@ -355,3 +355,23 @@ async def test_an_unchanged_feed_page_is_asked_conditionally() -> None:
             await wait_for(lambda: up.not_modified >= 2)
             run.add("B")
             assert (await s.next_named("B")).id == "2"
+
+
+async def test_without_more_a_final_state_ends_only_after_an_empty_page() -> None:
+    """No BRIDGE_FEED_MORE: a page of items at a final state may not be the last one."""
+    async with feed_upstream() as up:
+        run = up.run("r12")
+        for i in range(5):
+            run.add("STEP", n=i + 1)
+        run.status = "completed"
+        up.page_size = 2
+        settings = {k: v for k, v in SEED_002.items() if k != "feed_more"}
+        async with (
+            running_bridge(up.url, **settings) as b,
+            sse(f"{b.url}/v1/runs/r12/stream", AUTH) as s,
+        ):
+            got = await s.rest()
+            assert [(e.event, e.id) for e in got] == [
+                *(("STEP", str(i)) for i in range(1, 6)),
+                ("complete", "5"),
+            ]

@@ -121,6 +121,11 @@ class FeedSource:
         path = run_ids.upstream_path(self.path, run_id)
         return self.base + path.replace("{cursor}", quote(cursor, safe=""))
 
+    @property
+    def announces_more(self) -> bool:
+        """BRIDGE_FEED_MORE is set: a page says whether another follows."""
+        return self._more is not None
+
     def more(self, page: Any) -> bool:
         """BRIDGE_FEED_MORE: ask the next page at once (a failing filter: no)."""
         if self._more is None:
@@ -228,6 +233,7 @@ class FeedPoller(Poller):
             self._state = await self._run_state()
         wait: float | None = None
         more = False
+        drained = True  # a 304: the page is as it was, with nothing new
         asked = 0
         while asked < source.max_pages and not history.terminal:
             asked += 1
@@ -254,14 +260,17 @@ class FeedPoller(Poller):
                 self._run_path_first = True
                 self._state = await self._run_state()
                 again = self._state.event != sse.PROGRESS
-            self._publish(source.read(page.value))
+            fresh = self._publish(source.read(page.value))
+            # Without BRIDGE_FEED_MORE a page that brought items may not have been the
+            # last: only an empty one says the feed has no more.
+            drained = fresh == 0 or source.announces_more
             more = source.more(page.value) or again
             if not more:
                 break
         state = self._state
         if state is not None:
             history.state = state.state
-        if state is not None and state.event != sse.PROGRESS and not more:
+        if state is not None and state.event != sse.PROGRESS and not more and drained:
             self._end(state)
         return wait
 
@@ -271,13 +280,12 @@ class FeedPoller(Poller):
         assert fetched.status is not None  # no validators sent: no 304
         return self._reader.read(fetched.status)
 
-    def _publish(self, read: PageRead) -> None:
+    def _publish(self, read: PageRead) -> int:
+        """The page's new items as events; how many there were."""
         history = self.history
         run = self.key.run_id
         if read.problem is not None:
-            self._once(
-                "items", "run %s: %s; check it with `sse-bridge inspect %s`", run, read.problem, run
-            )
+            self._once("items", "run %s: %s (check BRIDGE_FEED_ITEMS)", run, read.problem)
         if read.uncursored:
             self._once(
                 "cursor",
@@ -293,9 +301,10 @@ class FeedPoller(Poller):
                 run,
             )
         state = self._state
+        published = 0
         for item in read.items:
             if history.terminal:
-                return
+                break
             if self._seen(item):
                 self._once(
                     "duplicate",
@@ -305,6 +314,7 @@ class FeedPoller(Poller):
                 )
                 continue
             self.channel.publish(item.event, item.data, state, event_id=item.cursor)
+            published += 1
             self.cursor, self._key = item.cursor, item.key
             if not ordered(item.key):
                 self._recent.append(item.cursor)
@@ -313,6 +323,7 @@ class FeedPoller(Poller):
                     self._recent_set.discard(self._recent.popleft())
             if self._metrics is not None:
                 self._metrics.events_published.labels("feed_item").inc()
+        return published
 
     def _seen(self, item: Item) -> bool:
         """A duplicate: a number not above the last one, or an opaque cursor seen lately."""
