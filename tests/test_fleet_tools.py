@@ -68,3 +68,15 @@ async def test_the_simulated_api_lists_its_runs_still_going(legacy: LegacyApi) -
     async with aiohttp.ClientSession() as http, http.get(legacy.url + ACTIVE_PATH) as r:
         listed = await r.json()
     assert listed == [going.statuses[0]]
+
+
+async def test_watch_shows_a_feed_runs_items_and_exits_on_its_end(legacy: LegacyApi) -> None:
+    run = legacy.scripted("fed2", nodes=("x",))
+    settings = {"feed_path": FEED_PATH, "state_expr": ".runStatus"}
+    async with running_bridge(legacy.url, **settings) as b:
+        run.advance(len(run.statuses))
+        async with watch("fed2", "--url", b.url) as w:
+            code, out, _ = await w.finish()
+    assert code == 0
+    assert "NODE_STARTED" in out and "NODE_COMPLETED" in out
+    assert "✔ fed2 completed" in out

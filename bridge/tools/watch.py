@@ -275,7 +275,8 @@ class Display:
             self._progress.update(self._task, node=node)
         else:
             shown = f"{pct:5.1f}%  " if pct is not None else ""
-            line = f"{self.run_id} {state:<12} {shown}{node}".rstrip()
+            named = "" if update.event in RUN_EVENTS else f"  {update.event}"
+            line = f"{self.run_id} {state:<12} {shown}{node}{named}".rstrip()
             if line != self._last_line:
                 self._last_line = line
                 self.console.print(line, markup=False)
@@ -454,6 +455,16 @@ class Watch:
         """What ``event`` says about the run (None: nothing, e.g. another run's event)."""
         own_id = event.id if event.has_id else None
         if event.event not in RUN_EVENTS:
+            if self.multi and isinstance(data, dict) and data.get("run_id") == self.run_id:
+                # A run's own event by another name (a feed's item): shown with its state.
+                state, item_id = data.get("state"), data.get("id")
+                return Update(
+                    event.event,
+                    item_id if isinstance(item_id, str) else None,
+                    state if isinstance(state, str) else None,
+                    _fraction(data.get("progress")),
+                    data.get("data"),
+                )
             return Update(event.event, own_id, None, None, data)
         if not self.multi:
             # An older bridge's single-run stream: the status alone, no state or progress.
