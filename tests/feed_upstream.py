@@ -117,6 +117,9 @@ class ListUpstream:
     #: Raw items added to the list (bad input).
     junk: list[Any] = field(default_factory=list)
     requests: list[tuple[str, str | None]] = field(default_factory=list)
+    #: Answer with an ETag, and 304 to a matching If-None-Match.
+    etags: bool = False
+    not_modified: int = 0
 
     def set(self, run_id: str, status: str, **more: Any) -> None:
         self.statuses[run_id] = {"id": run_id, "status": status, **more}
@@ -142,6 +145,12 @@ class ListUpstream:
             if start + self.page_size < len(items):
                 headers["Link"] = f'</runs?page={page + 1}>; rel="next"'
             items = items[start : start + self.page_size]
+        if self.etags:
+            etag = '"' + hashlib.sha256(json.dumps(items).encode()).hexdigest() + '"'
+            headers["ETag"] = etag
+            if request.headers.get("If-None-Match") == etag:
+                self.not_modified += 1
+                return web.Response(status=304, headers=headers)
         return web.json_response(items, headers=headers)
 
     async def one(self, request: web.Request) -> web.Response:

@@ -311,3 +311,14 @@ def test_the_fleet_log_is_bounded_in_entries_and_bytes() -> None:
         log.append("r", big)
     assert log.nbytes <= 3 * 10 * 1024 and 1 <= len(log) <= 3
     assert [e.seq for e in log.after(log.last_seq - 1)] == [log.last_seq]
+
+
+async def test_an_unchanged_list_is_asked_conditionally() -> None:
+    async with list_upstream() as up:
+        up.etags = True
+        up.set("a", "running", step=1)
+        async with running_bridge(up.url, **LIST) as b, sse(f"{b.url}/v1/events", AUTH) as s:
+            await envelopes(s, 1)
+            await wait_for(lambda: up.not_modified >= 2)
+            up.set("a", "running", step=2)
+            assert await envelopes(s, 1) == [("progress", "a", up.statuses["a"])]

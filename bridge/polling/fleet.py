@@ -433,6 +433,9 @@ class Fleet:
                 self.first.set_exception(UpstreamError("The bridge stopped polling the list."))
             if not self.first.cancelled():
                 self.first.exception()
+            if self._notify_soon is not None:
+                self._notify_soon.cancel()
+                self._notify_soon = None
             self._leave_all()
 
     async def _sleep(self, until: float) -> bool:
@@ -482,6 +485,8 @@ class Fleet:
         found: list[tuple[Any, Any]] = []
         hint: float | None = None
         pages = 0
+        # Only this list's pages are remembered: next links may differ every time.
+        held_now: dict[str, tuple[Validators, list[tuple[Any, Any]]]] = {}
         while url is not None and pages < self._source.max_pages:
             pages += 1
             held = self._pages_held.get(url)
@@ -492,6 +497,7 @@ class Fleet:
                 hint = page.wait
             if page.value is None and held is not None:
                 found.extend(held[1])  # 304: as it was
+                held_now[url] = held
             else:
                 read = self._source.read(page.value, page.text)
                 if read is None:
@@ -500,10 +506,11 @@ class Fleet:
                 found.extend(read)
                 kept = page.validators
                 if kept.etag or kept.last_modified:
-                    self._pages_held[url] = (kept, read)
+                    held_now[url] = (kept, read)
             if len(found) > self._source.max_runs:
                 break
             url = page.next_url
+        self._pages_held = held_now
         if url is not None and pages >= self._source.max_pages:
             self._once(
                 "pages",
