@@ -40,6 +40,8 @@ class FeedUpstream:
     #: Answer with an ETag, and 304 to a matching If-None-Match.
     etags: bool = False
     not_modified: int = 0
+    #: Serve /runs/{id} (else 404 for every run).
+    status_path: bool = True
     #: (path, since, Authorization) of every request.
     requests: list[tuple[str, str | None, str | None]] = field(default_factory=list)
 
@@ -81,7 +83,7 @@ class FeedUpstream:
         run_id = request.match_info["run_id"]
         self.requests.append((request.path, None, request.headers.get("Authorization")))
         run = self.runs.get(run_id)
-        if run is None:
+        if run is None or not self.status_path:
             return web.json_response({"error": "no such run"}, status=404)
         return web.json_response({"id": run_id, "status": run.status})
 

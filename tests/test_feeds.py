@@ -375,3 +375,30 @@ async def test_without_more_a_final_state_ends_only_after_an_empty_page() -> Non
                 *(("STEP", str(i)) for i in range(1, 6)),
                 ("complete", "5"),
             ]
+
+
+async def test_a_run_path_that_does_not_fit_never_stops_the_items(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Pages without a state and a run path the upstream does not serve (404): the items
+    stream all the same, the run counts as still going, and the path is asked once."""
+    caplog.set_level(logging.WARNING, "bridge.polling.feed")
+    async with feed_upstream() as up:
+        up.state_on_page = False
+        up.status_path = False
+        run = up.run("r13")
+        run.add("A")
+        settings = {k: v for k, v in SEED_002.items() if k != "state_expr"}
+        async with (
+            running_bridge(up.url, **settings) as b,
+            sse(f"{b.url}/v1/runs/r13/stream", AUTH) as s,
+        ):
+            assert (await s.next_named("A")).id == "1"
+            await wait_for(lambda: len(up.feed_requests("r13")) >= 3)
+            run.add("B")
+            assert (await s.next_named("B")).id == "2"
+        assert sum(1 for path, _, _ in up.requests if path == "/runs/r13") == 1
+    assert (
+        sum("BRIDGE_UPSTREAM_RUN_PATH answered not_found" in r.getMessage() for r in caplog.records)
+        == 1
+    )

@@ -35,6 +35,7 @@ from urllib.parse import quote
 import jq
 
 from bridge import run_id as run_ids
+from bridge.errors import UpstreamError, UpstreamRefused
 from bridge.events import sse
 from bridge.events.feed import CursorKey, FeedHistory, cursor_key, ordered
 from bridge.polling.poller import Poller
@@ -183,6 +184,8 @@ class FeedPoller(Poller):
         self._held: tuple[str, Validators] | None = None
         #: Pages carry no state: the run's own path is asked too, before the page.
         self._run_path_first = False
+        #: The upstream refused the run's own path: not asked any more.
+        self._run_path_refused = False
         #: The state as the latest full answer read it.
         self._state: Reading | None = None
         self._logged: set[str] = set()
@@ -259,7 +262,7 @@ class FeedPoller(Poller):
                 # so a final state it gives waits for one more page.
                 self._run_path_first = True
                 self._state = await self._run_state()
-                again = self._state.event != sse.PROGRESS
+                again = self._state is not None and self._state.event != sse.PROGRESS
             fresh = self._publish(source.read(page.value))
             # Without BRIDGE_FEED_MORE a page that brought items may not have been the
             # last: only an empty one says the feed has no more.
@@ -274,9 +277,36 @@ class FeedPoller(Poller):
             self._end(state)
         return wait
 
-    async def _run_state(self) -> Reading:
-        """The run's state from BRIDGE_UPSTREAM_RUN_PATH (one request)."""
-        fetched = await self._fetch_status(self.key.run_id, self._headers, None)
+    async def _run_state(self) -> Reading | None:
+        """The run's state from BRIDGE_UPSTREAM_RUN_PATH (one request), else the last one
+        known: the feed is the run's source, its own path only says when it ended, so a
+        failure there never stops the items."""
+        if self._run_path_refused:
+            return self._state
+        run = self.key.run_id
+        try:
+            fetched = await self._fetch_status(run, self._headers, None)
+        except UpstreamRefused as error:
+            # Not asked again: a path the upstream refuses with the feed's own credentials
+            # is a configuration that does not fit this API.
+            self._run_path_refused = True
+            self._once(
+                "run-path",
+                "run %s: its feed pages carry no state (BRIDGE_STATE_EXPR) and "
+                "BRIDGE_UPSTREAM_RUN_PATH answered %s, so the run counts as still going",
+                run,
+                error.code,
+            )
+            return self._state
+        except UpstreamError as error:
+            self._once(
+                "run-path-failing",
+                "run %s: its state could not be read at BRIDGE_UPSTREAM_RUN_PATH (%s); "
+                "asked again at the next poll",
+                run,
+                error.code,
+            )
+            return self._state
         assert fetched.status is not None  # no validators sent: no 304
         return self._reader.read(fetched.status)
 
