@@ -281,7 +281,7 @@ async def test_a_poke_of_a_listed_run_asks_the_list_at_once() -> None:
             assert up.run_requests("a") == 0
 
 
-async def test_a_listed_runs_own_viewer_outlives_the_list_poller() -> None:
+async def test_a_listed_runs_own_viewer_keeps_the_list_poller_going() -> None:
     async with list_upstream() as up:
         up.set("a", "running", step=1)
         async with running_bridge(up.url, **LIST) as b:
@@ -290,13 +290,36 @@ async def test_a_listed_runs_own_viewer_outlives_the_list_poller() -> None:
                 await envelopes(fleet, 1)
                 own = await stack.enter_async_context(sse(f"{b.url}/v1/runs/a/stream", AUTH))
                 assert (await own.next_named("progress")).data
-                assert up.run_requests("a") == 0
-                # The list's last viewer leaves: the run's own viewer is served by its path.
+                # The list's stream leaves; the run's own viewer still has it from the list.
                 fleet.response.close()
-                await wait_for(lambda: not b.bridge.fleets.fleets())
+                lists = up.list_requests()
+                await wait_for(lambda: up.list_requests() >= lists + 2)
                 up.set("a", "running", step=2)
                 assert own.data(await own.next_named("progress"))["step"] == 2
-                assert up.run_requests("a") >= 1
+                assert up.run_requests("a") == 0
+            await wait_for(lambda: not b.bridge.fleets.fleets())
+
+
+async def test_when_the_list_poller_stops_its_runs_go_on_at_their_own_paths() -> None:
+    """A listed run's poller still held when the list poller stops (here: leased
+    directly, as GET /v1/runs/{id} does) is handed over to its own path, not left
+    waiting for a list that no longer comes."""
+    async with list_upstream() as up:
+        up.set("a", "running", step=1)
+        async with running_bridge(up.url, **LIST) as b:
+            pollers = b.bridge.pollers
+            async with sse(f"{b.url}/v1/events", AUTH) as fleet:
+                await envelopes(fleet, 1)
+                channel, poller = await pollers.take("a", {"authorization": "Bearer alice"})
+            try:
+                assert poller is not None
+                await wait_for(lambda: not b.bridge.fleets.fleets())
+                await wait_for(lambda: up.run_requests("a") >= 1)
+                up.set("a", "running", step=2)
+                await wait_for(lambda: '"step":2' in getattr(channel.history.latest, "data", ""))
+            finally:
+                if poller is not None:
+                    poller.release()
 
 
 def test_the_fleet_log_is_bounded_in_entries_and_bytes() -> None:
@@ -322,3 +345,29 @@ async def test_an_unchanged_list_is_asked_conditionally() -> None:
             await wait_for(lambda: up.not_modified >= 2)
             up.set("a", "running", step=2)
             assert await envelopes(s, 1) == [("progress", "a", up.statuses["a"])]
+
+
+async def test_single_run_streams_alone_are_fed_by_the_list() -> None:
+    """No /v1/events viewer at all: streams of listed runs keep the list poller going and
+    cost no request of their own; a run the list does not name is asked at its path."""
+    async with list_upstream() as up:
+        up.set("a", "running", step=1)
+        up.set("b", "running", step=1)
+        up.statuses["gone"] = {"id": "gone", "status": "completed"}
+        async with (
+            running_bridge(up.url, **LIST) as b,
+            sse(f"{b.url}/v1/runs/a/stream", AUTH) as one,
+            sse(f"{b.url}/v1/streams?runs=b", AUTH) as multi,
+        ):
+            assert one.data(await one.next_named("progress"))["step"] == 1
+            await envelopes(multi, 1)
+            up.set("a", "running", step=2)
+            assert one.data(await one.next_named("progress"))["step"] == 2
+            async with sse(f"{b.url}/v1/runs/gone/stream", AUTH) as ended:
+                assert ended.data(await ended.next_named("complete"))["status"] == "completed"
+            assert (up.run_requests("a"), up.run_requests("b"), up.run_requests("gone")) == (
+                0,
+                0,
+                1,
+            )
+            assert len(b.bridge.fleets.fleets()) == 1

@@ -83,6 +83,12 @@ async def lease_all(
     async def one(run_id: str) -> None:
         try:
             headers = await services.upstream_headers(run_id, dict(viewer.credentials))
+            if services.fleets is not None:
+                # With a list of runs, a listed run's status comes from the list: its
+                # stream keeps the scope's list poller going and costs no request.
+                fleet = await services.fleets.follow(headers, services.backend.digest_secret())
+                if fleet is not None:
+                    holder.callback(fleet.release)
             channel, poller = await services.pollers.take(run_id, headers)
         except BridgeError as error:  # UpstreamError, or a refusal of the auth service
             refused[run_id] = error
