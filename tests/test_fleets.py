@@ -17,7 +17,7 @@ from bridge.events.history import Event
 from bridge.polling.fleet import FleetLog, ListSource
 from bridge.settings import load
 from tests.feed_upstream import list_upstream
-from tests.support import SseStream, running_bridge, sse, wait_for
+from tests.support import SseStream, auth_service, running_bridge, sse, wait_for
 
 AUTH = {"Authorization": "Bearer alice"}
 LIST = {"upstream_list_path": "/runs"}
@@ -371,3 +371,22 @@ async def test_single_run_streams_alone_are_fed_by_the_list() -> None:
                 1,
             )
             assert len(b.bridge.fleets.fleets()) == 1
+
+
+async def test_forward_auth_admits_a_stream_of_every_run_as_run_star() -> None:
+    asked: list[str] = []
+
+    def admits(token: str, run_id: str) -> bool:
+        asked.append(run_id)
+        return token == "Bearer ok"
+
+    async with list_upstream() as up, auth_service(admits) as (auth_url, _):
+        up.set("a", "running")
+        async with running_bridge(up.url, **LIST, auth_url=auth_url) as b:
+            status, _ = await get(f"{b.url}/v1/events", {"Authorization": "Bearer no"})
+            assert status == 403
+            async with sse(f"{b.url}/v1/events", {"Authorization": "Bearer ok"}) as s:
+                assert await envelopes(s, 1) == [("progress", "a", up.statuses["a"])]
+    assert set(asked) == {"*"}
+    # The list is polled with the bridge's own headers, never the viewer's.
+    assert {auth for _, auth in up.requests} == {None}
