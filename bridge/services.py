@@ -73,6 +73,7 @@ class Services:
             history_runs=settings.history_runs,
             # Where the backend keeps ended runs (Redis), nothing is kept here.
             history_ttl=0 if self.backend.keeps_ended_runs else settings.history_ttl,
+            vocabulary=settings.vocabulary,
         )
         self.pollers = PollerRegistry(
             self.hub,
@@ -174,7 +175,7 @@ class Services:
         s = self.settings
         # Jitter spreads the reconnects of many viewers after a restart.
         retry = int(s.retry_ms * (1 + random.uniform(0, 0.2)))
-        return StreamLimits(s.ping_interval, s.stream_timeout, s.viewer_buffer, retry)
+        return StreamLimits(s.ping_interval, s.stream_timeout, s.viewer_buffer, retry, s.vocabulary)
 
     async def upstream_headers(self, run_id: str, viewer: dict[str, str]) -> dict[str, str]:
         """The headers ``viewer`` polls ``run_id`` with (after admission).

@@ -102,12 +102,23 @@ class Channel:
         return len(self._subscribers)
 
     def publish(
-        self, name: str, data: str, reading: Reading | None = None, *, synthetic: bool = False
+        self,
+        name: str,
+        data: str,
+        reading: Reading | None = None,
+        *,
+        synthetic: bool = False,
+        kind: str | None = None,
+        raw: str | None = None,
+        hidden: bool = False,
     ) -> Event:
-        """The next event; ``data`` is the status as ``sse.encode_json`` wrote it, and
-        ``reading`` what the status filters made of it (none for the bridge's own)."""
+        """The next event; ``data`` is what it sends as ``sse.encode_json`` wrote it, and
+        ``reading`` what the status filters made of the status (none for the bridge's
+        own); ``kind``, ``raw`` and ``hidden`` as in ``history.Event``."""
         state, progress = _parts(reading)
-        event = self.history.append(name, data, state=state, progress=progress)
+        event = self.history.append(
+            name, data, state=state, progress=progress, kind=kind, raw=raw, hidden=hidden
+        )
         self.fingerprint = reading.fingerprint if reading is not None else None
         self._deliver(event, synthetic)
         return event
@@ -121,10 +132,23 @@ class Channel:
         reading: Reading | None = None,
         *,
         synthetic: bool = False,
+        kind: str | None = None,
+        raw: str | None = None,
+        hidden: bool = False,
     ) -> Event | None:
         """An event another replica published (cluster mode), with its id; None if held."""
         state, progress = _parts(reading)
-        event = self.history.mirror(epoch, seq, name, data, state=state, progress=progress)
+        event = self.history.mirror(
+            epoch,
+            seq,
+            name,
+            data,
+            state=state,
+            progress=progress,
+            kind=kind,
+            raw=raw,
+            hidden=hidden,
+        )
         if event is None:
             return None
         self.fingerprint = reading.fingerprint if reading is not None else None

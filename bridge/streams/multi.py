@@ -194,8 +194,9 @@ async def multi_events(
             for event in pending:
                 view.seq = event.seq
                 view.entry = entry(view.key, view.channel.history.epoch, event.seq)
-                multi_id = encode_cursor(v.entry for v in views if v.entry is not None)
-                yield view.frame(event, multi_id)
+                if event.sent:
+                    multi_id = encode_cursor(v.entry for v in views if v.entry is not None)
+                    yield view.frame(event, multi_id)
                 if event.terminal:
                     view.done = True
                     break

@@ -76,7 +76,8 @@ async def events(
     pending = first
     while True:
         for event in pending:
-            yield event.frame
+            if event.sent:
+                yield event.frame
             cursor = event.seq
             if event.terminal:
                 return
@@ -87,6 +88,8 @@ async def events(
         if direct is not None:
             transport, ticker = direct
             sink = DirectSink(transport, cursor, keepalive)
+            if history.vocabulary.lossless:
+                sink.lossless = sse.retry(limits.retry_ms)
             # What was published while the opening went out; from here on the channel writes.
             for event in history.after(cursor, limits.viewer_buffer):
                 sink.deliver(event)

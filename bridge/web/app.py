@@ -127,9 +127,9 @@ def create_app(settings: Settings) -> Quart:
         viewer = viewer_of(services)
         headers = await services.upstream_headers(run_id, viewer.credentials)
         async with services.pollers.lease(run_id, headers) as channel:
-            latest = channel.history.latest
+            latest = channel.history.status
             assert latest is not None  # a lease always comes with a first status
-            response = Response(latest.data, content_type="application/json")
+            response = Response(latest.status, content_type="application/json")
             response.headers["Cache-Control"] = "no-cache"
             return response
 
