@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import pathlib
@@ -17,6 +18,8 @@ from bridge.events.vocabulary import Vocabulary, VocabularyError, load
 from bridge.ops.metrics import Metrics
 from bridge.settings import ConfigError
 from bridge.settings import load as load_settings
+from bridge.streams.direct import MAX_UNSENT, DirectSink
+from bridge.streams.keepalive import Keepalive, StreamLimits
 
 RUNNER = """
 [[rule]]
@@ -320,3 +323,61 @@ def test_a_trimmed_resume_id_gets_the_current_status_even_with_progress_off(
     (current,) = history.after(1)
     assert current.name == "progress" and current.data == '{"a":2}' and current.sent
     assert history.status is not None and history.status.status == '{"a":2}'
+
+
+# --- slow viewers ---------------------------------------------------------------------------
+
+
+class FullTransport(asyncio.WriteTransport):
+    """A viewer's socket that takes nothing more: everything written stays unsent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    def get_write_buffer_size(self) -> int:
+        return MAX_UNSENT + 1
+
+
+async def test_a_slow_fast_path_viewer_of_derived_events_is_ended_not_skipped(
+    tmp_path: pathlib.Path,
+) -> None:
+    history = RunHistory(100, 1 << 20, epoch=5, vocabulary=off(tmp_path))
+    limits = StreamLimits(ping_interval=15, stream_timeout=60, viewer_buffer=8, retry_ms=1000)
+    transport = FullTransport()
+    sink = DirectSink(transport, 0, Keepalive(limits))
+    sink.lossless = sse.retry(1000)
+    sink.deliver(history.append("n", '{"a":1}', kind=""))
+    # Ended with a retry: it resumes after the last event it was written (none here).
+    assert sink.ended.done() and sink.ended.result() == "behind"
+    assert transport.written == [sse.chunk(sse.retry(1000))]
+    assert sink.cursor == 0 and sink.behind_since is None
+
+
+async def test_a_slow_fast_path_viewer_of_snapshots_is_still_coalesced() -> None:
+    history = RunHistory(100, 1 << 20, epoch=5)
+    limits = StreamLimits(ping_interval=15, stream_timeout=60, viewer_buffer=8, retry_ms=1000)
+    sink = DirectSink(FullTransport(), 0, Keepalive(limits))
+    sink.deliver(history.append(sse.PROGRESS, '{"a":1}'))
+    assert not sink.ended.done() and sink.behind_since is not None
+
+
+async def test_ping_and_timeout_follow_the_vocabulary(tmp_path: pathlib.Path) -> None:
+    text = "[builtin.ping]\ndata = '{}'\n[builtin.timeout]\nevent = 'bye'\n"
+    limits = StreamLimits(15, 60, 8, 1000, vocab(text, tmp_path))
+    keepalive = Keepalive(limits)
+    assert keepalive.frame("ping") == b"event: ping\ndata: {}\n\n"
+    assert keepalive.frame("timeout") == (
+        b'event: bye\ndata: {"message":"Stream timeout after 1 minute"}\n\n'
+    )
+    quiet = Keepalive(
+        StreamLimits(15, 60, 8, 1000, vocab("[builtin.ping]\nenabled = false\n", tmp_path))
+    )
+    # Turned off, a ping is a comment: proxies still see the stream alive, clients no event.
+    assert quiet.frame("ping") == b": ping\n\n"

@@ -70,7 +70,8 @@ class Event:
     ) -> Event:
         kind = name if kind is None else kind
         if hidden:
-            return cls(seq, event_id, name, b"", 0, state, progress, kind, data)
+            status = raw if raw is not None else data
+            return cls(seq, event_id, name, b"", 0, state, progress, kind, status)
         frame = sse.frame(name, data, event_id)
         # The event and id fields hold no line break (sse.frame refuses one), so the
         # first "\ndata: " is where the data field starts.

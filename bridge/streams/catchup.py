@@ -89,8 +89,9 @@ async def events(
         history = channel.history
         held = history.holds(since)
         if held is None:
-            # No since, or one this history no longer holds: the current status.
-            found = history.resume(None)
+            # No since: the current status (with progress off, the history from its
+            # start); one this history no longer holds: the current status.
+            found = history.resume(since)
         else:
             found = history.after(held)
             await _wait(subscription, bool(found) or history.terminal, wait)
