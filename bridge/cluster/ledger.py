@@ -21,6 +21,7 @@ leader has polled it (no upstream request), else with its own first upstream req
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -28,6 +29,7 @@ from typing import Any, TypeVar
 
 from bridge.cluster.link import REDIS_FAILURES, RedisLink
 from bridge.cluster.store import (
+    DERIVED,
     NOT_HOLDER,
     PROGRESS,
     SYNTHETIC,
@@ -37,7 +39,7 @@ from bridge.cluster.store import (
     Store,
 )
 from bridge.errors import ClusterUnavailable
-from bridge.events import sse
+from bridge.events import derive, sse
 from bridge.events.channel import Channel, ChannelKey
 from bridge.ops.metrics import Metrics
 from bridge.polling.ledger import Ledger, Observation, changed, end_status
@@ -104,7 +106,13 @@ class RedisLedger(Ledger):
                 done = await self._guarded(self._commit("", "", ""))
             else:
                 kind = TERMINAL if is_terminal(observation.name) else PROGRESS
-                commit = self._commit(observation.name, kind, observation.data, observation.reading)
+                # The leader derives; the change's events and its status are one commit.
+                derived = derive.derived(
+                    self.channel, observation.data, observation.reading, self._metrics
+                )
+                commit = self._commit(
+                    observation.name, kind, observation.data, observation.reading, derived
+                )
                 done = await self._guarded(commit)
             if done or not self.leads or self._diverged:
                 return
@@ -191,20 +199,32 @@ class RedisLedger(Ledger):
             raise ClusterUnavailable() from None
 
     async def _commit(
-        self, name: str, kind: str, data: str, reading: Reading | None = None
+        self,
+        name: str,
+        kind: str,
+        data: str,
+        reading: Reading | None = None,
+        derived: list[tuple[str, str]] | None = None,
     ) -> bool:
         """One commit on top of the local copy; False (after catching up) if refused."""
         history = self.channel.history
+        derived = derived or []
+        records = [(n, _derived_record(d, reading)) for n, d in derived]
         result = await self._store.commit(
-            self.key, self.token, history.epoch, history.last_seq, name, kind, data
+            self.key, self.token, history.epoch, history.last_seq, name, kind, data, records
         )
         if result.code == WRITTEN:
             self.fresh = True
             if name:
-                self.channel.mirror(
-                    result.epoch, result.seq, name, data, reading, synthetic=kind == SYNTHETIC
+                first = result.seq - len(derived)
+                for i, (event_name, event_data) in enumerate(derived):
+                    self.channel.mirror(
+                        result.epoch, first + i, event_name, event_data, reading, kind=""
+                    )
+                    self._published(event_name)
+                self._mirror_status(
+                    result.epoch, result.seq, name, data, reading, kind == SYNTHETIC
                 )
-                self._published(name)
             return True
         if result.code == NOT_HOLDER:
             self.leads = False
@@ -255,20 +275,72 @@ class RedisLedger(Ledger):
 
     async def _restore(self) -> None:
         history = self.channel.history
-        latest = history.latest
-        if latest is None or history.terminal:
+        latest = history.status
+        if latest is None or history.terminal or latest.seq != history.last_seq:
             return
-        record = Record(history.epoch, latest.seq, latest.name, PROGRESS, latest.data)
+        record = Record(history.epoch, latest.seq, latest.kind, PROGRESS, latest.status)
         await self._store.restore(self.key, record)
 
+    def _mirror_status(
+        self, epoch: int, seq: int, name: str, data: str, reading: Reading | None, synthetic: bool
+    ) -> bool:
+        """A status record, as this replica's vocabulary sends it (renamed, reshaped, off)."""
+        out = derive.status_event(
+            self.channel.history.vocabulary, self.key.run_id, data, reading, name
+        )
+        event = self.channel.mirror(
+            epoch,
+            seq,
+            out.name,
+            out.data,
+            reading,
+            synthetic=synthetic,
+            kind=out.kind,
+            raw=out.raw,
+            hidden=out.hidden,
+        )
+        if event is not None and not out.hidden:
+            self._published(out.name)
+        return event is not None
+
     def _apply(self, record: Record) -> bool:
+        if record.kind == DERIVED:
+            parsed = _parse_derived(record.data)
+            if parsed is None:
+                return False
+            data, carried = parsed
+            event = self.channel.mirror(
+                record.epoch, record.seq, record.name, data, carried, kind=""
+            )
+            return event is not None
+        reading: Reading | None
         if record.synthetic:
             reading = None  # the bridge's own error, not an upstream status
         else:
             reading = self._read(record.data)
             if reading is None:
                 return False  # not a status object: a record this cluster never wrote
-        event = self.channel.mirror(
-            record.epoch, record.seq, record.name, record.data, reading, synthetic=record.synthetic
+        return self._mirror_status(
+            record.epoch, record.seq, record.name, record.data, reading, record.synthetic
         )
-        return event is not None
+
+
+def _derived_record(data: str, reading: Reading | None) -> str:
+    """A derived event as its record holds it: ``[state, progress, data]``, so that every
+    replica's envelopes carry the change's state and progress."""
+    state, progress = (reading.state, reading.progress) if reading is not None else (None, None)
+    return f"[{sse.encode_json(state)},{sse.encode_json(progress)},{data}]"
+
+
+def _parse_derived(text: str) -> tuple[str, Reading] | None:
+    try:
+        state, progress, value = json.loads(text)
+    except (ValueError, TypeError):
+        return None
+    if not (state is None or isinstance(state, str)):
+        return None
+    if not (progress is None or isinstance(progress, int | float)):
+        return None
+    # Only state and progress are read from it (a derived event leaves the fingerprint).
+    reading = Reading(sse.PROGRESS, state, progress, "")
+    return sse.encode_json(value), reading

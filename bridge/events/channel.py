@@ -119,7 +119,8 @@ class Channel:
         event = self.history.append(
             name, data, state=state, progress=progress, kind=kind, raw=raw, hidden=hidden
         )
-        self.fingerprint = reading.fingerprint if reading is not None else None
+        if event.is_status:  # a derived event says nothing of the status's fingerprint
+            self.fingerprint = reading.fingerprint if reading is not None else None
         self._deliver(event, synthetic)
         return event
 
@@ -151,7 +152,8 @@ class Channel:
         )
         if event is None:
             return None
-        self.fingerprint = reading.fingerprint if reading is not None else None
+        if event.is_status:
+            self.fingerprint = reading.fingerprint if reading is not None else None
         self._deliver(event, synthetic)
         return event
 

@@ -308,3 +308,14 @@ def publish_end(channel: Channel, data: str, metrics: Metrics | None = None) -> 
     )
     if metrics is not None and not out.hidden:
         metrics.events_published.labels(out.name).inc()
+
+
+def derived(
+    channel: Channel, status: str, reading: Reading, metrics: Metrics | None = None
+) -> list[tuple[str, str]]:
+    """The derived events (name, data) of one change, without the status's own event
+    (cluster mode: the leader commits them with the status in one write)."""
+    vocabulary = channel.history.vocabulary
+    if not vocabulary.rules:
+        return []
+    return [(o.name, o.data) for o in plan(channel, status, reading, metrics) if not o.kind]

@@ -70,9 +70,14 @@ def _bound(expr: str) -> str:
 def _check_name(value: object, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise VocabularyError(f"{where}: must be a non-empty string")
-    if len(value) > MAX_NAME_LENGTH or not value.isprintable() or not value.isascii():
+    if (
+        len(value) > MAX_NAME_LENGTH
+        or not value.isprintable()
+        or not value.isascii()
+        or " " in value
+    ):
         raise VocabularyError(
-            f"{where}: must be at most {MAX_NAME_LENGTH} printable ASCII characters"
+            f"{where}: must be at most {MAX_NAME_LENGTH} printable ASCII characters without spaces"
         )
     return value
 
