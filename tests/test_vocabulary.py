@@ -381,3 +381,32 @@ async def test_ping_and_timeout_follow_the_vocabulary(tmp_path: pathlib.Path) ->
     )
     # Turned off, a ping is a comment: proxies still see the stream alive, clients no event.
     assert quiet.frame("ping") == b": ping\n\n"
+
+
+def test_openapi_names_the_configured_events(tmp_path: pathlib.Path) -> None:
+    from bridge.web.openapi import build_document
+
+    path = tmp_path / "events.toml"
+    path.write_text(RUNNER + "\n[builtin.progress]\nenabled = false\n")
+    document = build_document(load_settings(events_file=str(path)))
+    names = document["info"]["x-events"]["names"]
+    assert names == [
+        "complete",
+        "error",
+        "timeout",
+        "ping",
+        "job.started",
+        "step.log",
+        "job.changed",
+    ]
+    event = document["components"]["schemas"]["RunEvent"]["properties"]["event"]
+    assert event["enum"] == [*names, "patch"]
+    stream = document["paths"]["/v1/runs/{run_id}/stream"]["get"]
+    assert {"$ref": "#/components/parameters/Delta"} in stream["parameters"]
+    assert build_document(load_settings())["info"]["x-events"]["names"] == [
+        "progress",
+        "complete",
+        "error",
+        "timeout",
+        "ping",
+    ]

@@ -16,6 +16,7 @@ import itertools
 import re
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from bridge.events import sse
@@ -282,6 +283,10 @@ class RunHistory:
 
     def __len__(self) -> int:
         return len(self._events)
+
+    def newest_first(self) -> Iterator[Event]:
+        """The held events, newest first (what is looked for is usually near the end)."""
+        return reversed(self._events)
 
     def holds(self, event_id: str | None) -> int | None:
         """The seq of ``event_id`` if it belongs to this history and is still resumable."""

@@ -36,6 +36,7 @@ from bridge import run_id as run_ids
 from bridge.errors import InvalidRequest
 from bridge.events import sse
 from bridge.events.channel import Channel, Subscription
+from bridge.events.delta import PATCH, DeltaView, view_after
 from bridge.events.history import Event
 from bridge.streams.keepalive import Keepalive, StreamLimits
 from bridge.streams.viewer import Viewer
@@ -125,6 +126,8 @@ class RunView:
     entry: str | None = None
     pending: list[Event] = field(default_factory=list)
     done: bool = False
+    #: Set for a viewer that asked for ``delta=json-patch``.
+    delta: DeltaView | None = None
 
     @property
     def channel(self) -> Channel:
@@ -133,14 +136,18 @@ class RunView:
     def frame(self, event: Event, multi_id: str) -> bytes:
         # state and progress as the status filters read them (null where they gave none):
         # a page shows any configured API without knowing its shape.
+        name, body = event.name, event.data
+        made = self.delta.patch(event) if self.delta is not None else None
+        if made is not None:
+            name, body = PATCH, made.data
         data = (
             f'{{"run_id":{sse.encode_json(self.run_id)},'
             f'"id":{sse.encode_json(event.id)},'
             f'"state":{sse.encode_json(event.state)},'
             f'"progress":{sse.encode_json(event.progress)},'
-            f'"data":{event.data}}}'
+            f'"data":{body}}}'
         )
-        return sse.frame(event.name, data, multi_id)
+        return sse.frame(name, data, multi_id)
 
 
 def position(view: RunView, resume: Mapping[str, tuple[int, int]]) -> None:
@@ -166,6 +173,8 @@ def multi_frames(
         run_id = subscription.channel.key.run_id
         view = RunView(run_id, run_key(run_id), subscription)
         position(view, resume)
+        if viewer.delta:
+            view.delta = view_after(view.channel.history, view.seq or None)
         views.append(view)
     if all(view.done for view in views):
         return None  # the viewer already has every run's final event

@@ -24,6 +24,7 @@ from typing import TypeAlias
 
 from bridge.events import sse
 from bridge.events.channel import Subscription
+from bridge.events.delta import DeltaView, view_after
 from bridge.events.history import Event
 from bridge.streams.direct import DirectSink
 from bridge.streams.keepalive import Keepalive, StreamLimits
@@ -49,6 +50,10 @@ def run_frames(
     if not first and history.terminal:
         return None  # the viewer already has the run's final event
     cursor = history.holds(viewer.resume_from) or 0
+    if viewer.delta:
+        # Its frames are its own (patches), not the channel's shared chunk: ASGI path.
+        held = history.holds(viewer.resume_from)
+        return events(subscription, first, cursor, limits, None, view_after(history, held))
     direct = (viewer.transport, ticker) if viewer.transport is not None else None
     return events(subscription, first, cursor, limits, direct)
 
@@ -59,6 +64,7 @@ async def events(
     cursor: int,
     limits: StreamLimits,
     direct: tuple[asyncio.WriteTransport, Ticker] | None = None,
+    delta: DeltaView | None = None,
 ) -> Frames:
     """Frames for one viewer; ends after a terminal event, a timeout or ``close()``.
 
@@ -77,7 +83,7 @@ async def events(
     while True:
         for event in pending:
             if event.sent:
-                yield event.frame
+                yield event.frame if delta is None else delta.frame(event)
             cursor = event.seq
             if event.terminal:
                 return

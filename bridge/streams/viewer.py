@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from bridge.events.delta import JSON_PATCH
 from bridge.polling.upstream import forwardable
 from bridge.settings import Settings
 
@@ -23,6 +24,8 @@ class Viewer:
     #: It accepts text/event-stream (an EventSource does): a transient refusal is then
     #: answered in a form EventSource retries (see bridge/web/app.py).
     wants_events: bool = False
+    #: It asked for ``delta=json-patch``: later statuses as patches (bridge/events/delta.py).
+    delta: bool = False
 
 
 def client_address(trust_forwarded_for: bool, forwarded: str, remote_addr: str | None) -> str:
@@ -62,4 +65,5 @@ def viewer_from(
         resume_from=resume_from(last_event_id, args),
         transport=transport,
         wants_events="text/event-stream" in accept,
+        delta=args.get("delta") == JSON_PATCH,
     )

@@ -28,6 +28,7 @@ from bridge import run_id as run_ids
 from bridge.events.sse import encode_json
 from bridge.services import Services
 from bridge.settings import Settings
+from bridge.web.events_doc import add_vocabulary
 
 OPENAPI_PATH = "/openapi.json"
 
@@ -653,7 +654,7 @@ def build_document(settings: Settings) -> Json:
         },
     }
 
-    return {
+    document = {
         "openapi": "3.1.0",
         "info": {
             "title": "sse-bridge",
@@ -680,6 +681,7 @@ def build_document(settings: Settings) -> Json:
         "paths": paths,
         "components": components,
     }
+    return add_vocabulary(document, settings.vocabulary)
 
 
 def _services(app: Quart) -> Services:
