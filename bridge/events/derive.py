@@ -31,7 +31,7 @@ from typing import Any
 
 from bridge.events import sse
 from bridge.events.channel import Channel
-from bridge.events.vocabulary import Rule, Vocabulary, hashable
+from bridge.events.vocabulary import Rule, Vocabulary
 from bridge.ops.metrics import Metrics
 from bridge.polling.status import Reading, is_terminal
 
@@ -105,12 +105,11 @@ class RunRules:
                 continue
             now: dict[Any, _Seen] = {}
             for key, item in outcome:
-                marker = hashable(key)
-                if marker in now:
+                if key in now:
                     continue  # the first item of a key is the one
                 seen = _Seen(item)
-                now[marker] = seen
-                old = before.get(marker)
+                now[key] = seen
+                old = before.get(key)
                 if rule.on == "lines":
                     cut = self._lines(rule, item, old, seen, terminal, out, limit) or cut
                 elif old is None or (rule.on == "change" and old.value != item):
@@ -207,13 +206,12 @@ class RunRules:
         for result in results:
             items: dict[Any, _Seen] = {}
             for key, item in result.get("ok", []):
-                marker = hashable(key)
-                if marker not in items:
+                if key not in items:
                     text = item.get("text") if isinstance(item, dict) else None
                     if isinstance(text, str):
-                        items[marker] = _Seen(item, text, text.rfind("\n") + 1)
+                        items[key] = _Seen(item, text, text.rfind("\n") + 1)
                     else:
-                        items[marker] = _Seen(item)
+                        items[key] = _Seen(item)
             seen.append(items)
         return seen
 

@@ -17,7 +17,6 @@ key (``VocabularyError``); bridge/settings.py reports it as BRIDGE_EVENTS_FILE's
 
 from __future__ import annotations
 
-import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -124,7 +123,8 @@ def _rules_program(rules: tuple[Rule, ...]) -> str:
     """One jq program for every rule: ``[{ok: [[key, item], ...]} or {error: text}, ...]``."""
     parts = []
     for rule in rules:
-        key = "null" if rule.key is None else f"[(\n{rule.key}\n)][0]"
+        # The key as its JSON text, made by jq: a str is hashable as it is in Python.
+        key = "null" if rule.key is None else f"[(\n{rule.key}\n)][0] | tojson"
         # A rule without a key is about one thing: its first item.
         items = f"(\n{rule.items}\n)" if rule.key is not None else f"first(\n{rule.items}\n)"
         parts.append(
@@ -305,12 +305,3 @@ def describe(vocabulary: Vocabulary) -> dict[str, Any]:
             {"event": r.event, "items": r.items, "key": r.key, "on": r.on} for r in vocabulary.rules
         ],
     }
-
-
-def hashable(key: Any) -> Any:
-    """A key as a dict key: arrays become tuples, objects their sorted JSON text."""
-    if isinstance(key, list):
-        return tuple(hashable(part) for part in key)
-    if isinstance(key, dict):
-        return json.dumps(key, sort_keys=True)
-    return key
