@@ -317,3 +317,20 @@ def derived(
     if not vocabulary.rules:
         return []
     return [(o.name, o.data) for o in plan(channel, status, reading, metrics) if not o.kind]
+
+
+def first_seen(
+    vocabulary: Vocabulary, run_id: str, status: str, reading: Reading
+) -> list[tuple[str, str, bool]]:
+    """The events (name, data, sent) a run's stream starts with when its first status
+    is ``status``: every item appears (``sse-bridge inspect``)."""
+    rules = RunRules(vocabulary, run_id)
+    events = [
+        (name, data, True)
+        for name, data in rules.derive(
+            None, status, reading.state, reading.progress, terminal=is_terminal(reading.event)
+        )
+    ]
+    out = status_event(vocabulary, run_id, status, reading, reading.event)
+    events.append((out.name, out.raw if out.hidden and out.raw else out.data, not out.hidden))
+    return events

@@ -29,7 +29,7 @@ from rich.highlighter import JSONHighlighter
 from rich.text import Text
 
 from bridge.errors import BridgeError
-from bridge.events import sse
+from bridge.events import derive, sse
 from bridge.polling.profiles import PROFILES
 from bridge.polling.status import Reading
 from bridge.polling.upstream import UpstreamClient, forwardable
@@ -104,6 +104,9 @@ class Examination:
     candidates: tuple[tuple[str, str], ...]
     hint: str | None
     exit_code: int
+    #: With BRIDGE_EVENTS_FILE: the events its stream starts with, from this status as
+    #: first seen (name, data, sent: False for a built-in event turned off).
+    events: tuple[tuple[str, str, bool], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +292,7 @@ def _unknown_hint(settings: Settings, state: str, finished_by: str | None) -> st
     )
 
 
-def examine(settings: Settings, status: dict[str, Any]) -> Examination:
+def examine(settings: Settings, status: dict[str, Any], run_id: str = "RUN_ID") -> Examination:
     """Read ``status`` as the pollers would and decide the exit code and hint."""
     reading = status_reader(settings).read(status)
     candidates = state_candidates(status)
@@ -313,7 +316,13 @@ def examine(settings: Settings, status: dict[str, Any]) -> Examination:
             f"check BRIDGE_PROGRESS_EXPR: {reading.progress_problem} (fine while the run has "
             "no progress yet; `(.x // 0)` gives 0 instead)"
         )
+    events: tuple[tuple[str, str, bool], ...] = ()
+    if settings.vocabulary.customised:
+        events = tuple(
+            derive.first_seen(settings.vocabulary, run_id, sse.encode_json(status), reading)
+        )
     return Examination(
+        events=events,
         state_expr=settings.state_filter,
         state_source=_state_source(settings),
         reading=reading,
@@ -350,7 +359,7 @@ async def inspect_run(settings: Settings, run_id: str, given: Mapping[str, str])
         status = await client.fetch_status(run_id, headers)
     finally:
         await client.close()
-    return Inspection(url, sent, dropped, mode, status, examine(settings, status))
+    return Inspection(url, sent, dropped, mode, status, examine(settings, status, run_id))
 
 
 def failure_line(settings: Settings, run_id: str, error: BridgeError) -> str:
@@ -397,6 +406,9 @@ def as_json(inspection: Inspection) -> dict[str, Any]:
         "problem": r.problem,
         "hint": e.hint,
         "exit_code": e.exit_code,
+        "events": [
+            {"event": name, "data": json.loads(data), "sent": sent} for name, data, sent in e.events
+        ],
     }
 
 
@@ -479,6 +491,14 @@ def render(inspection: Inspection, settings: Settings, out: TextIO) -> None:
     row(
         "event", f"{r.event}" + ("  (the stream would end here)" if r.event != sse.PROGRESS else "")
     )
+    if settings.events_file is not None:
+        row("events file", str(settings.events_file))
+        for index, (name, data, is_sent) in enumerate(e.events):
+            label = "events (first seen)" if index == 0 else ""
+            shown = f"{name}  {_short(json.loads(data), 100)}"
+            if not is_sent:
+                shown = f"{name}  (turned off: not sent)"
+            row(label, shown, "" if is_sent else "dim")
     if r.problem is not None:
         row("problem", r.problem, "red")
     if e.hint is not None:
