@@ -73,3 +73,19 @@ def add_vocabulary(document: Json, vocabulary: Vocabulary) -> Json:
 
 def _json_data(schema: Json) -> Json:
     return {"type": "string", "contentMediaType": "application/json", "contentSchema": schema}
+
+
+def dashboard_events(vocabulary: Vocabulary) -> Json:
+    """What the dashboard listens to: the built-in events' names (None: off), the
+    derived events' names, and those whose events are log lines (``on = "lines"``)."""
+    builtin = {
+        kind: (vocabulary.name_of(kind) if vocabulary.enabled(kind) else None)
+        for kind in ("progress", "complete", "error")
+    }
+    taken = {name for name in builtin.values() if name is not None}
+    derived = [r.event for r in vocabulary.rules if r.event not in taken]
+    return {
+        "builtin": builtin,
+        "derived": list(dict.fromkeys(derived)),
+        "lines": list(dict.fromkeys(r.event for r in vocabulary.rules if r.on == "lines")),
+    }
