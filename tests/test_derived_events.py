@@ -332,3 +332,21 @@ async def test_a_late_viewer_of_an_ended_run_gets_its_history_and_a_close(
         async with sse(f"{b.url}/v1/runs/r7/stream") as s:
             late = await s.rest()
     assert [e.id for e in late] == [e.id for e in first]
+
+
+async def test_resuming_after_the_last_event_sent_gets_204_with_the_end_events_off(
+    legacy: LegacyApi,
+) -> None:
+    # Else EventSource would reconnect for ever: the final status is not sent here.
+    run = legacy.scripted("r8", DEMOS["improve-run"].statuses("r8", "succeeded"))
+    async with bridge_for(legacy, "improve-run") as b:
+        async with sse(f"{b.url}/v1/runs/r8/stream") as s:
+            await step_through(b, run)
+            events = await s.rest()
+        assert events[-1].event == "run_completed"
+        async with sse(f"{b.url}/v1/runs/r8/stream", {"Last-Event-ID": events[-1].id}) as s:
+            assert s.status == 204
+        async with sse(f"{b.url}/v1/streams?runs=r8") as s:
+            multi = await s.rest()
+        async with sse(f"{b.url}/v1/streams?runs=r8", {"Last-Event-ID": multi[-1].id}) as s:
+            assert s.status == 204

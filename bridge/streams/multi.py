@@ -160,7 +160,7 @@ def position(view: RunView, resume: Mapping[str, tuple[int, int]]) -> None:
     if held is not None:
         view.seq = held
         view.entry = entry(view.key, history.epoch, held)
-    view.done = not view.pending and history.terminal
+    view.done = history.terminal and not any(event.sent for event in view.pending)
 
 
 def multi_frames(

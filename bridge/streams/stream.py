@@ -47,8 +47,10 @@ def run_frames(
     (subscription,) = subscriptions
     history = subscription.channel.history
     first = history.resume(viewer.resume_from)
-    if not first and history.terminal:
-        return None  # the viewer already has the run's final event
+    if history.terminal and not any(event.sent for event in first):
+        # The viewer already has the run's final event, or all that is left to send
+        # (a final status with the end events turned off): 204, EventSource stops.
+        return None
     cursor = history.holds(viewer.resume_from) or 0
     if viewer.delta:
         # Its frames are its own (patches), not the channel's shared chunk: ASGI path.
