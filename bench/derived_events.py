@@ -12,6 +12,10 @@ lines) and the status's own event. Beside it, for the same status: what the poll
 pays (decoding the upstream's body and encoding it once; the status filters, which are
 jq too) and what jq takes only to parse it (``length``), the floor of any jq program.
 
+Part 3, fan-out: CPU to write one event to 10,000 fast-path viewers of a channel (in
+process, sockets that take everything: the bridge's part only), a derived event against
+a ``progress`` of the same size, interleaved rounds; the ratio is what matters.
+
 Part 2, deltas: a ~45 KB status of 150 nodes where one node changes per change; bytes of
 the ``patch`` event's data against the whole status, and CPU per change to make the
 patch (bridge/events/delta.py: decode the new status, ``jsonpatch.make_patch``, encode).
@@ -23,6 +27,7 @@ prints a table (bench/results/issue22-derived-events.md keeps one run).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import pathlib
 import random
@@ -35,12 +40,14 @@ import jq
 
 from bridge.demo.vocabularies import DEMOS
 from bridge.events import sse
-from bridge.events.channel import Channel, ChannelKey
+from bridge.events.channel import Channel, ChannelKey, Subscription
 from bridge.events.delta import Deltas
 from bridge.events.derive import plan
 from bridge.events.history import RunHistory
 from bridge.events.vocabulary import load
 from bridge.polling.status import StatusReader
+from bridge.streams.direct import DirectSink
+from bridge.streams.keepalive import Keepalive, StreamLimits
 
 OUT = pathlib.Path(__file__).resolve().parent / "out"
 
@@ -230,14 +237,70 @@ def delta_cost(changes: int) -> dict[str, Any]:
     }
 
 
+class _Socket(asyncio.WriteTransport):
+    """A viewer's socket that takes everything at once (what is measured is the bridge)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.bytes += len(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def fanout_cost(viewers: int, rounds: int) -> dict[str, Any]:
+    """CPU to write one event to every fast-path viewer of a channel (the channel's own
+    slices, flushed): a derived event against a ``progress`` of the same size."""
+
+    async def measure() -> dict[str, Any]:
+        vocabulary = load(DEMOS["task"].path)
+        channel = Channel(ChannelKey("fan", "-"), RunHistory(256, 64 << 20, vocabulary=vocabulary))
+        limits = StreamLimits(15, 3600, 32, 1000, vocabulary)
+        for _ in range(viewers):
+            subscription = Subscription(channel)
+            subscription.sink = DirectSink(_Socket(), 0, Keepalive(limits))
+            channel.add(subscription)
+        payload = sse.encode_json({"task_id": "fan", "log": "x" * 400})
+        times: dict[str, list[float]] = {"derived": [], "progress": []}
+        for _ in range(rounds):
+            # Interleaved, so that drift of the machine hits both alike.
+            for kind in ("derived", "progress"):
+                started = time.process_time()
+                if kind == "derived":
+                    channel.publish("status", payload, kind="")
+                else:
+                    channel.publish(sse.PROGRESS, payload, hidden=False)
+                channel.flush()
+                times[kind].append(time.process_time() - started)
+        d, p = statistics.median(times["derived"]), statistics.median(times["progress"])
+        return {
+            "viewers": viewers,
+            "frame_bytes": len(channel.history.latest.frame) if channel.history.latest else 0,
+            "derived_ms": d * 1000,
+            "progress_ms": p * 1000,
+            "ratio": d / p,
+        }
+
+    return asyncio.run(measure())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=200)
     parser.add_argument("--lines-per-change", type=int, default=10)
+    parser.add_argument("--viewers", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
     results = {
         "rules": rule_cost(args.changes, args.lines_per_change),
         "deltas": delta_cost(args.changes),
+        "fanout": fanout_cost(args.viewers, args.rounds),
     }
     OUT.mkdir(exist_ok=True)
     (OUT / "derived_events.json").write_text(json.dumps(results, indent=2))
@@ -268,6 +331,12 @@ def main() -> None:
     print(
         f"| one JSON Patch, CPU per change ({d['status_bytes'] / 1024:.1f} KB status) "
         f"| {p['median_ms']:.2f} ms | {p['p90_ms']:.2f} ms | {p['max_ms']:.2f} ms |"
+    )
+    fan = results["fanout"]
+    print(
+        f"| fan-out of one {fan['frame_bytes']} B event to {fan['viewers']:,} fast-path "
+        f"viewers: derived {fan['derived_ms']:.1f} ms, progress {fan['progress_ms']:.1f} ms "
+        f"(ratio {fan['ratio']:.2f}) | | | |"
     )
     print(
         f"| patch bytes per viewer per change: {d['patch_bytes']:.0f} B = "
