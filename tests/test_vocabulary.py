@@ -410,3 +410,13 @@ def test_openapi_names_the_configured_events(tmp_path: pathlib.Path) -> None:
         "timeout",
         "ping",
     ]
+
+
+def test_a_crlf_log_gives_lines_without_their_carriage_return(tmp_path: pathlib.Path) -> None:
+    rules = RunRules(vocab(RUNNER, tmp_path), "r")
+    lines = [
+        json.loads(d)["line"]
+        for n, d in rules.derive(None, status(job("b", "in_progress", "one\r\ntwo\r\n")))
+        if n == "step.log"
+    ]
+    assert lines == ["one", "two"]

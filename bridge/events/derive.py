@@ -157,7 +157,8 @@ class RunRules:
                 if len(out) >= limit:
                     cut = True
                     break
-                out.append((rule.event, _with_line(item, line)))
+                # A CRLF log's newline is both characters.
+                out.append((rule.event, _with_line(item, line.removesuffix("\r"))))
             position = end
         if terminal and position < len(text) and not cut:
             if len(out) >= limit:
