@@ -420,3 +420,25 @@ def test_a_crlf_log_gives_lines_without_their_carriage_return(tmp_path: pathlib.
         if n == "step.log"
     ]
     assert lines == ["one", "two"]
+
+
+def test_the_rule_state_is_let_go_at_the_final_status(tmp_path: pathlib.Path) -> None:
+    # An ended run waits in the hub's cache for reconnects: its previous items (as big as
+    # a status) are not kept with it.
+    from bridge.events import derive
+    from bridge.events.channel import Channel, ChannelKey
+    from bridge.polling.status import StatusReader
+
+    reader = StatusReader(state_expr=".status", success=["completed"], failure=["failed"])
+    channel = Channel(
+        ChannelKey("r", "-"), RunHistory(100, 1 << 20, vocabulary=vocab(RUNNER, tmp_path))
+    )
+    for text in (
+        status(job("b", "in_progress", "x\n")),
+        status(job("b", "completed", "x\ny"), state="completed"),
+    ):
+        derive.publish(channel, text, reader.read(json.loads(text), text))
+        if json.loads(text)["status"] == "in_progress":
+            assert channel in derive._RULES
+    assert channel not in derive._RULES
+    assert channel.history.terminal

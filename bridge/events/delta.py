@@ -70,6 +70,10 @@ class Deltas:
             self._frames.popitem(last=False)
         return made
 
+    def release(self) -> None:
+        """The run ended: the decoded status is not kept (the patches are small)."""
+        self._decoded = None
+
     def _value(self, event: Event) -> Any:
         decoded = self._decoded
         if decoded is not None and decoded[0] == event.seq:
@@ -112,6 +116,8 @@ class DeltaView:
         if not (event.is_status and event.sent and event.kind == sse.PROGRESS):
             if event.is_status and event.sent:
                 self.holds = None  # the end: nothing to patch after it
+                if event.terminal:
+                    deltas(self.history).release()
             return None
         made = None
         if self.holds is not None:

@@ -277,6 +277,10 @@ def plan(
             previous, status, reading.state, reading.progress, terminal=is_terminal(kind)
         )
         events.extend(Outgoing(name, data) for name, data in derived)
+        if is_terminal(kind):
+            # No change follows a final status: the previous items (as big as a status)
+            # are not kept while the ended run waits in the hub's cache.
+            _RULES.pop(channel, None)
     events.append(status_event(vocabulary, run_id, status, reading, kind))
     return events
 
