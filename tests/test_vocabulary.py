@@ -166,6 +166,16 @@ def test_the_previous_items_are_read_again_when_not_at_hand(tmp_path: pathlib.Pa
     assert cold.derive(one, two) == warm.derive(one, two)
 
 
+def test_items_read_again_see_the_previous_statuss_state(tmp_path: pathlib.Path) -> None:
+    text = "[[rule]]\nevent = 'm'\nitems = 'select($state == \"running\") | {a: .a}'\n"
+    vocabulary = vocab(text, tmp_path)
+    warm = RunRules(vocabulary, "r")
+    warm.derive(None, '{"a":1}', "running")
+    cold = RunRules(vocabulary, "r")
+    assert cold.derive('{"a":1}', '{"a":1,"b":2}', "running", before=("running", None)) == []
+    assert warm.derive('{"a":1}', '{"a":1,"b":2}', "running") == []
+
+
 def test_a_text_that_does_not_extend_the_previous_counts_from_its_start(
     tmp_path: pathlib.Path,
 ) -> None:

@@ -84,8 +84,10 @@ class RunRules:
         progress: float | None = None,
         *,
         terminal: bool = False,
+        before: tuple[str | None, float | None] = (None, None),
     ) -> list[tuple[str, str]]:
-        """The derived events (name, data) of the change from ``previous`` to ``status``."""
+        """The derived events (name, data) of the change from ``previous`` to ``status``
+        (``state`` and ``progress`` of the new status; ``before``: of the previous one)."""
         vocabulary = self.vocabulary
         if not vocabulary.rules:
             return []
@@ -93,15 +95,15 @@ class RunRules:
             self.seen = [{} for _ in vocabulary.rules]
         elif self.source is None or self.source != previous:
             # Not the status of the last change here: read its items again.
-            self.seen = self._read(previous, None, None, quiet=True)
+            self.seen = self._read(previous, *before)
         outcomes = self._outcomes(status, state, progress)
         out: list[tuple[str, str]] = []
         limit = vocabulary.max_per_change
         cut = False
         new_seen: list[dict[Any, _Seen]] = []
-        for rule, outcome, before in zip(vocabulary.rules, outcomes, self.seen, strict=True):
+        for rule, outcome, had in zip(vocabulary.rules, outcomes, self.seen, strict=True):
             if outcome is None:
-                new_seen.append(before)  # failed: yields nothing, forgets nothing
+                new_seen.append(had)  # failed: yields nothing, forgets nothing
                 continue
             now: dict[Any, _Seen] = {}
             for key, item in outcome:
@@ -109,7 +111,7 @@ class RunRules:
                     continue  # the first item of a key is the one
                 seen = _Seen(item)
                 now[key] = seen
-                old = before.get(key)
+                old = had.get(key)
                 if rule.on == "lines":
                     cut = self._lines(rule, item, old, seen, terminal, out, limit) or cut
                 elif old is None or (rule.on == "change" and old.value != item):
@@ -197,7 +199,7 @@ class RunRules:
         return outcomes
 
     def _read(
-        self, status: str, state: str | None, progress: float | None, *, quiet: bool
+        self, status: str, state: str | None, progress: float | None
     ) -> list[dict[Any, _Seen]]:
         try:
             results = self.vocabulary.run_rules(status, self.run_id, state, progress)
@@ -273,8 +275,14 @@ def plan(
             rules = _RULES[channel] = RunRules(vocabulary, run_id, metrics)
         latest = channel.history.status
         previous = latest.status if latest is not None else None
+        before = (latest.state, latest.progress) if latest is not None else (None, None)
         derived = rules.derive(
-            previous, status, reading.state, reading.progress, terminal=is_terminal(kind)
+            previous,
+            status,
+            reading.state,
+            reading.progress,
+            terminal=is_terminal(kind),
+            before=before,
         )
         events.extend(Outgoing(name, data) for name, data in derived)
         if is_terminal(kind):
