@@ -603,7 +603,11 @@ async def test_a_planned_failover_loses_nothing_whichever_replica_moves_first(
     assert all(resumed_whole), report
     assert held == list(range(held[0], held[-1] + 1)) and held[0] <= old + 1, report
     assert held[-1] == newest, report
+    messages = [r.getMessage() for r in caplog.records]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    # The bridge that moved first fenced the old primary; the late one followed the fence.
+    assert [m for m in messages if "fenced the replaced primary" in m]
+    assert [m for m in messages if "another replica found this primary replaced" in m]
 
 
 def seq_of(raw: bytes) -> int:

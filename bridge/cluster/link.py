@@ -224,10 +224,7 @@ def describe(error: BaseException) -> str:
     if isinstance(error, PrimaryMoved):
         return "the Sentinels named a new primary; following it"
     if isinstance(error, Fenced):
-        return (
-            "another replica found this primary replaced; waiting for the Sentinels to "
-            "name the new one"
-        )
+        return "another replica found this primary replaced; following it to the new one"
     if isinstance(error, MasterNotFoundError):
         return "no Sentinel answered with a primary for BRIDGE_REDIS_SENTINEL_SERVICE"
     if isinstance(error, AuthenticationError) or (
