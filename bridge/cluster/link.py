@@ -9,6 +9,10 @@ when it is back, never one per failed command; while Redis is down it retries wi
 backoff, and a new session subscribes to everything followed. Pollers that see a
 command fail call ``trouble()``: the link is marked down at once (so /readyz says so)
 and the listener checks it again right away.
+
+Through Sentinel a second task watches the Sentinels (all at once, each briefly, and
+their ``+switch-master`` announcements), and a replica leaving a replaced primary fences
+it (``RedisLink._on_primary``).
 """
 
 from __future__ import annotations
