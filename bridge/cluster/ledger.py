@@ -72,6 +72,8 @@ class RedisLedger(Ledger):
         self._read = read
         self._active = True
         self._diverged = False
+        #: The status whose commit failed, and the head of the copy then (epoch, seq).
+        self._unrecorded: tuple[Observation, int, int] | None = None
         #: After stepping aside: how long this replica leaves the lease to others, and
         #: (cluster-wide) how long before another leader may step aside again.
         self._step_aside_s = step_aside_s
@@ -96,7 +98,30 @@ class RedisLedger(Ledger):
         return True
 
     async def record(self, observation: Observation) -> None:
-        """Commit a polled status: an event if it changed, else just "still polled"."""
+        """Commit a polled status: an event if it changed, else just "still polled".
+
+        A status whose commit failed (Redis lost, or the primary fenced after a failover)
+        is committed before the next one, if nothing newer arrived meanwhile: it was
+        served, and this replica's viewers may be the only ones that did not get it.
+        """
+        history = self.channel.history
+        pending, self._unrecorded = self._unrecorded, None
+        todo = [observation]
+        if (
+            pending is not None
+            and pending[1:] == (history.epoch, history.last_seq)
+            and pending[0].data != observation.data
+        ):
+            todo.insert(0, pending[0])
+        for status in todo:
+            mark = (history.epoch, history.last_seq)
+            try:
+                await self._record(status)
+            except ClusterUnavailable:
+                self._unrecorded = (status, *mark)
+                raise
+
+    async def _record(self, observation: Observation) -> None:
         for _ in range(2):
             if self.channel.history.terminal:
                 return
@@ -229,7 +254,7 @@ class RedisLedger(Ledger):
         if view.epoch is None:
             # Redis has no history (restarted empty, or expired): put ours back.
             self.fresh = False
-            await self._restore()
+            await self._restore(None, 0)
             return
         if history.last_seq == 0:
             if view.end == SYNTHETIC:
@@ -241,7 +266,10 @@ class RedisLedger(Ledger):
             if view.seq > history.last_seq:
                 await self._load(view.epoch, view.seq - history.last_seq)
             elif view.seq < history.last_seq:
-                await self._restore()
+                # Redis holds an older part of this history: a replica was promoted before
+                # the leader's last commits reached it. Everything after its newest record
+                # goes back, not only ours: a resume from any id before then stays whole.
+                await self._restore(view.epoch, view.seq)
         else:
             self._diverged = True
             return
@@ -253,13 +281,25 @@ class RedisLedger(Ledger):
             if record.epoch == epoch and record.seq > self.channel.history.last_seq:
                 self._apply(record)
 
-    async def _restore(self) -> None:
+    async def _restore(self, epoch: int | None, seq: int) -> None:
+        """Offer Redis the records it lacks: all this copy holds when Redis has no history
+        (``epoch`` None; not an ended one, which the next viewer asks the upstream for
+        again), else those after ``seq``, the end included."""
         history = self.channel.history
-        latest = history.latest
-        if latest is None or history.terminal:
+        if not len(history) or (epoch is None and history.terminal):
             return
-        record = Record(history.epoch, latest.seq, latest.name, PROGRESS, latest.data)
-        await self._store.restore(self.key, record)
+        # The copy is contiguous (a gap drops what was before it): its oldest seq follows.
+        oldest = history.last_seq - len(history) + 1
+        records = [
+            Record(history.epoch, event.seq, event.name, self._kind(event.name), event.data)
+            for event in history.after(max(seq, oldest - 1))
+        ]
+        await self._store.restore(self.key, history.epoch, records)
+
+    def _kind(self, name: str) -> str:
+        if not is_terminal(name):
+            return PROGRESS
+        return SYNTHETIC if self.channel.synthetic_end else TERMINAL
 
     def _apply(self, record: Record) -> bool:
         if record.synthetic:
