@@ -81,8 +81,9 @@ class Settings(BaseSettings):
     BRIDGE_STATE_EXPR; set one of the two)."""
     success_statuses: CsvList = ("completed",)
     """States that end a stream with `complete` (comma-separated, case-insensitive)."""
-    failure_statuses: CsvList = ("failed", "cancelled")
-    """States that end a stream with `error` (comma-separated, case-insensitive)."""
+    failure_statuses: CsvList = ("failed", "cancelled", "canceled")
+    """States that end a stream with `error` (comma-separated, case-insensitive; both
+    spellings of cancelled, as GitLab and Azure write `canceled`)."""
     state_expr: str | None = None
     """jq filter over the status object whose first output is the run's state, e.g.
     `.data.status` or `if .status == "completed" then .conclusion else .status end`
