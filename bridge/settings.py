@@ -27,15 +27,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 from redis.asyncio.connection import parse_url as parse_redis_url
 
 from bridge.profiles import PROFILES
-from bridge.status import field_expr
+from bridge.status import compile_reason, field_expr
 
 CsvList = Annotated[tuple[str, ...], NoDecode]
-
-
-def _jq_message(error: BaseException) -> str:
-    # jq's message spans lines (the filter again, a caret): its first line says it.
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else "invalid"
 
 
 def _split_csv(value: object) -> object:
@@ -327,7 +321,7 @@ class Settings(BaseSettings):
             try:
                 jq.compile(value)
             except ValueError as error:
-                raise ValueError(f"does not compile: {_jq_message(error)}") from None
+                raise ValueError(f"does not compile: {compile_reason(error)}") from None
         return value
 
     @field_validator("ignore_fields", mode="after")
@@ -573,7 +567,11 @@ def describe(error: ValidationError) -> str:
     for item in error.errors():
         loc = item.get("loc") or ()
         name = f"BRIDGE_{str(loc[0]).upper()}" if loc else "configuration"
-        parts.append(f"{name}: {item.get('msg', 'invalid')}")
+        message = item.get("msg", "invalid")
+        if item.get("type") == "value_error":
+            # The validator's own sentence, without pydantic's "Value error, " in front.
+            message = message.removeprefix("Value error, ")
+        parts.append(f"{name}: {message}")
     return "; ".join(parts)
 
 
