@@ -11,7 +11,8 @@ import random
 from prometheus_client import Gauge
 
 from bridge import sse
-from bridge.auth import ForwardAuth
+from bridge.auth import ForwardAuth, shared_key_warning
+from bridge.auth import log as auth_log
 from bridge.channel import Subscription
 from bridge.gc_tuning import GcTuner
 from bridge.hub import Hub
@@ -109,6 +110,9 @@ class Services:
         self._spreading: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        warning = shared_key_warning(self.settings)
+        if warning is not None:
+            auth_log.warning(warning)
         await self.upstream.start()
         await self.backend.start()
         if self.auth is not None:

@@ -177,6 +177,56 @@ async def test_upstream_headers_go_with_every_request_in_viewer_mode() -> None:
         assert seen["Authorization"] == "Bearer viewer"
 
 
+SERVICE_KEY = "svc-key-5d1e07"
+
+
+async def test_a_service_key_for_every_viewer_is_one_warning_at_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="bridge.auth")
+    async with scripted_api() as api:
+        api.statuses["k1"] = [{"state": "running"}]
+        async with (
+            running_bridge(
+                api.url,
+                upstream_run_path="/jobs/{run_id}",
+                state_expr=".state",
+                success_statuses="done",
+                upstream_headers={"X-Api-Key": SERVICE_KEY, "X-Api-Version": "2"},
+                forward_headers="cookie",
+            ) as b,
+            # A viewer with no credential at all reads the run with the operator's key.
+            sse(f"{b.url}/v1/runs/k1/stream") as s,
+        ):
+            assert (await s.next_event()).event == "progress"
+    assert api.seen[0][1]["X-Api-Key"] == SERVICE_KEY
+    lines = [r.getMessage() for r in caplog.records if r.name == "bridge.auth"]
+    assert lines == [
+        "BRIDGE_UPSTREAM_HEADERS sends X-Api-Key with every upstream request and no viewer "
+        "is admitted by BRIDGE_AUTH_URL: every viewer who can reach the bridge sees every "
+        "run with that key; set BRIDGE_AUTH_URL (forward-auth mode, docs/security.md) so "
+        "that an auth service decides who may watch"
+    ]
+    assert all(SERVICE_KEY not in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("headers", "auth_url"),
+    [
+        ({"X-Api-Version": "2", "Accept": "application/json"}, None),  # no credential
+        ({"Authorization": "Bearer svc"}, "http://127.0.0.1:9/auth"),  # forward-auth decides
+    ],
+)
+def test_no_warning_without_a_shared_credential(
+    headers: dict[str, str], auth_url: str | None
+) -> None:
+    from bridge.auth import shared_key_warning
+    from bridge.settings import load
+
+    settings = load(upstream_url="http://127.0.0.1:9", upstream_headers=headers, auth_url=auth_url)
+    assert shared_key_warning(settings) is None
+
+
 async def test_a_state_the_expression_cannot_find_is_logged_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
