@@ -557,6 +557,7 @@ def as_json(inspection: Inspection) -> dict[str, Any]:
         "verdict": e.verdict,
         "known": r.known,
         "progress": r.progress,
+        "detail": r.detail,
         "ignored": {path: list(values) for path, values in e.ignored},
         "finished_by": e.finished_by,
         "fetches": e.fetches,
@@ -636,6 +637,12 @@ def render(inspection: Inspection, settings: Settings, out: TextIO) -> None:
         row("progress", f"none in this status  ({settings.progress_expr})")
     else:
         row("progress", f"{r.progress:.0%}  ({settings.progress_expr})")
+    if settings.detail_expr is None:
+        row("detail", "(BRIDGE_DETAIL_EXPR unset)", "dim")
+    elif r.detail is None:
+        row("detail", f"none in this status  ({r.detail_problem or settings.detail_expr})")
+    else:
+        row("detail", f"{json.dumps(r.detail)}  ({settings.detail_expr})")
     if not e.ignored:
         row("ignored fields", "(BRIDGE_IGNORE_FIELDS unset)", "dim")
     for index, (path, values) in enumerate(e.ignored):

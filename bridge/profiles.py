@@ -43,6 +43,9 @@ class Profile:
     ignore_fields: tuple[str, ...] = ()
     #: jq filter giving 0..1, only where the API documents something sound.
     progress_expr: str | None = None
+    #: jq filter giving one line of detail (a message, the current step), only where the
+    #: API documents such a field.
+    detail_expr: str | None = None
     #: Static headers the API asks for; read-only, never a credential.
     upstream_headers: Mapping[str, str] = field(default_factory=lambda: _NO_HEADERS, hash=False)
     #: An example BRIDGE_UPSTREAM_RUN_PATH (upper-case words are the operator's to fill).

@@ -58,6 +58,7 @@ def status_reader(settings: Settings) -> StatusReader:
         ignore_fields=settings.ignore_fields,
         progress_expr=settings.progress_expr,
         in_progress=profile.in_progress if profile is not None else (),
+        detail_expr=settings.detail_expr,
     )
 
 

@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     progress_expr: str | None = None
     """jq filter giving the run's progress from 0 to 1 (e.g. `.progressPercent / 100`),
     shown by /v1/streams, the dashboard and `sse-bridge watch`."""
+    detail_expr: str | None = None
+    """jq filter giving a one-line detail of the run (the current stage, the error
+    message), e.g. `.error.message // .stage`; carried beside the state and progress by
+    /v1/streams and the JSON endpoints, shown by the dashboard and `sse-bridge watch`."""
     conditional_requests: bool = True
     """Send `If-None-Match` / `If-Modified-Since` with the run's last `ETag` /
     `Last-Modified`; a 304 means unchanged (no body read, no event)."""
@@ -253,6 +257,8 @@ class Settings(BaseSettings):
         values.setdefault("ignore_fields", chosen.ignore_fields)
         if chosen.progress_expr is not None:
             values.setdefault("progress_expr", chosen.progress_expr)
+        if chosen.detail_expr is not None:
+            values.setdefault("detail_expr", chosen.detail_expr)
         if chosen.upstream_headers and "upstream_headers" not in values:
             values["upstream_headers"] = dict(chosen.upstream_headers)
         return values
@@ -309,12 +315,12 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown profile; one of: {', '.join(sorted(PROFILES))}")
         return value
 
-    @field_validator("state_expr", "progress_expr", mode="before")
+    @field_validator("state_expr", "progress_expr", "detail_expr", mode="before")
     @classmethod
     def _empty_expr_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("state_expr", "progress_expr")
+    @field_validator("state_expr", "progress_expr", "detail_expr")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:

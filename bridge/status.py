@@ -24,6 +24,8 @@ from bridge import sse
 
 #: Longest state kept; a longer first output is a mistake in the filter, not a state.
 MAX_STATE_LENGTH = 256
+#: Longest detail kept (BRIDGE_DETAIL_EXPR), in characters; longer is cut with "…".
+MAX_DETAIL_LENGTH = 200
 
 #: States that plainly mean "still going" in the APIs the bridge meets (case-folded). A
 #: state outside these and both lists is worth a warning: it may be a final state that
@@ -190,6 +192,10 @@ class Reading:
     #: Why the progress could not be read, if so (shown by `sse-bridge inspect`; a run
     #: without progress yet, e.g. queued, is common and not worth a warning).
     progress_problem: str | None = None
+    #: One line from BRIDGE_DETAIL_EXPR (the current stage, the error message), if set.
+    detail: str | None = None
+    #: Why the detail could not be read, if so (shown by `sse-bridge inspect`).
+    detail_problem: str | None = None
 
 
 class StatusReader:
@@ -202,6 +208,7 @@ class StatusReader:
         ignore_fields: Iterable[str] = (),
         progress_expr: str | None = None,
         in_progress: Iterable[str] = (),
+        detail_expr: str | None = None,
     ) -> None:
         self.state_expr = state_expr
         self._state = _compile(state_expr, "the state expression")
@@ -214,6 +221,7 @@ class StatusReader:
         self._progress = (
             _compile(progress_expr, "the progress expression") if progress_expr else None
         )
+        self._detail = _compile(detail_expr, "the detail expression") if detail_expr else None
 
     def read(self, status: dict[str, Any], data: str | None = None) -> Reading:
         """Read ``status`` (``data``: it as ``sse.encode_json`` wrote it, if at hand)."""
@@ -223,6 +231,8 @@ class StatusReader:
         state = self._read_state(status, problems)
         progress_problems: list[str] = []
         progress = self._read_progress(status, progress_problems)
+        detail_problems: list[str] = []
+        detail = self._read_detail(status, detail_problems)
         fingerprint = data
         if self._ignore is not None:
             try:
@@ -239,6 +249,8 @@ class StatusReader:
             "; ".join(problems) or None,
             known,
             "; ".join(progress_problems) or None,
+            detail,
+            "; ".join(detail_problems) or None,
         )
 
     def first_warning(self, state: str) -> bool:
@@ -301,3 +313,33 @@ class StatusReader:
             problems.append("the progress expression gave no number")
             return None
         return min(1.0, max(0.0, float(value)))
+
+    def _read_detail(self, status: dict[str, Any], problems: list[str]) -> str | None:
+        if self._detail is None:
+            return None
+        try:
+            value = self._detail.input_value(status).first()
+        except StopIteration:
+            return None
+        except ValueError as error:
+            problems.append(f"the detail expression failed on this status: {runtime_reason(error)}")
+            return None
+        return one_line(value, problems)
+
+
+def one_line(value: Any, problems: list[str]) -> str | None:
+    """A detail as one short line: a string with its whitespace runs (line breaks
+    included) made one space, cut at MAX_DETAIL_LENGTH; a number or boolean as JSON."""
+    if value is None:
+        return None
+    if isinstance(value, bool | int | float):
+        return json.dumps(value)
+    if not isinstance(value, str):
+        problems.append(f"the detail expression gave {type(value).__name__}, not text")
+        return None
+    # str.split() also splits on control characters such as \x1c..\x1f; the rest of
+    # them are escaped wherever the detail is sent (JSON, a header is quoted).
+    text = " ".join(value.split())
+    if len(text) > MAX_DETAIL_LENGTH:
+        text = text[: MAX_DETAIL_LENGTH - 1] + "…"
+    return text or None

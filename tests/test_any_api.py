@@ -119,6 +119,40 @@ async def test_the_multi_stream_carries_state_and_progress() -> None:
             assert (body["state"], body["progress"]) == ("KILLED", 0.5)
 
 
+DETAILED = {**NESTED, "detail_expr": ".job.error // .job.stage"}
+
+
+async def test_the_detail_goes_beside_state_and_progress_everywhere() -> None:
+    async with scripted_api() as api:
+        api.statuses["j3"] = [
+            {"job": {"state": "RUNNING", "percent": 25, "stage": "compile\n  (step 2/5)"}},
+            {"job": {"state": "KILLED", "percent": 50, "stage": "test", "error": "OOM: café"}},
+        ]
+        async with (
+            running_bridge(api.url, upstream_run_path="/jobs/{run_id}", **DETAILED) as b,
+            sse(f"{b.url}/v1/streams?runs=j3") as s,
+            aiohttp.ClientSession() as http,
+        ):
+            first = json.loads((await s.next_named("progress")).data)
+            # One line: the line break and the indent are one space.
+            assert first["detail"] == "compile (step 2/5)"
+            async with http.get(f"{b.url}/v1/runs/j3/events") as got:
+                page = await got.json()
+                assert page["detail"] == "compile (step 2/5)"
+                assert got.headers["X-Run-Detail"] == "compile (step 2/5)"
+            async with http.get(f"{b.url}/v1/runs/j3") as got:
+                assert got.headers["X-Run-State"] == "RUNNING"
+                assert got.headers["X-Run-Detail"] == "compile (step 2/5)"
+                assert (await got.json())["job"]["stage"] == "compile\n  (step 2/5)"
+            api.advance("j3")
+            end = json.loads((await s.next_named("error", timeout=5)).data)
+            assert (end["state"], end["detail"]) == ("KILLED", "OOM: café")
+            async with http.get(f"{b.url}/v1/runs/j3/result") as got:
+                assert got.status == 200
+                # Not ASCII: percent-encoded, as X-Run-State is.
+                assert got.headers["X-Run-Detail"] == "OOM%3A%20caf%C3%A9"
+
+
 async def test_the_run_id_goes_in_the_query_string_percent_encoded() -> None:
     async with scripted_api() as api:
         api.statuses[AIRFLOW_ID] = [{"state": "success"}]

@@ -253,3 +253,22 @@ def test_unknown_states_are_flagged_once_and_usual_ones_never() -> None:
     assert reader.read({"s": "completed"}).known
     assert not reader.read({"s": "DONE"}).known
     assert reader.first_warning("DONE") and not reader.first_warning("done")
+
+
+def test_the_detail_is_one_short_line_or_none() -> None:
+    reader = StatusReader(state_expr=".s", success=[], failure=["f"], detail_expr=".d")
+    assert reader.read({"d": "build\n\tstep 2"}).detail == "build step 2"
+    assert reader.read({"d": 3}).detail == "3"
+    assert reader.read({}).detail is None and reader.read({}).detail_problem is None
+    long = reader.read({"d": "x" * 1000}).detail
+    assert long is not None and len(long) == 200 and long.endswith("…")
+    odd = reader.read({"d": {"stage": "a"}})
+    assert odd.detail is None and odd.detail_problem == "the detail expression gave dict, not text"
+    # Without BRIDGE_DETAIL_EXPR there is none.
+    assert StatusReader(state_expr=".s", success=[], failure=["f"]).read({"d": "a"}).detail is None
+
+
+def test_a_detail_expression_that_does_not_compile_names_its_variable() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(detail_expr=".stages[")
+    assert str(caught.value).startswith("BRIDGE_DETAIL_EXPR: does not compile: syntax error")
