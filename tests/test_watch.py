@@ -220,6 +220,41 @@ async def test_gives_up_with_2_when_the_bridge_stays_unreachable() -> None:
     assert f"no stream from the bridge at http://127.0.0.1:{port} for 1 s" in err
 
 
+async def test_an_unreachable_upstream_is_said_and_ends_with_2() -> None:
+    # The bridge is up; its upstream is not. It refuses each stream the way EventSource
+    # understands (200, retry:, a comment naming the error): that is no connection.
+    sock = loopback_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    async with running_bridge(f"http://127.0.0.1:{port}") as b:
+        async with watch("r1", "--url", b.url, "--reconnect-for", "2") as w:
+            code, out, err = await w.finish(within=30)
+    assert (code, out) == (2, "")
+    lines = err.splitlines()
+    assert re.fullmatch(
+        r"sse-bridge watch: upstream unavailable: the upstream API could not be reached; "
+        r"reconnecting in \d+\.\d s",
+        lines[0],
+    ), err
+    assert "connected" not in err
+    assert lines[-1] == (
+        f"sse-bridge watch: no stream from the bridge at {b.url} for 2 s (upstream "
+        "unavailable: the upstream API could not be reached)"
+    )
+
+
+def test_the_refusal_comment_is_read_as_a_reason() -> None:
+    from bridge.watch import refusal_reason
+
+    assert refusal_reason(
+        "upstream_timeout (run r-1): The upstream API did not answer in time."
+    ) == ("upstream timeout: the upstream API did not answer in time")
+    assert refusal_reason("over_capacity: The bridge is at its stream limit.") == (
+        "over capacity: the bridge is at its stream limit"
+    )
+    assert refusal_reason("keep-alive") is None and refusal_reason(None) is None
+
+
 # --- any configured API: state and progress from /v1/streams ---------------------------
 
 
