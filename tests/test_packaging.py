@@ -24,6 +24,8 @@ def test_the_editable_install_prints_no_build_backend_warning(tmp_path: Path) ->
             "--disable-pip-version-check",
             "--root-user-action=ignore",
             "--no-deps",
+            # Without it pip would first uninstall the clone's own install from this venv.
+            "--ignore-installed",
             "--prefix",
             str(tmp_path),
             "--editable",

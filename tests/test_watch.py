@@ -316,19 +316,21 @@ async def test_json_carries_state_and_progress_and_a_failure_exits_1() -> None:
             code_lines, out_lines, err_lines = await w.finish()
     assert code == 1, err
     records = [json.loads(line) for line in out.splitlines()]
-    assert [(r["event"], r["state"], r["progress"]) for r in records] == [
-        ("progress", "PENDING", None),
-        ("progress", "RUNNING", None),
-        ("progress", "RUNNING", None),
-        ("progress", "RUNNING", None),
-        ("error", "FAILED", None),
+    # detail: the profile's BRIDGE_DETAIL_EXPR, Databricks' state_message.
+    assert [(r["event"], r["state"], r["progress"], r["detail"]) for r in records] == [
+        ("progress", "PENDING", None, None),
+        ("progress", "RUNNING", None, "In run"),
+        ("progress", "RUNNING", None, "In run"),
+        ("progress", "RUNNING", None, "In run"),
+        ("error", "FAILED", None, "Node c failed"),
     ]
     # data: the API's own object; id: the run's own event id, as on the single-run stream.
     assert records[-1]["data"]["state"]["result_state"] == "FAILED"
     assert all(re.fullmatch(r"\d+-\d+", r["id"]) for r in records)
-    # Without --json: the state, no invented percentage, and the API's failure message.
+    # Without --json: the state, no invented percentage, the detail, and the API's
+    # failure message.
     assert code_lines == 1
-    assert plain(out_lines) == ["42 FAILED"]
+    assert plain(out_lines) == ["42 FAILED Node c failed"]
     assert "✘ 42 FAILED: Node c failed" in err_lines
 
 
