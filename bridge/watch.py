@@ -563,14 +563,26 @@ async def wait_result(
                 async with http.get(
                     target, params={"wait": str(RESULT_WAIT)}, headers=dict(headers)
                 ) as response:
-                    unreachable_since = None
                     if response.status == 200:
                         out.write(json.dumps(await _json_body(response)) + "\n")
                         ended = response.headers.get("X-Run-Event")
                         return EXIT_COMPLETE if ended == "complete" else EXIT_ERROR
                     if response.status == 202:
+                        unreachable_since = None
                         continue  # still going: ask again
                     if response.status in (429, 502, 503, 504):
+                        # A passing refusal (the upstream down, the bridge full) counts
+                        # against --reconnect-for like an unreachable bridge.
+                        said = await _message(response)
+                        now = loop.time()
+                        unreachable_since = unreachable_since or now
+                        if now - unreachable_since >= reconnect_for:
+                            err.write(
+                                f"sse-bridge watch: no result from the bridge at {url} for "
+                                f"{reconnect_for:g} s ({said})\n"
+                            )
+                            return EXIT_OTHER
+                        err.write(f"sse-bridge watch: {said}; asking again\n")
                         await asyncio.sleep(_retry_after(response.headers.get("Retry-After")))
                         continue
                     err.write(f"sse-bridge watch: {await _message(response)}\n")

@@ -243,6 +243,21 @@ async def test_an_unreachable_upstream_is_said_and_ends_with_2() -> None:
     )
 
 
+async def test_wait_result_gives_up_with_2_when_the_upstream_stays_down() -> None:
+    sock = loopback_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    async with running_bridge(f"http://127.0.0.1:{port}", breaker_threshold=10_000) as b:
+        async with watch("r1", "--url", b.url, "--wait-result", "--reconnect-for", "1") as w:
+            code, out, err = await w.finish(within=30)
+    assert (code, out) == (2, "")
+    said = "The upstream API could not be reached. (HTTP 502 upstream_unavailable)"
+    assert f"sse-bridge watch: {said}; asking again" in err.splitlines()
+    assert err.splitlines()[-1] == (
+        f"sse-bridge watch: no result from the bridge at {b.url} for 1 s ({said})"
+    )
+
+
 def test_the_refusal_comment_is_read_as_a_reason() -> None:
     from bridge.watch import refusal_reason
 
