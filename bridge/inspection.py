@@ -653,11 +653,17 @@ def render(inspection: Inspection, settings: Settings, out: TextIO) -> None:
     if e.fetches == 2:
         when = f"between two answers {e.apart or 0:g} s apart"
         if e.changing:
-            row("changing fields", f"{', '.join(e.changing)}  ({when})", "red")
+            fix = f"; BRIDGE_IGNORE_FIELDS={e.ignore_value} leaves them out"
+            row("changing fields", f"{', '.join(e.changing)}  ({when}{fix})", "red")
         else:
             row("changing fields", f"none {when}")
     elif e.changing:
-        row("changing fields", f"{', '.join(e.changing)}  (a time within a minute of now)", "red")
+        fix = f"; BRIDGE_IGNORE_FIELDS={e.ignore_value} leaves them out"
+        row(
+            "changing fields",
+            f"{', '.join(e.changing)}  (a time within a minute of now{fix})",
+            "red",
+        )
     else:
         row("changing fields", "none holds a time near now (one fetch: --once)", "dim")
     if e.finished_by is not None:

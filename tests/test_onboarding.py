@@ -274,6 +274,26 @@ async def test_a_field_changing_on_every_answer_is_named_with_the_ignore_value(
     assert "ok: the bridge reads this run as configured" in out
 
 
+async def test_the_changing_fields_row_says_the_value_even_beside_another_hint(
+    upstream: Upstream, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The API: a final state in no list, and the time of the answer.
+    upstream.statuses["1"] = lambda: {
+        "pipeline": {"state": "SUCCESS", "percent": 80},
+        "fetched_at": _now_iso(),
+    }
+    point_at(monkeypatch, upstream, state_expr=".pipeline.state")
+    code, out, _ = await run_cli(capsys, "inspect", "1")
+    assert code == 1
+    rows = [line for line in out.splitlines() if line.startswith("changing fields")]
+    assert rows == [
+        "changing fields   .fetched_at  (between two answers 0.05 s apart; "
+        "BRIDGE_IGNORE_FIELDS=.fetched_at leaves them out)"
+    ]
+    hints = [line for line in out.splitlines() if line.startswith("hint:")]
+    assert len(hints) == 1 and "add SUCCESS to BRIDGE_SUCCESS_STATUSES" in hints[0]
+
+
 async def test_the_ignore_value_keeps_the_fields_already_ignored(
     upstream: Upstream, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
