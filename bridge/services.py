@@ -27,7 +27,8 @@ from bridge.streams.keepalive import StreamLimits
 from bridge.streams.limits import StreamLimiter
 from bridge.streams.ticker import Ticker
 from bridge.tasks import cancel_and_wait
-from bridge.web.auth import ForwardAuth
+from bridge.web.auth import ForwardAuth, shared_key_warning
+from bridge.web.auth import log as auth_log
 from bridge.web.readiness import Readiness
 
 #: URL schemes of cluster mode (BRIDGE_REDIS_URL).
@@ -57,6 +58,7 @@ def status_reader(settings: Settings) -> StatusReader:
         ignore_fields=settings.ignore_fields,
         progress_expr=settings.progress_expr,
         in_progress=profile.in_progress if profile is not None else (),
+        detail_expr=settings.detail_expr,
     )
 
 
@@ -109,6 +111,9 @@ class Services:
         self._spreading: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        warning = shared_key_warning(self.settings)
+        if warning is not None:
+            auth_log.warning(warning)
         await self.upstream.start()
         await self.backend.start()
         if self.auth is not None:

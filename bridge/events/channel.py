@@ -106,8 +106,8 @@ class Channel:
     ) -> Event:
         """The next event; ``data`` is the status as ``sse.encode_json`` wrote it, and
         ``reading`` what the status filters made of it (none for the bridge's own)."""
-        state, progress = _parts(reading)
-        event = self.history.append(name, data, state=state, progress=progress)
+        state, progress, detail = _parts(reading)
+        event = self.history.append(name, data, state=state, progress=progress, detail=detail)
         self.fingerprint = reading.fingerprint if reading is not None else None
         self._deliver(event, synthetic)
         return event
@@ -123,8 +123,10 @@ class Channel:
         synthetic: bool = False,
     ) -> Event | None:
         """An event another replica published (cluster mode), with its id; None if held."""
-        state, progress = _parts(reading)
-        event = self.history.mirror(epoch, seq, name, data, state=state, progress=progress)
+        state, progress, detail = _parts(reading)
+        event = self.history.mirror(
+            epoch, seq, name, data, state=state, progress=progress, detail=detail
+        )
         if event is None:
             return None
         self.fingerprint = reading.fingerprint if reading is not None else None
@@ -193,5 +195,7 @@ class Channel:
             subscription.close()
 
 
-def _parts(reading: Reading | None) -> tuple[str | None, float | None]:
-    return (reading.state, reading.progress) if reading is not None else (None, None)
+def _parts(reading: Reading | None) -> tuple[str | None, float | None, str | None]:
+    if reading is None:
+        return None, None, None
+    return reading.state, reading.progress, reading.detail

@@ -42,9 +42,11 @@ class Event:
     frame: bytes
     #: Where ``data`` starts in ``frame``.
     data_at: int
-    #: The run's state and progress as the status filters read them (bridge/polling/status.py).
+    #: The run's state, progress and detail as the status filters read them
+    #: (bridge/polling/status.py).
     state: str | None = None
     progress: float | None = None
+    detail: str | None = None
 
     @classmethod
     def build(
@@ -55,12 +57,13 @@ class Event:
         data: str,
         state: str | None = None,
         progress: float | None = None,
+        detail: str | None = None,
     ) -> Event:
         frame = sse.frame(name, data, event_id)
         # The event and id fields hold no line break (sse.frame refuses one), so the
         # first "\ndata: " is where the data field starts.
         start = frame.index(_DATA_FIELD) + len(_DATA_FIELD)
-        return cls(seq, event_id, name, frame, start, state, progress)
+        return cls(seq, event_id, name, frame, start, state, progress, detail)
 
     @property
     def data(self) -> str:
@@ -130,14 +133,20 @@ class RunHistory:
         self._seq = 0
 
     def append(
-        self, name: str, data: str, *, state: str | None = None, progress: float | None = None
+        self,
+        name: str,
+        data: str,
+        *,
+        state: str | None = None,
+        progress: float | None = None,
+        detail: str | None = None,
     ) -> Event:
         """Add the next event; ``data`` is the status as ``sse.encode_json`` wrote it."""
         if self.terminal:
             raise RuntimeError("a terminal history takes no more events")
         self._seq += 1
         event_id = f"{self.epoch}-{self._seq}"
-        event = Event.build(self._seq, event_id, name, data, state, progress)
+        event = Event.build(self._seq, event_id, name, data, state, progress, detail)
         self._events.append(event)
         self._bytes += event.nbytes
         # Oldest first; what is trimmed resumes as an unknown id: the current status.
@@ -156,6 +165,7 @@ class RunHistory:
         *,
         state: str | None = None,
         progress: float | None = None,
+        detail: str | None = None,
     ) -> Event | None:
         """Take one event of this run's history as another replica wrote it, id and all.
 
@@ -173,7 +183,7 @@ class RunHistory:
             self._events.clear()
             self._bytes = 0
         self._seq = seq - 1
-        return self.append(name, data, state=state, progress=progress)
+        return self.append(name, data, state=state, progress=progress, detail=detail)
 
     @property
     def nbytes(self) -> int:

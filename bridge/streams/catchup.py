@@ -45,13 +45,22 @@ def parse_wait(value: str | None, longest: float) -> float:
     return seconds
 
 
+def header_safe(text: str | None) -> str:
+    """``text`` as a header value ("" when none): as it is when printable ASCII, else
+    percent-encoded (an upstream string may hold anything; a header may not)."""
+    if not text:
+        return ""
+    return text if text.isascii() and text.isprintable() else quote(text, safe="")
+
+
 def state_header(event: Event | None) -> str:
     """X-Run-State: the state as the status filters read it ("" when none), header-safe."""
-    state = event.state if event is not None else None
-    if not state:
-        return ""
-    # An upstream string may hold anything; a header may not (no CR/LF, ASCII only).
-    return state if state.isascii() and state.isprintable() else quote(state, safe="")
+    return header_safe(event.state if event is not None else None)
+
+
+def detail_header(event: Event | None) -> str:
+    """X-Run-Detail: the detail BRIDGE_DETAIL_EXPR read ("" when none), header-safe."""
+    return header_safe(event.detail if event is not None else None)
 
 
 async def _wait(subscription: Subscription, ready: bool, seconds: float) -> None:
@@ -74,6 +83,7 @@ def _events_body(run_id: str, events: list[Event], cursor: str | None, latest: E
         f'{{"run_id":{sse.encode_json(run_id)},"events":[{items}],'
         f'"cursor":{sse.encode_json(cursor)},"state":{sse.encode_json(latest.state)},'
         f'"progress":{sse.encode_json(latest.progress)},'
+        f'"detail":{sse.encode_json(latest.detail)},'
         f'"terminal":{sse.encode_json(latest.terminal)}}}'
     )
 
@@ -99,7 +109,11 @@ async def events(
         assert latest is not None  # a lease always comes with a first status
         cursor = found[-1].id if found else since
         body = _events_body(run_id, found, cursor, latest)
-        headers = {"Cache-Control": "no-cache", "X-Run-State": state_header(latest)}
+        headers = {
+            "Cache-Control": "no-cache",
+            "X-Run-State": state_header(latest),
+            "X-Run-Detail": detail_header(latest),
+        }
         return Answer(200, body, headers)
 
 
@@ -122,6 +136,7 @@ async def result(services: Services, viewer: Viewer, run_id: str, wait: float) -
         headers = {
             "Cache-Control": "no-cache",
             "X-Run-State": state_header(latest),
+            "X-Run-Detail": detail_header(latest),
             # The outcome in the stream's words (complete / error / progress), so a
             # script needs no state lists of its own.
             "X-Run-Event": latest.name,

@@ -131,6 +131,10 @@ def create_app(settings: Settings) -> Quart:
             assert latest is not None  # a lease always comes with a first status
             response = Response(latest.data, content_type="application/json")
             response.headers["Cache-Control"] = "no-cache"
+            # The body is the upstream's status as it is: what the bridge read of it
+            # goes beside, as /result has it.
+            response.headers["X-Run-State"] = catchup.state_header(latest)
+            response.headers["X-Run-Detail"] = catchup.detail_header(latest)
             return response
 
     @app.post("/v1/runs/<run_id>/poll")

@@ -26,6 +26,7 @@ from quart import Quart, Response
 from bridge import __version__
 from bridge import run_id as run_ids
 from bridge.events.sse import encode_json
+from bridge.polling.status import MAX_DETAIL_LENGTH
 from bridge.services import Services
 from bridge.settings import Settings
 
@@ -102,10 +103,18 @@ _RUN_ID = {
     ),
 }
 
+_DETAIL = {
+    "type": ["string", "null"],
+    "maxLength": MAX_DETAIL_LENGTH,
+    "description": (
+        "One line from BRIDGE_DETAIL_EXPR (the current stage, an error message), or null."
+    ),
+}
+
 _MULTI_ENVELOPE = {
     "type": "object",
     "description": "The data of a run event on GET /v1/streams.",
-    "required": ["run_id", "id", "state", "progress", "data"],
+    "required": ["run_id", "id", "state", "progress", "detail", "data"],
     "properties": {
         "run_id": {"type": "string"},
         "id": {"type": "string", "description": "The run's own event id (as on its stream)."},
@@ -117,6 +126,7 @@ _MULTI_ENVELOPE = {
             "type": ["number", "null"],
             "description": "0 to 1 from BRIDGE_PROGRESS_EXPR, or null.",
         },
+        "detail": _DETAIL,
         "data": {"type": "object", "description": "The single-run event's data."},
     },
 }
@@ -133,7 +143,7 @@ _EVENT_ITEM = {
 
 _EVENTS = {
     "type": "object",
-    "required": ["run_id", "events", "cursor", "state", "progress", "terminal"],
+    "required": ["run_id", "events", "cursor", "state", "progress", "detail", "terminal"],
     "properties": {
         "run_id": {"type": "string"},
         "events": {"type": "array", "items": _ref("schemas", "EventItem")},
@@ -143,6 +153,7 @@ _EVENTS = {
         },
         "state": {"type": ["string", "null"]},
         "progress": {"type": ["number", "null"]},
+        "detail": _DETAIL,
         "terminal": {"type": "boolean", "description": "The run has ended."},
     },
 }
@@ -329,6 +340,11 @@ def build_document(settings: Settings) -> Json:
         _ref("parameters", "Since"),
     ]
     security = _viewer_security(settings)
+    # What the bridge read of the status, beside a body that is the status itself.
+    run_headers = {
+        "X-Run-State": _ref("headers", "XRunState"),
+        "X-Run-Detail": _ref("headers", "XRunDetail"),
+    }
     wait = _ref("parameters", "Wait")
 
     paths: Json = {
@@ -384,7 +400,7 @@ def build_document(settings: Settings) -> Json:
                 "parameters": [run_id],
                 "security": security,
                 "responses": {
-                    "200": _json(_ref("schemas", "Status"), "The latest status."),
+                    "200": _json(_ref("schemas", "Status"), "The latest status.", run_headers),
                     **errors,
                 },
             }
@@ -432,7 +448,7 @@ def build_document(settings: Settings) -> Json:
                     "200": _sse_response(
                         _ref("schemas", "MultiEvent"),
                         "`data` of progress/complete/error: the envelope "
-                        "{run_id, id, state, progress, data}; their `id` is the multi id "
+                        "{run_id, id, state, progress, detail, data}; their `id` is the multi id "
                         "(every run's position, opaque).",
                     ),
                     "204": {"description": "Every run's final event was already received."},
@@ -457,7 +473,7 @@ def build_document(settings: Settings) -> Json:
                     "200": _json(
                         _ref("schemas", "Events"),
                         "The events.",
-                        {"X-Run-State": _ref("headers", "XRunState")},
+                        run_headers,
                     ),
                     **stream_errors,
                 },
@@ -474,12 +490,12 @@ def build_document(settings: Settings) -> Json:
                     "200": _json(
                         _ref("schemas", "Status"),
                         "The run has ended: its final status.",
-                        {"X-Run-State": _ref("headers", "XRunState")},
+                        run_headers,
                     ),
                     "202": _json(
                         _ref("schemas", "Status"),
                         "Not ended within `wait`: the latest status.",
-                        {"X-Run-State": _ref("headers", "XRunState")},
+                        run_headers,
                     ),
                     **stream_errors,
                 },
@@ -595,6 +611,14 @@ def build_document(settings: Settings) -> Json:
             "RetryAfter": {
                 "description": "Seconds after which to try again.",
                 "schema": {"type": "integer", "minimum": 1},
+            },
+            "XRunDetail": {
+                "description": (
+                    "The detail BRIDGE_DETAIL_EXPR reads (empty when none or unset); "
+                    "percent-encoded if not printable ASCII."
+                ),
+                "required": True,
+                "schema": {"type": "string"},
             },
             "XRunState": {
                 "description": (
