@@ -17,7 +17,8 @@
 # package's ~2 MB, not the dependencies' ~55 MB.
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
 # The locked, hash-checked dependencies first (a layer that survives code changes), then the
 # package without deps so that nothing outside the lock gets in.
