@@ -127,7 +127,8 @@ def image() -> Iterator[str]:
     )
     if base.returncode != 0:
         pytest.fail(
-            f"scripts/image-base could not provide {BASE}:\n{base.stdout}{base.stderr}",
+            f"scripts/image-base could not provide {BASE}, so the image is not tested:\n"
+            f"{base.stdout}{base.stderr}",
             pytrace=False,
         )
     problem = podman_problem()
