@@ -7,7 +7,9 @@ unchanged (``--pull=never --format docker``, the format that keeps HEALTHCHECK),
 container runs as the Kubernetes manifests run the bridge: a read-only root filesystem with
 a tmpfs for each emptyDir they mount, no capabilities, no privilege escalation.
 
-What is checked on the running image:
+What is checked on the image: its configuration is the Dockerfile's, and it holds one copy
+of the package, the installed one (the build stage keeps the sources and pip's build tree).
+On the running image:
 
 - ``serve`` in front of a loopback upstream (the simulated legacy API in this process;
   host network): a run streamed through it, start to ``complete``; ``/readyz`` 200.
@@ -259,6 +261,18 @@ def test_the_image_is_the_dockerfiles(image: str) -> None:
     assert list(config["ExposedPorts"]) == ["8080/tcp"]
     # Kept by the docker format (the OCI format drops HEALTHCHECK, and podman warns).
     assert inspected["Healthcheck"]["Test"][:2] == ["CMD", "python"]
+
+
+def test_the_image_holds_the_installed_package_only(image: str) -> None:
+    # The build stage's sources and pip's in-tree build/ stay there: one copy of the
+    # package in the image, the installed one.
+    found = podman_sync(
+        # As root: the image's user may not read /root and the like.
+        "run", "--rm", "--network", "none", "--user", "0:0", "--entrypoint", "find", image,
+        "/", "-xdev", "-path", "*/bridge/app.py",
+    )  # fmt: skip
+    assert found.code == 0, found.err
+    assert found.out.split() == ["/usr/local/lib/python3.11/site-packages/bridge/app.py"]
 
 
 async def test_serve_streams_a_run_from_a_loopback_upstream(image: str, legacy: LegacyApi) -> None:
