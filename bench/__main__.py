@@ -13,9 +13,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from bench.common import BENCH_DIR, OUT_DIR
-from bench.profile import PHASES
-from bench.suite import ALL_TARGETS, PROBES, Config, Runner
+from bench.harness.common import BENCH_DIR, OUT_DIR
+from bench.harness.suite import ALL_TARGETS, PROBES, Config, Runner
+from bench.studies.profile import PHASES
 
 
 def _env_pairs(values: list[str]) -> dict[str, str]:
@@ -29,7 +29,7 @@ def _env_pairs(values: list[str]) -> dict[str, str]:
 
 
 def _run(args: argparse.Namespace, command: str) -> int:
-    from bench.report import render
+    from bench.harness.report import render
 
     overrides: dict[str, object] = {}
     if args.targets:
@@ -82,7 +82,7 @@ def _soak() -> dict[str, object] | None:
 
 
 def _profile_cmd(args: argparse.Namespace, command: str) -> int:
-    from bench.profile import profile
+    from bench.studies.profile import profile
 
     data = profile(
         phase=args.phase,
@@ -103,7 +103,7 @@ def _profile_cmd(args: argparse.Namespace, command: str) -> int:
 
 
 def _report(args: argparse.Namespace, command: str) -> int:
-    from bench.report import render
+    from bench.harness.report import render
 
     source = Path(args.results)
     results = json.loads(source.read_text())

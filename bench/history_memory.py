@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import OUT_DIR
+from bench.harness.common import OUT_DIR
 from bridge.events import sse
 from bridge.events.history import Event, RunHistory, http_chunk
 from bridge.polling.status import is_terminal

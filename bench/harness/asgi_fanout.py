@@ -29,7 +29,7 @@ from typing import Any
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-from bench.common import pin, raise_nofile
+from bench.harness.common import pin, raise_nofile
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]

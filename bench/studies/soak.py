@@ -48,8 +48,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench import servers
-from bench.client import (
+from bench.harness import servers
+from bench.harness.client import (
     ANCILLARY,
     CONNECTING,
     HEAD,
@@ -63,7 +63,7 @@ from bench.client import (
     Sub,
     Worker,
 )
-from bench.common import (
+from bench.harness.common import (
     BENCH_DIR,
     MARKER_LEN,
     MARKER_PREFIX,
@@ -76,7 +76,7 @@ from bench.common import (
     pin,
     raise_nofile,
 )
-from bench.servers import Bridge, Upstream
+from bench.harness.servers import Bridge, Upstream
 
 #: How long a reconnect may take before it counts as failed (and is tried again).
 CONNECT_DEADLINE = 30.0

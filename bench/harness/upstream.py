@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from bench.common import pin, raise_nofile, status_json
+from bench.harness.common import pin, raise_nofile, status_json
 
 #: Per-run bounds: request timestamps kept, and markers whose first-served time is kept.
 MAX_REQUEST_TIMES = 400_000

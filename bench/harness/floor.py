@@ -18,7 +18,7 @@ import asyncio
 import json
 import signal
 
-from bench.common import pin, raise_nofile
+from bench.harness.common import pin, raise_nofile
 
 MAX_HEAD = 16 * 1024
 MAX_BODY = 64 * 1024

@@ -60,7 +60,7 @@ import h2.connection
 import h2.events
 import h2.settings
 
-from bench.common import (
+from bench.harness.common import (
     MARKER_LEN,
     OUT_DIR,
     ROOT,
@@ -73,7 +73,7 @@ from bench.common import (
     raise_nofile,
     rss_kib,
 )
-from bench.servers import PYTHON, Process, Upstream, free_port, pinned
+from bench.harness.servers import PYTHON, Process, Upstream, free_port, pinned
 
 SERVER_CORE = 0
 CLIENT_CORE = 1

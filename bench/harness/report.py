@@ -464,7 +464,7 @@ def soak_lines(soak: dict[str, Any] | None) -> list[str]:
     """The latest ``bench.soak`` run, under its own heading: a separate run, not this one."""
     if not soak:
         return ["No soak recorded (`python -m bench.soak` writes bench/out/soak.json)."]
-    from bench.soak import render as render_soak
+    from bench.studies.soak import render as render_soak
 
     title, *body = render_soak(soak).splitlines()
     return [

@@ -50,7 +50,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.common import BENCH_DIR, OUT_DIR, raise_nofile
+from bench.harness.common import BENCH_DIR, OUT_DIR, raise_nofile
 from tests.support import loopback_socket, running_bridge
 
 # --- the scenario, in real (uncompressed) seconds -------------------------------------

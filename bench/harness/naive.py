@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bench.common import pin, raise_nofile
+from bench.harness.common import pin, raise_nofile
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",

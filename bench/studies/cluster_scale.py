@@ -49,8 +49,10 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-OUT = Path(__file__).parent / "out"
-RESULTS = Path(__file__).parent / "results"
+from bench.harness.common import BENCH_DIR, OUT_DIR
+
+OUT = OUT_DIR
+RESULTS = BENCH_DIR / "results"
 PREFIX = "sse-bridge:"
 #: Statuses per run: far more than a window's changes, so no run ends inside it.
 STATUSES = 200

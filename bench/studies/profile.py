@@ -27,11 +27,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench import servers
-from bench.client import ClientPool
-from bench.common import BENCH_DIR, OUT_DIR, ROOT, own_autogroup, pin, raise_nofile
-from bench.servers import Bridge, Upstream
-from bench.suite import Config, Runner
+from bench.harness import servers
+from bench.harness.client import ClientPool
+from bench.harness.common import BENCH_DIR, OUT_DIR, ROOT, own_autogroup, pin, raise_nofile
+from bench.harness.servers import Bridge, Upstream
+from bench.harness.suite import Config, Runner
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<where>[^()]*)\)$")
 
