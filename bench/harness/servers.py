@@ -8,8 +8,8 @@ the fan-out of that change started (t0):
   upstream, t0 is when the upstream first served the changed status to the bridge.
 - ``nchan``: nginx + nchan; a change is an HTTP POST to the publisher location, t0 the
   moment just before the POST was sent.
-- ``floor``: ``bench.floor``, the plain asyncio write loop; same as nchan.
-- ``naive``: ``bench.naive``, every viewer polls the upstream; t0 is the moment the
+- ``floor``: ``bench.harness.floor``, the plain asyncio write loop; same as nchan.
+- ``naive``: ``bench.harness.naive``, every viewer polls the upstream; t0 is the moment the
   upstream changed (there is no single moment the server "received" it).
 """
 
@@ -91,7 +91,7 @@ def pinned(core: int | None, argv: list[str]) -> list[str]:
 
 
 class Upstream:
-    """The scripted legacy API (bench.upstream), pinned to the client core."""
+    """The scripted legacy API (bench.harness.upstream), pinned to the client core."""
 
     def __init__(self, core: int | None, logs: Path) -> None:
         self.port = free_port()
@@ -237,7 +237,7 @@ class Floor(Publisher):
 
 
 class AsgiProbe(Publisher):
-    """Hypercorn + a raw ASGI app, one fan-out loop per channel (``bench.asgi_fanout``)."""
+    """Hypercorn + a raw ASGI app, one fan-out loop per channel (``bench.harness.asgi_fanout``)."""
 
     def __init__(self, core: int | None, logs: Path, mode: str) -> None:
         super().__init__(core, logs)

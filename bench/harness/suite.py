@@ -53,7 +53,7 @@ from bench.harness.servers import (
 )
 
 ALL_TARGETS = ("nchan", "floor", "bridge", "naive")
-#: Design probes (bench/asgi_fanout.py): only when named with --targets.
+#: Design probes (bench/harness/asgi_fanout.py): only when named with --targets.
 PROBES = ("asgi-send", "asgi-transport")
 CHANNEL_PREFIX = {
     "nchan": "n",
