@@ -16,7 +16,6 @@ bench/out/sentinel_partition.json.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import itertools
@@ -32,6 +31,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from bench.harness import cli
 from bridge.demo.legacy_api import LegacyApi, serving
 from tests.redis_server import RedisServer
 from tests.support import running_bridge, sse, wait_for
@@ -210,7 +210,7 @@ async def _measure(legacy: LegacyApi, topology: Topology, min_replicas: bool) ->
     }
 
 
-async def main(rounds: int) -> list[dict[str, Any]]:
+async def run_rounds(rounds: int) -> list[dict[str, Any]]:
     if shutil.which("iptables") is None:
         raise SystemExit("bench.sentinel_partition needs iptables (and root)")
     results = []
@@ -223,14 +223,15 @@ async def main(rounds: int) -> list[dict[str, Any]]:
     return results
 
 
-def run(rounds: int) -> None:
-    results = asyncio.run(main(rounds))
+def main(argv: list[str] | None = None) -> None:
+    parser = cli.parser("sentinel_partition", __doc__)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args(argv)
+    results = asyncio.run(run_rounds(args.rounds))
     out = pathlib.Path("bench/out")
     out.mkdir(parents=True, exist_ok=True)
     (out / "sentinel_partition.json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2)
-    run(parser.parse_args().rounds)
+    main()
