@@ -59,9 +59,6 @@ log = logging.getLogger("bridge.server.hypercorn_transport")
 
 #: Hypercorn releases whose internals the walk was checked against: [lowest, end).
 TESTED_HYPERCORN: Final = ((0, 17), (0, 19))
-#: The ASGI scope key under which the stream front (bridge/web/front.py) leaves the server's
-#: send callable for the walk.
-SEND_KEY: Final = "bridge.send"
 
 #: Why a stream that wanted the fast path took the ASGI path (the metric's label).
 FallbackReason = Literal["http_version", "method", "hypercorn_version", "internals"]
@@ -69,12 +66,13 @@ FALLBACK_REASONS: Final[tuple[FallbackReason, ...]] = get_args(FallbackReason)
 
 
 def fast_path_transport(
-    scope: Mapping[str, Any], fell_back: Callable[[FallbackReason], None]
+    scope: Mapping[str, Any], send: object, fell_back: Callable[[FallbackReason], None]
 ) -> asyncio.WriteTransport | None:
     """The viewer's transport if this request may take the fast path, else None.
 
-    ``scope`` is the request's ASGI scope (the server's ``send`` under SEND_KEY); ``fell_back``
-    is told the reason whenever None is returned for a live connection.
+    ``scope`` and ``send`` are the request's, as Hypercorn gave them to the app; ``fell_back``
+    is told the reason whenever None is returned for a live connection. bridge/server/serve.py
+    hands this function to the stream front (bridge/web/front.py), which calls it with them.
     """
     if scope.get("http_version") != "1.1":
         fell_back("http_version")
@@ -88,7 +86,7 @@ def fast_path_transport(
         fell_back("hypercorn_version")
         return None
     try:
-        transport = _walk(scope.get(SEND_KEY))
+        transport = _walk(send)
     except _Moved as moved:
         _warn_once("internals", f"{moved} (Hypercorn {installed_hypercorn()})")
         fell_back("internals")

@@ -26,7 +26,6 @@ from quart import Quart, Response
 from bridge import __version__
 from bridge import run_id as run_ids
 from bridge.events.sse import encode_json
-from bridge.services import Services
 from bridge.settings import Settings
 
 OPENAPI_PATH = "/openapi.json"
@@ -682,17 +681,9 @@ def build_document(settings: Settings) -> Json:
     }
 
 
-def _services(app: Quart) -> Services:
-    # By type, not by bridge.web.app's key: importing it here would make an import cycle.
-    for extension in app.extensions.values():
-        if isinstance(extension, Services):
-            return extension
-    raise RuntimeError("register_openapi needs the app that create_app built")
-
-
-def register_openapi(app: Quart) -> None:
+def register_openapi(app: Quart, settings: Settings) -> None:
     """Serve the document at ``/openapi.json``; built once, since settings never change."""
-    body = encode_json(build_document(_services(app).settings))
+    body = encode_json(build_document(settings))
 
     @app.get(OPENAPI_PATH)
     async def openapi_document() -> Response:
