@@ -1,6 +1,6 @@
 """The viewer's socket for the fast path: the one place that knows Hypercorn's internals.
 
-HACK, labelled so it can be found and retired:
+Hack H1 (docs/hacks.md), fenced here so it can be found and retired:
 
 What. ASGI gives an app a ``send`` callable, never the socket. The fast path
 (bridge/streams/direct.py) needs the socket, so this module walks from Hypercorn's ``send`` to it
@@ -26,10 +26,8 @@ expects. Tested against Hypercorn 0.18.0 (tests/test_fast_path.py serves a real 
 0.17.0 to 0.17.3 have the same four attributes (read in their source, not run).
 
 Why. Through ASGI, each frame to each viewer costs a task wake-up, Quart's response loop,
-Hypercorn's send path and h11 framing. bench/FINDINGS.md ("Where the time goes per frame"
-and "Phase 2") measured it: at 10,000 viewers the last viewer got a change after 281 ms
-through ``await send(...)`` against 78 ms writing to the transports (28 us against 7.9 us
-of CPU per frame), and the bridge went from 9.9x to 0.82x nchan's fan-out delay.
+Hypercorn's send path and h11 framing: about 3.5x the CPU of a write to the transport
+per frame at 10,000 viewers (bench/FINDINGS.md, "Where the time goes per frame").
 
 Otherwise. ``fast_path_transport`` returns None and the stream takes the ASGI path
 (bridge/streams/stream.py): the same events, pings and timeout, slower. Each such stream is

@@ -143,7 +143,8 @@ class StreamFront:
                 left = await self._serve_asgi(send, receive, stream.first, stream.frames)
         finally:
             await stream.close()
-        # Hack H3 (docs/hacks.md): no final body once the viewer left.
+        # Hack H3 (docs/hacks.md): no final body once the viewer left, or Hypercorn takes
+        # the dead connection for an idle keep-alive one and holds it for 75 s.
         if not left:
             await send(asgi.END)
 
@@ -281,7 +282,9 @@ class StreamFront:
                     await timed(send, sending, item)
         finally:
             ticker.unwatch(sending)
-            del sending  # Hack H4 (docs/hacks.md): no cycle through a cancelled task
+            # Hack H4 (docs/hacks.md): a cancelled task's error holds this frame, and the
+            # entry holds the task.
+            del sending
 
 
 async def timed(send: Send, sending: Sending, data: bytes) -> None:
