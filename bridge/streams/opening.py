@@ -11,7 +11,7 @@ returns None and the route answers 204 (which stops EventSource).
 What an open stream holds (its slot, leases, subscriptions) is a list of plain calls to
 give each back (``Holding``), not an exit stack of suspended context managers: a stream
 is held for minutes by each of thousands of viewers, so what it keeps alive is counted
-per viewer (bench/results/issue14-connect.md).
+per viewer.
 """
 
 from __future__ import annotations

@@ -234,18 +234,20 @@ class Routes:
     # --- catch-up and long-poll (bridge/streams/catchup.py) -----------------------------
 
     async def run_events(self, run_id: str) -> Response:
-        run_ids.validate(run_id)
-        wait = catchup.parse_wait(request.args.get("wait"), self.settings.longpoll_max)
-        viewer = viewer_of(self.settings)
+        viewer, wait = self.waiting_viewer(run_id)
         return await answered(
             lambda: catchup.events(self.opener, viewer, run_id, viewer.resume_from, wait)
         )
 
     async def run_result(self, run_id: str) -> Response:
+        viewer, wait = self.waiting_viewer(run_id)
+        return await answered(lambda: catchup.result(self.opener, viewer, run_id, wait))
+
+    def waiting_viewer(self, run_id: str) -> tuple[Viewer, float]:
+        """A catch-up request's viewer and ``wait``, once its run id is valid."""
         run_ids.validate(run_id)
         wait = catchup.parse_wait(request.args.get("wait"), self.settings.longpoll_max)
-        viewer = viewer_of(self.settings)
-        return await answered(lambda: catchup.result(self.opener, viewer, run_id, wait))
+        return viewer_of(self.settings), wait
 
 
 async def answered(asked: Callable[[], Awaitable[catchup.Answer]]) -> Response:

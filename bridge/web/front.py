@@ -5,13 +5,13 @@
 
 Why: a stream is opened once and then held for minutes, so what its opening costs and
 what it keeps alive is per viewer: under a reconnect storm thousands open within
-seconds. Through Quart each one cost a request and a response object, werkzeug headers,
+seconds. Through Quart each would cost a request and a response object, werkzeug headers,
 two tasks (Quart's request handler and its receiver), a copied context and an exit stack
-kept alive for the stream's whole life; bench/results/issue14-connect.md measured it
-against a raw ASGI app on the same Hypercorn. Here a stream costs the coroutine the server
-already runs for the request: a fast-path viewer waits for its sink's end or for the
-disconnect in that coroutine (bridge/web/asgi.py), and only the ASGI path (HTTP/1.0, HEAD,
-HTTP/2) adds one task to pump frames while the disconnect is watched.
+kept alive for the stream's whole life (bench/FINDINGS.md, "Why memory and connects are
+not met"). Here a stream costs the coroutine the server already runs for the request: a
+fast-path viewer waits for its sink's end or for the disconnect in that coroutine
+(bridge/web/asgi.py), and only the ASGI path (HTTP/1.0, HEAD, HTTP/2) adds one task to
+pump frames while the disconnect is watched.
 
 Everything else goes to Quart, including other methods on these paths (the CORS
 preflight ``OPTIONS``, 405 for the rest): Quart keeps both rules in its URL map, so
