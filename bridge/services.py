@@ -1,6 +1,8 @@
 """The services one app shares, built once from Settings, started and stopped together.
 
-Nothing here reads a request: routes pass in what they took from it (bridge/streams/viewer.py).
+Only the app's wiring (bridge/web/app.py) holds the whole ``Services``: it hands each
+consumer the parts it uses (the opening gets an ``Opener``, the front and routes their
+settings, metrics and ticker). Nothing here reads a request.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from bridge.polling.registry import PollerRegistry
 from bridge.polling.status import StatusReader
 from bridge.polling.upstream import UpstreamClient
 from bridge.settings import Settings
-from bridge.streams.keepalive import StreamLimits
+from bridge.streams.keepalive import StreamLimits, spread
 from bridge.streams.limits import StreamLimiter
+from bridge.streams.opening import Opener
 from bridge.streams.ticker import Ticker
 from bridge.tasks import cancel_and_wait
 from bridge.web.auth import ForwardAuth, shared_key_warning
@@ -107,7 +110,14 @@ class Services:
             )
         self.auth = ForwardAuth(settings) if settings.auth_url is not None else None
         self.readiness = Readiness(settings, self.upstream, self.backend.health)
-        self.draining = False
+        self.opener = Opener(
+            limiter=self.limiter,
+            admit=self.upstream_headers,
+            pollers=self.pollers,
+            hub=self.hub,
+            limits=self.limits,
+            open_streams=self.metrics.open_streams,
+        )
         self._spreading: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -137,6 +147,10 @@ class Services:
             await self.auth.close()
         await self.upstream.close()
 
+    @property
+    def draining(self) -> bool:
+        return self.limiter.draining
+
     def drain(self) -> None:
         """Refuse new streams, and end the open ones over BRIDGE_DRAIN_SPREAD.
 
@@ -146,7 +160,7 @@ class Services:
         """
         if self.draining:
             return
-        self.draining = True
+        self.limiter.drain()
         subscriptions = [s for c in self.hub.live_channels() for s in c.subscriptions]
         window = self.settings.drain_window
         if window <= 0 or not subscriptions:
@@ -177,9 +191,7 @@ class Services:
 
     def limits(self) -> StreamLimits:
         s = self.settings
-        # Jitter spreads the reconnects of many viewers after a restart.
-        retry = int(s.retry_ms * (1 + random.uniform(0, 0.2)))
-        return StreamLimits(s.ping_interval, s.stream_timeout, s.viewer_buffer, retry)
+        return StreamLimits(s.ping_interval, s.stream_timeout, s.viewer_buffer, spread(s.retry_ms))
 
     async def upstream_headers(self, run_id: str, viewer: dict[str, str]) -> dict[str, str]:
         """The headers ``viewer`` polls ``run_id`` with (after admission).
@@ -192,4 +204,4 @@ class Services:
         if self.auth is None:
             return viewer
         await self.auth.admit(run_id, viewer)
-        return {}  # the upstream client sends BRIDGE_UPSTREAM_HEADERS with every request
+        return {}

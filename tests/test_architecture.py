@@ -124,8 +124,6 @@ PENDING = frozenset(
         "events-below-polling",
         "bridge.events <-> bridge.polling",
         "bridge.polling <-> bridge.settings",
-        "bridge.server <-> bridge.web",
-        "bridge.services <-> bridge.streams",
         "bridge.services <-> bridge.web",
     }
 )

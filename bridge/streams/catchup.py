@@ -12,7 +12,8 @@ run's end, or on drain (with what it has).
 from __future__ import annotations
 
 import asyncio
-from contextlib import AsyncExitStack, suppress
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -20,8 +21,7 @@ from bridge.errors import InvalidRequest
 from bridge.events import sse
 from bridge.events.channel import Subscription
 from bridge.events.history import Event
-from bridge.services import Services
-from bridge.streams.opening import lease_all
+from bridge.streams.opening import Opener
 from bridge.streams.viewer import Viewer
 
 
@@ -88,15 +88,22 @@ def _events_body(run_id: str, events: list[Event], cursor: str | None, latest: E
     )
 
 
+@asynccontextmanager
+async def _opened(opener: Opener, viewer: Viewer, run_id: str) -> AsyncIterator[Subscription]:
+    """A stream slot, the run's lease and a subscription, as a stream takes them, held
+    for as long as the answer waits."""
+    async with AsyncExitStack() as stack:
+        stack.enter_context(opener.limiter.hold(viewer.client))
+        (channel,) = await opener.lease_all(stack, [run_id], viewer)
+        yield await stack.enter_async_context(opener.hub.subscribe(channel))
+
+
 async def events(
-    services: Services, viewer: Viewer, run_id: str, since: str | None, wait: float
+    opener: Opener, viewer: Viewer, run_id: str, since: str | None, wait: float
 ) -> Answer:
     """The events after ``since`` (or the current status), waiting up to ``wait`` for one."""
-    async with AsyncExitStack() as stack:
-        stack.enter_context(services.limiter.hold(viewer.client))
-        (channel,) = await lease_all(stack, services, [run_id], viewer)
-        subscription = await stack.enter_async_context(services.hub.subscribe(channel))
-        history = channel.history
+    async with _opened(opener, viewer, run_id) as subscription:
+        history = subscription.channel.history
         held = history.holds(since)
         if held is None:
             # No since, or one this history no longer holds: the current status.
@@ -117,13 +124,10 @@ async def events(
         return Answer(200, body, headers)
 
 
-async def result(services: Services, viewer: Viewer, run_id: str, wait: float) -> Answer:
+async def result(opener: Opener, viewer: Viewer, run_id: str, wait: float) -> Answer:
     """200 with the final status once the run ended (waiting up to ``wait``), else 202."""
-    async with AsyncExitStack() as stack:
-        stack.enter_context(services.limiter.hold(viewer.client))
-        (channel,) = await lease_all(stack, services, [run_id], viewer)
-        subscription = await stack.enter_async_context(services.hub.subscribe(channel))
-        history = channel.history
+    async with _opened(opener, viewer, run_id) as subscription:
+        history = subscription.channel.history
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while not history.terminal and not subscription.closed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from contextlib import suppress
 from dataclasses import dataclass
@@ -17,6 +18,12 @@ class StreamLimits:
     stream_timeout: float
     viewer_buffer: int
     retry_ms: int
+
+
+def spread(retry_ms: float) -> int:
+    """``retry_ms`` plus up to a fifth, at random: viewers told to come back after the same
+    refusal, drain or restart do not all come back in the same instant."""
+    return int(retry_ms * (1 + random.uniform(0, 0.2)))
 
 
 class Keepalive:
