@@ -39,8 +39,7 @@ from typing import Any
 
 from bench.common import OUT_DIR
 from bridge.events import sse
-from bridge.events.history import Event, RunHistory, http_chunk
-from bridge.polling.status import is_terminal
+from bridge.events.history import Event, RunHistory, http_chunk, is_terminal
 from bridge.settings import load
 
 MiB = 1 << 20

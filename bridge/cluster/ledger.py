@@ -39,9 +39,10 @@ from bridge.cluster.store import (
 from bridge.errors import ClusterUnavailable
 from bridge.events import sse
 from bridge.events.channel import Channel, ChannelKey
+from bridge.events.history import is_terminal
 from bridge.ops.metrics import Metrics
 from bridge.polling.ledger import Ledger, Observation, changed, end_status
-from bridge.polling.status import Reading, is_terminal
+from bridge.polling.status import Reading
 
 log = logging.getLogger("bridge.cluster")
 

@@ -73,10 +73,6 @@ class ExpressionError(ValueError):
     """A filter that does not compile; the message names what was wrong, one line."""
 
 
-def is_terminal(event: str) -> bool:
-    return event in (sse.COMPLETE, sse.ERROR)
-
-
 def field_expr(name: str) -> str:
     """BRIDGE_STATUS_FIELD's plain field name as the filter it stands for."""
     return "." + json.dumps(name) if not name.isidentifier() else "." + name
