@@ -85,7 +85,8 @@ async def events(
     async with AsyncExitStack() as stack:
         stack.enter_context(services.limiter.hold(viewer.client))
         (channel,) = await lease_all(stack, services, [run_id], viewer)
-        subscription = await stack.enter_async_context(services.hub.subscribe(channel))
+        subscription = services.hub.join(channel)
+        stack.callback(channel.discard, subscription)
         history = channel.history
         held = history.holds(since)
         if held is None:
@@ -108,7 +109,8 @@ async def result(services: Services, viewer: Viewer, run_id: str, wait: float) -
     async with AsyncExitStack() as stack:
         stack.enter_context(services.limiter.hold(viewer.client))
         (channel,) = await lease_all(stack, services, [run_id], viewer)
-        subscription = await stack.enter_async_context(services.hub.subscribe(channel))
+        subscription = services.hub.join(channel)
+        stack.callback(channel.discard, subscription)
         history = channel.history
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait

@@ -126,12 +126,15 @@ def create_app(settings: Settings) -> Quart:
         run_ids.validate(run_id)
         viewer = viewer_of(services)
         headers = await services.upstream_headers(run_id, viewer.credentials)
-        async with services.pollers.lease(run_id, headers) as channel:
+        channel, release = await services.pollers.lease(run_id, headers)
+        try:
             latest = channel.history.latest
             assert latest is not None  # a lease always comes with a first status
             response = Response(latest.data, content_type="application/json")
             response.headers["Cache-Control"] = "no-cache"
             return response
+        finally:
+            release()
 
     @app.post("/v1/runs/<run_id>/poll")
     async def poke(run_id: str) -> Response:
