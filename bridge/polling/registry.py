@@ -18,7 +18,7 @@ from bridge.events.channel import Channel, ChannelKey
 from bridge.events.hub import Hub
 from bridge.ops.metrics import Metrics
 from bridge.polling.ledger import LedgerBackend
-from bridge.polling.poller import Cadence, Fetch, Poller
+from bridge.polling.poller import Cadence, Fetch, Poller, Wakeup
 from bridge.polling.status import StatusReader
 from bridge.tasks import cancel_and_wait
 
@@ -100,8 +100,9 @@ class PollerRegistry:
 
     def _start(self, key: ChannelKey, headers: Mapping[str, str]) -> Poller:
         channel = self.hub.open(key)
+        wakeup = Wakeup()
         try:
-            ledger = self._backend.open(key, channel)
+            ledger = self._backend.open(key, channel, wakeup)
         except BaseException:
             self.hub.retire(key)
             raise
@@ -109,6 +110,7 @@ class PollerRegistry:
             key,
             headers,
             ledger,
+            wakeup,
             cadence=self._cadence,
             fetch=self._fetch,
             reader=self._reader,
