@@ -302,12 +302,6 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 16 characters")
         return value
 
-    def interval_for(self, state: str | None) -> float:
-        """The poll interval of a run in ``state`` (BRIDGE_POLL_INTERVALS, else the default)."""
-        if state is not None and self.poll_intervals:
-            return self.poll_intervals.get(state.casefold(), self.poll_interval)
-        return self.poll_interval
-
     @field_validator("profile")
     @classmethod
     def _profile(cls, value: str | None) -> str | None:

@@ -121,8 +121,6 @@ RULES = (
 #: Each is checked to be still broken; once it holds, the test says so and its line goes.
 PENDING = frozenset(
     {
-        "events-below-polling",
-        "bridge.events <-> bridge.polling",
         "bridge.polling <-> bridge.settings",
         "bridge.services <-> bridge.web",
     }

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from bridge.events import sse
-from bridge.polling.status import ExpressionError, StatusReader, field_expr, is_terminal
+from bridge.events.history import is_terminal
+from bridge.polling.status import ExpressionError, StatusReader, field_expr
 from bridge.services import status_reader
 from bridge.settings import ConfigError, load
 

@@ -39,9 +39,10 @@ from bridge.cluster.store import (
 from bridge.errors import ClusterUnavailable
 from bridge.events import sse
 from bridge.events.channel import Channel, ChannelKey
+from bridge.events.history import is_terminal
 from bridge.ops.metrics import Metrics
-from bridge.polling.ledger import Ledger, Observation, changed, end_status
-from bridge.polling.status import Reading, is_terminal
+from bridge.polling.ledger import Ledger, LedgerOwner, Observation, changed, end_status
+from bridge.polling.status import Reading
 
 log = logging.getLogger("bridge.cluster")
 
@@ -52,6 +53,7 @@ class RedisLedger(Ledger):
     def __init__(
         self,
         channel: Channel,
+        owner: LedgerOwner,
         metrics: Metrics | None,
         *,
         link: RedisLink,
@@ -61,7 +63,7 @@ class RedisLedger(Ledger):
         on_close: Callable[[RedisLedger], Coroutine[Any, Any, None]],
         step_aside_s: float = 30.0,
     ) -> None:
-        super().__init__(channel, metrics)
+        super().__init__(channel, owner, metrics)
         self.key = channel.key
         self.token = token
         self.leads = False
@@ -81,6 +83,8 @@ class RedisLedger(Ledger):
         #: This key's pub/sub channel, and whether the link follows it for this ledger.
         self.live_channel = store.live_channel(self.key)
         self._following = False
+        #: When the poll in flight as the poller stopped started (monotonic; None: none).
+        self._in_flight: float | None = None
 
     # --- the seam ----------------------------------------------------------------------
 
@@ -152,7 +156,8 @@ class RedisLedger(Ledger):
                 return False
         return self.channel.history.terminal
 
-    async def close(self) -> None:
+    async def close(self, in_flight: float | None) -> None:
+        self._in_flight = in_flight
         await self._on_close(self)
 
     async def step_aside(self) -> bool:
@@ -171,7 +176,7 @@ class RedisLedger(Ledger):
     def resignation(self) -> tuple[ChannelKey, str, int | None]:
         """What giving up this ledger's lease tells Redis: key, token, and how long ago
         the poll still in flight started (the successor counts from there)."""
-        started = self.polling_since if self.leads else None
+        started = self._in_flight if self.leads else None
         ago = None if started is None else int((time.monotonic() - started) * 1000)
         return self.key, self.token, ago
 
@@ -179,7 +184,7 @@ class RedisLedger(Ledger):
         """A pub/sub message for this key (called by the listener, in order)."""
         if payload == b"!":
             # A new leader confirmed the history: a waiting first viewer can have it.
-            self.nudge()
+            self.owner.nudge()
             return
         record = Record.decode(payload)
         if record is None:
@@ -193,12 +198,12 @@ class RedisLedger(Ledger):
             # Not the next one: the sync loads from Redis what is missing (or notices
             # the history changed). An empty copy loads all of it, for resumes.
             if record.epoch != history.epoch or record.seq > history.last_seq:
-                self.nudge()
+                self.owner.nudge()
             return
         if self._apply(record):
             # Only a lease holder that just polled publishes: the copy is up to date.
             self.fresh = True
-            self.news()
+            self.owner.news()
 
     # --- Redis -------------------------------------------------------------------------
 

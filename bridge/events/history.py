@@ -19,7 +19,6 @@ from collections import deque
 from dataclasses import dataclass
 
 from bridge.events import sse
-from bridge.polling.status import is_terminal
 
 _ID = re.compile(r"([0-9]{1,16})-([0-9]{1,18})")
 
@@ -30,6 +29,11 @@ _ID = re.compile(r"([0-9]{1,16})-([0-9]{1,18})")
 EVENT_OVERHEAD = 256
 
 _DATA_FIELD = b"\ndata: "
+
+
+def is_terminal(event: str) -> bool:
+    """Whether an event of this name ends its run's stream."""
+    return event in (sse.COMPLETE, sse.ERROR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +96,12 @@ def http_chunk(event: Event) -> bytes:
 
     Made once per event when a fan-out needs it and reused for every viewer of that
     fan-out (the loop delivers one event to all its viewers before the next), so a viewer
-    costs one write of shared bytes, as when the chunk was stored with each event; only
-    the last chunk made is kept, so at most one event's frame is held twice in the process.
-    Measured against the alternatives (``python -m bench.history_memory``): three writes
-    per viewer (size line, frame, CRLF) cost 2.5x the CPU per viewer for frames up to 8 KB
-    (three syscalls, three TCP segments), and framing the chunk per viewer 5% (600 B) to
-    20% (900 KB) more; this costs what the stored chunk did.
+    costs one write of shared bytes; only the last chunk made is kept, so at most one
+    event's frame is held twice in the process. Alternatives measured by
+    ``python -m bench.history_memory``: three writes per viewer (size line, frame, CRLF)
+    cost 2.5x the CPU per viewer for frames up to 8 KB (three syscalls, three TCP
+    segments); framing the chunk per viewer costs 5% (600 B) to 20% (900 KB) more; a
+    chunk kept with each event costs the CPU this does but holds every frame twice.
     """
     global _chunked
     cached = _chunked

@@ -151,10 +151,6 @@ def runtime_reason(error: BaseException) -> str:
     return reason[:MAX_REASON] or "no reason given"
 
 
-def is_terminal(event: str) -> bool:
-    return event in (sse.COMPLETE, sse.ERROR)
-
-
 def field_expr(name: str) -> str:
     """BRIDGE_STATUS_FIELD's plain field name as the filter it stands for."""
     return "." + json.dumps(name) if not name.isidentifier() else "." + name

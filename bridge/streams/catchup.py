@@ -95,7 +95,9 @@ async def _opened(opener: Opener, viewer: Viewer, run_id: str) -> AsyncIterator[
     async with AsyncExitStack() as stack:
         stack.enter_context(opener.limiter.hold(viewer.client))
         (channel,) = await opener.lease_all(stack, [run_id], viewer)
-        yield await stack.enter_async_context(opener.hub.subscribe(channel))
+        subscription = opener.hub.join(channel)
+        stack.callback(channel.discard, subscription)
+        yield subscription
 
 
 async def events(

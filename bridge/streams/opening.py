@@ -130,12 +130,11 @@ class Opener:
         async def one(run_id: str) -> None:
             try:
                 headers = await self.admit(run_id, dict(viewer.credentials))
-                channel, poller = await self.pollers.take(run_id, headers)
+                channel, release = await self.pollers.lease(run_id, headers)
             except BridgeError as error:  # UpstreamError, or a refusal of the auth service
                 refused[run_id] = error
                 return
-            if poller is not None:
-                holder.callback(poller.release)
+            holder.callback(release)
             channels[run_id] = channel
 
         if len(runs) == 1:

@@ -42,6 +42,7 @@ from rich.text import Text
 
 from bridge.errors import BridgeError
 from bridge.events import sse
+from bridge.polling.poller import Cadence
 from bridge.polling.profiles import PROFILES
 from bridge.polling.status import Reading, ignore_filter
 from bridge.polling.upstream import UpstreamClient, forwardable
@@ -493,7 +494,7 @@ def request_headers(
 def apart_for(settings: Settings, status: dict[str, Any]) -> float:
     """Seconds between the two fetches: the run's poll interval, at most MAX_APART."""
     state = status_reader(settings).read(status).state
-    return min(settings.interval_for(state), MAX_APART)
+    return min(Cadence.of(settings).for_state(state), MAX_APART)
 
 
 async def inspect_run(

@@ -209,7 +209,8 @@ class Routes:
         run_ids.validate(run_id)
         viewer = viewer_of(self.settings)
         headers = await self.admit(run_id, viewer.credentials)
-        async with self.pollers.lease(run_id, headers) as channel:
+        channel, release = await self.pollers.lease(run_id, headers)
+        try:
             latest = channel.history.latest
             assert latest is not None  # a lease always comes with a first status
             response = Response(latest.data, content_type="application/json")
@@ -219,6 +220,8 @@ class Routes:
             response.headers["X-Run-State"] = catchup.state_header(latest)
             response.headers["X-Run-Detail"] = catchup.detail_header(latest)
             return response
+        finally:
+            release()
 
     async def poke(self, run_id: str) -> Response:
         # Checked before the id, so that nothing about runs is told without the token.
