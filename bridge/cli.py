@@ -110,7 +110,7 @@ def _inspect(args: argparse.Namespace) -> int:
     if not _upstream_required(settings, "inspect"):
         return inspection.EXIT_FAILED
     try:
-        found = asyncio.run(inspection.inspect_run(settings, args.run_id, given))
+        found = asyncio.run(inspection.inspect_run(settings, args.run_id, given, once=args.once))
     except BridgeError as error:
         print(inspection.failure_line(settings, args.run_id, error), file=sys.stderr)
         return inspection.EXIT_FAILED
@@ -223,13 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = commands.add_parser(
         "inspect",
-        help="fetch one run once and show how the bridge reads it (exit 0 ok, 1 misread, 2 failed)",
+        help="fetch one run and show how the bridge reads it (exit 0 ok, 1 misread, 2 failed)",
         description=(
-            "Fetch RUN_ID once from the upstream, with the same BRIDGE_* configuration as "
-            "`serve`, and show the state the bridge reads, the event it would send, and what "
-            "to change when that is wrong. Exit 0: the state is read and known; 1: the "
-            "configuration does not fit this status (a hint names the variable); 2: the "
-            "configuration is wrong or the upstream refused or failed."
+            "Fetch RUN_ID from the upstream, twice a poll interval apart (--once: once), with "
+            "the same BRIDGE_* configuration as `serve`, and show the state the bridge reads, "
+            "the event it would send, the fields that change by themselves, and what to "
+            "change when that is wrong. Exit 0: the state is read and known; 1: the "
+            "configuration does not fit this status (a hint names the variable; a state in "
+            "neither list that is no usual in-progress word counts); 2: the configuration is "
+            "wrong or the upstream refused or failed."
         ),
     )
     inspect.add_argument("run_id", metavar="RUN_ID", help="the run to fetch")
@@ -243,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(BRIDGE_FORWARD_HEADERS); values are never printed",
     )
     inspect.add_argument("--json", action="store_true", help="print the findings as JSON")
+    inspect.add_argument(
+        "--once",
+        action="store_true",
+        help="fetch once (default: twice, a poll interval apart, to name the fields that "
+        "change on every answer and so would make an event on every poll)",
+    )
     inspect.set_defaults(func=_inspect)
 
     profiles = commands.add_parser(

@@ -1,6 +1,8 @@
 """The services one app shares, built once from Settings, started and stopped together.
 
-Nothing here reads a request: routes pass in what they took from it (bridge/streams/viewer.py).
+Only the app's wiring (bridge/web/app.py) holds the whole ``Services``: it hands each
+consumer the parts it uses (the opening gets an ``Opener``, the front and routes their
+settings, metrics and ticker). Nothing here reads a request.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from bridge.polling.registry import PollerRegistry
 from bridge.polling.status import StatusReader
 from bridge.polling.upstream import UpstreamClient
 from bridge.settings import Settings
-from bridge.streams.keepalive import StreamLimits
+from bridge.streams.keepalive import StreamLimits, spread
 from bridge.streams.limits import StreamLimiter
+from bridge.streams.opening import Opener
 from bridge.streams.ticker import Ticker
 from bridge.tasks import cancel_and_wait
-from bridge.web.auth import ForwardAuth
+from bridge.web.auth import ForwardAuth, shared_key_warning
+from bridge.web.auth import log as auth_log
 from bridge.web.readiness import Readiness
 
 #: URL schemes of cluster mode (BRIDGE_REDIS_URL).
@@ -57,6 +61,7 @@ def status_reader(settings: Settings) -> StatusReader:
         ignore_fields=settings.ignore_fields,
         progress_expr=settings.progress_expr,
         in_progress=profile.in_progress if profile is not None else (),
+        detail_expr=settings.detail_expr,
     )
 
 
@@ -106,10 +111,20 @@ class Services:
             )
         self.auth = ForwardAuth(settings) if settings.auth_url is not None else None
         self.readiness = Readiness(settings, self.upstream, self.backend.health)
-        self.draining = False
+        self.opener = Opener(
+            limiter=self.limiter,
+            admit=self.upstream_headers,
+            pollers=self.pollers,
+            hub=self.hub,
+            limits=self.limits,
+            open_streams=self.metrics.open_streams,
+        )
         self._spreading: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        warning = shared_key_warning(self.settings)
+        if warning is not None:
+            auth_log.warning(warning)
         await self.upstream.start()
         await self.backend.start()
         if self.auth is not None:
@@ -133,6 +148,10 @@ class Services:
             await self.auth.close()
         await self.upstream.close()
 
+    @property
+    def draining(self) -> bool:
+        return self.limiter.draining
+
     def drain(self) -> None:
         """Refuse new streams, and end the open ones over BRIDGE_DRAIN_SPREAD.
 
@@ -142,7 +161,7 @@ class Services:
         """
         if self.draining:
             return
-        self.draining = True
+        self.limiter.drain()
         subscriptions = [s for c in self.hub.live_channels() for s in c.subscriptions]
         window = self.settings.drain_window
         if window <= 0 or not subscriptions:
@@ -173,9 +192,9 @@ class Services:
 
     def limits(self) -> StreamLimits:
         s = self.settings
-        # Jitter spreads the reconnects of many viewers after a restart.
-        retry = int(s.retry_ms * (1 + random.uniform(0, 0.2)))
-        return StreamLimits(s.ping_interval, s.stream_timeout, s.viewer_buffer, retry, s.vocabulary)
+        return StreamLimits(
+            s.ping_interval, s.stream_timeout, s.viewer_buffer, spread(s.retry_ms), s.vocabulary
+        )
 
     async def upstream_headers(self, run_id: str, viewer: dict[str, str]) -> dict[str, str]:
         """The headers ``viewer`` polls ``run_id`` with (after admission).
@@ -188,4 +207,4 @@ class Services:
         if self.auth is None:
             return viewer
         await self.auth.admit(run_id, viewer)
-        return {}  # the upstream client sends BRIDGE_UPSTREAM_HEADERS with every request
+        return {}

@@ -31,15 +31,9 @@ from redis.asyncio.connection import parse_url as parse_redis_url
 
 from bridge.events import vocabulary as vocab
 from bridge.polling.profiles import PROFILES
-from bridge.polling.status import field_expr
+from bridge.polling.status import compile_reason, field_expr
 
 CsvList = Annotated[tuple[str, ...], NoDecode]
-
-
-def _jq_message(error: BaseException) -> str:
-    # jq's message spans lines (the filter again, a caret): its first line says it.
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else "invalid"
 
 
 def _split_csv(value: object) -> object:
@@ -85,8 +79,9 @@ class Settings(BaseSettings):
     BRIDGE_STATE_EXPR; set one of the two)."""
     success_statuses: CsvList = ("completed",)
     """States that end a stream with `complete` (comma-separated, case-insensitive)."""
-    failure_statuses: CsvList = ("failed", "cancelled")
-    """States that end a stream with `error` (comma-separated, case-insensitive)."""
+    failure_statuses: CsvList = ("failed", "cancelled", "canceled")
+    """States that end a stream with `error` (comma-separated, case-insensitive; both
+    spellings of cancelled, as GitLab and Azure write `canceled`)."""
     state_expr: str | None = None
     """jq filter over the status object whose first output is the run's state, e.g.
     `.data.status` or `if .status == "completed" then .conclusion else .status end`
@@ -97,6 +92,10 @@ class Settings(BaseSettings):
     progress_expr: str | None = None
     """jq filter giving the run's progress from 0 to 1 (e.g. `.progressPercent / 100`),
     shown by /v1/streams, the dashboard and `sse-bridge watch`."""
+    detail_expr: str | None = None
+    """jq filter giving a one-line detail of the run (the current stage, the error
+    message), e.g. `.error.message // .stage`; carried beside the state and progress by
+    /v1/streams and the JSON endpoints, shown by the dashboard and `sse-bridge watch`."""
     conditional_requests: bool = True
     """Send `If-None-Match` / `If-Modified-Since` with the run's last `ETag` /
     `Last-Modified`; a 304 means unchanged (no body read, no event)."""
@@ -291,6 +290,8 @@ class Settings(BaseSettings):
         values.setdefault("ignore_fields", chosen.ignore_fields)
         if chosen.progress_expr is not None:
             values.setdefault("progress_expr", chosen.progress_expr)
+        if chosen.detail_expr is not None:
+            values.setdefault("detail_expr", chosen.detail_expr)
         if chosen.upstream_headers and "upstream_headers" not in values:
             values["upstream_headers"] = dict(chosen.upstream_headers)
         return values
@@ -334,12 +335,6 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 16 characters")
         return value
 
-    def interval_for(self, state: str | None) -> float:
-        """The poll interval of a run in ``state`` (BRIDGE_POLL_INTERVALS, else the default)."""
-        if state is not None and self.poll_intervals:
-            return self.poll_intervals.get(state.casefold(), self.poll_interval)
-        return self.poll_interval
-
     @field_validator("profile")
     @classmethod
     def _profile(cls, value: str | None) -> str | None:
@@ -347,19 +342,19 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown profile; one of: {', '.join(sorted(PROFILES))}")
         return value
 
-    @field_validator("state_expr", "progress_expr", mode="before")
+    @field_validator("state_expr", "progress_expr", "detail_expr", mode="before")
     @classmethod
     def _empty_expr_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("state_expr", "progress_expr")
+    @field_validator("state_expr", "progress_expr", "detail_expr")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
             try:
                 jq.compile(value)
             except ValueError as error:
-                raise ValueError(f"does not compile: {_jq_message(error)}") from None
+                raise ValueError(f"does not compile: {compile_reason(error)}") from None
         return value
 
     @field_validator("ignore_fields", mode="after")
@@ -605,7 +600,11 @@ def describe(error: ValidationError) -> str:
     for item in error.errors():
         loc = item.get("loc") or ()
         name = f"BRIDGE_{str(loc[0]).upper()}" if loc else "configuration"
-        parts.append(f"{name}: {item.get('msg', 'invalid')}")
+        message = item.get("msg", "invalid")
+        if item.get("type") == "value_error":
+            # The validator's own sentence, without pydantic's "Value error, " in front.
+            message = message.removeprefix("Value error, ")
+        parts.append(f"{name}: {message}")
     return "; ".join(parts)
 
 

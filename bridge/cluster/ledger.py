@@ -41,9 +41,10 @@ from bridge.cluster.store import (
 from bridge.errors import ClusterUnavailable
 from bridge.events import derive, sse
 from bridge.events.channel import Channel, ChannelKey
+from bridge.events.history import Event, is_terminal
 from bridge.ops.metrics import Metrics
-from bridge.polling.ledger import Ledger, Observation, changed, end_status
-from bridge.polling.status import Reading, is_terminal
+from bridge.polling.ledger import Ledger, LedgerOwner, Observation, changed, end_status
+from bridge.polling.status import Reading
 
 log = logging.getLogger("bridge.cluster")
 
@@ -54,6 +55,7 @@ class RedisLedger(Ledger):
     def __init__(
         self,
         channel: Channel,
+        owner: LedgerOwner,
         metrics: Metrics | None,
         *,
         link: RedisLink,
@@ -63,7 +65,7 @@ class RedisLedger(Ledger):
         on_close: Callable[[RedisLedger], Coroutine[Any, Any, None]],
         step_aside_s: float = 30.0,
     ) -> None:
-        super().__init__(channel, metrics)
+        super().__init__(channel, owner, metrics)
         self.key = channel.key
         self.token = token
         self.leads = False
@@ -74,6 +76,8 @@ class RedisLedger(Ledger):
         self._read = read
         self._active = True
         self._diverged = False
+        #: The status whose commit failed, and the head of the copy then (epoch, seq).
+        self._unrecorded: tuple[Observation, int, int] | None = None
         #: After stepping aside: how long this replica leaves the lease to others, and
         #: (cluster-wide) how long before another leader may step aside again.
         self._step_aside_s = step_aside_s
@@ -81,6 +85,8 @@ class RedisLedger(Ledger):
         #: This key's pub/sub channel, and whether the link follows it for this ledger.
         self.live_channel = store.live_channel(self.key)
         self._following = False
+        #: When the poll in flight as the poller stopped started (monotonic; None: none).
+        self._in_flight: float | None = None
 
     # --- the seam ----------------------------------------------------------------------
 
@@ -98,7 +104,30 @@ class RedisLedger(Ledger):
         return True
 
     async def record(self, observation: Observation) -> None:
-        """Commit a polled status: an event if it changed, else just "still polled"."""
+        """Commit a polled status: an event if it changed, else just "still polled".
+
+        A status whose commit failed (Redis lost, or the primary fenced after a failover)
+        is committed before the next one, if nothing newer arrived meanwhile: it was
+        served, and this replica's viewers may be the only ones that did not get it.
+        """
+        history = self.channel.history
+        pending, self._unrecorded = self._unrecorded, None
+        todo = [observation]
+        if (
+            pending is not None
+            and pending[1:] == (history.epoch, history.last_seq)
+            and pending[0].data != observation.data
+        ):
+            todo.insert(0, pending[0])
+        for status in todo:
+            mark = (history.epoch, history.last_seq)
+            try:
+                await self._record(status)
+            except ClusterUnavailable:
+                self._unrecorded = (status, *mark)
+                raise
+
+    async def _record(self, observation: Observation) -> None:
         for _ in range(2):
             if self.channel.history.terminal:
                 return
@@ -135,7 +164,8 @@ class RedisLedger(Ledger):
                 return False
         return self.channel.history.terminal
 
-    async def close(self) -> None:
+    async def close(self, in_flight: float | None) -> None:
+        self._in_flight = in_flight
         await self._on_close(self)
 
     async def step_aside(self) -> bool:
@@ -154,7 +184,7 @@ class RedisLedger(Ledger):
     def resignation(self) -> tuple[ChannelKey, str, int | None]:
         """What giving up this ledger's lease tells Redis: key, token, and how long ago
         the poll still in flight started (the successor counts from there)."""
-        started = self.polling_since if self.leads else None
+        started = self._in_flight if self.leads else None
         ago = None if started is None else int((time.monotonic() - started) * 1000)
         return self.key, self.token, ago
 
@@ -162,7 +192,7 @@ class RedisLedger(Ledger):
         """A pub/sub message for this key (called by the listener, in order)."""
         if payload == b"!":
             # A new leader confirmed the history: a waiting first viewer can have it.
-            self.nudge()
+            self.owner.nudge()
             return
         record = Record.decode(payload)
         if record is None:
@@ -176,12 +206,12 @@ class RedisLedger(Ledger):
             # Not the next one: the sync loads from Redis what is missing (or notices
             # the history changed). An empty copy loads all of it, for resumes.
             if record.epoch != history.epoch or record.seq > history.last_seq:
-                self.nudge()
+                self.owner.nudge()
             return
         if self._apply(record):
             # Only a lease holder that just polled publishes: the copy is up to date.
             self.fresh = True
-            self.news()
+            self.owner.news()
 
     # --- Redis -------------------------------------------------------------------------
 
@@ -209,7 +239,8 @@ class RedisLedger(Ledger):
         """One commit on top of the local copy; False (after catching up) if refused."""
         history = self.channel.history
         derived = derived or []
-        records = [(n, _derived_record(d, reading)) for n, d in derived]
+        facts = (reading.state, reading.progress, reading.detail) if reading else (None, None, None)
+        records = [(n, _derived_record(d, *facts)) for n, d in derived]
         result = await self._store.commit(
             self.key, self.token, history.epoch, history.last_seq, name, kind, data, records
         )
@@ -249,7 +280,7 @@ class RedisLedger(Ledger):
         if view.epoch is None:
             # Redis has no history (restarted empty, or expired): put ours back.
             self.fresh = False
-            await self._restore()
+            await self._restore(None, 0)
             return
         if history.last_seq == 0:
             if view.end == SYNTHETIC:
@@ -261,7 +292,10 @@ class RedisLedger(Ledger):
             if view.seq > history.last_seq:
                 await self._load(view.epoch, view.seq - history.last_seq)
             elif view.seq < history.last_seq:
-                await self._restore()
+                # Redis holds an older part of this history: a replica was promoted before
+                # the leader's last commits reached it. Everything after its newest record
+                # goes back, not only ours: a resume from any id before then stays whole.
+                await self._restore(view.epoch, view.seq)
         else:
             self._diverged = True
             return
@@ -273,13 +307,32 @@ class RedisLedger(Ledger):
             if record.epoch == epoch and record.seq > self.channel.history.last_seq:
                 self._apply(record)
 
-    async def _restore(self) -> None:
+    async def _restore(self, epoch: int | None, seq: int) -> None:
+        """Offer Redis the records it lacks: all this copy holds when Redis has no history
+        (``epoch`` None; not an ended one, which the next viewer asks the upstream for
+        again), else those after ``seq``, the end included."""
         history = self.channel.history
-        latest = history.status
-        if latest is None or history.terminal or latest.seq != history.last_seq:
+        if not len(history) or (epoch is None and history.terminal):
             return
-        record = Record(history.epoch, latest.seq, latest.kind, PROGRESS, latest.status)
-        await self._store.restore(self.key, record)
+        # The copy is contiguous (a gap drops what was before it): its oldest seq follows.
+        oldest = history.last_seq - len(history) + 1
+        records = [
+            self._record_of(history.epoch, event) for event in history.after(max(seq, oldest - 1))
+        ]
+        await self._store.restore(self.key, history.epoch, records)
+
+    def _record_of(self, epoch: int, event: Event) -> Record:
+        """A held event as its record: a status as the upstream sent it (each replica
+        renders it in its vocabulary), a derived event with its change's state."""
+        if not event.is_status:
+            data = _derived_record(event.data, event.state, event.progress, event.detail)
+            return Record(epoch, event.seq, event.name, DERIVED, data)
+        return Record(epoch, event.seq, event.kind, self._kind(event.kind), event.status)
+
+    def _kind(self, name: str) -> str:
+        if not is_terminal(name):
+            return PROGRESS
+        return SYNTHETIC if self.channel.synthetic_end else TERMINAL
 
     def _mirror_status(
         self, epoch: int, seq: int, name: str, data: str, reading: Reading | None, synthetic: bool
@@ -325,22 +378,27 @@ class RedisLedger(Ledger):
         )
 
 
-def _derived_record(data: str, reading: Reading | None) -> str:
-    """A derived event as its record holds it: ``[state, progress, data]``, so that every
-    replica's envelopes carry the change's state and progress."""
-    state, progress = (reading.state, reading.progress) if reading is not None else (None, None)
-    return f"[{sse.encode_json(state)},{sse.encode_json(progress)},{data}]"
+def _derived_record(
+    data: str, state: str | None, progress: float | None, detail: str | None = None
+) -> str:
+    """A derived event as its record holds it: ``[state, progress, data, detail]``, so
+    that every replica's envelopes carry the change's state, progress and detail."""
+    return (
+        f"[{sse.encode_json(state)},{sse.encode_json(progress)},{data},{sse.encode_json(detail)}]"
+    )
 
 
 def _parse_derived(text: str) -> tuple[str, Reading] | None:
     try:
-        state, progress, value = json.loads(text)
+        state, progress, value, detail = json.loads(text)
     except (ValueError, TypeError):
         return None
     if not (state is None or isinstance(state, str)):
         return None
     if not (progress is None or isinstance(progress, int | float)):
         return None
-    # Only state and progress are read from it (a derived event leaves the fingerprint).
-    reading = Reading(sse.PROGRESS, state, progress, "")
+    if not (detail is None or isinstance(detail, str)):
+        return None
+    # Only state, progress and detail are read from it (it leaves the fingerprint alone).
+    reading = Reading(sse.PROGRESS, state, progress, "", detail=detail)
     return sse.encode_json(value), reading

@@ -8,6 +8,7 @@ way an operator would configure it for the real one.
 from __future__ import annotations
 
 import asyncio
+import errno
 import shlex
 import socket
 import sys
@@ -120,7 +121,13 @@ def main(
     try:
         sock = listen_socket(settings.host, settings.port, tls=settings)
     except CannotListen as error:
+        # The demo is configured by its options, not by BRIDGE_HOST/BRIDGE_PORT.
         reason = str(error).removesuffix(" (BRIDGE_HOST/BRIDGE_PORT)")
+        if error.errno == errno.EADDRINUSE:
+            other = settings.port + 1 if 0 < settings.port < 65_535 else 8081
+            reason += f"; choose another port with --port, e.g. sse-bridge demo --port {other}"
+        else:
+            reason += " (--host, --port)"
         print(f"sse-bridge: {reason}", file=sys.stderr)
         return 2
     try:

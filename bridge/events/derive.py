@@ -27,15 +27,23 @@ from __future__ import annotations
 import logging
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from bridge.events import sse
-from bridge.events.channel import Channel
+from bridge.events.channel import Channel, StatusFacts
+from bridge.events.history import is_terminal
 from bridge.events.vocabulary import Rule, Vocabulary
 from bridge.ops.metrics import Metrics
-from bridge.polling.status import Reading, is_terminal
 
 log = logging.getLogger("bridge.events")
+
+
+class Reading(StatusFacts, Protocol):
+    """A status as the status filters read it (bridge/polling/status.py's ``Reading``):
+    what the channel keeps of it, and the event it is sent as."""
+
+    @property
+    def event(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +254,7 @@ def _with_line(item: dict[str, Any], line: str) -> str:
 
 
 def status_event(
-    vocabulary: Vocabulary, run_id: str, status: str, reading: Reading | None, kind: str
+    vocabulary: Vocabulary, run_id: str, status: str, reading: StatusFacts | None, kind: str
 ) -> Outgoing:
     """The built-in event of a status: renamed, reshaped, or kept hidden when off."""
     if not vocabulary.enabled(kind):

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 from bridge.events import sse
 from bridge.events.vocabulary import DEFAULT, Vocabulary
-from bridge.polling.status import is_terminal
 
 _ID = re.compile(r"([0-9]{1,16})-([0-9]{1,18})")
 
@@ -34,6 +33,11 @@ EVENT_OVERHEAD = 256
 _DATA_FIELD = b"\ndata: "
 
 
+def is_terminal(event: str) -> bool:
+    """Whether an event of this name ends its run's stream."""
+    return event in (sse.COMPLETE, sse.ERROR)
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     seq: int
@@ -44,9 +48,11 @@ class Event:
     frame: bytes
     #: Where ``data`` starts in ``frame``.
     data_at: int
-    #: The run's state and progress as the status filters read them (bridge/polling/status.py).
+    #: The run's state, progress and detail as the status filters read them
+    #: (bridge/polling/status.py).
     state: str | None = None
     progress: float | None = None
+    detail: str | None = None
     #: What the event stands for: ``progress``, ``complete`` or ``error`` for a status
     #: (whatever name it is sent as), "" for an event derived from a change
     #: (bridge/events/derive.py).
@@ -64,6 +70,7 @@ class Event:
         data: str,
         state: str | None = None,
         progress: float | None = None,
+        detail: str | None = None,
         *,
         kind: str | None = None,
         raw: str | None = None,
@@ -72,12 +79,12 @@ class Event:
         kind = name if kind is None else kind
         if hidden:
             status = raw if raw is not None else data
-            return cls(seq, event_id, name, b"", 0, state, progress, kind, status)
+            return cls(seq, event_id, name, b"", 0, state, progress, detail, kind, status)
         frame = sse.frame(name, data, event_id)
         # The event and id fields hold no line break (sse.frame refuses one), so the
         # first "\ndata: " is where the data field starts.
         start = frame.index(_DATA_FIELD) + len(_DATA_FIELD)
-        return cls(seq, event_id, name, frame, start, state, progress, kind, raw)
+        return cls(seq, event_id, name, frame, start, state, progress, detail, kind, raw)
 
     @property
     def data(self) -> str:
@@ -124,6 +131,7 @@ class Event:
             self.status,
             self.state,
             self.progress,
+            self.detail,
             kind=self.kind,
         )
 
@@ -136,12 +144,12 @@ def http_chunk(event: Event) -> bytes:
 
     Made once per event when a fan-out needs it and reused for every viewer of that
     fan-out (the loop delivers one event to all its viewers before the next), so a viewer
-    costs one write of shared bytes, as when the chunk was stored with each event; only
-    the last chunk made is kept, so at most one event's frame is held twice in the process.
-    Measured against the alternatives (``python -m bench.history_memory``): three writes
-    per viewer (size line, frame, CRLF) cost 2.5x the CPU per viewer for frames up to 8 KB
-    (three syscalls, three TCP segments), and framing the chunk per viewer 5% (600 B) to
-    20% (900 KB) more; this costs what the stored chunk did.
+    costs one write of shared bytes; only the last chunk made is kept, so at most one
+    event's frame is held twice in the process. Alternatives measured by
+    ``python -m bench.history_memory``: three writes per viewer (size line, frame, CRLF)
+    cost 2.5x the CPU per viewer for frames up to 8 KB (three syscalls, three TCP
+    segments); framing the chunk per viewer costs 5% (600 B) to 20% (900 KB) more; a
+    chunk kept with each event costs the CPU this does but holds every frame twice.
     """
     global _chunked
     cached = _chunked
@@ -193,6 +201,7 @@ class RunHistory:
         *,
         state: str | None = None,
         progress: float | None = None,
+        detail: str | None = None,
         kind: str | None = None,
         raw: str | None = None,
         hidden: bool = False,
@@ -203,7 +212,16 @@ class RunHistory:
         self._seq += 1
         event_id = f"{self.epoch}-{self._seq}"
         event = Event.build(
-            self._seq, event_id, name, data, state, progress, kind=kind, raw=raw, hidden=hidden
+            self._seq,
+            event_id,
+            name,
+            data,
+            state,
+            progress,
+            detail,
+            kind=kind,
+            raw=raw,
+            hidden=hidden,
         )
         self._events.append(event)
         if event.is_status:
@@ -225,6 +243,7 @@ class RunHistory:
         *,
         state: str | None = None,
         progress: float | None = None,
+        detail: str | None = None,
         kind: str | None = None,
         raw: str | None = None,
         hidden: bool = False,
@@ -246,7 +265,14 @@ class RunHistory:
             self._bytes = 0
         self._seq = seq - 1
         return self.append(
-            name, data, state=state, progress=progress, kind=kind, raw=raw, hidden=hidden
+            name,
+            data,
+            state=state,
+            progress=progress,
+            detail=detail,
+            kind=kind,
+            raw=raw,
+            hidden=hidden,
         )
 
     @property

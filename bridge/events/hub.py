@@ -7,8 +7,7 @@ One hub per process, in every mode: sharing across replicas is the ledger's busi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 
 from cachetools import TTLCache
 
@@ -61,22 +60,12 @@ class Hub:
         if channel.history.latest is not None:
             self._retired[key] = channel
 
-    @asynccontextmanager
-    async def subscribe(
-        self, channel: Channel, wake: asyncio.Event | None = None
-    ) -> AsyncIterator[Subscription]:
-        """Watch ``channel``; several subscriptions may share one ``wake`` event."""
-        subscription = self.join(channel, wake)
-        try:
-            yield subscription
-        finally:
-            channel.discard(subscription)
-
     def join(self, channel: Channel, wake: asyncio.Event | None = None) -> Subscription:
-        """``subscribe`` without the context manager: ``channel.discard`` ends it.
+        """Watch ``channel`` until ``channel.discard(subscription)``; several
+        subscriptions may share one ``wake`` event.
 
-        For streams held open after their opening (bridge/streams/opening.py), where a bound
-        method to call later costs less per viewer than a suspended context manager.
+        Not a context manager: a stream held open after its opening keeps a bound method
+        to call later, which costs less per viewer than a suspended context manager.
         """
         subscription = Subscription(channel, wake) if wake is not None else Subscription(channel)
         channel.add(subscription)
@@ -88,7 +77,3 @@ class Hub:
     @property
     def live_count(self) -> int:
         return len(self._live)
-
-    @property
-    def retired_count(self) -> int:
-        return len(self._retired)

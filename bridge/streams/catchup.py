@@ -12,7 +12,8 @@ run's end, or on drain (with what it has).
 from __future__ import annotations
 
 import asyncio
-from contextlib import AsyncExitStack, suppress
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -20,8 +21,7 @@ from bridge.errors import InvalidRequest
 from bridge.events import sse
 from bridge.events.channel import Subscription
 from bridge.events.history import Event
-from bridge.services import Services
-from bridge.streams.opening import lease_all
+from bridge.streams.opening import Opener
 from bridge.streams.viewer import Viewer
 
 
@@ -45,13 +45,22 @@ def parse_wait(value: str | None, longest: float) -> float:
     return seconds
 
 
+def header_safe(text: str | None) -> str:
+    """``text`` as a header value ("" when none): as it is when printable ASCII, else
+    percent-encoded (an upstream string may hold anything; a header may not)."""
+    if not text:
+        return ""
+    return text if text.isascii() and text.isprintable() else quote(text, safe="")
+
+
 def state_header(event: Event | None) -> str:
     """X-Run-State: the state as the status filters read it ("" when none), header-safe."""
-    state = event.state if event is not None else None
-    if not state:
-        return ""
-    # An upstream string may hold anything; a header may not (no CR/LF, ASCII only).
-    return state if state.isascii() and state.isprintable() else quote(state, safe="")
+    return header_safe(event.state if event is not None else None)
+
+
+def detail_header(event: Event | None) -> str:
+    """X-Run-Detail: the detail BRIDGE_DETAIL_EXPR read ("" when none), header-safe."""
+    return header_safe(event.detail if event is not None else None)
 
 
 async def _wait(subscription: Subscription, ready: bool, seconds: float) -> None:
@@ -74,19 +83,29 @@ def _events_body(run_id: str, events: list[Event], cursor: str | None, latest: E
         f'{{"run_id":{sse.encode_json(run_id)},"events":[{items}],'
         f'"cursor":{sse.encode_json(cursor)},"state":{sse.encode_json(latest.state)},'
         f'"progress":{sse.encode_json(latest.progress)},'
+        f'"detail":{sse.encode_json(latest.detail)},'
         f'"terminal":{sse.encode_json(latest.terminal)}}}'
     )
 
 
+@asynccontextmanager
+async def _opened(opener: Opener, viewer: Viewer, run_id: str) -> AsyncIterator[Subscription]:
+    """A stream slot, the run's lease and a subscription, as a stream takes them, held
+    for as long as the answer waits."""
+    async with AsyncExitStack() as stack:
+        stack.enter_context(opener.limiter.hold(viewer.client))
+        (channel,) = await opener.lease_all(stack, [run_id], viewer)
+        subscription = opener.hub.join(channel)
+        stack.callback(channel.discard, subscription)
+        yield subscription
+
+
 async def events(
-    services: Services, viewer: Viewer, run_id: str, since: str | None, wait: float
+    opener: Opener, viewer: Viewer, run_id: str, since: str | None, wait: float
 ) -> Answer:
     """The events after ``since`` (or the current status), waiting up to ``wait`` for one."""
-    async with AsyncExitStack() as stack:
-        stack.enter_context(services.limiter.hold(viewer.client))
-        (channel,) = await lease_all(stack, services, [run_id], viewer)
-        subscription = await stack.enter_async_context(services.hub.subscribe(channel))
-        history = channel.history
+    async with _opened(opener, viewer, run_id) as subscription:
+        history = subscription.channel.history
         held = history.holds(since)
         if held is None:
             # No since: the current status (with progress off, the history from its
@@ -101,17 +120,18 @@ async def events(
         cursor = found[-1].id if found else since
         # A built-in event turned off moves the cursor on but is not listed.
         body = _events_body(run_id, [e for e in found if e.sent], cursor, latest)
-        headers = {"Cache-Control": "no-cache", "X-Run-State": state_header(latest)}
+        headers = {
+            "Cache-Control": "no-cache",
+            "X-Run-State": state_header(latest),
+            "X-Run-Detail": detail_header(latest),
+        }
         return Answer(200, body, headers)
 
 
-async def result(services: Services, viewer: Viewer, run_id: str, wait: float) -> Answer:
+async def result(opener: Opener, viewer: Viewer, run_id: str, wait: float) -> Answer:
     """200 with the final status once the run ended (waiting up to ``wait``), else 202."""
-    async with AsyncExitStack() as stack:
-        stack.enter_context(services.limiter.hold(viewer.client))
-        (channel,) = await lease_all(stack, services, [run_id], viewer)
-        subscription = await stack.enter_async_context(services.hub.subscribe(channel))
-        history = channel.history
+    async with _opened(opener, viewer, run_id) as subscription:
+        history = subscription.channel.history
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while not history.terminal and not subscription.closed:
@@ -124,6 +144,7 @@ async def result(services: Services, viewer: Viewer, run_id: str, wait: float) -
         headers = {
             "Cache-Control": "no-cache",
             "X-Run-State": state_header(latest),
+            "X-Run-Detail": detail_header(latest),
             # The outcome in the stream's words (complete / error / progress), so a
             # script needs no state lists of its own.
             "X-Run-Event": latest.kind,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from contextlib import suppress
 from dataclasses import dataclass
@@ -20,6 +21,12 @@ class StreamLimits:
     retry_ms: int
     #: The stream's vocabulary: what ``ping`` and ``timeout`` are called and carry.
     vocabulary: Vocabulary = DEFAULT
+
+
+def spread(retry_ms: float) -> int:
+    """``retry_ms`` plus up to a fifth, at random: viewers told to come back after the same
+    refusal, drain or restart do not all come back in the same instant."""
+    return int(retry_ms * (1 + random.uniform(0, 0.2)))
 
 
 class Keepalive:

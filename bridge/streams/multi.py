@@ -8,7 +8,8 @@ up to ``BRIDGE_MULTI_MAX_RUNS`` runs on one connection:
   ``ping`` and ``timeout`` for the whole connection);
 - ``data`` is ``{"run_id": ..., "id": <the run's own event id>, "state": <the run's state
   as BRIDGE_STATE_EXPR reads it, or null>, "progress": <0 to 1 from BRIDGE_PROGRESS_EXPR,
-  or null>, "data": <the single-run data>}``;
+  or null>, "detail": <one line from BRIDGE_DETAIL_EXPR, or null>, "data": <the single-run
+  data>}``;
 - the ``id`` of every run event encodes the position of *every* run the viewer has
   received so far, so one ``Last-Event-ID`` (or ``cursor``) resumes all of them: each
   run replays from its own history after its own id, none twice;
@@ -134,7 +135,7 @@ class RunView:
         return self.subscription.channel
 
     def frame(self, event: Event, multi_id: str) -> bytes:
-        # state and progress as the status filters read them (null where they gave none):
+        # state, progress and detail as the status filters read them (null where none):
         # a page shows any configured API without knowing its shape.
         name, body = event.name, event.data
         made = self.delta.patch(event) if self.delta is not None else None
@@ -145,6 +146,7 @@ class RunView:
             f'"id":{sse.encode_json(event.id)},'
             f'"state":{sse.encode_json(event.state)},'
             f'"progress":{sse.encode_json(event.progress)},'
+            f'"detail":{sse.encode_json(event.detail)},'
             f'"data":{body}}}'
         )
         return sse.frame(name, data, multi_id)

@@ -105,7 +105,8 @@ async def events(
                 return
             subscription.sink = sink
             subscription.wake = _UNWAITED
-            first = pending = []  # nothing more to send from here: keep none of it
+            # Hack H5 (docs/hacks.md): this frame stays suspended for the stream's life.
+            first = pending = []
             ticker.add(sink, lambda: history.latest)
             try:
                 yield sink

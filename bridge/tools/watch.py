@@ -11,9 +11,15 @@ bridge's status filters read, so the bar is right for any configured API (a real
 when the progress is known, a pulsing one when it is not). A bridge without
 ``/v1/streams`` (a 404 that names no run) is followed on its single-run stream.
 
+A transient refusal (the upstream unreachable or slow, the bridge full or draining) comes
+as the bridge answers it to EventSource: 200, a ``retry:`` line, a comment naming the
+error, the close. That is no connection: the comment's reason is shown
+(``upstream unavailable: the upstream API could not be reached; reconnecting in 3.4 s``)
+and the attempt counts as failed for ``--reconnect-for``.
+
 Exit codes: 0 the run completed (``complete``), 1 it failed (``error``), 2 the stream
 timed out (``timeout``), the bridge refused the stream (its JSON ``message`` goes to
-stderr), or the bridge stayed unreachable for ``--reconnect-for`` seconds.
+stderr), or the bridge stayed unreachable, or refusing, for ``--reconnect-for`` seconds.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -91,7 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=120.0,
         metavar="SECONDS",
-        help="give up (exit 2) when the bridge stays unreachable this long (default 120)",
+        help="give up (exit 2) when the bridge stays unreachable, or keeps refusing with a "
+        "passing error such as an unreachable upstream, this long (default 120)",
     )
     parser.add_argument(
         "--idle-timeout",
@@ -143,6 +151,8 @@ class Update:
     label: str | None = None
     #: An event of BRIDGE_EVENTS_FILE (not the status): printed as a line of its own.
     derived: bool = False
+    #: One line the bridge read with BRIDGE_DETAIL_EXPR (a stage, an error message).
+    detail: str | None = None
 
 
 def _fraction(value: object) -> float | None:
@@ -242,7 +252,11 @@ class Display:
         if self.mode == "json":
             record: dict[str, Any] = {"event": update.event, "id": update.id}
             if update.event in RUN_EVENTS or update.derived:
-                record |= {"state": update.state, "progress": update.progress}
+                record |= {
+                    "state": update.state,
+                    "progress": update.progress,
+                    "detail": update.detail,
+                }
             record["data"] = update.data
             self.out.write(json.dumps(record, separators=(",", ":")) + "\n")
             self.out.flush()
@@ -257,7 +271,8 @@ class Display:
         if not isinstance(update.data, dict):
             return
         state = state_text(update)
-        node = running_nodes(update.data)
+        # Seed 004's running nodes, else what BRIDGE_DETAIL_EXPR read.
+        node = running_nodes(update.data) or update.detail or ""
         pct = update.progress * 100 if update.progress is not None else None
         if pct is None and update.event == "complete":
             pct = 100.0  # the run is done, whether or not the API counts its progress
@@ -301,7 +316,7 @@ class Display:
             if outputs:
                 self.console.print_json(json.dumps(outputs))
         elif update.event == "error":
-            message = message_of(body) or "the run failed"
+            message = update.detail or message_of(body) or "the run failed"
             self.err_console.print(
                 f"[red]✘[/] {self.run_id} {escape(state)}: {escape(message)}", highlight=False
             )
@@ -332,6 +347,8 @@ class Watch:
     connected: bool = False
     #: Follow /v1/streams (state and progress); False for a bridge without it.
     multi: bool = True
+    #: Why the last attempt gave no stream, as the bridge said it (None: not said).
+    reason: str | None = None
     _unreachable_since: float | None = field(default=None, repr=False)
 
     @property
@@ -348,6 +365,7 @@ class Watch:
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
                 self.connected = False
+                self.reason = None
                 why = "no event stream"
                 try:
                     code = await self.follow(session)
@@ -361,7 +379,10 @@ class Watch:
                     why = type(error).__name__
                 if code is not None:
                     return code
-                # Unreachable, or answering 503, for too long: give up.
+                if self.reason is not None:
+                    why = self.reason
+                # Unreachable, answering 503, or refusing with a reason, for too long:
+                # give up.
                 now = loop.time()
                 if self.connected:
                     self._unreachable_since = None
@@ -374,7 +395,8 @@ class Watch:
                     )
                     return EXIT_OTHER
                 delay = self.next_delay()
-                self.display.state(f"reconnecting in {delay:.1f} s")
+                said = f"{self.reason}; " if self.reason is not None else ""
+                self.display.state(f"{said}reconnecting in {delay:.1f} s")
                 await asyncio.sleep(delay)
 
     def next_delay(self) -> float:
@@ -415,24 +437,33 @@ class Watch:
                 raise Refused(await _message(response))
             if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
                 raise Refused(f"{self.stream_url} is not an event stream")
-            if self.failures:
-                self.display.state("connected")
-            self.failures = 0
-            self.connected = True
             parser = EventStreamParser()
             async for chunk in response.content.iter_any():
                 for event in parser.feed(chunk):
+                    if not self.connected:
+                        # Connected once an event came: a transient refusal is a 200 too
+                        # (retry:, a comment, the close), for EventSource's sake.
+                        if self.failures:
+                            self.display.state("connected")
+                        self.failures = 0
+                        self.connected = True
                     code = self.handle(event)
                     if code is not None:
                         return code
                 if parser.retry is not None:
                     self.retry_ms = parser.retry
-        # Closed without complete/error: the end events may be renamed or turned off
-        # (BRIDGE_EVENTS_FILE), so ask whether the run ended.
-        ended = await self.ended(session)
-        if ended is not None:
-            return ended
+        if self.connected:
+            # Closed without complete/error: the end events may be renamed or turned off
+            # (BRIDGE_EVENTS_FILE), so ask whether the run ended.
+            ended = await self.ended(session)
+            if ended is not None:
+                return ended
         self.failures += 1
+        if not self.connected:
+            self.reason = refusal_reason(parser.last_comment)
+            if self.reason is not None and parser.retry is not None:
+                # The bridge's own wait (Retry-After, in ms), as EventSource would take it.
+                self.retry_after = max(0.5, min(parser.retry / 1000, 60.0))
         return None
 
     async def ended(self, session: aiohttp.ClientSession) -> int | None:
@@ -501,13 +532,32 @@ class Watch:
             return None
         run_event_id = data.get("id")
         state = data.get("state")
+        detail = data.get("detail")
         return Update(
             event.event,
             run_event_id if isinstance(run_event_id, str) else None,
             state if isinstance(state, str) else None,
             _fraction(data.get("progress")),
             data.get("data"),
+            detail=detail if isinstance(detail, str) and detail else None,
         )
+
+
+#: The comment of the bridge's EventSource-friendly refusal: "<code>[ (run <id>)]: <message>"
+#: (bridge/web/reply.py, retry_reply).
+_REFUSAL = re.compile(r"([a-z][a-z_]*)(?: \(run [^)]*\))?: (.+)")
+
+
+def refusal_reason(comment: str | None) -> str | None:
+    """The bridge's refusal comment as one reason: ``upstream unavailable: the upstream
+    API could not be reached``; None for any other comment (or none)."""
+    match = _REFUSAL.fullmatch(comment or "")
+    if match is None:
+        return None
+    code, message = match[1], match[2].strip().rstrip(".")
+    if message[:1].isupper() and message[1:2].islower():
+        message = message[0].lower() + message[1:]  # "The upstream" within a sentence
+    return f"{code.replace('_', ' ')}: {message}"
 
 
 def _retry_after(value: str | None) -> float:
@@ -563,14 +613,26 @@ async def wait_result(
                 async with http.get(
                     target, params={"wait": str(RESULT_WAIT)}, headers=dict(headers)
                 ) as response:
-                    unreachable_since = None
                     if response.status == 200:
                         out.write(json.dumps(await _json_body(response)) + "\n")
                         ended = response.headers.get("X-Run-Event")
                         return EXIT_COMPLETE if ended == "complete" else EXIT_ERROR
                     if response.status == 202:
+                        unreachable_since = None
                         continue  # still going: ask again
                     if response.status in (429, 502, 503, 504):
+                        # A passing refusal (the upstream down, the bridge full) counts
+                        # against --reconnect-for like an unreachable bridge.
+                        said = await _message(response)
+                        now = loop.time()
+                        unreachable_since = unreachable_since or now
+                        if now - unreachable_since >= reconnect_for:
+                            err.write(
+                                f"sse-bridge watch: no result from the bridge at {url} for "
+                                f"{reconnect_for:g} s ({said})\n"
+                            )
+                            return EXIT_OTHER
+                        err.write(f"sse-bridge watch: {said}; asking again\n")
                         await asyncio.sleep(_retry_after(response.headers.get("Retry-After")))
                         continue
                     err.write(f"sse-bridge watch: {await _message(response)}\n")

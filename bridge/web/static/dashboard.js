@@ -5,10 +5,15 @@
 // or the "Watch" box. The stream is reopened, with the last event id as cursor, whenever
 // the set of unfinished runs changes; the bridge then replays only what the page lacks.
 //
-// A card shows the envelope's `state` and `progress` (what the bridge's status filters
-// read, for any configured API), never guesses from the upstream object: a bar when
-// progress is a number, an indeterminate one when it is null. Seed 004's extras (nodes,
+// A card shows the envelope's `state`, `progress` and `detail` (what the bridge's status
+// filters read, for any configured API), never guesses from the upstream object: a bar
+// when progress is a number, an indeterminate one when it is null, the detail (a stage,
+// an error message) where seed 004's running nodes would be. Seed 004's extras (nodes,
 // current node, outputs, timings) appear only where the status has those fields.
+//
+// A transient refusal (the upstream unreachable, the bridge full) reaches EventSource as
+// a 200 with `retry:` and a comment naming the error, which EventSource never shows: the
+// page asks once more and reads that comment, and the cards say why they wait.
 "use strict";
 
 (() => {
@@ -25,12 +30,14 @@
       events: { builtin: { progress: "progress", complete: "complete", error: "error" }, derived: [], lines: [] },
     },
     limit: 30,
-    runs: new Map(), // id -> {id, status, state, progress, data, event, finished, refused, el}
+    runs: new Map(), // id -> {id, status, state, progress, detail, data, event, finished,
+    //                          refused, waiting, el}
     order: [], // newest first
     es: null,
     streamRuns: "", // the runs the open stream carries, comma-separated
     lastId: "", // the multi-stream cursor: covers every run received so far
     opened: false,
+    gotEvent: false, // an event arrived since the stream (re)opened
     retryTimer: 0,
     failures: 0,
     dirty: new Set(),
@@ -83,9 +90,11 @@
     state.es = es;
     state.streamRuns = wanted;
     state.opened = false;
+    state.gotEvent = false;
     es.onopen = () => {
       if (state.es !== es) return;
       state.opened = true;
+      state.gotEvent = false;
       state.failures = 0;
       notice("");
       setConnection("live", "live");
@@ -106,6 +115,7 @@
       else if (events.builtin.error === "error") onRunEvent(es, "error", e);
       else if (events.derived.includes("error")) onDerived(es, "error", e);
     });
+    es.addEventListener("ping", () => { if (state.es === es) state.gotEvent = true; });
     es.addEventListener("timeout", () => {
       // The bridge ends streams after BRIDGE_STREAM_TIMEOUT: pick up where we are.
       if (state.es === es) { closeStream(); connect(); }
@@ -123,8 +133,11 @@
     let message;
     try { message = JSON.parse(e.data); } catch { return; }
     if (e.lastEventId) state.lastId = e.lastEventId;
+    state.gotEvent = true;
     const run = state.runs.get(message.run_id);
     if (!run) return;
+    run.waiting = "";
+    run.detail = typeof message.detail === "string" ? message.detail : "";
     run.data = message.data && typeof message.data === "object" ? message.data : {};
     run.event = name;
     run.eventId = typeof message.id === "string" ? message.id : "";
@@ -165,8 +178,11 @@
   function onConnectionError(es, url) {
     if (state.es !== es) return;
     if (es.readyState === EventSource.CONNECTING) {
-      // The browser reconnects by itself and sends Last-Event-ID.
+      // The browser reconnects by itself and sends Last-Event-ID. Opened but closed
+      // before any event: a refusal in EventSource's form; find out why.
       setConnection("reconnecting", "reconnecting…");
+      if (state.opened && !state.gotEvent) explainWait(url);
+      state.opened = false;
       return;
     }
     // The browser gave up (an HTTP error, or 204): find out why, then retry with backoff.
@@ -180,6 +196,55 @@
     state.failures += 1;
     const base = Math.min(1000 * 2 ** Math.min(state.failures - 1, 4), 10000);
     state.retryTimer = setTimeout(connect, base * (1 + Math.random() * 0.25));
+  }
+
+  // The refusal comment, ": <code>[ (run <id>)]: <sentence>", as one reason in the words
+  // `sse-bridge watch` uses: "upstream unavailable: the upstream API could not be reached".
+  const REFUSAL = /^: ?([a-z][a-z_]*)(?: \(run ([^)]*)\))?: (.+)$/m;
+
+  function reasonOf(code, sentence) {
+    let text = sentence.trim().replace(/\.$/, "");
+    if (/^[A-Z][a-z]/.test(text)) text = text[0].toLowerCase() + text.slice(1);
+    return code.replace(/_/g, " ") + ": " + text;
+  }
+
+  // Read the stream's first bytes again: a refusal's comment, or events (no refusal now).
+  async function explainWait(url) {
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), 5000);
+    try {
+      const response = await fetch(url, {
+        headers: { Accept: "text/event-stream" }, cache: "no-store", signal: abort.signal,
+      });
+      if (!response.ok || !response.body) return;
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let text = "";
+      while (text.length < 8192) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        text += decoder.decode(value, { stream: true });
+        if (/^(data|event|id):/m.test(text)) return; // it streams now
+      }
+      const match = text.match(REFUSAL);
+      if (!match) return;
+      const reason = reasonOf(match[1], match[3]);
+      // The whole stream is refused, so every run on it waits; a run named in the
+      // comment is the one whose upstream answer refused it.
+      const named = match[2] || "";
+      for (const id of state.streamRuns.split(",")) {
+        const run = state.runs.get(id);
+        if (run && !run.finished && !run.refused) {
+          run.waiting = named && named !== id ? reason + " (run " + named + ")" : reason;
+          markDirty(run);
+        }
+      }
+    } catch {
+      // Unreachable or aborted: the next reconnect will tell.
+    } finally {
+      clearTimeout(timer);
+      abort.abort();
+    }
   }
 
   // EventSource hides the answer of a refused stream; ask once more to read its JSON.
@@ -224,6 +289,8 @@
       status: (summary && (summary.state || summary.status)) || "unknown",
       state: null,
       progress: null,
+      detail: "",
+      waiting: "",
       data: summary || { id },
       event: "",
       finished: false,
@@ -433,8 +500,12 @@
     el.querySelector(".percent").textContent = pct === null ? "" : pct + " %";
     const nodes = Array.isArray(data.nodes) ? data.nodes : [];
     const running = nodes.filter((n) => n && n.status === "running").map((n) => text(n.id));
-    const current = data.currentNode ? text(data.currentNode) : running.join(", ");
+    const current = (data.currentNode ? text(data.currentNode) : running.join(", ")) || run.detail;
     el.querySelector(".current").textContent = current ? "▸ " + current : "";
+    el.dataset.detail = run.detail || "";
+    const waiting = el.querySelector(".waiting");
+    waiting.textContent = run.waiting && !ended ? "Waiting — " + run.waiting + "; retrying…" : "";
+    waiting.hidden = !waiting.textContent;
     el.querySelector(".when").textContent = describeWhen(data);
     const list = el.querySelector(".nodes");
     renderNodes(list, nodes);
@@ -495,7 +566,7 @@
       box.textContent = run.refused;
     } else if (run.finished && run.event === "error") {
       box.classList.add("error");
-      box.textContent = messageOf(data) || "Did not complete (" + run.status + ").";
+      box.textContent = run.detail || messageOf(data) || "Did not complete (" + run.status + ").";
     } else if (run.finished && data.outputs && typeof data.outputs === "object") {
       box.classList.add("outputs");
       const dl = document.createElement("dl");

@@ -1,6 +1,6 @@
 """What events that say what happened cost, per change (paid once per run, not per viewer).
 
-    .venv/bin/python -m bench.derived_events [--changes 200] [--lines-per-change 10]
+    bench/run derived_events [--changes 200] [--lines-per-change 10] [--viewers 10000]
 
 Part 1, rule cost: the runner vocabulary (config/events/001-runner.toml) on a status of
 100 jobs x 10 steps whose logs grow: at each change ``--lines-per-change`` running steps
@@ -26,18 +26,19 @@ prints a table (bench/results/issue22-derived-events.md keeps one run).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import pathlib
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import jq
 
+from bench.harness import cli
+from bench.harness.common import OUT_DIR
 from bridge.demo.vocabularies import DEMOS
 from bridge.events import sse
 from bridge.events.channel import Channel, ChannelKey, Subscription
@@ -49,7 +50,7 @@ from bridge.polling.status import StatusReader
 from bridge.streams.direct import DirectSink
 from bridge.streams.keepalive import Keepalive, StreamLimits
 
-OUT = pathlib.Path(__file__).resolve().parent / "out"
+OUT = OUT_DIR
 
 JOBS, STEPS, LINES_PER_STEP = 100, 10, 12
 
@@ -290,13 +291,14 @@ def fanout_cost(viewers: int, rounds: int) -> dict[str, Any]:
     return asyncio.run(measure())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = cli.parser("derived_events", __doc__)
     parser.add_argument("--changes", type=int, default=200)
     parser.add_argument("--lines-per-change", type=int, default=10)
     parser.add_argument("--viewers", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=20)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     results = {
         "rules": rule_cost(args.changes, args.lines_per_change),
         "deltas": delta_cost(args.changes),

@@ -1,6 +1,6 @@
 """Cluster mode at scale: Redis, replica and upstream work per run, and the viewers' delay.
 
-    .venv/bin/python -m bench.cluster_scale [--replicas 1,2,3] [--runs 10,100,1000]
+    bench/run cluster_scale [--replicas 1,2,3] [--runs 10,100,1000]
         [--interval 0.5] [--max-polls 1000] [--window 6]
 
 For each (R replicas, N runs): one real redis-server, R real bridges (``python -m bridge
@@ -24,7 +24,6 @@ Writes bench/out/cluster_scale.json and bench/results/cluster_scale.md.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import multiprocessing
@@ -49,8 +48,11 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-OUT = Path(__file__).parent / "out"
-RESULTS = Path(__file__).parent / "results"
+from bench.harness import cli
+from bench.harness.common import BENCH_DIR, OUT_DIR
+
+OUT = OUT_DIR
+RESULTS = BENCH_DIR / "results"
 PREFIX = "sse-bridge:"
 #: Statuses per run: far more than a window's changes, so no run ends inside it.
 STATUSES = 200
@@ -571,9 +573,9 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         key=lambda n: -sum(row["command_usec_per_run_interval"].get(n, 0.0) for row in rows),
     )[:5]
     lines = [
-        "# Cluster mode at scale: Redis, replicas and upstream per run (bench/cluster_scale.py)",
+        "# Cluster mode at scale: Redis, replicas and upstream per run (`bench/run cluster_scale`)",
         "",
-        f"Made by `.venv/bin/python -m bench.cluster_scale` on {meta['date']}, "
+        f"Made by `bench/run cluster_scale` on {meta['date']}, "
         f"{meta['cores']} cores shared by Redis, the replicas, the upstream and the client. "
         "Every run is watched by 2 viewers on different replicas (the same one when R = 1), "
         f"on multi-run streams of up to {PER_STREAM} runs; every run changes once every "
@@ -668,22 +670,22 @@ def summary(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
     ]
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--replicas", default="1,2,3")
-    parser.add_argument("--runs", default="10,100,1000")
-    parser.add_argument("--interval", type=float, default=0.5)
+async def main_async(argv: list[str] | None) -> None:
+    parser = cli.parser("cluster_scale", __doc__)
+    parser.add_argument("--replicas", type=cli.comma_list(int), default=[1, 2, 3])
+    parser.add_argument("--runs", type=cli.comma_list(int), default=[10, 100, 1000])
+    cli.add_interval(parser, 0.5, "the shortest poll interval, seconds")
     parser.add_argument("--max-polls", type=float, default=1000.0)
     parser.add_argument("--window", type=int, default=6)
     parser.add_argument("--max-window-s", type=float, default=20.0)
     parser.add_argument("--report-only", action="store_true", help="rewrite the .md from the .json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.report_only:
         saved = json.loads((OUT / "cluster_scale.json").read_text())
         print(write(saved["rows"], saved["meta"]))
         return
-    replica_counts = [int(x) for x in args.replicas.split(",")]
-    run_counts = [int(x) for x in args.runs.split(",")]
+    replica_counts: list[int] = args.replicas
+    run_counts: list[int] = args.runs
     rows: list[dict[str, Any]] = []
     meta: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count()}
     meta["window"] = args.window
@@ -723,5 +725,9 @@ def write(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return text
 
 
+def main(argv: list[str] | None = None) -> None:
+    asyncio.run(main_async(argv))
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

@@ -8,8 +8,8 @@ the fan-out of that change started (t0):
   upstream, t0 is when the upstream first served the changed status to the bridge.
 - ``nchan``: nginx + nchan; a change is an HTTP POST to the publisher location, t0 the
   moment just before the POST was sent.
-- ``floor``: ``bench.floor``, the plain asyncio write loop; same as nchan.
-- ``naive``: ``bench.naive``, every viewer polls the upstream; t0 is the moment the
+- ``floor``: ``bench.harness.floor``, the plain asyncio write loop; same as nchan.
+- ``naive``: ``bench.harness.naive``, every viewer polls the upstream; t0 is the moment the
   upstream changed (there is no single moment the server "received" it).
 """
 
@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import ROOT, Http, children, cpu_ns, rss_kib, status_json, wait_http
+from bench.harness.common import ROOT, Http, children, cpu_ns, rss_kib, status_json, wait_http
 
 PYTHON = sys.executable
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
@@ -91,13 +91,13 @@ def pinned(core: int | None, argv: list[str]) -> list[str]:
 
 
 class Upstream:
-    """The scripted legacy API (bench.upstream), pinned to the client core."""
+    """The scripted legacy API (bench.harness.upstream), pinned to the client core."""
 
     def __init__(self, core: int | None, logs: Path) -> None:
         self.port = free_port()
         self.proc = Process(
             "upstream",
-            pinned(core, [PYTHON, "-m", "bench.upstream", "--port", str(self.port)]),
+            pinned(core, [PYTHON, "-m", "bench.harness.upstream", "--port", str(self.port)]),
             logs,
         )
         wait_http(self.port, "/control/health", 20)
@@ -231,13 +231,13 @@ class Floor(Publisher):
     name = "floor"
 
     def start(self) -> None:
-        argv = [PYTHON, "-m", "bench.floor", "--port", str(self.port)]
+        argv = [PYTHON, "-m", "bench.harness.floor", "--port", str(self.port)]
         self.proc = Process(self.name, pinned(self.core, argv), self.logs)
         wait_http(self.port, "/healthz", 20)
 
 
 class AsgiProbe(Publisher):
-    """Hypercorn + a raw ASGI app, one fan-out loop per channel (``bench.asgi_fanout``)."""
+    """Hypercorn + a raw ASGI app, one fan-out loop per channel (``bench.harness.asgi_fanout``)."""
 
     def __init__(self, core: int | None, logs: Path, mode: str) -> None:
         super().__init__(core, logs)
@@ -245,7 +245,15 @@ class AsgiProbe(Publisher):
         self.name = "asgi-send" if mode == "send" else "asgi-transport"
 
     def start(self) -> None:
-        argv = [PYTHON, "-m", "bench.asgi_fanout", "--port", str(self.port), "--mode", self.mode]
+        argv = [
+            PYTHON,
+            "-m",
+            "bench.harness.asgi_fanout",
+            "--port",
+            str(self.port),
+            "--mode",
+            self.mode,
+        ]
         self.proc = Process(self.name, pinned(self.core, argv), self.logs)
         wait_http(self.port, "/healthz", 20)
 
@@ -364,7 +372,9 @@ class Bridge(Target):
         with contextlib.suppress(FileNotFoundError):
             self.gc_log.unlink()
         pythonpath = os.pathsep.join(
-            p for p in (str(ROOT / "bench" / "gcprobe"), os.environ.get("PYTHONPATH")) if p
+            p
+            for p in (str(ROOT / "bench" / "harness" / "gcprobe"), os.environ.get("PYTHONPATH"))
+            if p
         )
         env = {
             **os.environ,
@@ -417,7 +427,7 @@ class Naive(Target):
         argv = [
             PYTHON,
             "-m",
-            "bench.naive",
+            "bench.harness.naive",
             "--port",
             str(self.port),
             "--upstream",

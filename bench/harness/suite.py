@@ -29,9 +29,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import servers
-from bench.client import ClientPool
-from bench.common import (
+from bench.harness import servers
+from bench.harness.client import ClientPool
+from bench.harness.common import (
     OUT_DIR,
     Machine,
     marker,
@@ -40,7 +40,7 @@ from bench.common import (
     pin,
     raise_nofile,
 )
-from bench.servers import (
+from bench.harness.servers import (
     AsgiProbe,
     Bridge,
     Floor,
@@ -53,7 +53,7 @@ from bench.servers import (
 )
 
 ALL_TARGETS = ("nchan", "floor", "bridge", "naive")
-#: Design probes (bench/asgi_fanout.py): only when named with --targets.
+#: Design probes (bench/harness/asgi_fanout.py): only when named with --targets.
 PROBES = ("asgi-send", "asgi-transport")
 CHANNEL_PREFIX = {
     "nchan": "n",

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from bench.common import MARKER_LEN, MARKER_PREFIX, cpu_ns, percentile, pin, raise_nofile
+from bench.harness.common import MARKER_LEN, MARKER_PREFIX, cpu_ns, percentile, pin, raise_nofile
 
 # Linux, x86_64 and arm64: SO_TIMESTAMPNS == SCM_TIMESTAMPNS == 35 (struct timespec).
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)

@@ -1,6 +1,6 @@
 """Bench-only: time every garbage collection of the process it is loaded into.
 
-Loaded by putting ``bench/gcprobe`` on ``PYTHONPATH`` (the bench does this for the bridge
+Loaded by putting ``bench/harness/gcprobe`` on ``PYTHONPATH`` (the bench does this for the bridge
 and nothing else). Does nothing unless ``BENCH_GC_LOG`` names a file; at exit it writes
 there, as JSON, per generation the count, total and longest pause, and every pause of
 at least ``BENCH_GC_MIN_MS`` (default 1 ms) with its wall-clock end time, so that
@@ -9,7 +9,7 @@ pauses can be matched to the bench's rounds. Memory is bounded (a ring of pauses
 Two experiment knobs, to estimate what GC tuning in the bridge would buy before anyone
 writes it: ``BENCH_GC_THRESHOLDS=a,b,c`` (``gc.set_threshold``) and ``BENCH_GC_DISABLE=1``.
 
-``BENCH_GC_CENSUS=<file>`` (bench/soak.py ``--census``): each SIGUSR1 runs one full
+``BENCH_GC_CENSUS=<file>`` (bench/studies/soak.py ``--census``): each SIGUSR1 runs one full
 collection over everything, frozen objects included, and writes what it found: how much
 cyclic garbage had piled up since the last census, of which types, from which code, and
 how long the full collection took (it pauses the process: for measurement runs only).

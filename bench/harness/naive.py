@@ -6,12 +6,11 @@
 One aiohttp ``ClientSession`` with its default connector (100 connections), as in the
 aiohttp documentation. Each stream ends after ``--stream-timeout`` seconds at the most.
 
-    python -m bench.naive --port 18300 --upstream http://127.0.0.1:18100 [--core 0]
+    python -m bench.harness.naive --port 18300 --upstream http://127.0.0.1:18100 [--core 0]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 from typing import Any
@@ -19,7 +18,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bench.common import pin, raise_nofile
+from bench.harness import cli
+from bench.harness.common import pin, raise_nofile
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -76,14 +76,13 @@ class Naive:
         return web.json_response({"status": "ok"})
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, required=True)
+def main(argv: list[str] | None = None) -> None:
+    parser = cli.parser("", __doc__, "python -m bench.harness.naive")
+    cli.add_server(parser)
     parser.add_argument("--upstream", required=True)
-    parser.add_argument("--interval", type=float, default=2.0)
+    cli.add_interval(parser, 2.0, "seconds between one viewer's polls")
     parser.add_argument("--stream-timeout", type=float, default=600.0)
-    parser.add_argument("--core", type=int, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     pin(args.core)
     raise_nofile()
     naive = Naive(args.upstream, args.interval, args.stream_timeout)

@@ -27,11 +27,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench import servers
-from bench.client import ClientPool
-from bench.common import BENCH_DIR, OUT_DIR, ROOT, own_autogroup, pin, raise_nofile
-from bench.servers import Bridge, Upstream
-from bench.suite import Config, Runner
+from bench.harness import cli, servers
+from bench.harness.client import ClientPool
+from bench.harness.common import BENCH_DIR, OUT_DIR, ROOT, own_autogroup, pin, raise_nofile
+from bench.harness.servers import Bridge, Upstream
+from bench.harness.suite import Config, Runner
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<where>[^()]*)\)$")
 
@@ -268,3 +268,38 @@ def profile(
     if gc is not None:
         data["gc"] = gc
     return data
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = cli.parser("profile", __doc__)
+    parser.add_argument(
+        "phase", nargs="?", default="fanout", choices=PHASES, help="what to look at"
+    )
+    parser.add_argument("--viewers", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--native", action="store_true", help="py-spy --native")
+    cli.add_interval(parser, 2.0)
+    cli.add_client_procs(parser, 4)
+    cli.add_bridge_env(parser)
+    cli.add_rt(parser)
+    args = parser.parse_args(argv)
+    data = profile(
+        phase=args.phase,
+        viewers=args.viewers,
+        rounds=args.rounds,
+        native=args.native,
+        interval=args.interval,
+        client_procs=args.client_procs,
+        bridge_env=dict(args.bridge_env),
+        command=cli.command_line("profile", argv),
+        rt_priority=10 if args.rt else 0,
+    )
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    path = OUT_DIR / f"profile-{args.phase}.json"
+    path.write_text(json.dumps(data, indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -14,12 +14,11 @@ viewer, but every frame still goes through Hypercorn and h11.
 asyncio transport (found through Hypercorn's internals after the response started), as
 the floor does; h11 still frames the headers and the end of the response.
 
-    python -m bench.asgi_fanout --port 18600 --mode send|transport [--core 0]
+    python -m bench.harness.asgi_fanout --port 18600 --mode send|transport [--core 0]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import signal
@@ -29,7 +28,8 @@ from typing import Any
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-from bench.common import pin, raise_nofile
+from bench.harness import cli
+from bench.harness.common import pin, raise_nofile
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -157,12 +157,11 @@ async def main_async(port: int, mode: str) -> None:
     await serve(App(mode), config, shutdown_trigger=trigger)  # type: ignore[arg-type]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, required=True)
+def main(argv: list[str] | None = None) -> None:
+    parser = cli.parser("", __doc__, "python -m bench.harness.asgi_fanout")
+    cli.add_server(parser)
     parser.add_argument("--mode", choices=("send", "transport"), required=True)
-    parser.add_argument("--core", type=int, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     pin(args.core)
     raise_nofile()
     asyncio.run(main_async(args.port, args.mode))

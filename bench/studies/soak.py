@@ -1,4 +1,4 @@
-"""``python -m bench.soak``: the bridge under steady churn for many minutes.
+"""``bench/run soak``: the bridge under steady churn for many minutes.
 
 The real bridge (``python -m bridge serve``, core 0) and the scripted upstream (core 1)
 start as in the suite; N viewers (default 10,000) watch one run, a share of them
@@ -14,12 +14,12 @@ once per poll interval. Per minute it records:
 3. the bridge's RSS (flat within 5 % after the warm-up minute is the target);
 4. its streams, pollers, channels and asyncio tasks (from /metrics), so a leak shows;
 
-and, from the GC probe (bench/gcprobe), every collection pause of 1 ms or more.
+and, from the GC probe (bench/harness/gcprobe), every collection pause of 1 ms or more.
 ``--census`` adds, at the end of each minute, a full collection inside the bridge that
 counts the cyclic garbage piled up among frozen objects (it pauses the bridge: for
 measurement runs, not for the lag figures).
 
-    .venv/bin/python -m bench.soak [--minutes 15] [--viewers 10000]
+    bench/run soak [--minutes 15] [--viewers 10000]
         [--reconnect-per-s 1%] [--interval 2] [--bridge-env BRIDGE_X=v] [--name soak]
 
 Writes ``bench/out/<name>.json`` and ``bench/results/<name>.md``. Every loop is bounded
@@ -35,7 +35,6 @@ import json
 import multiprocessing
 import random
 import select
-import shlex
 import signal
 import socket
 import struct
@@ -48,8 +47,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench import servers
-from bench.client import (
+from bench.harness import cli, servers
+from bench.harness.client import (
     ANCILLARY,
     CONNECTING,
     HEAD,
@@ -63,7 +62,7 @@ from bench.client import (
     Sub,
     Worker,
 )
-from bench.common import (
+from bench.harness.common import (
     BENCH_DIR,
     MARKER_LEN,
     MARKER_PREFIX,
@@ -76,7 +75,7 @@ from bench.common import (
     pin,
     raise_nofile,
 )
-from bench.servers import Bridge, Upstream
+from bench.harness.servers import Bridge, Upstream
 
 #: How long a reconnect may take before it counts as failed (and is tried again).
 CONNECT_DEADLINE = 30.0
@@ -825,7 +824,7 @@ class Soak:
             "no_leak": rows[-1]["pollers"] == 1 and rows[-1]["channels"] == 1 if rows else False,
         }
         return {
-            "command": "python -m bench.soak " + shlex.join(sys.argv[1:]),
+            "command": args.command,
             "started": time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(self.started_ns / 1e9)),
             "config": {
                 "minutes": args.minutes,
@@ -877,14 +876,14 @@ def render(data: dict[str, Any]) -> str:
     s = data["summary"]
     lines = [
         f"# Soak: {cfg['viewers']:,} viewers, {cfg['reconnect_per_s']}/s reconnecting, "
-        f"{cfg['minutes']} min (`python -m bench.soak`)",
+        f"{cfg['minutes']} min (`bench/run soak`)",
         "",
         f"One run changing every {cfg['interval']:g} s, watched by {cfg['viewers']:,} viewers "
         f"of the real bridge (core 0); every second {cfg['reconnect_per_s']} of them close "
         f"(FIN or reset) and reopen ({cfg['resume_share']:.0%} with Last-Event-ID). Delays are "
         "from t0, the moment the upstream first served the change, to each viewer that was "
         "connected before it (kernel receive stamps); loop lag is the bridge's own "
-        "measurement (`bridge_event_loop_lag_max_seconds`); GC pauses from bench/gcprobe.",
+        "measurement (`bridge_event_loop_lag_max_seconds`); GC pauses from bench/harness/gcprobe.",
         "",
         "| minute | events | p99 ms | max ms | > interval | missed | loop lag max ms "
         "| GC longest ms | RSS MiB | streams | tasks | pollers | channels | bridge CPU "
@@ -938,31 +937,27 @@ def _pct(value: float | None) -> str:
     return "?" if value is None else f"{value:.1%}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = cli.parser("soak", __doc__)
     parser.add_argument("--minutes", type=int, default=15)
     parser.add_argument("--viewers", type=int, default=10_000)
     parser.add_argument("--reconnect-per-s", default="1%", help="a share (1%%) or a count")
     parser.add_argument("--resume-share", type=float, default=0.5)
-    parser.add_argument("--interval", type=float, default=2.0)
+    cli.add_interval(parser, 2.0)
     parser.add_argument("--warmup", type=int, default=1, help="minutes left out of RSS")
     parser.add_argument("--scrape", type=float, default=5.0, help="seconds between /metrics")
-    parser.add_argument("--client-procs", type=int, default=4)
+    cli.add_client_procs(parser, 4)
     parser.add_argument("--inflight", type=int, default=64)
     parser.add_argument("--census", action="store_true", help="count cyclic garbage (pauses)")
-    parser.add_argument("--bridge-env", action="append", default=[], metavar="BRIDGE_X=v")
+    cli.add_bridge_env(parser)
     parser.add_argument("--name", default="soak", help="output names (bench/out/<name>.json)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.minutes < 1 or args.minutes > 180 or args.viewers < 1 or args.viewers > 50_000:
-        raise SystemExit("--minutes 1..180 and --viewers 1..50,000")
-    env: dict[str, str] = {}
-    for pair in args.bridge_env:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.startswith(("BRIDGE_", "BENCH_GC_")):
-            raise SystemExit(f"--bridge-env wants BRIDGE_NAME=value, not {pair!r}")
-        env[key] = value
+        parser.error("--minutes 1..180 and --viewers 1..50,000")
+    args.command = cli.command_line("soak", argv)
     servers.NICE = -20
-    data = Soak(args, env).run()
+    data = Soak(args, dict(args.bridge_env)).run()
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     out = OUT_DIR / f"{args.name}.json"
     out.write_text(json.dumps(data, indent=1))

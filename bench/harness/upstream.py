@@ -11,19 +11,19 @@
 answered a GET with that marker: the moment the bridge received the changed status,
 give or take the loopback write, and the t0 of the bridge's fan-out delay.
 
-    python -m bench.upstream --port 18100 [--core 1]
+    python -m bench.harness.upstream --port 18100 [--core 1]
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from bench.common import pin, raise_nofile, status_json
+from bench.harness import cli
+from bench.harness.common import pin, raise_nofile, status_json
 
 #: Per-run bounds: request timestamps kept, and markers whose first-served time is kept.
 MAX_REQUEST_TIMES = 400_000
@@ -116,11 +116,10 @@ def make_app() -> web.Application:
     return app
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--core", type=int, default=None)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    parser = cli.parser("", __doc__, "python -m bench.harness.upstream")
+    cli.add_server(parser)
+    args = parser.parse_args(argv)
     pin(args.core)
     raise_nofile()
     web.run_app(

@@ -1,7 +1,7 @@
 """One run's whole life, watched by 100 viewers: what each way of sparing the upstream
 costs the upstream and the viewers, side by side in one run.
 
-    .venv/bin/python -m bench.lifecycle [--compress 20] [--viewers 100] [--variants abcde]
+    bench/run lifecycle [--compress 20] [--viewers 100] [--variants abcde]
 
 The run: 2 minutes queued, 5 minutes running with a change about every 20 s, then
 completed (16 changes), played in compressed time (``--compress 20``: the 7 minutes take
@@ -11,7 +11,7 @@ a 2-4 KB status, a strong ETag and a Last-Modified, and 304 without a body while
 client's If-None-Match / If-Modified-Since still match. The variants:
 
     a  naive: every viewer polls the upstream itself at the poll interval (no bridge;
-       bench/naive.py's loop, on a fixed cadence like a page's setInterval)
+       bench/harness/naive.py's loop, on a fixed cadence like a page's setInterval)
     b  the bridge, plain polling (BRIDGE_CONDITIONAL_REQUESTS=false)
     c  the bridge, conditional requests (the default)
     d  c + per-state intervals (BRIDGE_POLL_INTERVALS="queued=10", scaled)
@@ -27,7 +27,6 @@ and bench/results/lifecycle.md, and prints the table.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import hashlib
@@ -50,7 +49,8 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.common import BENCH_DIR, OUT_DIR, raise_nofile
+from bench.harness import cli
+from bench.harness.common import BENCH_DIR, OUT_DIR, raise_nofile
 from tests.support import loopback_socket, running_bridge
 
 # --- the scenario, in real (uncompressed) seconds -------------------------------------
@@ -385,7 +385,7 @@ async def poll_by_hand(
     final: int,
     deadline: float,
 ) -> None:
-    """bench/naive.py's loop, run by the viewer itself (GET, note a changed status), on a
+    """bench/harness/naive.py's loop, run by the viewer itself (GET, note a changed status), on a
     fixed cadence like a page's setInterval. naive.py sleeps the interval after each
     answer instead; 100 such loops in this one process drift into step with each other
     (a busy loop wakes several at once, and they stay together), which real viewers'
@@ -899,7 +899,7 @@ def render(report: dict[str, Any]) -> str:
 
 async def quiet(most: float = 20.0, busy_cores: float = 0.3) -> float:
     """Wait (up to ``most`` seconds) until other processes use less than ``busy_cores``
-    over a second, as bench/suite.py does: the machine may be shared. Seconds waited."""
+    over a second, as bench/harness/suite.py does: the machine may be shared. Seconds waited."""
     started = time.monotonic()
     while time.monotonic() - started < most:
         own, busy = cpu_seconds()
@@ -927,13 +927,14 @@ async def run(config: Config, keys: str) -> list[dict[str, Any]]:
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = cli.parser("lifecycle", __doc__)
     parser.add_argument("--compress", type=float, default=20.0, help="time compression factor")
     parser.add_argument("--viewers", type=int, default=100)
     parser.add_argument("--variants", default="abcde", help="any of a, b, c, d, e")
     parser.add_argument("--seed", type=int, default=10)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not 1 <= args.compress <= 100:
         parser.error("--compress must be from 1 to 100 (at 100 the 2 s interval is 20 ms)")
     if not 1 <= args.viewers <= 1000:
@@ -956,7 +957,7 @@ def main() -> None:
             "body_bytes_min": min(sizes),
             "body_bytes_max": max(sizes),
         },
-        "command": "python -m bench.lifecycle " + " ".join(sys.argv[1:]),
+        "command": cli.command_line("lifecycle", argv),
         "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}, "
         f"aiohttp {aiohttp.__version__}",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -968,7 +969,7 @@ def main() -> None:
     results_dir = BENCH_DIR / "results"
     results_dir.mkdir(exist_ok=True)
     (results_dir / "lifecycle.md").write_text(
-        "# Run lifecycle: sparing the upstream (`python -m bench.lifecycle`)\n\n" + table
+        "# Run lifecycle: sparing the upstream (`bench/run lifecycle`)\n\n" + table
     )
     print(table)
 

@@ -26,7 +26,7 @@ Paths: ``fast`` (HTTP/1.1 stream on the fast path), ``asgi`` (the same with
 connection, then the close: Quart's path). Each is measured without and with the
 Hypercorn hook (``bridge/server/hypercorn_cycles.py``).
 
-    .venv/bin/python -m bench.cycles [--streams 200] [--paths fast,asgi,short]
+    bench/run cycles [--streams 200] [--paths fast,asgi,short]
         [--closes fin,rst] [--cycles 6] [--out bench/results/cycles.md]
 """
 
@@ -47,6 +47,7 @@ from typing import Any
 
 from hypercorn.config import Config
 
+from bench.harness import cli
 from bridge.demo.legacy_api import LegacyApi, serving
 from bridge.server import hypercorn_cycles
 from bridge.server import serve as server
@@ -395,11 +396,11 @@ async def measure(
 # --- the report ---------------------------------------------------------------------------
 
 
-def report(results: list[Measured], top: int, cycle_limit: int) -> str:
+def report(results: list[Measured], top: int, cycle_limit: int, command: str) -> str:
     lines = [
-        "# Cyclic garbage per closed connection (bench/cycles.py)",
+        "# Cyclic garbage per closed connection (bench/studies/cycles.py)",
         "",
-        f"`{' '.join(['.venv/bin/python -m bench.cycles', *sys.argv[1:]])}`, Python "
+        f"`{command}`, Python "
         f"{sys.version.split()[0]}, Hypercorn {hypercorn_cycles.installed_hypercorn()}. "
         "Objects a full `gc.collect()` found dead in reference cycles after the viewers "
         "closed, divided by the connections closed; the control is the same wait with "
@@ -450,17 +451,18 @@ async def main_async(args: argparse.Namespace) -> list[Measured]:
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = cli.parser("cycles", __doc__)
     parser.add_argument("--streams", type=int, default=200)
-    parser.add_argument("--paths", type=lambda s: s.split(","), default=["fast", "asgi", "short"])
-    parser.add_argument("--closes", type=lambda s: s.split(","), default=["fin", "rst"])
+    parser.add_argument("--paths", type=cli.comma_list(str), default=["fast", "asgi", "short"])
+    parser.add_argument("--closes", type=cli.comma_list(str), default=["fin", "rst"])
     parser.add_argument("--top", type=int, default=25, help="types listed per measurement")
     parser.add_argument("--cycles", type=int, default=8, help="cycles shown per measurement")
     parser.add_argument("--out", type=Path, default=None, help="write the Markdown report here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     results = asyncio.run(main_async(args))
-    text = report(results, args.top, args.cycles)
+    text = report(results, args.top, args.cycles, cli.command_line("cycles", argv))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)

@@ -8,17 +8,17 @@ One ``asyncio.Protocol`` per connection; a publish is ``transport.write(frame)``
 each subscriber, the frame encoded once. A subscriber whose unsent bytes pass 1 MiB is
 dropped (the bench never lets that happen; the bound keeps every buffer finite).
 
-    python -m bench.floor --port 18200 [--core 0]
+    python -m bench.harness.floor --port 18200 [--core 0]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import signal
 
-from bench.common import pin, raise_nofile
+from bench.harness import cli
+from bench.harness.common import pin, raise_nofile
 
 MAX_HEAD = 16 * 1024
 MAX_BODY = 64 * 1024
@@ -136,11 +136,10 @@ async def serve(port: int) -> None:
         await stop.wait()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--core", type=int, default=None)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    parser = cli.parser("", __doc__, "python -m bench.harness.floor")
+    cli.add_server(parser)
+    args = parser.parse_args(argv)
     pin(args.core)
     raise_nofile()
     asyncio.run(serve(args.port))
