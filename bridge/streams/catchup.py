@@ -108,16 +108,18 @@ async def events(
         history = subscription.channel.history
         held = history.holds(since)
         if held is None:
-            # No since, or one this history no longer holds: the current status.
-            found = history.resume(None)
+            # No since: the current status (with progress off, the history from its
+            # start); one this history no longer holds: the current status.
+            found = history.resume(since)
         else:
             found = history.after(held)
             await _wait(subscription, bool(found) or history.terminal, wait)
             found = history.after(held)
-        latest = history.latest
+        latest = history.status
         assert latest is not None  # a lease always comes with a first status
         cursor = found[-1].id if found else since
-        body = _events_body(run_id, found, cursor, latest)
+        # A built-in event turned off moves the cursor on but is not listed.
+        body = _events_body(run_id, [e for e in found if e.sent], cursor, latest)
         headers = {
             "Cache-Control": "no-cache",
             "X-Run-State": state_header(latest),
@@ -137,7 +139,7 @@ async def result(opener: Opener, viewer: Viewer, run_id: str, wait: float) -> An
             if left <= 0:
                 break
             await _wait(subscription, False, left)
-        latest = history.latest
+        latest = history.status
         assert latest is not None
         headers = {
             "Cache-Control": "no-cache",
@@ -145,6 +147,6 @@ async def result(opener: Opener, viewer: Viewer, run_id: str, wait: float) -> An
             "X-Run-Detail": detail_header(latest),
             # The outcome in the stream's words (complete / error / progress), so a
             # script needs no state lists of its own.
-            "X-Run-Event": latest.name,
+            "X-Run-Event": latest.kind,
         }
-        return Answer(200 if history.terminal else 202, latest.data, headers)
+        return Answer(200 if history.terminal else 202, latest.status, headers)

@@ -211,9 +211,9 @@ class Routes:
         headers = await self.admit(run_id, viewer.credentials)
         channel, release = await self.pollers.lease(run_id, headers)
         try:
-            latest = channel.history.latest
+            latest = channel.history.status
             assert latest is not None  # a lease always comes with a first status
-            response = Response(latest.data, content_type="application/json")
+            response = Response(latest.status, content_type="application/json")
             response.headers["Cache-Control"] = "no-cache"
             # The body is the upstream's status as it is: what the bridge read of it
             # goes beside, as /result has it.
