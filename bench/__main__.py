@@ -1,55 +1,74 @@
-"""``python -m bench``: run the suite, profile the bridge, or regenerate the report.
+"""``bench/run``: the suite, the studies, the report, before-and-after tables.
 
-python -m bench [run] [--quick] [--targets nchan,floor,bridge,naive] [--interval S]
-python -m bench profile [--viewers N] [--rounds N] [--native]
-python -m bench report [--results bench/out/results.json]
+    bench/run [--quick] [--rt] [--targets nchan,floor,bridge,naive] [--interval S] [--out DIR]
+    bench/run report [--results bench/out/results.json]
+    bench/run compare RECORD.json [LABEL=RUN ...]
+    bench/run <study> [options]     (bench/run <study> --help for its options)
+
+Studies: profile, soak, cycles, lifecycle, h2_fanout, cluster_scale,
+sentinel_partition, derived_events, fleet (bench/studies/).
 """
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import json
-import shlex
 import sys
 from pathlib import Path
 
-from bench.common import BENCH_DIR, OUT_DIR
-from bench.profile import PHASES
-from bench.suite import ALL_TARGETS, PROBES, Config, Runner
+from bench.harness import cli
+from bench.harness.common import BENCH_DIR, OUT_DIR
+from bench.harness.suite import ALL_TARGETS, PROBES, Config, Runner
+
+#: Commands with a module of their own: each has ``main(argv)`` and its own parser.
+COMMANDS = {
+    "compare": "bench.harness.compare",
+    "profile": "bench.studies.profile",
+    "soak": "bench.studies.soak",
+    "cycles": "bench.studies.cycles",
+    "lifecycle": "bench.studies.lifecycle",
+    "h2_fanout": "bench.studies.h2_fanout",
+    "cluster_scale": "bench.studies.cluster_scale",
+    "sentinel_partition": "bench.studies.sentinel_partition",
+    "derived_events": "bench.studies.derived_events",
+    "fleet": "bench.studies.fleet",
+}
 
 
-def _env_pairs(values: list[str]) -> dict[str, str]:
-    pairs = {}
-    for value in values:
-        key, sep, val = value.partition("=")
-        if not sep or not key.startswith(("BRIDGE_", "BENCH_GC_")):
-            raise SystemExit(f"--bridge-env wants BRIDGE_NAME=value, not {value!r}")
-        pairs[key] = val
-    return pairs
+def _run(argv: list[str]) -> int:
+    from bench.harness.report import render
 
-
-def _run(args: argparse.Namespace, command: str) -> int:
-    from bench.report import render
-
+    parser = cli.parser("", __doc__)
+    parser.add_argument("--quick", action="store_true", help="up to 1,000 viewers, ~75 s")
+    parser.add_argument(
+        "--targets",
+        type=cli.comma_list(str),
+        help=f"a subset of {','.join(ALL_TARGETS)} (or the design probes {','.join(PROBES)})",
+    )
+    parser.add_argument("--out", type=Path, help="write results.json and RESULTS.md here")
+    cli.add_interval(parser, None)
+    cli.add_client_procs(parser, None)
+    cli.add_bridge_env(parser)
+    cli.add_rt(parser)
+    args = parser.parse_args(argv)
     overrides: dict[str, object] = {}
     if args.targets:
-        names = tuple(t.strip() for t in args.targets.split(",") if t.strip())
-        unknown = set(names) - set(ALL_TARGETS) - set(PROBES)
+        unknown = set(args.targets) - set(ALL_TARGETS) - set(PROBES)
         if unknown:
-            raise SystemExit(f"unknown targets: {', '.join(sorted(unknown))}")
-        overrides["targets"] = names
+            parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
+        overrides["targets"] = tuple(args.targets)
     if args.interval is not None:
         overrides["interval"] = args.interval
     if args.client_procs is not None:
         overrides["client_procs"] = args.client_procs
     if args.bridge_env:
-        overrides["bridge_env"] = _env_pairs(args.bridge_env)
+        overrides["bridge_env"] = dict(args.bridge_env)
     if args.rt:
         overrides["rt_priority"] = 10
     if args.out:
-        overrides["out"] = Path(args.out)
+        overrides["out"] = args.out
     config = Config.quick_config(**overrides) if args.quick else Config(**overrides)  # type: ignore[arg-type]
-    results = Runner(config).run(command)
+    results = Runner(config).run(cli.command_line("", argv))
     config.out.mkdir(parents=True, exist_ok=True)
     results_path = config.out / "results.json"
     results_path.write_text(json.dumps(results, indent=1))
@@ -63,6 +82,8 @@ def _run(args: argparse.Namespace, command: str) -> int:
 
 def _profiles() -> dict[str, dict[str, object]]:
     """The latest profile of each phase that has one (bench/out/profile-<phase>.json)."""
+    from bench.studies.profile import PHASES
+
     found = {}
     for phase in PHASES:
         try:
@@ -73,7 +94,7 @@ def _profiles() -> dict[str, dict[str, object]]:
 
 
 def _soak() -> dict[str, object] | None:
-    """The latest soak (``python -m bench.soak`` with its default name), if there is one."""
+    """The latest soak (``bench/run soak`` with its default name), if there is one."""
     try:
         data: dict[str, object] = json.loads((OUT_DIR / "soak.json").read_text())
     except (OSError, ValueError):
@@ -81,34 +102,15 @@ def _soak() -> dict[str, object] | None:
     return data
 
 
-def _profile_cmd(args: argparse.Namespace, command: str) -> int:
-    from bench.profile import profile
+def _report(argv: list[str]) -> int:
+    from bench.harness.report import render
 
-    data = profile(
-        phase=args.phase,
-        viewers=args.viewers,
-        rounds=args.rounds,
-        native=args.native,
-        interval=args.interval or 2.0,
-        client_procs=args.client_procs or 4,
-        bridge_env=_env_pairs(args.bridge_env or []),
-        command=command,
-        rt_priority=10 if args.rt else 0,
-    )
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    path = OUT_DIR / f"profile-{args.phase}.json"
-    path.write_text(json.dumps(data, indent=1))
-    print(f"wrote {path}")
-    return 0
-
-
-def _report(args: argparse.Namespace, command: str) -> int:
-    from bench.report import render
-
-    source = Path(args.results)
-    results = json.loads(source.read_text())
-    official = source.resolve() == (OUT_DIR / "results.json").resolve()
-    out = BENCH_DIR / "RESULTS.md" if official else source.parent / "RESULTS.md"
+    parser = cli.parser("report", "Regenerate RESULTS.md from a results.json (and profiles).")
+    parser.add_argument("--results", type=Path, default=OUT_DIR / "results.json")
+    args = parser.parse_args(argv)
+    results = json.loads(args.results.read_text())
+    official = args.results.resolve() == (OUT_DIR / "results.json").resolve()
+    out = BENCH_DIR / "RESULTS.md" if official else args.results.parent / "RESULTS.md"
     out.write_text(render(results, _profiles(), _soak()))
     print(f"wrote {out}")
     return 0
@@ -116,49 +118,16 @@ def _report(args: argparse.Namespace, command: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    command = "bench/run " + shlex.join(argv) if argv else "bench/run"
-    parser = argparse.ArgumentParser(
-        prog="bench/run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = parser.add_subparsers(dest="command")
-
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--interval", type=float, default=None, help="poll interval, seconds")
-        p.add_argument("--client-procs", type=int, default=None, help="load client processes")
-        p.add_argument(
-            "--bridge-env",
-            action="append",
-            metavar="BRIDGE_X=V",
-            help="extra bridge setting (also BENCH_GC_THRESHOLDS / BENCH_GC_DISABLE)",
-        )
-        p.add_argument(
-            "--rt", action="store_true", help="servers and client under SCHED_FIFO (busy box)"
-        )
-
-    run = sub.add_parser("run", help="the whole suite (the default)")
-    for p in (parser, run):
-        p.add_argument("--quick", action="store_true", help="1,000 viewers, 2 rounds, ~1 min")
-        p.add_argument(
-            "--targets",
-            help=f"comma-separated subset of {','.join(ALL_TARGETS)} "
-            f"(or the design probes {','.join(PROBES)})",
-        )
-        p.add_argument("--out", help="write results.json and RESULTS.md here (an experiment)")
-        common(p)
-    prof = sub.add_parser("profile", help="py-spy the bridge at N viewers during rounds")
-    prof.add_argument("--viewers", type=int, default=10_000)
-    prof.add_argument("--rounds", type=int, default=12)
-    prof.add_argument("--native", action="store_true", help="py-spy --native")
-    prof.add_argument("phase", nargs="?", default="fanout", choices=PHASES, help="what to look at")
-    common(prof)
-    rep = sub.add_parser("report", help="regenerate RESULTS.md from a results.json")
-    rep.add_argument("--results", default=str(OUT_DIR / "results.json"))
-    args = parser.parse_args(argv)
-    if args.command == "profile":
-        return _profile_cmd(args, command)
-    if args.command == "report":
-        return _report(args, command)
-    return _run(args, command)
+    command, rest = (argv[0], argv[1:]) if argv and not argv[0].startswith("-") else ("", argv)
+    if command in ("", "run"):
+        return _run(rest)
+    if command == "report":
+        return _report(rest)
+    if command in COMMANDS:
+        importlib.import_module(COMMANDS[command]).main(rest)
+        return 0
+    known = ", ".join(["run", "report", *COMMANDS])
+    raise SystemExit(f"bench/run: no command {command!r} (one of: {known}; see bench/README.md)")
 
 
 if __name__ == "__main__":

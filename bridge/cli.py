@@ -80,9 +80,19 @@ def _demo(args: argparse.Namespace) -> int:
         print("sse-bridge: demo: --step must be more than 0 and at most 3600", file=sys.stderr)
         return 2
     overrides: dict[str, object] = {"host": args.host, **settings_overrides(args.profile)}
+    if args.events is not None:
+        from bridge.demo.vocabularies import DEMOS
+
+        if args.profile is not None:
+            print("sse-bridge: demo: --events and --profile do not go together", file=sys.stderr)
+            return 2
+        demo = DEMOS[args.events]
+        overrides.update({"events_file": str(demo.path), **demo.settings})
     if args.port is not None:
         overrides["port"] = args.port
-    return demo_main(_settings(**overrides), profile=args.profile, step=args.step)
+    return demo_main(
+        _settings(**overrides), profile=args.profile, step=args.step, events=args.events
+    )
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -100,7 +110,7 @@ def _inspect(args: argparse.Namespace) -> int:
     if not _upstream_required(settings, "inspect"):
         return inspection.EXIT_FAILED
     try:
-        found = asyncio.run(inspection.inspect_run(settings, args.run_id, given))
+        found = asyncio.run(inspection.inspect_run(settings, args.run_id, given, once=args.once))
     except BridgeError as error:
         print(inspection.failure_line(settings, args.run_id, error), file=sys.stderr)
         return inspection.EXIT_FAILED
@@ -183,6 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
         f"BRIDGE_PROFILE=NAME: {', '.join(DEMO_PROFILES)} (default: seed 004's "
         "ExecutionStatus at /runs/{run_id})",
     )
+    from bridge.demo.vocabularies import DEMOS
+
+    demo.add_argument(
+        "--events",
+        choices=sorted(DEMOS),
+        default=None,
+        metavar="NAME",
+        help="the simulated API's runs speak a seed vocabulary and the bridge derives its "
+        f"events with config/events/: {', '.join(sorted(DEMOS))}",
+    )
     demo.add_argument(
         "--step",
         type=float,
@@ -203,13 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = commands.add_parser(
         "inspect",
-        help="fetch one run once and show how the bridge reads it (exit 0 ok, 1 misread, 2 failed)",
+        help="fetch one run and show how the bridge reads it (exit 0 ok, 1 misread, 2 failed)",
         description=(
-            "Fetch RUN_ID once from the upstream, with the same BRIDGE_* configuration as "
-            "`serve`, and show the state the bridge reads, the event it would send, and what "
-            "to change when that is wrong. Exit 0: the state is read and known; 1: the "
-            "configuration does not fit this status (a hint names the variable); 2: the "
-            "configuration is wrong or the upstream refused or failed."
+            "Fetch RUN_ID from the upstream, twice a poll interval apart (--once: once), with "
+            "the same BRIDGE_* configuration as `serve`, and show the state the bridge reads, "
+            "the event it would send, the fields that change by themselves, and what to "
+            "change when that is wrong. Exit 0: the state is read and known; 1: the "
+            "configuration does not fit this status (a hint names the variable; a state in "
+            "neither list that is no usual in-progress word counts); 2: the configuration is "
+            "wrong or the upstream refused or failed."
         ),
     )
     inspect.add_argument("run_id", metavar="RUN_ID", help="the run to fetch")
@@ -223,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(BRIDGE_FORWARD_HEADERS); values are never printed",
     )
     inspect.add_argument("--json", action="store_true", help="print the findings as JSON")
+    inspect.add_argument(
+        "--once",
+        action="store_true",
+        help="fetch once (default: twice, a poll interval apart, to name the fields that "
+        "change on every answer and so would make an event on every poll)",
+    )
     inspect.set_defaults(func=_inspect)
 
     profiles = commands.add_parser(

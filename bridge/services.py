@@ -1,13 +1,15 @@
 """The services one app shares, built once from Settings, started and stopped together.
 
-Nothing here reads a request: routes pass in what they took from it (bridge/streams/viewer.py).
+Only the app's wiring (bridge/web/app.py) holds the whole ``Services``: it hands each
+consumer the parts it uses (the opening gets an ``Opener``, the front and routes their
+settings, metrics and ticker). Nothing here reads a request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 
 from prometheus_client import Gauge
@@ -29,12 +31,16 @@ from bridge.polling.registry import PollerRegistry
 from bridge.polling.status import StatusReader
 from bridge.polling.upstream import Page, UpstreamClient, Validators
 from bridge.settings import Settings
-from bridge.streams.keepalive import StreamLimits
+from bridge.streams.feed import FeedReach
+from bridge.streams.fleet import EVERY_RUN, FleetOpener
+from bridge.streams.keepalive import StreamLimits, spread
 from bridge.streams.limits import StreamLimiter
+from bridge.streams.opening import Opener
 from bridge.streams.ticker import Ticker
 from bridge.streams.viewer import Viewer
 from bridge.tasks import cancel_and_wait
-from bridge.web.auth import ForwardAuth
+from bridge.web.auth import ForwardAuth, shared_key_warning
+from bridge.web.auth import log as auth_log
 from bridge.web.readiness import Readiness
 
 #: URL schemes of cluster mode (BRIDGE_REDIS_URL).
@@ -64,6 +70,7 @@ def status_reader(settings: Settings) -> StatusReader:
         ignore_fields=settings.ignore_fields,
         progress_expr=settings.progress_expr,
         in_progress=profile.in_progress if profile is not None else (),
+        detail_expr=settings.detail_expr,
     )
 
 
@@ -83,6 +90,7 @@ class Services:
             # Where the backend keeps ended runs (Redis), nothing is kept here.
             history_ttl=0 if self.backend.keeps_ended_runs else settings.history_ttl,
             history=(partial(FeedHistory, start=settings.feed_start) if self.feed else RunHistory),
+            vocabulary=settings.vocabulary,
         )
         self.pollers = PollerRegistry(
             self.hub,
@@ -126,10 +134,40 @@ class Services:
             )
         self.auth = ForwardAuth(settings) if settings.auth_url is not None else None
         self.readiness = Readiness(settings, self.upstream, self.backend.health)
-        self.draining = False
+        self.opener = Opener(
+            limiter=self.limiter,
+            admit=self.upstream_headers,
+            pollers=self.pollers,
+            hub=self.hub,
+            limits=self.limits,
+            open_streams=self.metrics.open_streams,
+            follow=self.follow_list if self.fleets is not None else None,
+            feed=(
+                FeedReach(self.feed, self.fetch_page, self.polled_with)
+                if self.feed is not None
+                else None
+            ),
+        )
+        #: ``GET /v1/events`` (bridge/streams/fleet.py), when the bridge follows a list.
+        self.open_fleet = (
+            FleetOpener(
+                limiter=self.limiter,
+                admit=self.admit_every_run,
+                fleets=self.fleets,
+                headers=self.polled_with,
+                digest_secret=self.backend.digest_secret,
+                limits=self.limits,
+                open_streams=self.metrics.open_streams,
+            )
+            if self.fleets is not None
+            else None
+        )
         self._spreading: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        warning = shared_key_warning(self.settings)
+        if warning is not None:
+            auth_log.warning(warning)
         await self.upstream.start()
         await self.backend.start()
         if self.auth is not None:
@@ -155,6 +193,10 @@ class Services:
             await self.auth.close()
         await self.upstream.close()
 
+    @property
+    def draining(self) -> bool:
+        return self.limiter.draining
+
     def drain(self) -> None:
         """Refuse new streams, and end the open ones over BRIDGE_DRAIN_SPREAD.
 
@@ -164,7 +206,7 @@ class Services:
         """
         if self.draining:
             return
-        self.draining = True
+        self.limiter.drain()
         if self.fleets is not None:
             self.fleets.drain(self._farewell)
         subscriptions = [s for c in self.hub.live_channels() for s in c.subscriptions]
@@ -197,9 +239,20 @@ class Services:
 
     def limits(self) -> StreamLimits:
         s = self.settings
-        # Jitter spreads the reconnects of many viewers after a restart.
-        retry = int(s.retry_ms * (1 + random.uniform(0, 0.2)))
-        return StreamLimits(s.ping_interval, s.stream_timeout, s.viewer_buffer, retry)
+        return StreamLimits(
+            s.ping_interval, s.stream_timeout, s.viewer_buffer, spread(s.retry_ms), s.vocabulary
+        )
+
+    async def admit_every_run(self, credentials: dict[str, str]) -> None:
+        """Forward-auth mode: the auth service admits a stream of every run (run ``*``)."""
+        if self.auth is not None:
+            await self.auth.admit(EVERY_RUN, credentials)
+
+    async def follow_list(self, headers: Mapping[str, str]) -> Callable[[], None] | None:
+        """Lease the list poller of these headers' scope (its release; None: none)."""
+        assert self.fleets is not None
+        fleet = await self.fleets.follow(headers, self.backend.digest_secret())
+        return fleet.release if fleet is not None else None
 
     async def fetch_page(
         self, url: str, headers: Mapping[str, str], validators: Validators | None = None
@@ -222,4 +275,4 @@ class Services:
         if self.auth is None:
             return viewer
         await self.auth.admit(run_id, viewer)
-        return {}  # the upstream client sends BRIDGE_UPSTREAM_HEADERS with every request
+        return {}

@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -20,22 +22,18 @@ from pydantic import (
     FilePath,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 from redis.asyncio.connection import parse_url as parse_redis_url
 
+from bridge.events import vocabulary as vocab
 from bridge.polling.profiles import PROFILES
-from bridge.polling.status import field_expr
+from bridge.polling.status import compile_reason, field_expr
 
 CsvList = Annotated[tuple[str, ...], NoDecode]
-
-
-def _jq_message(error: BaseException) -> str:
-    # jq's message spans lines (the filter again, a caret): its first line says it.
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else "invalid"
 
 
 def _split_csv(value: object) -> object:
@@ -81,8 +79,9 @@ class Settings(BaseSettings):
     BRIDGE_STATE_EXPR; set one of the two)."""
     success_statuses: CsvList = ("completed",)
     """States that end a stream with `complete` (comma-separated, case-insensitive)."""
-    failure_statuses: CsvList = ("failed", "cancelled")
-    """States that end a stream with `error` (comma-separated, case-insensitive)."""
+    failure_statuses: CsvList = ("failed", "cancelled", "canceled")
+    """States that end a stream with `error` (comma-separated, case-insensitive; both
+    spellings of cancelled, as GitLab and Azure write `canceled`)."""
     state_expr: str | None = None
     """jq filter over the status object whose first output is the run's state, e.g.
     `.data.status` or `if .status == "completed" then .conclusion else .status end`
@@ -93,6 +92,10 @@ class Settings(BaseSettings):
     progress_expr: str | None = None
     """jq filter giving the run's progress from 0 to 1 (e.g. `.progressPercent / 100`),
     shown by /v1/streams, the dashboard and `sse-bridge watch`."""
+    detail_expr: str | None = None
+    """jq filter giving a one-line detail of the run (the current stage, the error
+    message), e.g. `.error.message // .stage`; carried beside the state and progress by
+    /v1/streams and the JSON endpoints, shown by the dashboard and `sse-bridge watch`."""
     conditional_requests: bool = True
     """Send `If-None-Match` / `If-Modified-Since` with the run's last `ETag` /
     `Last-Modified`; a 304 means unchanged (no body read, no event)."""
@@ -270,6 +273,35 @@ class Settings(BaseSettings):
     """JSON object of headers sent with every upstream request, in both modes (an API
     version, an `Accept`); in forward-auth mode also the bridge's own credentials."""
 
+    # --- the stream's vocabulary (DESIGN.md "Events that say what happened") ---
+    events_max_per_change: int = Field(500, ge=1, le=100_000)
+    """Events one change of a status may derive at most; the rest are cut (logged once
+    per run, counted in `bridge_events_cut_total`)."""
+    events_file: FilePath | None = None
+    """TOML file that renames, reshapes or turns off the built-in events and derives
+    typed events from each change (see config/events/ for one per seed vocabulary)."""
+
+    @field_validator("events_file", mode="before")
+    @classmethod
+    def _empty_events_file_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("events_file")
+    @classmethod
+    def _events_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None:
+            # Read and compiled here so that a bad file stops the start with one line
+            # naming the file, the table and the key; Services reads it again.
+            vocab.load(value, info.data.get("events_max_per_change", 500))
+        return value
+
+    @cached_property
+    def vocabulary(self) -> vocab.Vocabulary:
+        """The stream's vocabulary (the contract's default without BRIDGE_EVENTS_FILE)."""
+        if self.events_file is None:
+            return vocab.DEFAULT
+        return vocab.load(self.events_file, self.events_max_per_change)
+
     @model_validator(mode="before")
     @classmethod
     def _apply_profile(cls, values: Any) -> Any:
@@ -292,6 +324,8 @@ class Settings(BaseSettings):
         values.setdefault("ignore_fields", chosen.ignore_fields)
         if chosen.progress_expr is not None:
             values.setdefault("progress_expr", chosen.progress_expr)
+        if chosen.detail_expr is not None:
+            values.setdefault("detail_expr", chosen.detail_expr)
         if chosen.upstream_headers and "upstream_headers" not in values:
             values["upstream_headers"] = dict(chosen.upstream_headers)
         # How its list of runs and its feed read (the paths stay the operator's).
@@ -340,12 +374,6 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 16 characters")
         return value
 
-    def interval_for(self, state: str | None) -> float:
-        """The poll interval of a run in ``state`` (BRIDGE_POLL_INTERVALS, else the default)."""
-        if state is not None and self.poll_intervals:
-            return self.poll_intervals.get(state.casefold(), self.poll_interval)
-        return self.poll_interval
-
     @field_validator("profile")
     @classmethod
     def _profile(cls, value: str | None) -> str | None:
@@ -353,19 +381,19 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown profile; one of: {', '.join(sorted(PROFILES))}")
         return value
 
-    @field_validator("state_expr", "progress_expr", mode="before")
+    @field_validator("state_expr", "progress_expr", "detail_expr", mode="before")
     @classmethod
     def _empty_expr_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("state_expr", "progress_expr")
+    @field_validator("state_expr", "progress_expr", "detail_expr")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
             try:
                 jq.compile(value)
             except ValueError as error:
-                raise ValueError(f"does not compile: {_jq_message(error)}") from None
+                raise ValueError(f"does not compile: {compile_reason(error)}") from None
         return value
 
     @field_validator("feed_path", "upstream_list_path", "feed_more", mode="before")
@@ -380,7 +408,7 @@ class Settings(BaseSettings):
             try:
                 jq.compile(value)
             except ValueError as error:
-                raise ValueError(f"does not compile: {_jq_message(error)}") from None
+                raise ValueError(f"does not compile: {compile_reason(error)}") from None
         return value
 
     @field_validator("list_items", "list_id")
@@ -389,7 +417,7 @@ class Settings(BaseSettings):
         try:
             jq.compile(value)
         except ValueError as error:
-            raise ValueError(f"does not compile: {_jq_message(error)}") from None
+            raise ValueError(f"does not compile: {compile_reason(error)}") from None
         return value
 
     @field_validator("feed_path")
@@ -664,7 +692,11 @@ def describe(error: ValidationError) -> str:
     for item in error.errors():
         loc = item.get("loc") or ()
         name = f"BRIDGE_{str(loc[0]).upper()}" if loc else "configuration"
-        parts.append(f"{name}: {item.get('msg', 'invalid')}")
+        message = item.get("msg", "invalid")
+        if item.get("type") == "value_error":
+            # The validator's own sentence, without pydantic's "Value error, " in front.
+            message = message.removeprefix("Value error, ")
+        parts.append(f"{name}: {message}")
     return "; ".join(parts)
 
 

@@ -1,5 +1,5 @@
 """Closing connections and finding what died in cycles: shared by tests/test_cycles.py
-and bench/cycles.py (which measure the same thing, one to assert, one to report).
+and bench/studies/cycles.py (which measure the same thing, one to assert, one to report).
 
 The client is plain blocking sockets, run in a worker thread: it leaves no Python garbage
 of its own in the bridge's process. The collector helpers save what a collection finds

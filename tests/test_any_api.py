@@ -119,6 +119,40 @@ async def test_the_multi_stream_carries_state_and_progress() -> None:
             assert (body["state"], body["progress"]) == ("KILLED", 0.5)
 
 
+DETAILED = {**NESTED, "detail_expr": ".job.error // .job.stage"}
+
+
+async def test_the_detail_goes_beside_state_and_progress_everywhere() -> None:
+    async with scripted_api() as api:
+        api.statuses["j3"] = [
+            {"job": {"state": "RUNNING", "percent": 25, "stage": "compile\n  (step 2/5)"}},
+            {"job": {"state": "KILLED", "percent": 50, "stage": "test", "error": "OOM: café"}},
+        ]
+        async with (
+            running_bridge(api.url, upstream_run_path="/jobs/{run_id}", **DETAILED) as b,
+            sse(f"{b.url}/v1/streams?runs=j3") as s,
+            aiohttp.ClientSession() as http,
+        ):
+            first = json.loads((await s.next_named("progress")).data)
+            # One line: the line break and the indent are one space.
+            assert first["detail"] == "compile (step 2/5)"
+            async with http.get(f"{b.url}/v1/runs/j3/events") as got:
+                page = await got.json()
+                assert page["detail"] == "compile (step 2/5)"
+                assert got.headers["X-Run-Detail"] == "compile (step 2/5)"
+            async with http.get(f"{b.url}/v1/runs/j3") as got:
+                assert got.headers["X-Run-State"] == "RUNNING"
+                assert got.headers["X-Run-Detail"] == "compile (step 2/5)"
+                assert (await got.json())["job"]["stage"] == "compile\n  (step 2/5)"
+            api.advance("j3")
+            end = json.loads((await s.next_named("error", timeout=5)).data)
+            assert (end["state"], end["detail"]) == ("KILLED", "OOM: café")
+            async with http.get(f"{b.url}/v1/runs/j3/result") as got:
+                assert got.status == 200
+                # Not ASCII: percent-encoded, as X-Run-State is.
+                assert got.headers["X-Run-Detail"] == "OOM%3A%20caf%C3%A9"
+
+
 async def test_the_run_id_goes_in_the_query_string_percent_encoded() -> None:
     async with scripted_api() as api:
         api.statuses[AIRFLOW_ID] = [{"state": "success"}]
@@ -175,6 +209,56 @@ async def test_upstream_headers_go_with_every_request_in_viewer_mode() -> None:
         assert seen["X-Api-Version"] == "2022-11-28"
         assert seen["Accept"] == "application/vnd.example+json"
         assert seen["Authorization"] == "Bearer viewer"
+
+
+SERVICE_KEY = "svc-key-5d1e07"
+
+
+async def test_a_service_key_for_every_viewer_is_one_warning_at_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="bridge.web.auth")
+    async with scripted_api() as api:
+        api.statuses["k1"] = [{"state": "running"}]
+        async with (
+            running_bridge(
+                api.url,
+                upstream_run_path="/jobs/{run_id}",
+                state_expr=".state",
+                success_statuses="done",
+                upstream_headers={"X-Api-Key": SERVICE_KEY, "X-Api-Version": "2"},
+                forward_headers="cookie",
+            ) as b,
+            # A viewer with no credential at all reads the run with the operator's key.
+            sse(f"{b.url}/v1/runs/k1/stream") as s,
+        ):
+            assert (await s.next_event()).event == "progress"
+    assert api.seen[0][1]["X-Api-Key"] == SERVICE_KEY
+    lines = [r.getMessage() for r in caplog.records if r.name == "bridge.web.auth"]
+    assert lines == [
+        "BRIDGE_UPSTREAM_HEADERS sends X-Api-Key with every upstream request and no viewer "
+        "is admitted by BRIDGE_AUTH_URL: every viewer who can reach the bridge sees every "
+        "run with that key; set BRIDGE_AUTH_URL (forward-auth mode, docs/security.md) so "
+        "that an auth service decides who may watch"
+    ]
+    assert all(SERVICE_KEY not in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("headers", "auth_url"),
+    [
+        ({"X-Api-Version": "2", "Accept": "application/json"}, None),  # no credential
+        ({"Authorization": "Bearer svc"}, "http://127.0.0.1:9/auth"),  # forward-auth decides
+    ],
+)
+def test_no_warning_without_a_shared_credential(
+    headers: dict[str, str], auth_url: str | None
+) -> None:
+    from bridge.settings import load
+    from bridge.web.auth import shared_key_warning
+
+    settings = load(upstream_url="http://127.0.0.1:9", upstream_headers=headers, auth_url=auth_url)
+    assert shared_key_warning(settings) is None
 
 
 async def test_a_state_the_expression_cannot_find_is_logged_once(

@@ -190,7 +190,7 @@ async def test_reads_several_runs_on_one_stream_and_resumes_them_all(legacy: Leg
         async def take() -> None:
             event = await f.next("progress", "complete", "error")
             envelope = data(event)
-            assert set(envelope) == {"run_id", "id", "state", "progress", "data"}
+            assert set(envelope) == {"run_id", "id", "state", "progress", "detail", "data"}
             status = envelope["data"]
             # state and progress as the bridge read them from the status.
             assert envelope["state"] == status["status"]

@@ -20,12 +20,14 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bridge.cluster import RedisBackend
 from bridge.cluster.link import MAX_CONNECTIONS
-from bridge.cluster.store import Record
+from bridge.cluster.store import Fenced, Record, Store
 from bridge.demo.legacy_api import Fault, LegacyApi
+from bridge.events.channel import ChannelKey
 from bridge.events.history import RunHistory
 from bridge.settings import ConfigError, load
 from bridge.tools.eventstream import ParsedEvent
@@ -845,3 +847,46 @@ async def test_a_busy_connection_pool_is_not_a_redis_outage(
                 await pool.release(connection)
         async with sse(f"{a.url}/v1/runs/busy/stream") as stream:
             assert (await stream.next_named("progress")).event == "progress"
+
+
+@pytest.mark.redis
+async def test_restore_puts_back_the_whole_tail_and_a_fence_refuses_commits(
+    redis_server: RedisServer,
+) -> None:
+    """Redis holds an older part of a history (a replica promoted before the leader's last
+    commits reached it): a copy offers everything, and Redis takes every record after its
+    newest one, within the history's bounds, and says so on the run's channel. A fenced
+    primary refuses every commit."""
+    prefix = f"t{uuid.uuid4().hex[:10]}:"
+    key = ChannelKey("tail", "digest")
+    async with Redis.from_url(redis_server.url) as client:
+        store = Store(
+            client, prefix, lease_ms=5000, keep_ms=60000, history_size=4, history_max_bytes=10**6
+        )
+        epoch = 42
+        assert (await store.tick(key, "leader", active=True)).holder == "leader"
+        for n in range(1, 4):
+            done = await store.commit(key, "leader", epoch, n - 1, "progress", "p", f'{{"n": {n}}}')
+            assert (done.epoch, done.seq) == (epoch, n)
+        records = [Record(epoch, n, "progress", "p", f'{{"n": {n}}}') for n in range(1, 7)]
+        async with client.pubsub() as pubsub:
+            await pubsub.subscribe(store.live_channel(key))
+            assert await store.restore(key, epoch, records)
+            messages = []
+            while len(messages) < 2:
+                message = await pubsub.get_message(timeout=2)
+                assert message is not None
+                messages.append(message)
+        assert messages[1]["data"].endswith(b"\n!")
+        held = await store.records(key, 10)
+        assert [r.seq for r in held] == [3, 4, 5, 6]
+        assert held[-1] == records[-1]
+        # An older or equal offer changes nothing.
+        assert not await store.restore(key, epoch, records[:5])
+        assert (await store.tick(key, "leader", active=True)).seq == 6
+        # The fence: commits refused, even the lease holder's.
+        await client.set(store.fence_key, "127.0.0.1 1 9")
+        with pytest.raises(Fenced):
+            await store.commit(key, "leader", epoch, 6, "progress", "p", '{"n": 7}')
+        await client.delete(store.fence_key)
+        assert (await store.commit(key, "leader", epoch, 6, "progress", "p", '{"n": 7}')).seq == 7

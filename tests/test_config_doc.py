@@ -33,4 +33,4 @@ def test_design_variables_have_design_defaults() -> None:
     assert rows["BRIDGE_FORWARD_HEADERS"] == "authorization,x-api-key,cookie"
     assert rows["BRIDGE_STATUS_FIELD"] == "status"
     assert rows["BRIDGE_SUCCESS_STATUSES"] == "completed"
-    assert rows["BRIDGE_FAILURE_STATUSES"] == "failed,cancelled"
+    assert rows["BRIDGE_FAILURE_STATUSES"] == "failed,cancelled,canceled"

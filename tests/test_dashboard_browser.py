@@ -274,6 +274,45 @@ async def test_outside_demo_mode_the_page_follows_the_runs_in_its_address(
         assert "runs=typed-run" in page.url
 
 
+async def test_a_card_says_why_it_waits_when_the_upstream_is_down(browser: Browser) -> None:
+    # The bridge is up, its upstream is not: each stream is refused the way EventSource
+    # retries (200, retry:, a comment naming the error), which EventSource never shows.
+    sock = loopback_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    # A breaker that stays closed, so that the reason stays the unreachable upstream.
+    dead = f"http://127.0.0.1:{port}"
+    async with running_bridge(dead, dashboard=True, breaker_threshold=10_000) as b:
+        page = await open_page(browser, b.url + "/?runs=r-1,r-2")
+        reason = "upstream unavailable: the upstream API could not be reached"
+        # The comment names the run whose upstream request failed; the other run on the
+        # same stream waits for it.
+        first = card(page, "r-1").locator(".waiting")
+        await expect(first).to_have_text(f"Waiting — {reason}; retrying…", timeout=WAIT_MS)
+        other = card(page, "r-2").locator(".waiting")
+        await expect(other).to_have_text(f"Waiting — {reason} (run r-1); retrying…")
+        await expect(page.locator("#connection")).to_have_attribute("data-state", "reconnecting")
+        assert not page.errors  # type: ignore[attr-defined]
+
+
+async def test_the_detail_shows_on_the_card_and_says_why_a_run_failed(browser: Browser) -> None:
+    # Databricks' state_message, read by the profile's BRIDGE_DETAIL_EXPR.
+    async with profile_api("databricks-runs") as api, demo_bridge(api) as b:
+        run = api.scripted("77", nodes=("a", "b"), outcome="failed")
+        page = await open_page(browser, b.url + "/")
+        it = card(page, "77")
+        await expect(it).to_have_attribute("data-status", "PENDING", timeout=WAIT_MS)
+        run.advance()
+        await expect(it).to_have_attribute("data-status", "RUNNING", timeout=WAIT_MS)
+        await expect(it).to_have_attribute("data-detail", "In run")
+        await expect(it.locator(".current")).to_have_text("▸ In run")
+        run.advance(len(run.statuses))
+        await expect(it).to_have_attribute("data-status", "FAILED", timeout=WAIT_MS)
+        await expect(it.locator(".result.error")).to_have_text("Node b failed")
+        await expect(it.locator(".waiting")).to_be_hidden()
+        assert not page.errors  # type: ignore[attr-defined]
+
+
 @asynccontextmanager
 async def profile_api(profile: str, step: float = 0.25) -> AsyncIterator[LegacyApi]:
     """The simulated API speaking ``profile``, as `sse-bridge demo --profile` runs it."""

@@ -389,7 +389,8 @@ async def test_demo_on_a_port_in_use_is_one_line_and_exit_2() -> None:
     assert demo.returncode == 2
     assert out == b""
     assert err.decode().splitlines() == [
-        f"sse-bridge: cannot listen on 127.0.0.1:{port}: address already in use"
+        f"sse-bridge: cannot listen on 127.0.0.1:{port}: address already in use; choose "
+        f"another port with --port, e.g. sse-bridge demo --port {port + 1}"
     ]
 
 

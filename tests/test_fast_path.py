@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bridge.demo.legacy_api import LegacyApi
 from bridge.ops.metrics import Metrics
 from bridge.server import hypercorn_transport
-from bridge.server.hypercorn_transport import SEND_KEY, FallbackReason, fast_path_transport
+from bridge.server.hypercorn_transport import FallbackReason, fast_path_transport
 from bridge.tools.eventstream import EventStreamParser, ParsedEvent
 from tests.support import running_bridge, serve_process, sse
 
@@ -382,8 +382,8 @@ def hypercorn_shaped(
     return send
 
 
-def scope_of(send: object, http_version: str = "1.1", method: str = "GET") -> dict[str, Any]:
-    return {"type": "http", "http_version": http_version, "method": method, SEND_KEY: send}
+def scope_of(http_version: str = "1.1", method: str = "GET") -> dict[str, Any]:
+    return {"type": "http", "http_version": http_version, "method": method}
 
 
 @pytest.fixture(autouse=True)
@@ -407,7 +407,7 @@ def test_the_hypercorn_shaped_send_takes_the_fast_path() -> None:
     # The control for the tests below: the same send, nothing moved, gives the transport.
     transport = FakeTransport()
     seen: list[FallbackReason] = []
-    assert fast_path_transport(scope_of(hypercorn_shaped(transport)), seen.append) is transport
+    assert fast_path_transport(scope_of(), hypercorn_shaped(transport), seen.append) is transport
     assert seen == []
 
 
@@ -423,7 +423,7 @@ def test_other_http_versions_fall_back_without_a_warning(
     send = hypercorn_shaped(FakeTransport())
     seen: list[FallbackReason] = []
     for _ in range(3):
-        assert fast_path_transport(scope_of(send, http_version), seen.append) is None
+        assert fast_path_transport(scope_of(http_version), send, seen.append) is None
     assert seen == ["http_version"] * 3
     assert warnings_of(caplog) == []
 
@@ -432,7 +432,7 @@ def test_head_falls_back_without_a_warning(caplog: pytest.LogCaptureFixture) -> 
     caplog.set_level(logging.INFO)
     seen: list[FallbackReason] = []
     send = hypercorn_shaped(FakeTransport())
-    assert fast_path_transport(scope_of(send, method="HEAD"), seen.append) is None
+    assert fast_path_transport(scope_of(method="HEAD"), send, seen.append) is None
     assert seen == ["method"]
     assert warnings_of(caplog) == []
 
@@ -452,7 +452,7 @@ def test_untested_hypercorn_falls_back_and_warns_once(
     send = hypercorn_shaped(FakeTransport())
     seen: list[FallbackReason] = []
     for _ in range(50):
-        assert fast_path_transport(scope_of(send), seen.append) is None
+        assert fast_path_transport(scope_of(), send, seen.append) is None
     assert seen == ["hypercorn_version"] * 50
     assert len(lookups) == 1  # looked up once per process, not per stream
     (warning,) = warnings_of(caplog)
@@ -467,7 +467,7 @@ def test_tested_hypercorn_versions_take_the_fast_path(
     monkeypatch.setattr(hypercorn_transport, "installed_hypercorn", lambda: version)
     transport = FakeTransport()
     seen: list[FallbackReason] = []
-    assert fast_path_transport(scope_of(hypercorn_shaped(transport)), seen.append) is transport
+    assert fast_path_transport(scope_of(), hypercorn_shaped(transport), seen.append) is transport
     assert seen == []
 
 
@@ -488,7 +488,7 @@ def test_moved_internals_fall_back_and_warn_once(
     send = hypercorn_shaped(FakeTransport(), **moved)
     seen: list[FallbackReason] = []
     for _ in range(20):
-        assert fast_path_transport(scope_of(send), seen.append) is None
+        assert fast_path_transport(scope_of(), send, seen.append) is None
     assert seen == ["internals"] * 20
     (warning,) = warnings_of(caplog)
     assert WARNING_TEXT in warning.getMessage()
@@ -507,7 +507,7 @@ def test_a_send_that_is_not_hypercorns_counts_as_internals(
 ) -> None:
     caplog.set_level(logging.INFO)
     seen: list[FallbackReason] = []
-    assert fast_path_transport(scope_of(send), seen.append) is None
+    assert fast_path_transport(scope_of(), send, seen.append) is None
     assert seen == ["internals"]
     assert len(warnings_of(caplog)) == 1
 
@@ -515,7 +515,7 @@ def test_a_send_that_is_not_hypercorns_counts_as_internals(
 def test_a_transport_that_is_not_a_write_transport_counts_as_internals() -> None:
     send = hypercorn_shaped(object())  # type: ignore[arg-type]
     seen: list[FallbackReason] = []
-    assert fast_path_transport(scope_of(send), seen.append) is None
+    assert fast_path_transport(scope_of(), send, seen.append) is None
     assert seen == ["internals"]
 
 
@@ -523,7 +523,7 @@ def test_a_closing_transport_is_not_a_fallback() -> None:
     # The viewer already left: no fast path, but nothing is wrong with the server.
     seen: list[FallbackReason] = []
     send = hypercorn_shaped(FakeTransport(closing=True))
-    assert fast_path_transport(scope_of(send), seen.append) is None
+    assert fast_path_transport(scope_of(), send, seen.append) is None
     assert seen == []
 
 

@@ -310,16 +310,14 @@ async def test_when_the_list_poller_stops_its_runs_go_on_at_their_own_paths() ->
             pollers = b.bridge.pollers
             async with sse(f"{b.url}/v1/events", AUTH) as fleet:
                 await envelopes(fleet, 1)
-                channel, poller = await pollers.take("a", {"authorization": "Bearer alice"})
+                channel, release = await pollers.lease("a", {"authorization": "Bearer alice"})
             try:
-                assert poller is not None
                 await wait_for(lambda: not b.bridge.fleets.fleets())
                 await wait_for(lambda: up.run_requests("a") >= 1)
                 up.set("a", "running", step=2)
                 await wait_for(lambda: '"step":2' in getattr(channel.history.latest, "data", ""))
             finally:
-                if poller is not None:
-                    poller.release()
+                release()
 
 
 def test_the_fleet_log_is_bounded_in_entries_and_bytes() -> None:

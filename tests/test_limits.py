@@ -10,10 +10,24 @@ import tracemalloc
 from contextlib import AsyncExitStack
 
 import aiohttp
+import pytest
 
 from bridge.demo.legacy_api import LegacyApi
+from bridge.errors import Draining
+from bridge.streams.limits import StreamLimiter
 from bridge.tools.eventstream import EventStreamParser, ParsedEvent
 from tests.support import loopback_socket, running_bridge, sse, wait_for
+
+
+def test_a_draining_limiter_refuses_every_stream_and_open_ones_keep_their_slots() -> None:
+    limiter = StreamLimiter(total=10, per_client=10)
+    limiter.take("a")
+    limiter.drain()
+    with pytest.raises(Draining):
+        limiter.take("b")
+    assert limiter.open == 1  # the refused one took nothing
+    limiter.give("a")
+    assert limiter.open == 0 and limiter.clients() == 0
 
 
 async def test_global_cap_503_and_per_client_cap_429(legacy: LegacyApi) -> None:

@@ -23,9 +23,10 @@ def body(event: ParsedEvent) -> dict[str, Any]:
 async def next_run_event(s: SseStream) -> tuple[str, str, dict[str, Any]]:
     event = await s.next_named("progress", "complete", "error")
     data = body(event)
-    assert set(data) == {"run_id", "id", "state", "progress", "data"}
-    # The default state expression is .status; no progress expression is set.
+    assert set(data) == {"run_id", "id", "state", "progress", "detail", "data"}
+    # The default state expression is .status; no progress or detail expression is set.
     assert data["state"] == data["data"].get("status") and data["progress"] is None
+    assert data["detail"] is None
     assert event.has_id and event.id.startswith("m1.")
     return event.event, data["run_id"], data["data"]
 

@@ -13,8 +13,10 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @dataclass
 class Upstream:
     url: str
-    statuses: dict[str, dict[str, Any]]
+    #: A run's status, or a function making a fresh one for each answer.
+    statuses: dict[str, dict[str, Any] | Callable[[], dict[str, Any]]]
     seen: list[dict[str, str]] = field(default_factory=list)
 
 
@@ -58,7 +61,7 @@ async def upstream() -> AsyncIterator[Upstream]:
         status = api.statuses.get(request.match_info["id"])
         if status is None:
             return web.json_response({"error": "no such job"}, status=404)
-        return web.json_response(status)
+        return web.json_response(status() if callable(status) else status)
 
     app = web.Application()
     app.router.add_get("/jobs/{id}", job)
@@ -69,6 +72,8 @@ async def upstream() -> AsyncIterator[Upstream]:
 def point_at(monkeypatch: pytest.MonkeyPatch, api: Upstream, **variables: str) -> None:
     monkeypatch.setenv("BRIDGE_UPSTREAM_URL", api.url)
     monkeypatch.setenv("BRIDGE_UPSTREAM_RUN_PATH", "/jobs/{run_id}")
+    # inspect fetches twice, a poll interval apart.
+    monkeypatch.setenv("BRIDGE_POLL_INTERVAL", "0.05")
     for name, value in variables.items():
         monkeypatch.setenv(f"BRIDGE_{name.upper()}", value)
 
@@ -192,11 +197,38 @@ def test_a_state_expression_that_gives_an_object_suggests_the_field_inside() -> 
     assert "gave dict" in found.hint
 
 
-def test_an_unusual_in_progress_state_is_shown_but_not_an_error() -> None:
-    # "compiling" is in no list and not a usual word, but nothing says the run ended.
-    found = examine(load(), {"status": "compiling"})
-    assert found.exit_code == 0
-    assert found.hint is not None and "add compiling to" in found.hint
+def test_a_state_in_no_list_exits_1_even_when_nothing_says_the_run_ended() -> None:
+    # "compiling" may be an in-progress word; "SUCCESS" and "CANCELED" are final ones the
+    # lists miss. Neither is known, so a script gating on the exit code must not pass it.
+    for state in ("compiling", "SUCCESS", "CANCELED"):
+        found = examine(load(failure_statuses="failed"), {"status": state})
+        assert found.exit_code == 1, state
+        assert found.verdict == "unknown"
+        assert found.hint is not None and f"add {state} to" in found.hint
+
+
+async def test_a_finished_state_in_no_list_exits_1_in_json_too(
+    upstream: Upstream, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    upstream.statuses["9"] = {"pipeline": {"state": "SUCCESS", "percent": 80}}
+    point_at(monkeypatch, upstream, state_expr=".pipeline.state")
+    code, out, _ = await run_cli(capsys, "inspect", "9", "--json", "--once")
+    assert code == 1
+    assert json.loads(out)["exit_code"] == 1
+
+
+def test_a_documented_in_progress_word_exits_0() -> None:
+    # The usual words of bridge/polling/status.py, case-insensitively.
+    assert examine(load(), {"status": "running"}).exit_code == 0
+    assert examine(load(), {"status": "Waiting_For_Resource"}).exit_code == 0
+
+
+def test_the_default_failure_list_has_both_spellings_of_cancelled() -> None:
+    for state in ("cancelled", "canceled", "Canceled"):
+        found = examine(load(), {"status": state})
+        assert found.reading.event == "error" and found.exit_code == 0, state
 
 
 def test_a_progress_expression_without_progress_yet_is_a_note() -> None:
@@ -209,6 +241,96 @@ def test_an_end_time_of_zero_does_not_look_finished() -> None:
     # Databricks says "not ended yet" with end_time 0.
     found = examine(load(), {"status": "RUNNING", "end_time": 0})
     assert found.finished_by is None and found.exit_code == 0
+
+
+# --- inspect: fields that change on every answer --------------------------------------
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+async def test_a_field_changing_on_every_answer_is_named_with_the_ignore_value(
+    upstream: Upstream, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    answers = iter(range(1000))
+    upstream.statuses["5"] = lambda: {
+        "pipeline": {"state": "running", "stages": [{"name": "build", "seen": next(answers)}]},
+        "fetched_at": _now_iso(),
+    }
+    point_at(monkeypatch, upstream, state_expr=".pipeline.state")
+    code, out, _ = await run_cli(capsys, "inspect", "5")
+    assert code == 1, out
+    assert len(upstream.seen) == 2  # fetched twice
+    hints = [line for line in out.splitlines() if line.startswith("hint:")]
+    assert len(hints) == 1, out
+    assert ".pipeline.stages[].seen, .fetched_at changed between two answers" in hints[0]
+    assert "BRIDGE_IGNORE_FIELDS=.pipeline.stages[].seen,.fetched_at " in hints[0]
+    assert "changing fields" in out
+    # Once set, nothing changes by itself: the verdict is ok.
+    monkeypatch.setenv("BRIDGE_IGNORE_FIELDS", ".pipeline.stages[].seen,.fetched_at")
+    code, out, _ = await run_cli(capsys, "inspect", "5")
+    assert code == 0, out
+    assert "ok: the bridge reads this run as configured" in out
+
+
+async def test_the_changing_fields_row_says_the_value_even_beside_another_hint(
+    upstream: Upstream, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The API: a final state in no list, and the time of the answer.
+    upstream.statuses["1"] = lambda: {
+        "pipeline": {"state": "SUCCESS", "percent": 80},
+        "fetched_at": _now_iso(),
+    }
+    point_at(monkeypatch, upstream, state_expr=".pipeline.state")
+    code, out, _ = await run_cli(capsys, "inspect", "1")
+    assert code == 1
+    rows = [line for line in out.splitlines() if line.startswith("changing fields")]
+    assert rows == [
+        "changing fields   .fetched_at  (between two answers 0.05 s apart; "
+        "BRIDGE_IGNORE_FIELDS=.fetched_at leaves them out)"
+    ]
+    hints = [line for line in out.splitlines() if line.startswith("hint:")]
+    assert len(hints) == 1 and "add SUCCESS to BRIDGE_SUCCESS_STATUSES" in hints[0]
+
+
+async def test_the_ignore_value_keeps_the_fields_already_ignored(
+    upstream: Upstream, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    upstream.statuses["6"] = lambda: {"status": "completed", "served": _now_iso(), "at": _now_iso()}
+    point_at(monkeypatch, upstream, ignore_fields=".served")
+    code, out, _ = await run_cli(capsys, "inspect", "6", "--json")
+    found = json.loads(out)
+    assert code == 1 and found["exit_code"] == 1
+    assert found["fetches"] == 2 and found["changing_fields"] == [".at"]
+    assert found["ignore_fields_value"] == ".served,.at"
+
+
+async def test_once_fetches_once_and_still_names_a_time_of_now(
+    upstream: Upstream, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    upstream.statuses["8"] = lambda: {"status": "completed", "meta": {"ts": int(time.time())}}
+    point_at(monkeypatch, upstream)
+    code, out, _ = await run_cli(capsys, "inspect", "8", "--once")
+    assert len(upstream.seen) == 1
+    assert code == 1, out
+    assert "BRIDGE_IGNORE_FIELDS=.meta.ts " in out and "within a minute of now" in out
+
+
+def test_an_old_time_is_not_named_from_one_answer() -> None:
+    found = examine(load(), {"status": "completed", "finished_at": "2026-11-30T19:29:58Z"})
+    assert found.changing == () and found.exit_code == 0 and found.hint is None
+
+
+def test_a_running_run_that_moved_on_is_named_but_not_an_error() -> None:
+    # percent moved with the run: worth saying, not surely noise.
+    found = examine(
+        load(), {"status": "running", "percent": 50}, {"status": "running", "percent": 40}, apart=2
+    )
+    assert found.changing == (".percent",) and found.exit_code == 0
+    assert found.hint is not None and "BRIDGE_IGNORE_FIELDS=.percent" in found.hint
 
 
 # --- inspect: exit 2, one line, no traceback -----------------------------------------
@@ -380,6 +502,7 @@ def test_serve_help_lists_the_variables_with_defaults(capsys: pytest.CaptureFixt
     assert "BRIDGE_POLL_INTERVAL=2 " in out
     assert "BRIDGE_FORWARD_HEADERS=authorization,x-api-key,cookie" in out
     assert "BRIDGE_UPSTREAM_HEADERS=" in out
+    assert "  BRIDGE_FAILURE_STATUSES=failed,cancelled,canceled\n" in out
 
 
 def test_profiles_lists_them_and_shows_one(capsys: pytest.CaptureFixture[str]) -> None:

@@ -621,6 +621,8 @@ def test_expressions_and_ignored_paths_compile(name: str) -> None:
     jq.compile(profile.state_expr)
     if profile.progress_expr is not None:
         jq.compile(profile.progress_expr)
+    if profile.detail_expr is not None:
+        jq.compile(profile.detail_expr)
     for path in profile.ignore_fields:
         jq.compile(f"del({path})")
     if profile.ignore_fields:
@@ -940,6 +942,117 @@ ODD_INPUTS: dict[str, list[Status]] = {
 }
 
 
+def detail_of(profile: Profile, status: Status) -> str | None:
+    from bridge.polling.status import StatusReader
+
+    reader = StatusReader(
+        state_expr=profile.state_expr,
+        success=profile.success,
+        failure=profile.failure,
+        detail_expr=profile.detail_expr,
+    )
+    reading = reader.read(status)
+    assert reading.detail_problem is None, reading.detail_problem
+    return reading.detail
+
+
+def _k8s_failed() -> Status:
+    job = k8s_job({"failed": 7})
+    job["status"]["conditions"] = [
+        {
+            "type": "FailureTarget",
+            "status": "True",
+            "reason": "BackoffLimitExceeded",
+            "message": "Job has reached the specified backoff limit",
+        },
+        {
+            "type": "Failed",
+            "status": "True",
+            "reason": "BackoffLimitExceeded",
+            "message": "Job has reached the specified backoff limit",
+        },
+    ]
+    return job
+
+
+# (profile, status, expected detail): each field as the API documents it (polling/profiles.py).
+DETAIL_CASES: list[tuple[str, Status, str | None]] = [
+    (
+        "google-operations",
+        google(done=True, error={"code": 3, "message": "Bad image"}),
+        "Bad image",
+    ),
+    ("google-operations", google(), None),
+    (
+        "azure-operations",
+        azure("Failed", error={"code": "Quota", "message": "Over quota"}),
+        "Over quota",
+    ),
+    ("azure-operations", azure("InProgress"), None),
+    ("kubernetes-jobs", _k8s_failed(), "Job has reached the specified backoff limit"),
+    ("kubernetes-jobs", k8s_job({"active": 2}), None),
+    (
+        "databricks-runs",
+        {
+            **databricks("TERMINATED", "FAILED"),
+            "state": {
+                "life_cycle_state": "TERMINATED",
+                "result_state": "FAILED",
+                "state_message": "Task x failed with message: boom",
+            },
+        },
+        "Task x failed with message: boom",
+    ),
+    ("databricks-runs", databricks("RUNNING"), None),  # "" says nothing
+    (
+        "argo-workflows",
+        {**argo("Failed"), "status": {"phase": "Failed", "message": "child 'x' failed"}},
+        "child 'x' failed",
+    ),
+    ("argo-workflows", argo("Running"), None),
+    (
+        "replicate-predictions",
+        replicate("failed", error="CUDA out of memory"),
+        "CUDA out of memory",
+    ),
+    ("replicate-predictions", replicate("processing"), None),
+    (
+        "openai-batches",
+        {
+            **openai("failed"),
+            "errors": {
+                "object": "list",
+                "data": [
+                    {
+                        "code": "invalid_json_line",
+                        "line": 3,
+                        "message": "Line 3 is not JSON",
+                        "param": None,
+                    }
+                ],
+            },
+        },
+        "Line 3 is not JSON",
+    ),
+    ("openai-batches", openai("in_progress"), None),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "expected"),
+    [pytest.param(n, s, e, id=f"{n}-{i}") for i, (n, s, e) in enumerate(DETAIL_CASES)],
+)
+def test_detail(name: str, status: Status, expected: str | None) -> None:
+    assert detail_of(PROFILES[name], status) == expected
+
+
+def test_a_profile_sets_a_detail_only_where_its_api_documents_one() -> None:
+    with_detail = {n for n, p in PROFILES.items() if p.detail_expr is not None}
+    assert with_detail == {n for n, _, _ in DETAIL_CASES}
+    # No documented message or stage field in these run objects.
+    assert not with_detail & {"github-actions", "gitlab-pipelines", "jenkins", "airflow-dag-runs"}
+
+
 def test_every_profile_has_odd_inputs() -> None:
     assert set(ODD_INPUTS) == CONTRACT_NAMES
 
@@ -961,6 +1074,9 @@ def test_odd_inputs_never_raise(name: str, status: Status) -> None:
         assert not progress or progress[0] is None or isinstance(progress[0], int | float)
     if profile.ignore_fields:
         jq.compile("del(" + ", ".join(profile.ignore_fields) + ")").input_value(status).first()
+    if profile.detail_expr is not None:
+        details = jq.compile(profile.detail_expr).input_value(status).all()
+        assert not details or isinstance(details[0], str)
 
 
 def test_no_odd_input_ends_a_run() -> None:

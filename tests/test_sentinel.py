@@ -10,6 +10,8 @@ import asyncio
 import itertools
 import json
 import logging
+import os
+import signal
 import subprocess
 import time
 import uuid
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from redis.asyncio import Redis
 
@@ -28,7 +31,7 @@ from bridge.demo.legacy_api import LegacyApi
 from bridge.settings import ConfigError, load
 from bridge.tools.eventstream import ParsedEvent
 from tests.redis_server import RedisServer
-from tests.support import RunningBridge, SseStream, running_bridge, sse, wait_for
+from tests.support import FAST, RunningBridge, SseStream, running_bridge, sse, wait_for
 
 SERVICE = "bridgeprimary"
 #: Sentinels, and how many must agree that the primary is down.
@@ -94,6 +97,8 @@ class SentinelProcess(RedisServer):
     def __init__(self, workdir: Path, primary: RedisServer) -> None:
         super().__init__(workdir)
         self.primary = primary
+        #: More lines for its config file (bench/sentinel_partition.py).
+        self.extra_config = ""
 
     def spawn(self) -> None:
         # Sentinel rewrites its config file as it learns: it must be its own and writable.
@@ -106,12 +111,23 @@ class SentinelProcess(RedisServer):
             f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary.port} {QUORUM}\n"
             f"sentinel down-after-milliseconds {SERVICE} 500\n"
             f"sentinel failover-timeout {SERVICE} 2000\n"
+            f"{self.extra_config}"
         )
         self.process = subprocess.Popen(
             [self.binary, str(config), "--sentinel", "--loglevel", "warning"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+
+    def hang(self) -> None:
+        """SIGSTOP: connections stay open and nothing answers, as with a host that was
+        powered off or cut off (no refusal)."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def wake(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)
 
 
 @dataclass
@@ -195,6 +211,8 @@ async def topology(tmp_path: Path) -> AsyncIterator[Topology]:
         await _replica_ready(topology)
         yield topology
     finally:
+        for sentinel in sentinels:
+            sentinel.wake()
         for server in (*sentinels, replica, primary):
             server.kill()
 
@@ -314,6 +332,7 @@ async def test_two_bridges_follow_a_sentinel_failover_without_losing_a_status(
                 advancer.cancel()
                 with suppress(asyncio.CancelledError):
                     await advancer
+            ended_at = time.monotonic()
             # Everything the upstream served reaches both viewers (bounded wait).
             last = canon(run.statuses[run.index])
             await wait_for(lambda: all(last in v.statuses() for v in viewers), timeout=10)
@@ -371,6 +390,8 @@ async def test_two_bridges_follow_a_sentinel_failover_without_losing_a_status(
                 down.append(r.created - pending.pop(0))
         blip = max(blips)
         epochs = sorted({seq(e)[0] for v in viewers for _, e in v.progress()})
+        polls = sum(1 for at, _ in served if failover_at <= at <= ended_at)
+        per_interval = polls / ((ended_at - failover_at) / FAST["poll_interval"])
         report = (
             f"{'primary killed' if kill else 'SENTINEL FAILOVER'}: the Sentinel named the new "
             f"primary after {promoted_after:.2f} s; links down "
@@ -378,7 +399,7 @@ async def test_two_bridges_follow_a_sentinel_failover_without_losing_a_status(
             f"changing every {STEP} s) {blips[0]:.2f} s on a, {blips[1]:.2f} s on b; latest "
             f"delivery {late:.2f} s after the upstream served it; events lost: {lost} of "
             f"{len(after_failover)} statuses served after the failover (both viewers); "
-            f"{len(epochs)} epoch(s)"
+            f"{len(epochs)} epoch(s); polls per interval {per_interval:.2f}"
         )
         print(report)
         assert lost == 0, report
@@ -395,6 +416,10 @@ async def test_two_bridges_follow_a_sentinel_failover_without_losing_a_status(
                 replay.append(event)
             assert all(seq(e) > seq(replay[0]) for e in replay[1:])
             assert replay[-1].id == viewers[1].progress()[-1][1].id
+            old = seq(viewers[1].progress()[0][1])[1]
+            whole = [seq(e)[1] for e in replay] == list(range(old + 1, seq(replay[-1])[1] + 1))
+            print(f"resume from {old_id}: {len(replay)} events, whole: {whole}")
+            assert whole
 
     records = caplog.records
     assert not [r for r in records if r.levelno >= logging.ERROR]
@@ -433,3 +458,225 @@ async def test_a_sentinel_down_is_passed_over(legacy: LegacyApi, topology: Topol
             run.advance()
             got = [await s.next_named("progress", timeout=10) for s in (on_a, on_b)]
             assert got[0].id == got[1].id and json.loads(got[0].data) == expected
+
+
+# --- whichever replica moves first ------------------------------------------------------------
+
+#: The poll interval of the ordered failovers and the hung Sentinels.
+INTERVAL = 0.1
+
+
+def _addresses(sentinels: list[SentinelProcess]) -> str:
+    return ",".join(f"127.0.0.1:{s.port}" for s in sentinels)
+
+
+async def readiness(url: str) -> int:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/readyz") as response:
+        return response.status
+
+
+def moved(b: RunningBridge, topology: Topology) -> bool:
+    link = cluster_of(b).link
+    pool: Any = link.client.connection_pool
+    return link.up and pool.master_address == ("127.0.0.1", topology.replica.port)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("leader_first", [True, False], ids=["leader-first", "follower-first"])
+async def test_a_planned_failover_loses_nothing_whichever_replica_moves_first(
+    legacy: LegacyApi, topology: Topology, caplog: pytest.LogCaptureFixture, leader_first: bool
+) -> None:
+    """The order is forced: the bridge that moves late asks only the third Sentinel,
+    hung (SIGSTOP) from just before ``SENTINEL FAILOVER`` (which the first Sentinel runs)
+    until a second after the other bridge moved; it can learn of the failover only from
+    the other bridge. Every status the upstream served reaches both viewers, once, under
+    one id each; a resume from an id before the failover replays every event since; and
+    the new primary holds that whole history."""
+    caplog.set_level(logging.INFO, logger="bridge")
+    run = legacy.scripted(RUN, nodes=tuple(f"n{i}" for i in range(60)))
+    served: list[tuple[float, str]] = []
+    answer = legacy.answer
+
+    def recording(r: Any, now: float | None = None) -> dict[str, Any]:
+        body = answer(r, now)
+        if r.id == RUN:
+            served.append((time.monotonic(), canon(body)))
+        return body
+
+    legacy.answer = recording  # type: ignore[method-assign,assignment]
+
+    async def advancing() -> None:
+        while run.index < len(run.statuses) - 2:
+            await asyncio.sleep(STEP)
+            run.advance()
+
+    late_sentinel = topology.sentinels[2]
+    base = topology.settings | {"poll_interval": INTERVAL, "ping_interval": 0.2}
+    early = base | {"redis_sentinels": _addresses(topology.sentinels[:2])}
+    late = base | {"redis_sentinels": _addresses([late_sentinel])}
+    first, second = (early, late) if leader_first else (late, early)
+    async with (
+        running_bridge(legacy.url, **first) as leader,
+        sse(f"{leader.url}/v1/runs/{RUN}/stream") as on_leader,
+    ):
+        await on_leader.next_named("progress")
+        async with (
+            running_bridge(legacy.url, **second) as follower,
+            sse(f"{follower.url}/v1/runs/{RUN}/stream") as on_follower,
+        ):
+            assert cluster_of(leader).leading == 1 and cluster_of(follower).leading == 0
+            early_bridge, late_bridge = (leader, follower) if leader_first else (follower, leader)
+            viewers = [Viewer(on_leader), Viewer(on_follower)]
+            async with collecting(viewers):
+                advancer = asyncio.create_task(advancing())
+                try:
+                    await wait_for(lambda: all(v.progress() for v in viewers), timeout=5)
+                    await asyncio.sleep(1.0)  # steady state under the first primary
+                    old_id = viewers[1].progress()[-1][1].id
+                    late_sentinel.hang()
+                    failover_at = time.monotonic()
+                    await topology.failover(kill=False)
+                    await wait_for(lambda: moved(early_bridge, topology), timeout=10)
+                    assert not moved(late_bridge, topology) or not leader_first
+                    await asyncio.sleep(1.0)  # the late one is on its own meanwhile
+                    late_sentinel.wake()
+                    await wait_for(lambda: moved(late_bridge, topology), timeout=15)
+                    await asyncio.sleep(1.5)  # the run keeps changing under the new primary
+                finally:
+                    advancer.cancel()
+                    with suppress(asyncio.CancelledError):
+                        await advancer
+                ended_at = time.monotonic()
+                last = canon(run.statuses[run.index])
+                await wait_for(lambda: all(last in v.statuses() for v in viewers), timeout=10)
+                await asyncio.sleep(0.3)
+
+            # Resume from before the failover, on both replicas: every event since.
+            replays: list[list[ParsedEvent]] = []
+            for b in (leader, follower):
+                async with sse(
+                    f"{b.url}/v1/runs/{RUN}/stream", {"Last-Event-ID": old_id}
+                ) as resumed:
+                    replay: list[ParsedEvent] = []
+                    while not replay or canon(json.loads(replay[-1].data)) != last:
+                        replay.append(await resumed.next_named("progress", timeout=5))
+                    replays.append(replay)
+
+    # What the new primary holds: the whole history, without a hole.
+    async with Redis(port=topology.replica.port, socket_timeout=2) as r:
+        keys = [k async for k in r.scan_iter(match=f"{base['redis_prefix']}*:events")]
+        assert len(keys) == 1
+        held = [seq_of(raw) for raw in await r.lrange(keys[0], 0, -1)]
+
+    first_served: dict[str, float] = {}
+    for at, status in served:
+        first_served.setdefault(status, at)
+    after_failover = {status for status, at in first_served.items() if at >= failover_at}
+    lost = [len(after_failover - v.statuses()) for v in viewers]
+    gaps = []
+    by_id: dict[str, str] = {}
+    for v in viewers:
+        times = [t for t, _ in v.progress()]
+        gaps.append(max(t2 - t1 for t1, t2 in itertools.pairwise(times) if t2 >= failover_at))
+        ids = [seq(e) for _, e in v.progress()]
+        for before, after in itertools.pairwise(ids):
+            assert after[0] == before[0] and after[1] > before[1], (before, after)
+        for _, e in v.progress():
+            status = canon(json.loads(e.data))
+            assert by_id.setdefault(e.id, status) == status, f"id {e.id} carried two statuses"
+    old = int(old_id.partition("-")[2])
+    newest = max(seq(e)[1] for v in viewers for _, e in v.progress())
+    resumed_whole = [
+        [seq(e)[1] for e in replay] == list(range(old + 1, newest + 1)) for replay in replays
+    ]
+    polls = sum(1 for at, _ in served if failover_at <= at <= ended_at)
+    per_interval = polls / ((ended_at - failover_at) / INTERVAL)
+    report = (
+        f"SENTINEL FAILOVER, {'leader' if leader_first else 'follower'} moves first: longest "
+        f"gap {gaps[0]:.2f} s at the leader's viewer, {gaps[1]:.2f} s at the follower's; "
+        f"statuses lost {lost[0]} + {lost[1]} of {len(after_failover)}; resume from "
+        f"{old_id} whole on leader/follower: {resumed_whole}; new primary holds seq "
+        f"{held[0]}-{held[-1]} ({len(held)} records); polls per interval {per_interval:.2f}"
+    )
+    print(report)
+    assert lost == [0, 0], report
+    assert all(resumed_whole), report
+    assert held == list(range(held[0], held[-1] + 1)) and held[0] <= old + 1, report
+    assert held[-1] == newest, report
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    # The bridge that moved first fenced the old primary; the late one followed the fence.
+    assert [m for m in messages if "fenced the replaced primary" in m]
+    assert [m for m in messages if "another replica found this primary replaced" in m]
+
+
+def seq_of(raw: bytes) -> int:
+    return int(raw.split(b" ", 2)[1])
+
+
+# --- a Sentinel that hangs -----------------------------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_a_hung_first_sentinel_does_not_keep_the_bridge_from_starting(
+    legacy: LegacyApi, topology: Topology
+) -> None:
+    """The first Sentinel listed hangs (SIGSTOP) from the start: the others answer, the
+    bridge is ready and serves."""
+    legacy.scripted("hung", nodes=("a", "b"))
+    topology.sentinels[0].hang()
+    settings = topology.settings | {"poll_interval": INTERVAL}
+    async with running_bridge(legacy.url, **settings) as b:
+        await wait_for(lambda: cluster_of(b).link.up, timeout=5)
+        assert await readiness(b.url) == 200
+        async with sse(f"{b.url}/v1/runs/hung/stream") as stream:
+            assert stream.status == 200
+            await stream.next_named("progress")
+
+
+@pytest.mark.redis
+async def test_a_first_sentinel_hanging_mid_run_costs_nothing(
+    legacy: LegacyApi, topology: Topology, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first Sentinel hangs for 3 s while two bridges serve a changing run: Redis
+    never counts as lost, /readyz stays 200, every status reaches both viewers, and the
+    run is still polled once per interval."""
+    caplog.set_level(logging.INFO, logger="bridge")
+    run = legacy.scripted("hangs", nodes=tuple(f"n{i}" for i in range(40)))
+    settings = topology.settings | {"poll_interval": INTERVAL, "ping_interval": 0.2}
+    async with (
+        running_bridge(legacy.url, **settings) as a,
+        running_bridge(legacy.url, **settings) as b,
+        sse(f"{a.url}/v1/runs/hangs/stream") as on_a,
+        sse(f"{b.url}/v1/runs/hangs/stream") as on_b,
+    ):
+        viewers = [Viewer(on_a), Viewer(on_b)]
+        async with collecting(viewers):
+            await wait_for(lambda: all(v.progress() for v in viewers), timeout=5)
+            topology.sentinels[0].hang()
+            hung_at = time.monotonic()
+            polls_before = legacy.requests["hangs"]
+            probes: list[int] = []
+            try:
+                for _ in range(12):  # 3 s: a status every STEP, a probe every 0.25 s
+                    run.advance()
+                    probes += [await readiness(x.url) for x in (a, b)]
+                    await asyncio.sleep(0.25)
+            finally:
+                topology.sentinels[0].wake()
+            hung_for = time.monotonic() - hung_at
+            polls = legacy.requests["hangs"] - polls_before
+            last = canon(run.statuses[run.index])
+            await wait_for(lambda: all(last in v.statuses() for v in viewers), timeout=5)
+        served = {canon(s) for s in run.statuses[1 : run.index + 1]}
+        lost = [len(served - v.statuses()) for v in viewers]
+        per_interval = polls / (hung_for / INTERVAL)
+        report = (
+            f"first Sentinel hung {hung_for:.1f} s: /readyz 200 on "
+            f"{probes.count(200)} of {len(probes)} probes; statuses lost {lost}; polls per "
+            f"interval {per_interval:.2f}"
+        )
+        print(report)
+        assert probes.count(200) == len(probes), report
+        assert lost == [0, 0], report
+        assert not [r for r in caplog.records if "lost Redis" in r.getMessage()], report

@@ -38,7 +38,7 @@ def test_defaults_match_the_design_table() -> None:
     assert s.forward_headers == ("authorization", "x-api-key", "cookie")
     assert s.status_field == "status"
     assert s.success_statuses == ("completed",)
-    assert s.failure_statuses == ("failed", "cancelled")
+    assert s.failure_statuses == ("failed", "cancelled", "canceled")
     assert s.redis_url is None
 
 

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from bridge.events import sse
-from bridge.polling.status import ExpressionError, StatusReader, field_expr, is_terminal
+from bridge.events.history import is_terminal
+from bridge.polling.status import ExpressionError, StatusReader, field_expr
 from bridge.services import status_reader
 from bridge.settings import ConfigError, load
 
@@ -170,6 +171,55 @@ def test_a_filter_that_does_not_compile_is_one_line() -> None:
     with pytest.raises(ExpressionError) as caught:
         StatusReader(state_expr=".[", success=[], failure=["x"])
     assert "\n" not in str(caught.value) and "state expression" in str(caught.value)
+    # A whole sentence: where jq stopped, no "jq: error:", no colon left hanging.
+    assert str(caught.value) == (
+        "the state expression does not compile: "
+        "syntax error, unexpected end of file at line 1, column 2"
+    )
+
+
+def test_a_compile_error_names_where_and_ends_cleanly() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(state_expr='.pipeline | {state: .state, "x":}')
+    message = str(caught.value)
+    assert message.startswith("BRIDGE_STATE_EXPR: does not compile: syntax error, unexpected")
+    assert message.endswith("at line 1, column 33"), message
+    assert "<top-level>" not in message and "Value error" not in message
+
+
+@pytest.mark.parametrize(
+    ("expr", "status", "reason"),
+    [
+        (".a.b", {"a": "top-secret-value"}, "Cannot index string with string"),
+        (".a | tonumber", {"a": "top-secret-value"}, "string cannot be parsed as a number"),
+        # jq cuts long values short, inside a string or a list.
+        (
+            ".a | tonumber",
+            {"a": {"k": "top-secret-value ) (x" * 9}},
+            "object cannot be parsed as a number",
+        ),
+        (".a | tonumber", {"a": ["top-secret-value)" * 9]}, "array cannot be parsed as a number"),
+        (
+            ".a - .b",
+            {"a": "top-secret-value", "b": {"x": 1}},
+            "string and object cannot be subtracted",
+        ),
+        (
+            '.a | ltrimstr("top-secret-value")[1]',
+            {"a": "top-secret-value!"},
+            "Cannot index string with number",
+        ),
+    ],
+)
+def test_a_filter_failing_at_run_time_says_jqs_reason_without_the_status(
+    expr: str, status: dict[str, Any], reason: str
+) -> None:
+    reading = StatusReader(state_expr=expr, success=["x"], failure=[]).read(status)
+    assert reading.problem == f"the state expression failed on this status: {reason}"
+    progress = StatusReader(state_expr=".s", success=["x"], failure=[], progress_expr=expr)
+    problem = progress.read(status).progress_problem
+    assert problem == f"the progress expression failed on this status: {reason}"
+    assert "secret" not in problem
 
 
 @pytest.mark.parametrize(
@@ -204,3 +254,22 @@ def test_unknown_states_are_flagged_once_and_usual_ones_never() -> None:
     assert reader.read({"s": "completed"}).known
     assert not reader.read({"s": "DONE"}).known
     assert reader.first_warning("DONE") and not reader.first_warning("done")
+
+
+def test_the_detail_is_one_short_line_or_none() -> None:
+    reader = StatusReader(state_expr=".s", success=[], failure=["f"], detail_expr=".d")
+    assert reader.read({"d": "build\n\tstep 2"}).detail == "build step 2"
+    assert reader.read({"d": 3}).detail == "3"
+    assert reader.read({}).detail is None and reader.read({}).detail_problem is None
+    long = reader.read({"d": "x" * 1000}).detail
+    assert long is not None and len(long) == 200 and long.endswith("…")
+    odd = reader.read({"d": {"stage": "a"}})
+    assert odd.detail is None and odd.detail_problem == "the detail expression gave dict, not text"
+    # Without BRIDGE_DETAIL_EXPR there is none.
+    assert StatusReader(state_expr=".s", success=[], failure=["f"]).read({"d": "a"}).detail is None
+
+
+def test_a_detail_expression_that_does_not_compile_names_its_variable() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(detail_expr=".stages[")
+    assert str(caught.value).startswith("BRIDGE_DETAIL_EXPR: does not compile: syntax error")

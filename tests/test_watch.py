@@ -220,6 +220,56 @@ async def test_gives_up_with_2_when_the_bridge_stays_unreachable() -> None:
     assert f"no stream from the bridge at http://127.0.0.1:{port} for 1 s" in err
 
 
+async def test_an_unreachable_upstream_is_said_and_ends_with_2() -> None:
+    # The bridge is up; its upstream is not. It refuses each stream the way EventSource
+    # understands (200, retry:, a comment naming the error): that is no connection.
+    sock = loopback_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    async with running_bridge(f"http://127.0.0.1:{port}") as b:
+        async with watch("r1", "--url", b.url, "--reconnect-for", "2") as w:
+            code, out, err = await w.finish(within=30)
+    assert (code, out) == (2, "")
+    lines = err.splitlines()
+    assert re.fullmatch(
+        r"sse-bridge watch: upstream unavailable: the upstream API could not be reached; "
+        r"reconnecting in \d+\.\d s",
+        lines[0],
+    ), err
+    assert "connected" not in err
+    assert lines[-1] == (
+        f"sse-bridge watch: no stream from the bridge at {b.url} for 2 s (upstream "
+        "unavailable: the upstream API could not be reached)"
+    )
+
+
+async def test_wait_result_gives_up_with_2_when_the_upstream_stays_down() -> None:
+    sock = loopback_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    async with running_bridge(f"http://127.0.0.1:{port}", breaker_threshold=10_000) as b:
+        async with watch("r1", "--url", b.url, "--wait-result", "--reconnect-for", "1") as w:
+            code, out, err = await w.finish(within=30)
+    assert (code, out) == (2, "")
+    said = "The upstream API could not be reached. (HTTP 502 upstream_unavailable)"
+    assert f"sse-bridge watch: {said}; asking again" in err.splitlines()
+    assert err.splitlines()[-1] == (
+        f"sse-bridge watch: no result from the bridge at {b.url} for 1 s ({said})"
+    )
+
+
+def test_the_refusal_comment_is_read_as_a_reason() -> None:
+    from bridge.tools.watch import refusal_reason
+
+    assert refusal_reason(
+        "upstream_timeout (run r-1): The upstream API did not answer in time."
+    ) == ("upstream timeout: the upstream API did not answer in time")
+    assert refusal_reason("over_capacity: The bridge is at its stream limit.") == (
+        "over capacity: the bridge is at its stream limit"
+    )
+    assert refusal_reason("keep-alive") is None and refusal_reason(None) is None
+
+
 # --- any configured API: state and progress from /v1/streams ---------------------------
 
 
@@ -281,19 +331,21 @@ async def test_json_carries_state_and_progress_and_a_failure_exits_1() -> None:
             code_lines, out_lines, err_lines = await w.finish()
     assert code == 1, err
     records = [json.loads(line) for line in out.splitlines()]
-    assert [(r["event"], r["state"], r["progress"]) for r in records] == [
-        ("progress", "PENDING", None),
-        ("progress", "RUNNING", None),
-        ("progress", "RUNNING", None),
-        ("progress", "RUNNING", None),
-        ("error", "FAILED", None),
+    # detail: the profile's BRIDGE_DETAIL_EXPR, Databricks' state_message.
+    assert [(r["event"], r["state"], r["progress"], r["detail"]) for r in records] == [
+        ("progress", "PENDING", None, None),
+        ("progress", "RUNNING", None, "In run"),
+        ("progress", "RUNNING", None, "In run"),
+        ("progress", "RUNNING", None, "In run"),
+        ("error", "FAILED", None, "Node c failed"),
     ]
     # data: the API's own object; id: the run's own event id, as on the single-run stream.
     assert records[-1]["data"]["state"]["result_state"] == "FAILED"
     assert all(re.fullmatch(r"\d+-\d+", r["id"]) for r in records)
-    # Without --json: the state, no invented percentage, and the API's failure message.
+    # Without --json: the state, no invented percentage, the detail, and the API's
+    # failure message.
     assert code_lines == 1
-    assert plain(out_lines) == ["42 FAILED"]
+    assert plain(out_lines) == ["42 FAILED Node c failed"]
     assert "✘ 42 FAILED: Node c failed" in err_lines
 
 

@@ -24,7 +24,7 @@ from bridge.cluster.store import Store, parse_channel_name
 from bridge.errors import ClusterUnavailable
 from bridge.events.channel import Channel, ChannelKey
 from bridge.ops.metrics import Metrics
-from bridge.polling.ledger import Ledger, LedgerBackend
+from bridge.polling.ledger import Ledger, LedgerBackend, LedgerOwner
 from bridge.polling.status import Reading, StatusReader
 from bridge.settings import Settings
 
@@ -110,11 +110,12 @@ class RedisBackend(LedgerBackend):
             raise ClusterUnavailable()
         return secret
 
-    def open(self, key: ChannelKey, channel: Channel) -> Ledger:
+    def open(self, key: ChannelKey, channel: Channel, owner: LedgerOwner) -> Ledger:
         if not self.link.up:
             raise ClusterUnavailable()
         ledger = RedisLedger(
             channel,
+            owner,
             self._metrics,
             link=self.link,
             store=self.store,
@@ -186,7 +187,7 @@ class RedisBackend(LedgerBackend):
             run_id = payload.decode("ascii", "replace")
             for leading in list(self._ledgers.values()):
                 if leading.key.run_id == run_id and leading.leads:
-                    leading.poke()
+                    leading.owner.poke()
             return
         key = parse_channel_name(name.decode("ascii", "replace"))
         ledger = self._ledgers.get(key) if key is not None else None

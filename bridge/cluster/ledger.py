@@ -21,6 +21,7 @@ leader has polled it (no upstream request), else with its own first upstream req
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -28,6 +29,7 @@ from typing import Any, TypeVar
 
 from bridge.cluster.link import REDIS_FAILURES, RedisLink
 from bridge.cluster.store import (
+    DERIVED,
     NOT_HOLDER,
     PROGRESS,
     SYNTHETIC,
@@ -37,11 +39,12 @@ from bridge.cluster.store import (
     Store,
 )
 from bridge.errors import ClusterUnavailable
-from bridge.events import sse
+from bridge.events import derive, sse
 from bridge.events.channel import Channel, ChannelKey
+from bridge.events.history import Event, is_terminal
 from bridge.ops.metrics import Metrics
-from bridge.polling.ledger import Ledger, Observation, changed, end_status
-from bridge.polling.status import Reading, is_terminal
+from bridge.polling.ledger import Ledger, LedgerOwner, Observation, changed, end_status
+from bridge.polling.status import Reading
 
 log = logging.getLogger("bridge.cluster")
 
@@ -52,6 +55,7 @@ class RedisLedger(Ledger):
     def __init__(
         self,
         channel: Channel,
+        owner: LedgerOwner,
         metrics: Metrics | None,
         *,
         link: RedisLink,
@@ -61,7 +65,7 @@ class RedisLedger(Ledger):
         on_close: Callable[[RedisLedger], Coroutine[Any, Any, None]],
         step_aside_s: float = 30.0,
     ) -> None:
-        super().__init__(channel, metrics)
+        super().__init__(channel, owner, metrics)
         self.key = channel.key
         self.token = token
         self.leads = False
@@ -72,6 +76,8 @@ class RedisLedger(Ledger):
         self._read = read
         self._active = True
         self._diverged = False
+        #: The status whose commit failed, and the head of the copy then (epoch, seq).
+        self._unrecorded: tuple[Observation, int, int] | None = None
         #: After stepping aside: how long this replica leaves the lease to others, and
         #: (cluster-wide) how long before another leader may step aside again.
         self._step_aside_s = step_aside_s
@@ -79,6 +85,8 @@ class RedisLedger(Ledger):
         #: This key's pub/sub channel, and whether the link follows it for this ledger.
         self.live_channel = store.live_channel(self.key)
         self._following = False
+        #: When the poll in flight as the poller stopped started (monotonic; None: none).
+        self._in_flight: float | None = None
 
     # --- the seam ----------------------------------------------------------------------
 
@@ -96,7 +104,30 @@ class RedisLedger(Ledger):
         return True
 
     async def record(self, observation: Observation) -> None:
-        """Commit a polled status: an event if it changed, else just "still polled"."""
+        """Commit a polled status: an event if it changed, else just "still polled".
+
+        A status whose commit failed (Redis lost, or the primary fenced after a failover)
+        is committed before the next one, if nothing newer arrived meanwhile: it was
+        served, and this replica's viewers may be the only ones that did not get it.
+        """
+        history = self.channel.history
+        pending, self._unrecorded = self._unrecorded, None
+        todo = [observation]
+        if (
+            pending is not None
+            and pending[1:] == (history.epoch, history.last_seq)
+            and pending[0].data != observation.data
+        ):
+            todo.insert(0, pending[0])
+        for status in todo:
+            mark = (history.epoch, history.last_seq)
+            try:
+                await self._record(status)
+            except ClusterUnavailable:
+                self._unrecorded = (status, *mark)
+                raise
+
+    async def _record(self, observation: Observation) -> None:
         for _ in range(2):
             if self.channel.history.terminal:
                 return
@@ -104,7 +135,13 @@ class RedisLedger(Ledger):
                 done = await self._guarded(self._commit("", "", ""))
             else:
                 kind = TERMINAL if is_terminal(observation.name) else PROGRESS
-                commit = self._commit(observation.name, kind, observation.data, observation.reading)
+                # The leader derives; the change's events and its status are one commit.
+                derived = derive.derived(
+                    self.channel, observation.data, observation.reading, self._metrics
+                )
+                commit = self._commit(
+                    observation.name, kind, observation.data, observation.reading, derived
+                )
                 done = await self._guarded(commit)
             if done or not self.leads or self._diverged:
                 return
@@ -127,7 +164,8 @@ class RedisLedger(Ledger):
                 return False
         return self.channel.history.terminal
 
-    async def close(self) -> None:
+    async def close(self, in_flight: float | None) -> None:
+        self._in_flight = in_flight
         await self._on_close(self)
 
     async def step_aside(self) -> bool:
@@ -146,7 +184,7 @@ class RedisLedger(Ledger):
     def resignation(self) -> tuple[ChannelKey, str, int | None]:
         """What giving up this ledger's lease tells Redis: key, token, and how long ago
         the poll still in flight started (the successor counts from there)."""
-        started = self.polling_since if self.leads else None
+        started = self._in_flight if self.leads else None
         ago = None if started is None else int((time.monotonic() - started) * 1000)
         return self.key, self.token, ago
 
@@ -154,7 +192,7 @@ class RedisLedger(Ledger):
         """A pub/sub message for this key (called by the listener, in order)."""
         if payload == b"!":
             # A new leader confirmed the history: a waiting first viewer can have it.
-            self.nudge()
+            self.owner.nudge()
             return
         record = Record.decode(payload)
         if record is None:
@@ -168,12 +206,12 @@ class RedisLedger(Ledger):
             # Not the next one: the sync loads from Redis what is missing (or notices
             # the history changed). An empty copy loads all of it, for resumes.
             if record.epoch != history.epoch or record.seq > history.last_seq:
-                self.nudge()
+                self.owner.nudge()
             return
         if self._apply(record):
             # Only a lease holder that just polled publishes: the copy is up to date.
             self.fresh = True
-            self.news()
+            self.owner.news()
 
     # --- Redis -------------------------------------------------------------------------
 
@@ -191,20 +229,33 @@ class RedisLedger(Ledger):
             raise ClusterUnavailable() from None
 
     async def _commit(
-        self, name: str, kind: str, data: str, reading: Reading | None = None
+        self,
+        name: str,
+        kind: str,
+        data: str,
+        reading: Reading | None = None,
+        derived: list[tuple[str, str]] | None = None,
     ) -> bool:
         """One commit on top of the local copy; False (after catching up) if refused."""
         history = self.channel.history
+        derived = derived or []
+        facts = (reading.state, reading.progress, reading.detail) if reading else (None, None, None)
+        records = [(n, _derived_record(d, *facts)) for n, d in derived]
         result = await self._store.commit(
-            self.key, self.token, history.epoch, history.last_seq, name, kind, data
+            self.key, self.token, history.epoch, history.last_seq, name, kind, data, records
         )
         if result.code == WRITTEN:
             self.fresh = True
             if name:
-                self.channel.mirror(
-                    result.epoch, result.seq, name, data, reading, synthetic=kind == SYNTHETIC
+                first = result.seq - len(derived)
+                for i, (event_name, event_data) in enumerate(derived):
+                    self.channel.mirror(
+                        result.epoch, first + i, event_name, event_data, reading, kind=""
+                    )
+                    self._published(event_name)
+                self._mirror_status(
+                    result.epoch, result.seq, name, data, reading, kind == SYNTHETIC
                 )
-                self._published(name)
             return True
         if result.code == NOT_HOLDER:
             self.leads = False
@@ -229,7 +280,7 @@ class RedisLedger(Ledger):
         if view.epoch is None:
             # Redis has no history (restarted empty, or expired): put ours back.
             self.fresh = False
-            await self._restore()
+            await self._restore(None, 0)
             return
         if history.last_seq == 0:
             if view.end == SYNTHETIC:
@@ -241,7 +292,10 @@ class RedisLedger(Ledger):
             if view.seq > history.last_seq:
                 await self._load(view.epoch, view.seq - history.last_seq)
             elif view.seq < history.last_seq:
-                await self._restore()
+                # Redis holds an older part of this history: a replica was promoted before
+                # the leader's last commits reached it. Everything after its newest record
+                # goes back, not only ours: a resume from any id before then stays whole.
+                await self._restore(view.epoch, view.seq)
         else:
             self._diverged = True
             return
@@ -253,22 +307,98 @@ class RedisLedger(Ledger):
             if record.epoch == epoch and record.seq > self.channel.history.last_seq:
                 self._apply(record)
 
-    async def _restore(self) -> None:
+    async def _restore(self, epoch: int | None, seq: int) -> None:
+        """Offer Redis the records it lacks: all this copy holds when Redis has no history
+        (``epoch`` None; not an ended one, which the next viewer asks the upstream for
+        again), else those after ``seq``, the end included."""
         history = self.channel.history
-        latest = history.latest
-        if latest is None or history.terminal:
+        if not len(history) or (epoch is None and history.terminal):
             return
-        record = Record(history.epoch, latest.seq, latest.name, PROGRESS, latest.data)
-        await self._store.restore(self.key, record)
+        # The copy is contiguous (a gap drops what was before it): its oldest seq follows.
+        oldest = history.last_seq - len(history) + 1
+        records = [
+            self._record_of(history.epoch, event) for event in history.after(max(seq, oldest - 1))
+        ]
+        await self._store.restore(self.key, history.epoch, records)
+
+    def _record_of(self, epoch: int, event: Event) -> Record:
+        """A held event as its record: a status as the upstream sent it (each replica
+        renders it in its vocabulary), a derived event with its change's state."""
+        if not event.is_status:
+            data = _derived_record(event.data, event.state, event.progress, event.detail)
+            return Record(epoch, event.seq, event.name, DERIVED, data)
+        return Record(epoch, event.seq, event.kind, self._kind(event.kind), event.status)
+
+    def _kind(self, name: str) -> str:
+        if not is_terminal(name):
+            return PROGRESS
+        return SYNTHETIC if self.channel.synthetic_end else TERMINAL
+
+    def _mirror_status(
+        self, epoch: int, seq: int, name: str, data: str, reading: Reading | None, synthetic: bool
+    ) -> bool:
+        """A status record, as this replica's vocabulary sends it (renamed, reshaped, off)."""
+        out = derive.status_event(
+            self.channel.history.vocabulary, self.key.run_id, data, reading, name
+        )
+        event = self.channel.mirror(
+            epoch,
+            seq,
+            out.name,
+            out.data,
+            reading,
+            synthetic=synthetic,
+            kind=out.kind,
+            raw=out.raw,
+            hidden=out.hidden,
+        )
+        if event is not None and not out.hidden:
+            self._published(out.name)
+        return event is not None
 
     def _apply(self, record: Record) -> bool:
+        if record.kind == DERIVED:
+            parsed = _parse_derived(record.data)
+            if parsed is None:
+                return False
+            data, carried = parsed
+            event = self.channel.mirror(
+                record.epoch, record.seq, record.name, data, carried, kind=""
+            )
+            return event is not None
+        reading: Reading | None
         if record.synthetic:
             reading = None  # the bridge's own error, not an upstream status
         else:
             reading = self._read(record.data)
             if reading is None:
                 return False  # not a status object: a record this cluster never wrote
-        event = self.channel.mirror(
-            record.epoch, record.seq, record.name, record.data, reading, synthetic=record.synthetic
+        return self._mirror_status(
+            record.epoch, record.seq, record.name, record.data, reading, record.synthetic
         )
-        return event is not None
+
+
+def _derived_record(
+    data: str, state: str | None, progress: float | None, detail: str | None = None
+) -> str:
+    """A derived event as its record holds it: ``[state, progress, data, detail]``, so
+    that every replica's envelopes carry the change's state, progress and detail."""
+    return (
+        f"[{sse.encode_json(state)},{sse.encode_json(progress)},{data},{sse.encode_json(detail)}]"
+    )
+
+
+def _parse_derived(text: str) -> tuple[str, Reading] | None:
+    try:
+        state, progress, value, detail = json.loads(text)
+    except (ValueError, TypeError):
+        return None
+    if not (state is None or isinstance(state, str)):
+        return None
+    if not (progress is None or isinstance(progress, int | float)):
+        return None
+    if not (detail is None or isinstance(detail, str)):
+        return None
+    # Only state, progress and detail are read from it (it leaves the fingerprint alone).
+    reading = Reading(sse.PROGRESS, state, progress, "", detail=detail)
+    return sse.encode_json(value), reading

@@ -9,6 +9,10 @@ when it is back, never one per failed command; while Redis is down it retries wi
 backoff, and a new session subscribes to everything followed. Pollers that see a
 command fail call ``trouble()``: the link is marked down at once (so /readyz says so)
 and the listener checks it again right away.
+
+Through Sentinel a second task watches the Sentinels (all at once, each briefly, and
+their ``+switch-master`` announcements), and a replica leaving a replaced primary fences
+it (``RedisLink._on_primary``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from bridge.cluster.store import Fenced
 from bridge.polling.resilience import Backoff
 from bridge.settings import Settings
 from bridge.tasks import cancel_and_wait
@@ -44,6 +49,15 @@ REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutE
 CHECK_EVERY = 1.0
 #: Commands in flight at most per replica (more wait for a free connection).
 MAX_CONNECTIONS = 32
+#: Seconds one Sentinel may take to answer (at most BRIDGE_REDIS_TIMEOUT): they are asked
+#: all at once, so one that hangs costs this, never more, and is never waited for twice.
+SENTINEL_TIMEOUT = 0.25
+#: How long a replaced primary refuses commits (ms) when nothing demotes it sooner (its
+#: demotion resyncs it from the new primary, which drops the fence).
+FENCE_MS = 60_000
+#: Seconds the Sentinels must name a primary under an older config epoch than the one
+#: known before it is believed.
+STALE_EPOCH_S = 30.0
 
 
 def safe_url(url: str) -> str:
@@ -69,6 +83,90 @@ class PrimaryMoved(RedisConnectionError):
     """The Sentinels name another primary than the one the listener is subscribed on."""
 
 
+Address = tuple[str, int]
+
+
+class _Sentinels(Sentinel):
+    """redis-py's Sentinel client, asking every Sentinel at once instead of in turn.
+
+    redis-py asks them one after the other, each with the whole socket timeout (its
+    ``discover_master``), so one that hangs (SIGSTOP, a host cut off: no refusal, no
+    answer) costs a full timeout on every question, and with the health check bounded by
+    that same timeout the next one was never asked. The clients' guidelines ask for a
+    short timeout per Sentinel (https://redis.io/topics/sentinel-clients, "Step 1").
+    Here each Sentinel gets SENTINEL_TIMEOUT, all are asked together, and among those
+    that answer the one with the highest ``config-epoch`` is believed (SENTINEL MASTER
+    reports it): after a failover the Sentinels that have not yet heard of it (they learn
+    from each other's hello messages, every 2 s) name the old primary with an older
+    epoch (https://redis.io/docs/management/sentinel/, "Configuration epochs",
+    "Configuration propagation"). The answer is kept: a new connection within
+    CHECK_EVERY of the last question uses it, and when no Sentinel answers the primary
+    last named stays in use (a Sentinel outage is no reason to leave a healthy primary).
+    """
+
+    def __init__(
+        self,
+        addresses: list[Address],
+        *,
+        service: str,
+        ask_timeout: float,
+        sentinel_kwargs: dict[str, Any],
+    ) -> None:
+        super().__init__(addresses, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+        self.service = service
+        self.ask_timeout = ask_timeout
+        #: The primary the Sentinels name, with its config epoch, and when they said so.
+        self.named: Address | None = None
+        self.epoch = -1
+        self._named_at = -CHECK_EVERY
+        self._older_since: float | None = None
+
+    async def discover_master(self, service_name: str) -> Address:
+        if self.named is not None and time.monotonic() - self._named_at < CHECK_EVERY:
+            return self.named
+        return await self.refresh()
+
+    async def refresh(self) -> Address:
+        """Ask every Sentinel now (bounded by SENTINEL_TIMEOUT): the primary they name."""
+        sentinels: list[Redis] = self.sentinels
+        answers = await asyncio.gather(*(self._ask(sentinel) for sentinel in sentinels))
+        best = max((a for a in answers if a is not None), key=lambda a: a[1], default=None)
+        now = time.monotonic()
+        if best is not None and best[1] < self.epoch:
+            # Older than what we know (a fence told us, or a Sentinel that has not yet
+            # heard of the failover answered alone): not believed, unless it lasts
+            # (Sentinels redeployed with a fresh state start their epochs again).
+            if self._older_since is None:
+                self._older_since = now
+            if now - self._older_since < STALE_EPOCH_S:
+                best = None
+        else:
+            self._older_since = None
+        if best is None:
+            if self.named is not None:
+                return self.named
+            raise MasterNotFoundError(f"No master found for {self.service!r}")
+        self.adopt(*best)
+        return best[0]
+
+    def adopt(self, address: Address, epoch: int) -> None:
+        """The primary is ``address`` as of config ``epoch`` (a Sentinel, or a fence)."""
+        self.named, self.epoch = address, epoch
+        self._named_at = time.monotonic()
+        self._older_since = None
+
+    async def _ask(self, sentinel: Redis) -> tuple[Address, int] | None:
+        try:
+            async with asyncio.timeout(self.ask_timeout):
+                ask = sentinel.execute_command  # redis-py leaves it untyped
+                state = await ask("SENTINEL MASTER", self.service)  # type: ignore[no-untyped-call]
+        except REDIS_FAILURES:
+            return None
+        if not isinstance(state, dict) or not self.check_master_state(state, self.service):
+            return None
+        return (str(state["ip"]), int(state["port"])), int(state.get("config-epoch", 0))
+
+
 class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     """redis-py's Sentinel pool (asks Sentinel for the primary on every new connection)
     with BlockingConnectionPool's bound: at most max_connections, others wait ``timeout``
@@ -86,15 +184,18 @@ class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
         await super().release(connection)
 
 
-def _sentinel_client(settings: Settings) -> tuple[Redis, Sentinel]:
+def _sentinel_client(settings: Settings) -> tuple[Redis, _Sentinels]:
     timeout = settings.redis_timeout
     password = settings.redis_sentinel_password
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+    ask_timeout = min(timeout, SENTINEL_TIMEOUT)
+    sentinel = _Sentinels(
         settings.sentinel_addresses,
+        service=settings.redis_sentinel_service or "",
+        ask_timeout=ask_timeout,
         sentinel_kwargs={
             "socket_timeout": timeout,
-            "socket_connect_timeout": timeout,
-            # Several Sentinels are asked in turn: one down is no reason to wait on it twice.
+            "socket_connect_timeout": ask_timeout,
+            # Asked again within a second anyway: a retry would only wait longer.
             "retry": Retry(NoBackoff(), 0),
             "password": password.get_secret_value() if password else None,
         },
@@ -126,6 +227,8 @@ def describe(error: BaseException) -> str:
     """A few words on why Redis failed, without anything a message might carry."""
     if isinstance(error, PrimaryMoved):
         return "the Sentinels named a new primary; following it"
+    if isinstance(error, Fenced):
+        return "another replica found this primary replaced; following it to the new one"
     if isinstance(error, MasterNotFoundError):
         return "no Sentinel answered with a primary for BRIDGE_REDIS_SENTINEL_SERVICE"
     if isinstance(error, AuthenticationError) or (
@@ -148,7 +251,12 @@ class RedisLink:
         self._sentinel = bool(settings.redis_sentinels)
         #: Sentinel mode: the Sentinels' clients (closed with the link; the pool only
         #: closes its connections to the primary).
-        self._sentinels: Sentinel | None = None
+        self._sentinels: _Sentinels | None = None
+        #: The Sentinels' config epoch when the listener's session started.
+        self._session_epoch = -1
+        #: A Sentinel announced a failover (``+switch-master``): ask them all now.
+        self._announced = asyncio.Event()
+        self._watcher: asyncio.Task[None] | None = None
         if self._sentinel:
             self.where = sentinel_description(settings)
             self.client, self._sentinels = _sentinel_client(settings)
@@ -228,11 +336,18 @@ class RedisLink:
         bridge start together).
         """
         self._task = asyncio.create_task(self._listen(), name="cluster-listener")
+        if self._sentinels is not None:
+            self._watcher = asyncio.create_task(
+                self._watch(self._sentinels), name="cluster-sentinels"
+            )
         with suppress(TimeoutError):
             async with asyncio.timeout(self._timeout + 0.5):
                 await self._settled.wait()
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            await cancel_and_wait(self._watcher)
+            self._watcher = None
         if self._task is not None:
             await cancel_and_wait(self._task)
             self._task = None
@@ -287,6 +402,8 @@ class RedisLink:
                 self._to_subscribe.clear()
                 self._to_unsubscribe.clear()
                 await pubsub.subscribe(self.pokes_channel, *self.following)
+                if self._sentinels is not None:
+                    self._session_epoch = self._sentinels.epoch
                 await self._check(pubsub)
             sender = asyncio.create_task(self._send_subscriptions(pubsub), name="cluster-sub")
             backoff.reset()
@@ -336,7 +453,17 @@ class RedisLink:
     async def _check(self, pubsub: PubSub) -> None:
         """Redis answers (and keeps the cluster's digest key): the link is up."""
         await self._on_primary(pubsub)
-        secret = await _shared_secret(self.client, f"{self._prefix}secret", self.secret)
+        secret, fence = await _shared_secret(
+            self.client, f"{self._prefix}secret", self.secret, f"{self._prefix}fence"
+        )
+        if fence is not None:
+            # Another replica saw the Sentinels replace this primary (these have not said
+            # so yet): commits here are refused. The fence names the new primary: go.
+            forward = _forwarding(fence)
+            sentinels = self._sentinels
+            if sentinels is not None and forward is not None and forward[1] > sentinels.epoch:
+                sentinels.adopt(*forward)
+            raise Fenced("the primary was replaced")
         if self.secret is not None and secret != self.secret:
             log.warning(
                 "cluster: the shared credentials key in Redis changed (was Redis flushed?); "
@@ -356,20 +483,117 @@ class RedisLink:
     async def _on_primary(self, pubsub: PubSub) -> None:
         """Sentinel mode: the pub/sub connection is on the primary the Sentinels name now.
 
-        After a failover the old primary may stay reachable (demoted to a replica, or cut
-        off from the others): its pub/sub connection then goes quiet instead of failing,
-        and nothing is published there any more. So each check asks the Sentinels, and a
-        move ends the session: the listener subscribes again, through the pool, on the new
-        primary. Asking also drops the pool's idle connections to the old one.
+        After a failover the old primary may stay reachable and writable (demoted only
+        seconds later, or cut off from the others): its pub/sub connection then goes
+        quiet instead of failing, and nothing is published there any more. So each check
+        compares it with what the Sentinels named last (``_watch`` asks them every
+        second, and at once when one announces ``+switch-master``), and a move ends the
+        session: the listener subscribes again, through the pool, on the new primary.
+
+        Leaving a primary for one named under a newer config epoch also *fences* it: a
+        key there makes every commit on it fail (``Store.commit``), so a replica that has
+        not yet heard of the failover stops writing where nobody reads, within one
+        interval, and cannot fork the history once its lease on the new primary expires.
+        Best effort: a primary that is gone, or that refuses writes (demoted, or
+        ``min-replicas-to-write``), is fenced already.
         """
-        pool = self.client.connection_pool
-        if not isinstance(pool, SentinelConnectionPool):
-            return
-        ask = pool.get_master_address  # redis-py leaves it untyped
-        primary: tuple[str, int] = await ask()  # type: ignore[no-untyped-call]
+        sentinels = self._sentinels
         connection = pubsub.connection
-        if connection is not None and (connection.host, connection.port) != primary:
-            raise PrimaryMoved("the primary moved")
+        if sentinels is None or sentinels.named is None or connection is None:
+            return
+        where = (connection.host, connection.port)
+        if where == sentinels.named:
+            return
+        if sentinels.epoch > self._session_epoch:
+            await self._fence(where, sentinels.named, sentinels.epoch)
+            # What the old primary published before the fence still counts: a ping on
+            # the subscribed connection answers after it (Redis runs one command at a
+            # time), so everything before the pong is read.
+            async with asyncio.timeout(self._timeout):
+                await pubsub.ping()
+                while True:
+                    message = await pubsub.get_message(timeout=self._timeout)
+                    if message is None or message.get("type") == "pong":
+                        break
+                    self._on_pubsub(message)
+        pool = self.client.connection_pool
+        if isinstance(pool, SentinelConnectionPool):
+            # The pool learns it too: its idle connections to the old one go.
+            ask = pool.get_master_address
+            await ask()
+        raise PrimaryMoved("the primary moved")
+
+    async def _fence(self, where: Address, new: Address, epoch: int) -> None:
+        kwargs = self.client.connection_pool.connection_kwargs
+        old = Redis(
+            host=where[0],
+            port=where[1],
+            password=kwargs.get("password"),
+            db=kwargs.get("db", 0),
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._timeout,
+        )
+        try:
+            async with asyncio.timeout(self._timeout):
+                await old.set(f"{self._prefix}fence", f"{new[0]} {new[1]} {epoch}", px=FENCE_MS)
+            log.info("cluster: fenced the replaced primary %s:%s", *where)
+        except REDIS_FAILURES:
+            pass
+        finally:
+            with suppress(*REDIS_FAILURES):
+                await old.aclose()
+
+    # --- the Sentinels ----------------------------------------------------------------
+
+    async def _watch(self, sentinels: _Sentinels) -> None:
+        """Ask the Sentinels every CHECK_EVERY, and at once when one announces a failover;
+        tell the listener when the primary they name changed. Its own task, so that a
+        Sentinel that hangs never delays the pub/sub messages or the health check."""
+        announcers = [
+            asyncio.create_task(self._announcements(sentinel, sentinels.service))
+            for sentinel in sentinels.sentinels
+        ]
+        try:
+            while True:
+                self._announced.clear()
+                before = (sentinels.named, sentinels.epoch)
+                with suppress(*REDIS_FAILURES):
+                    await sentinels.refresh()
+                if (sentinels.named, sentinels.epoch) != before:
+                    self._check_now.set()
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(CHECK_EVERY):
+                        await self._announced.wait()
+        finally:
+            for task in announcers:
+                await cancel_and_wait(task)
+
+    async def _announcements(self, sentinel: Redis, service: str) -> None:
+        """One Sentinel's ``+switch-master`` messages (``<name> <old ip> <old port> <new
+        ip> <new port>``, published when it switches the primary it names:
+        https://redis.io/docs/management/sentinel/, "Pub/Sub messages"). redis-py does
+        not listen to them (redis/redis-py#3867); without them a replica would learn of a
+        failover at its next question, up to CHECK_EVERY later, each at its own time."""
+        backoff = Backoff(0.1, 2.0)
+        while True:
+            pubsub = sentinel.pubsub()
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await pubsub.subscribe("+switch-master")
+                backoff.reset()
+                while True:
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=CHECK_EVERY
+                    )
+                    data = message.get("data") if message else None
+                    if isinstance(data, bytes) and data.split(b" ", 1)[0] == service.encode():
+                        self._announced.set()
+            except REDIS_FAILURES:
+                pass
+            finally:
+                with suppress(*REDIS_FAILURES):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(backoff.next_delay())
 
     def _deliver(self, data: object) -> None:
         if isinstance(data, bytes):
@@ -399,8 +623,11 @@ class RedisLink:
                 )
 
 
-async def _shared_secret(client: Redis, key: str, mine: bytes | None) -> bytes:
-    """The digest key in Redis; a new random one if none is there (first replica wins).
+async def _shared_secret(
+    client: Redis, key: str, mine: bytes | None, fence: str
+) -> tuple[bytes, bytes | None]:
+    """The digest key in Redis (a new random one if none is there: first replica wins),
+    and the fence of this primary if it has one (see ``RedisLink._on_primary``).
 
     A replica that already has one puts it back (Redis restarted empty), so that the
     digests of running pollers stay valid for the whole cluster.
@@ -409,5 +636,17 @@ async def _shared_secret(client: Redis, key: str, mine: bytes | None) -> bytes:
     async with client.pipeline(transaction=False) as pipe:
         pipe.set(key, candidate, nx=True)
         pipe.get(key)
-        _, value = await pipe.execute()
-    return bytes(value) if isinstance(value, bytes) and value else candidate
+        pipe.get(fence)
+        _, value, fenced = await pipe.execute()
+    secret = bytes(value) if isinstance(value, bytes) and value else candidate
+    return secret, bytes(fenced) if isinstance(fenced, bytes) else None
+
+
+def _forwarding(fence: bytes) -> tuple[Address, int] | None:
+    """The new primary and its config epoch, as a fence names them (``host port epoch``)."""
+    parts = fence.split(b" ")
+    try:
+        host, port, epoch = parts[0].decode("ascii"), int(parts[1]), int(parts[2])
+    except (IndexError, ValueError, UnicodeDecodeError):
+        return None
+    return (host, port), epoch

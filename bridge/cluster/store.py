@@ -18,13 +18,19 @@ tag ``{K}``)::
                                   leader stepped aside: only replicas with viewers of K
                                   subscribe (targeted delivery)
     <prefix>secret        string  the key of the credentials digest, made once (SET NX)
+    <prefix>fence         string  set (PX) on a primary the Sentinels replaced, by the first
+                                  replica that moved away from it: commits there are
+                                  refused (bridge/cluster/link.py)
     <prefix>events        pub/sub ``!poke\\n<run id>`` (bridge/cluster/__init__.py); every
                                   replica listens. Bridges before per-run channels also
                                   published their events here, and these are still applied
 
 A record is ``<epoch> <seq> <name> <kind>\\n<data>``: kind ``p`` (progress), ``t`` (a
 terminal state the upstream reported) or ``s`` (a terminal event the bridge made: it
-gave up, or the credentials were refused), data the status as one line of JSON.
+gave up, or the credentials were refused), data the status as one line of JSON; or kind
+``d``, an event derived from a change (BRIDGE_EVENTS_FILE), name its event name, data
+``[state, progress, data]`` as one line of JSON. Each replica renders a status record in
+the vocabulary (renamed, reshaped, or kept unsent) itself.
 
 Nothing here carries a credential: forwarded headers never leave the replica, K holds
 only their keyed digest. Times are Redis's own (``TIME``), never a replica's clock.
@@ -32,17 +38,19 @@ only their keyed digest. Times are Redis's own (``TIME``), never a replica's clo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.typing import EncodableT
 
 from bridge.events import sse
 from bridge.events.channel import ChannelKey
 
 #: Kinds of record.
-PROGRESS, TERMINAL, SYNTHETIC = "p", "t", "s"
+PROGRESS, TERMINAL, SYNTHETIC, DERIVED = "p", "t", "s", "d"
 _NAMES = frozenset({sse.PROGRESS, sse.COMPLETE, sse.ERROR})
 
 # KEYS: lease, meta, interest. ARGV: token, lease ms, active (0/1).
@@ -73,11 +81,16 @@ if meta[5] then since = now - tonumber(meta[5]) end
 return {holder or '', meta[1] or '', meta[2] or '0', meta[3] or '', meta[4] or '', others, since}
 """
 
-# KEYS: lease, meta, events. ARGV: token, lease ms, keep ms, size, base epoch, base seq,
-# channel, K, name, kind ('' when the status did not change), data, max bytes.
-# Only the lease holder writes, and only on top of the history it has (base): returns
-# {1, epoch, seq} (written), {-1} (not the holder), {-2} (base out of date), {-3} (ended).
+# KEYS: lease, meta, events, fence. ARGV: token, lease ms, keep ms, size, base epoch, base
+# seq, channel, K, name, kind ('' when the status did not change), data, max bytes, then
+# (name, kind, data) of each event derived from the change, written before the status's
+# own record: a change is written whole or not at all, so a new leader never derives
+# again what its predecessor wrote.
+# Only the lease holder writes, and only on top of the history it has (base), and never on
+# a fenced primary: returns {1, epoch, seq} (written; seq of the last record), {-1} (not
+# the holder), {-2} (base out of date), {-3} (ended), {-4} (fenced).
 _COMMIT = """
+if redis.call('EXISTS', KEYS[4]) == 1 then return {-4} end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1} end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 local t = redis.call('TIME')
@@ -102,19 +115,23 @@ elseif epoch ~= ARGV[5] or seq ~= base then
 end
 redis.call('HSET', KEYS[2], 'ok', ARGV[1], 'polled', now)
 if ARGV[10] ~= '' then
-  seq = seq + 1
-  local record = epoch .. ' ' .. seq .. ' ' .. ARGV[9] .. ' ' .. ARGV[10] .. '\\n' .. ARGV[11]
-  local n = redis.call('RPUSH', KEYS[3], record)
-  local held = #record
-  if n > 1 then
-    if meta[5] then
-      held = held + tonumber(meta[5])
-    else
-      -- no running total (a list an older bridge wrote): count it once
-      held = 0
-      for _, r in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do held = held + #r end
-    end
+  local held = 0
+  if meta[5] then
+    held = tonumber(meta[5])
+  else
+    -- no running total (a list an older bridge wrote): count it once
+    for _, r in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do held = held + #r end
   end
+  local n, record = 0, ''
+  local function push(name, kind, data)
+    seq = seq + 1
+    record = epoch .. ' ' .. seq .. ' ' .. name .. ' ' .. kind .. '\\n' .. data
+    n = redis.call('RPUSH', KEYS[3], record)
+    held = held + #record
+    redis.call('PUBLISH', ARGV[7], ARGV[8] .. '\\n' .. record)
+  end
+  for i = 13, #ARGV - 2, 3 do push(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
+  push(ARGV[9], ARGV[10], ARGV[11])
   -- oldest first, never the newest (so never the terminal record)
   local size, most = tonumber(ARGV[4]), tonumber(ARGV[12])
   while n > 1 and (n > size or held > most) do
@@ -125,7 +142,6 @@ if ARGV[10] ~= '' then
   local ended = ''
   if ARGV[10] ~= 'p' then ended = ARGV[10] end
   redis.call('HSET', KEYS[2], 'seq', seq, 'end', ended, 'bytes', held)
-  redis.call('PUBLISH', ARGV[7], ARGV[8] .. '\\n' .. record)
 elseif meta[4] ~= ARGV[1] then
   redis.call('PUBLISH', ARGV[7], ARGV[8] .. '\\n!')
 end
@@ -134,25 +150,49 @@ redis.call('PEXPIRE', KEYS[3], ARGV[3])
 return {1, epoch, seq}
 """
 
-# KEYS: meta, events. ARGV: epoch, seq, record, keep ms.
-# Puts a replica's newest event back when Redis lost the history (restarted without
-# persistence, or evicted it) or holds an older part of it: the highest seq wins.
+# KEYS: meta, events. ARGV: epoch, keep ms, size, max bytes, channel, K, then records
+# (oldest first, of that epoch, contiguous).
+# Puts back what a replica holds and Redis lacks: the whole history when Redis lost it
+# (restarted without persistence, or evicted it), or the records after Redis's newest one
+# when it holds an older part of the same history (a primary promoted before the leader's
+# last commits reached it). The highest seq wins; the others are told at once.
 _RESTORE = """
 local meta = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
-if meta[1] and not (meta[1] == ARGV[1] and tonumber(meta[2]) < tonumber(ARGV[2])) then
-  return 0
+local top, last_kind = string.match(ARGV[#ARGV], '^%d+ (%d+) %S+ (%a)')
+top = tonumber(top)
+local base = 0
+if meta[1] then
+  if meta[1] ~= ARGV[1] or tonumber(meta[2]) >= top then return 0 end
+  base = tonumber(meta[2])
+else
+  redis.call('DEL', KEYS[2])
+  -- Nobody knows when the run was last polled: count it as polled now, so that whoever
+  -- leads next waits a full interval instead of polling at once.
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('HSET', KEYS[1], 'polled', now)
 end
-redis.call('DEL', KEYS[2])
-redis.call('RPUSH', KEYS[2], ARGV[3])
-redis.call('HDEL', KEYS[1], 'ok')
--- Nobody knows when the run was last polled: count it as polled now, so that whoever
--- leads next waits a full interval instead of polling at once.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'seq', ARGV[2], 'end', '', 'bytes', #ARGV[3],
-  'polled', now)
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
+for i = 7, #ARGV do
+  local seq = tonumber(string.match(ARGV[i], '^%d+ (%d+) '))
+  if seq > base then redis.call('RPUSH', KEYS[2], ARGV[i]) end
+end
+-- oldest first, never the newest
+local held, n = 0, 0
+for _, r in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+  held = held + #r
+  n = n + 1
+end
+local size, most = tonumber(ARGV[3]), tonumber(ARGV[4])
+while n > 1 and (n > size or held > most) do
+  held = held - #redis.call('LPOP', KEYS[2])
+  n = n - 1
+end
+local ended = ''
+if last_kind ~= 'p' then ended = last_kind end
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'seq', top, 'end', ended, 'bytes', held)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('PUBLISH', ARGV[5], ARGV[6] .. '\\n!')
 return 1
 """
 
@@ -218,7 +258,9 @@ class Record:
             text = data.decode("ascii")
         except (ValueError, UnicodeDecodeError):
             return None
-        if name not in _NAMES or kind not in (PROGRESS, TERMINAL, SYNTHETIC) or seq < 1:
+        if seq < 1 or kind not in (PROGRESS, TERMINAL, SYNTHETIC, DERIVED):
+            return None
+        if kind != DERIVED and name not in _NAMES:
             return None
         return cls(epoch, seq, name, kind, text)
 
@@ -251,7 +293,12 @@ class Committed:
     seq: int = 0
 
 
-WRITTEN, NOT_HOLDER, OUT_OF_DATE, ENDED = 1, -1, -2, -3
+WRITTEN, NOT_HOLDER, OUT_OF_DATE, ENDED, FENCED = 1, -1, -2, -3, -4
+
+
+class Fenced(RedisConnectionError):
+    """The primary refused a commit: another replica found it replaced by the Sentinels."""
+
 
 #: Records read beyond those asked for (see ``Store.records``).
 RECORDS_MARGIN = 16
@@ -288,6 +335,8 @@ class Store:
         self.prefix = prefix
         #: The one channel every replica listens on (pokes): see the module docstring.
         self.pokes_channel = f"{prefix}events"
+        #: Set on a primary the Sentinels replaced (see the module docstring).
+        self.fence_key = f"{prefix}fence"
         self.lease_ms = lease_ms
         self.keep_ms = keep_ms
         self.history_size = history_size
@@ -332,8 +381,15 @@ class Store:
         name: str = "",
         kind: str = "",
         data: str = "",
+        derived: Sequence[tuple[str, str]] = (),
     ) -> Committed:
-        keys = [self.key(key, "lease"), self.key(key, "meta"), self.key(key, "events")]
+        """Write a change: ``derived`` (name, data) records first, then the status's."""
+        keys = [
+            self.key(key, "lease"),
+            self.key(key, "meta"),
+            self.key(key, "events"),
+            self.fence_key,
+        ]
         args: list[EncodableT] = [
             token,
             self.lease_ms,
@@ -348,15 +404,30 @@ class Store:
             data,
             self.history_max_bytes,
         ]
+        for derived_name, derived_data in derived:
+            args += [derived_name, DERIVED, derived_data]
         reply = await self._commit(keys=keys, args=args)
         code = int(reply[0])
+        if code == FENCED:
+            raise Fenced("the primary was replaced")
         if code != WRITTEN:
             return Committed(code)
         return Committed(code, int(_text(reply[1])), int(reply[2]))
 
-    async def restore(self, key: ChannelKey, record: Record) -> bool:
+    async def restore(self, key: ChannelKey, epoch: int, records: list[Record]) -> bool:
+        """Offer these records (oldest first, contiguous, of ``epoch``); see the script."""
+        if not records:
+            return False
         keys = [self.key(key, "meta"), self.key(key, "events")]
-        args: list[EncodableT] = [record.epoch, record.seq, record.encode(), self.keep_ms]
+        args: list[EncodableT] = [
+            epoch,
+            self.keep_ms,
+            self.history_size,
+            self.history_max_bytes,
+            self.live_channel(key),
+            channel_name(key),
+            *(record.encode() for record in records),
+        ]
         return bool(await self._restore(keys=keys, args=args))
 
     async def records(self, key: ChannelKey, count: int) -> list[Record]:

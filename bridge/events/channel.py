@@ -4,12 +4,15 @@ A viewer waits on its subscription's ``wake`` (the ASGI path, bridge/streams/str
 a ``Sink`` that the channel writes each event to as it is published (the fast path,
 bridge/streams/direct.py); the channel knows only this small protocol, not the fast path.
 
-An event goes to at most ``FANOUT_SLICE`` viewers per turn of the event loop. Written in
-one go, an event to 10,000 fast-path viewers held the loop for 150-210 ms (bench/soak.py's
-loop lag, issue 14), and every ping, connect and other run's event waited that long. The
-rest of the viewers follow from a loop callback, slice by slice, every event in order: a
+An event goes to at most ``FANOUT_SLICE`` viewers per turn of the event loop: written in
+one go, an event to 10,000 fast-path viewers holds the loop for 150-210 ms (bench/soak.py's
+loop lag), and every ping, connect and other run's event would wait that long. The rest
+of the viewers follow from a loop callback, slice by slice, every event in order: a
 viewer gets each event once (a sink skips what it already has, bridge/streams/direct.py), and
 what is still to be written is bounded (``MAX_BACKLOG`` events, then written at once).
+
+The channel knows nothing of the poll path: a status comes with ``StatusFacts``, the few
+things the history keeps of how the status filters read it.
 """
 
 from __future__ import annotations
@@ -20,13 +23,29 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from bridge.events.history import Event, RunHistory
-from bridge.polling.status import Reading
 
 
 class ChannelKey(NamedTuple):
     run_id: str
     #: Keyed digest of the forwarded credentials; viewers share only what they could fetch.
     credentials: str
+
+
+class StatusFacts(Protocol):
+    """What the channel keeps of a status as the status filters read it."""
+
+    @property
+    def state(self) -> str | None: ...
+
+    @property
+    def progress(self) -> float | None: ...
+
+    @property
+    def detail(self) -> str | None: ...
+
+    #: The status as its ledger compares it (ignored fields left out).
+    @property
+    def fingerprint(self) -> str: ...
 
 
 class Sink(Protocol):
@@ -105,17 +124,32 @@ class Channel:
         self,
         name: str,
         data: str,
-        reading: Reading | None = None,
+        reading: StatusFacts | None = None,
         *,
         synthetic: bool = False,
+        kind: str | None = None,
+        raw: str | None = None,
+        hidden: bool = False,
         event_id: str | None = None,
     ) -> Event:
-        """The next event; ``data`` is the status as ``sse.encode_json`` wrote it, and
-        ``reading`` what the status filters made of it (none for the bridge's own);
-        ``event_id`` the upstream's own id (a feed's cursor), else the history's."""
-        state, progress = _parts(reading)
-        event = self.history.append(name, data, state=state, progress=progress, event_id=event_id)
-        self.fingerprint = reading.fingerprint if reading is not None else None
+        """The next event; ``data`` is what it sends as ``sse.encode_json`` wrote it, and
+        ``reading`` what the status filters made of the status (none for the bridge's
+        own); ``kind``, ``raw`` and ``hidden`` as in ``history.Event``; ``event_id`` the
+        upstream's own id (a feed's cursor), else the history's."""
+        state, progress, detail = _parts(reading)
+        event = self.history.append(
+            name,
+            data,
+            state=state,
+            progress=progress,
+            detail=detail,
+            kind=kind,
+            raw=raw,
+            hidden=hidden,
+            event_id=event_id,
+        )
+        if event.is_status:  # a derived event says nothing of the status's fingerprint
+            self.fingerprint = reading.fingerprint if reading is not None else None
         self._deliver(event, synthetic)
         return event
 
@@ -125,16 +159,31 @@ class Channel:
         seq: int,
         name: str,
         data: str,
-        reading: Reading | None = None,
+        reading: StatusFacts | None = None,
         *,
         synthetic: bool = False,
+        kind: str | None = None,
+        raw: str | None = None,
+        hidden: bool = False,
     ) -> Event | None:
         """An event another replica published (cluster mode), with its id; None if held."""
-        state, progress = _parts(reading)
-        event = self.history.mirror(epoch, seq, name, data, state=state, progress=progress)
+        state, progress, detail = _parts(reading)
+        event = self.history.mirror(
+            epoch,
+            seq,
+            name,
+            data,
+            state=state,
+            progress=progress,
+            detail=detail,
+            kind=kind,
+            raw=raw,
+            hidden=hidden,
+        )
         if event is None:
             return None
-        self.fingerprint = reading.fingerprint if reading is not None else None
+        if event.is_status:
+            self.fingerprint = reading.fingerprint if reading is not None else None
         self._deliver(event, synthetic)
         return event
 
@@ -200,5 +249,7 @@ class Channel:
             subscription.close()
 
 
-def _parts(reading: Reading | None) -> tuple[str | None, float | None]:
-    return (reading.state, reading.progress) if reading is not None else (None, None)
+def _parts(reading: StatusFacts | None) -> tuple[str | None, float | None, str | None]:
+    if reading is None:
+        return None, None, None
+    return reading.state, reading.progress, reading.detail

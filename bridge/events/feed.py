@@ -18,8 +18,10 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections import deque
+from typing import Any
 
 from bridge.events.history import Event, RunHistory
+from bridge.events.vocabulary import DEFAULT, Vocabulary
 
 #: A cursor's place in the order: numbers first, by value, then strings.
 CursorKey = tuple[int, float, str]
@@ -47,8 +49,16 @@ def cursor_key(cursor: str) -> CursorKey:
 class FeedHistory(RunHistory):
     """A ``RunHistory`` whose ids are cursors (``append(..., event_id=cursor)``)."""
 
-    def __init__(self, size: int, max_bytes: int, epoch: int | None = None, *, start: str = "0"):
-        super().__init__(size, max_bytes, epoch)
+    def __init__(
+        self,
+        size: int,
+        max_bytes: int,
+        epoch: int | None = None,
+        vocabulary: Vocabulary = DEFAULT,
+        *,
+        start: str = "0",
+    ) -> None:
+        super().__init__(size, max_bytes, epoch, vocabulary)
         #: Each held event's cursor key, oldest first (parallel to the events).
         self._keys: deque[CursorKey] = deque()
         #: The cursor key everything after which is held: the feed's start until the
@@ -62,20 +72,12 @@ class FeedHistory(RunHistory):
         #: The run's state as the last page (or the run's own path) gave it.
         self.state: str | None = None
 
-    def append(
-        self,
-        name: str,
-        data: str,
-        *,
-        state: str | None = None,
-        progress: float | None = None,
-        event_id: str | None = None,
-    ) -> Event:
+    def append(self, name: str, data: str, *, event_id: str | None = None, **more: Any) -> Event:
         # An event of the bridge's own (no cursor) stands where the last item stood.
         key = cursor_key(event_id) if event_id else (self._keys[-1] if self._keys else self.floor)
         self._keys.append(key)
         try:
-            event = super().append(name, data, state=state, progress=progress, event_id=event_id)
+            event = super().append(name, data, event_id=event_id, **more)
         except BaseException:
             self._keys.pop()
             raise
@@ -140,8 +142,8 @@ class FeedHistory(RunHistory):
 
 
 def current_status(history: RunHistory) -> str | None:
-    """The run's latest status as JSON: a feed's last page, else the latest event's data."""
+    """The run's latest status as JSON: a feed's last page, else the status event's."""
     if isinstance(history, FeedHistory):
         return history.page
-    latest = history.latest
-    return latest.data if latest is not None else None
+    status = history.status
+    return status.status if status is not None else None

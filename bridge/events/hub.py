@@ -7,13 +7,13 @@ One hub per process, in every mode: sharing across replicas is the ledger's busi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
 
 from cachetools import TTLCache
 
 from bridge.events.channel import Channel, ChannelKey, Subscription
 from bridge.events.history import RunHistory
+from bridge.events.vocabulary import DEFAULT, Vocabulary
 
 
 class Hub:
@@ -24,10 +24,12 @@ class Hub:
         history_max_bytes: int,
         history_runs: int,
         history_ttl: float,
-        history: Callable[[int, int], RunHistory] = RunHistory,
+        history: Callable[..., RunHistory] = RunHistory,
+        vocabulary: Vocabulary = DEFAULT,
     ) -> None:
         #: What a new channel's history is (a feed's keeps the upstream's cursors as ids).
         self._history = history
+        self.vocabulary = vocabulary
         self._history_size = history_size
         self._history_max_bytes = history_max_bytes
         self._live: dict[ChannelKey, Channel] = {}
@@ -47,7 +49,10 @@ class Hub:
         if channel is None:
             channel = self._retired.pop(key, None)
             if channel is None or channel.synthetic_end:
-                channel = Channel(key, self._history(self._history_size, self._history_max_bytes))
+                history = self._history(
+                    self._history_size, self._history_max_bytes, vocabulary=self.vocabulary
+                )
+                channel = Channel(key, history)
             self._live[key] = channel
         return channel
 
@@ -58,22 +63,12 @@ class Hub:
         if channel.history.latest is not None:
             self._retired[key] = channel
 
-    @asynccontextmanager
-    async def subscribe(
-        self, channel: Channel, wake: asyncio.Event | None = None
-    ) -> AsyncIterator[Subscription]:
-        """Watch ``channel``; several subscriptions may share one ``wake`` event."""
-        subscription = self.join(channel, wake)
-        try:
-            yield subscription
-        finally:
-            channel.discard(subscription)
-
     def join(self, channel: Channel, wake: asyncio.Event | None = None) -> Subscription:
-        """``subscribe`` without the context manager: ``channel.discard`` ends it.
+        """Watch ``channel`` until ``channel.discard(subscription)``; several
+        subscriptions may share one ``wake`` event.
 
-        For streams held open after their opening (bridge/streams/opening.py), where a bound
-        method to call later costs less per viewer than a suspended context manager.
+        Not a context manager: a stream held open after its opening keeps a bound method
+        to call later, which costs less per viewer than a suspended context manager.
         """
         subscription = Subscription(channel, wake) if wake is not None else Subscription(channel)
         channel.add(subscription)
@@ -85,7 +80,3 @@ class Hub:
     @property
     def live_count(self) -> int:
         return len(self._live)
-
-    @property
-    def retired_count(self) -> int:
-        return len(self._retired)

@@ -204,15 +204,15 @@ class FeedPoller(Poller):
     async def _fetch(self, started: float) -> Fetched:
         """The feed's pages of this tick, published as they come: the loop sees a
         "not modified" answer (the items are the events) with the last page's hint."""
-        self.ledger.polling_since = started
+        self._polling_since = started
         try:
             wait = await self._tick()
         except asyncio.CancelledError:
             raise
         except BaseException:
-            self.ledger.polling_since = None
+            self._polling_since = None
             raise
-        self.ledger.polling_since = None
+        self._polling_since = None
         return Fetched(None, Validators(), wait)
 
     def _settled(self) -> bool:

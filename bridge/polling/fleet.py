@@ -277,7 +277,7 @@ class ListedPoller(Poller):
         """The run's status as the list has it now."""
         await self.ledger.record(observation)
         if self._settled():
-            self.nudge()  # ended: the loop stops at its next step
+            self._wakeup.nudge()  # ended: the loop stops at its next step
 
     def delisted(self) -> None:
         """The run left the list: ask its own path once, at once, then poll as usual.
@@ -287,7 +287,7 @@ class ListedPoller(Poller):
         self.listed = False
         self.fleet = None
         self._handing_over = True
-        Poller.poke(self)
+        self._wakeup.poke()
 
     async def _poll(self, *, poked: bool = False) -> float | None:
         try:
@@ -306,7 +306,7 @@ class ListedPoller(Poller):
     async def _sync_and_poll(self) -> float | None:
         if not self.listed:
             return await super()._sync_and_poll()
-        now = time.monotonic()
+        now = self._clock.monotonic()
         if not await self.ledger.sync(active=self._active(now)):
             return None
         if self._settled() or self._idle_done(now):

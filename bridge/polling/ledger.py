@@ -1,14 +1,14 @@
 """The seam between the poll loop and where a run's history lives.
 
 The poll loop (bridge/polling/poller.py) decides *when* the upstream is asked; a ``Ledger``
-decides what an answer *becomes*. The whole seam is the two classes below:
+decides what an answer *becomes*. The whole seam is the three classes below:
 
     LedgerBackend   one per process, chosen by BRIDGE_REDIS_URL's scheme (bridge/services.py):
                     memory (no URL): this module's MemoryBackend, one process;
                     redis, rediss, unix: bridge/cluster/, replicas share through Redis.
       .start() / .close()           the backend's own connections
       .digest_secret()              the key of the credentials digest (shared by replicas)
-      .open(key, channel)           a Ledger for one poller
+      .open(key, channel, owner)    a Ledger for one poller
       .health()                     what /readyz adds about the backend
       .relay_poke(run_id)           carry a poke to the replica that polls the run
       .hold_resignations() / .resign_held()
@@ -19,9 +19,17 @@ decides what an answer *becomes*. The whole seam is the two classes below:
       .record(observation)          a polled status: an event if it changed
       .still()                      a poll the upstream answered 304 Not Modified
       .end(code, message)           the bridge's own terminal error (refused, gave up)
-      .close()                      the poller stopped
+      .step_aside()                 this replica cannot reach the upstream: let another lead
+      .close(in_flight)             the poller stopped (and when its last poll started)
       .leads / .fresh / .others / .since_poll
                                     what the loop needs to know to decide the next step
+
+    LedgerOwner     what a ledger may tell its poll loop between steps (cluster pub/sub):
+      .nudge() / .news() / .poke()  step now / the channel changed / poll now
+
+The seam points one way: the poll loop calls its ledger and reads its answers; a ledger
+reaches the loop only through the ``LedgerOwner`` it was opened with, a small object of
+the loop's that holds no reference back to the loop (so no cycle to break at the end).
 
 In one process the ledger is the channel itself: it always leads, and each change is
 published to the viewers at once. In cluster mode only the replica holding the run's
@@ -32,10 +40,10 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from bridge.events import sse
+from bridge.events import derive, sse
 from bridge.events.channel import Channel, ChannelKey
 from bridge.ops.metrics import Metrics
 from bridge.polling.status import Reading
@@ -56,11 +64,27 @@ class Observation:
         return self.reading.event
 
 
+class LedgerOwner(Protocol):
+    """What a ledger may tell its poll loop between the loop's calls."""
+
+    def nudge(self) -> None:
+        """Step now (to sync: the ledger learnt something) rather than at the next tick."""
+
+    def news(self) -> None:
+        """The channel changed between steps: a waiting first viewer may have it now, and
+        an ended run stops at once."""
+
+    def poke(self) -> bool:
+        """Poll at once if leading; False when a poke was already pending (coalesced)."""
+
+
 class Ledger(ABC):
     """Where one poller's findings go. Raises ClusterUnavailable when its store is away."""
 
-    def __init__(self, channel: Channel, metrics: Metrics | None) -> None:
+    def __init__(self, channel: Channel, owner: LedgerOwner, metrics: Metrics | None) -> None:
         self.channel = channel
+        #: The poll loop's side of the seam (see ``LedgerOwner``).
+        self.owner = owner
         self._metrics = metrics
         #: This poller may ask the upstream now (one process: always).
         self.leads = True
@@ -71,22 +95,6 @@ class Ledger(ABC):
         #: Seconds since anyone last polled this run (None: unknown); a new leader
         #: waits out the rest of the interval so the cadence survives a handover.
         self.since_poll: float | None = None
-        #: Asks the poll loop for an early step, to sync (the poller sets its own).
-        self.nudge: Callable[[], None] = _nothing
-        #: Tells the poller the channel changed between steps (the poller sets its own).
-        self.news: Callable[[], None] = _nothing
-        #: Asks the poller to poll at once (a poke; the poller sets its own): False when
-        #: one was already pending.
-        self.poke: Callable[[], bool] = _refuse
-        #: When the poll in flight started (monotonic), set by the poller; None between.
-        self.polling_since: float | None = None
-
-    def detach(self) -> None:
-        """The poller stopped: forget its callbacks (bound methods of the poller, which
-        holds this ledger: a reference cycle that would outlive the run otherwise)."""
-        self.nudge = _nothing
-        self.news = _nothing
-        self.poke = _refuse
 
     @abstractmethod
     async def sync(self, *, active: bool) -> bool:
@@ -108,8 +116,9 @@ class Ledger(ABC):
         """End the run with the bridge's own ``error``; True once it is ended."""
 
     @abstractmethod
-    async def close(self) -> None:
-        """The poller stopped (after it left the registry)."""
+    async def close(self, in_flight: float | None) -> None:
+        """The poller stopped (after it left the registry); ``in_flight``: when the poll
+        it was making started (monotonic), None when it was not polling."""
 
     async def step_aside(self) -> bool:
         """This replica cannot reach the upstream: let another lead; True if it will.
@@ -123,23 +132,15 @@ class Ledger(ABC):
             self._metrics.events_published.labels(name).inc()
 
 
-def _nothing() -> None:
-    pass
-
-
-def _refuse() -> bool:
-    return False
-
-
 def changed(channel: Channel, observation: Observation) -> bool:
     """Whether ``observation`` would be news to ``channel``'s viewers: it differs from the
     latest status, leaving out the ignored fields (BRIDGE_IGNORE_FIELDS)."""
-    latest = channel.history.latest
+    latest = channel.history.status
     if latest is None:
         return True
     if channel.fingerprint is not None:
         return channel.fingerprint != observation.reading.fingerprint
-    return latest.data != observation.data
+    return latest.status != observation.data
 
 
 def end_status(code: str, message: str) -> str:
@@ -157,8 +158,8 @@ class LocalLedger(Ledger):
         self.fresh = True
         if self.channel.history.terminal or not changed(self.channel, observation):
             return
-        self.channel.publish(observation.name, observation.data, observation.reading)
-        self._published(observation.name)
+        # The change's derived events, then its status (BRIDGE_EVENTS_FILE).
+        derive.publish(self.channel, observation.data, observation.reading, self._metrics)
 
     async def still(self) -> None:
         self.fresh = True
@@ -166,11 +167,10 @@ class LocalLedger(Ledger):
     async def end(self, code: str, message: str) -> bool:
         self.fresh = True
         if not self.channel.history.terminal:
-            self.channel.publish(sse.ERROR, end_status(code, message), synthetic=True)
-            self._published(sse.ERROR)
+            derive.publish_end(self.channel, end_status(code, message), self._metrics)
         return True
 
-    async def close(self) -> None:
+    async def close(self, in_flight: float | None) -> None:
         pass
 
 
@@ -194,8 +194,9 @@ class LedgerBackend(ABC):
         """The key of the credentials digest; raises ClusterUnavailable when unknown."""
 
     @abstractmethod
-    def open(self, key: ChannelKey, channel: Channel) -> Ledger:
-        """A ledger for a new poller of ``key``; raises ClusterUnavailable when it can't."""
+    def open(self, key: ChannelKey, channel: Channel, owner: LedgerOwner) -> Ledger:
+        """A ledger for a new poller of ``key`` (``owner``: its poll loop's side of the
+        seam); raises ClusterUnavailable when it can't."""
 
     def health(self) -> tuple[bool, dict[str, str]]:
         """(usable, what /readyz reports about the backend)."""
@@ -224,8 +225,8 @@ class MemoryBackend(LedgerBackend):
     def digest_secret(self) -> bytes:
         return self._secret
 
-    def open(self, key: ChannelKey, channel: Channel) -> Ledger:
-        return LocalLedger(channel, self._metrics)
+    def open(self, key: ChannelKey, channel: Channel, owner: LedgerOwner) -> Ledger:
+        return LocalLedger(channel, owner, self._metrics)
 
     # Nothing to connect, and no lease to give up.
     async def start(self) -> None:

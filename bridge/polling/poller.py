@@ -15,22 +15,27 @@ loop owns everything about timing, in one place for both:
 - linger: the loop stops BRIDGE_LINGER seconds after the last viewer here left, unless
   it leads a run that viewers on other replicas still watch;
 - a follower (cluster mode) steps once an interval, to sync, without polling.
+
+Time comes from a ``Clock`` (``LoopClock`` when serving; tests/test_poll_loop.py drives
+the loop in virtual time), and the ledger reaches the loop only through its ``Wakeup``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from bridge.errors import ClusterUnavailable, UpstreamError, UpstreamRefused
 from bridge.events import sse
 from bridge.events.channel import Channel, ChannelKey
 from bridge.ops.metrics import Metrics
-from bridge.polling.ledger import Ledger, Observation
+from bridge.polling.ledger import Ledger, LedgerOwner, Observation
 from bridge.polling.resilience import Backoff
 from bridge.polling.status import Reading, StatusReader
 from bridge.polling.upstream import Fetched, Validators
@@ -75,9 +80,80 @@ class Cadence:
         )
 
     def for_state(self, state: str | None) -> float:
+        """The poll interval of a run in ``state`` (BRIDGE_POLL_INTERVALS, else the default)."""
         if state is None or not self.by_state:
             return self.interval
         return self.by_state.get(state.casefold(), self.interval)
+
+    def first_poll(self, every: float, since: float | None) -> float:
+        """Seconds a new leader waits before its first poll, ``since`` the last poll of
+        anyone (None: unknown): one poll per interval, whoever polls, survives a handover."""
+        return every if since is None else max(0.0, every - since)
+
+    def after_answer(self, base: float, now: float, every: float, hint: float | None) -> float:
+        """When to poll next after an answer that came at ``now``: one interval after
+        ``base``, skipping the ticks a slow poll overran (never bunching up), and no
+        sooner than the upstream's own hint asks (at most ``hint_max``)."""
+        next_poll = base + every
+        if next_poll <= now:
+            next_poll += every * (1 + int((now - next_poll) // every))
+        if hint is not None:
+            next_poll = max(next_poll, now + min(hint, self.hint_max))
+        return next_poll
+
+
+class Clock(Protocol):
+    """The loop's time: ``monotonic`` seconds, and a sleep that a wake-up cuts short."""
+
+    def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float, wake: asyncio.Event) -> None:
+        """Return after ``seconds``, or as soon as ``wake`` is set."""
+
+
+class LoopClock:
+    """The real clock: ``time.monotonic`` and the event loop's timeouts."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float, wake: asyncio.Event) -> None:
+        with suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await wake.wait()
+
+
+class Wakeup(LedgerOwner):
+    """Why the loop should step before its next tick: what its ledger, a poke and its
+    viewers tell it. The ledger holds this, never the poller, so nothing points back."""
+
+    __slots__ = ("changed", "event", "nudged", "poked")
+
+    def __init__(self) -> None:
+        #: Set on any of the below, and when the viewers here change.
+        self.event = asyncio.Event()
+        self.nudged = False
+        #: A poke came (POST /v1/runs/{id}/poll): poll at the next step, once.
+        self.poked = False
+        #: The channel changed between steps.
+        self.changed = False
+
+    def nudge(self) -> None:
+        self.nudged = True
+        self.event.set()
+
+    def news(self) -> None:
+        self.changed = True
+        self.event.set()
+
+    def poke(self) -> bool:
+        """A poke during a poll in flight costs one more poll right after it, whatever the
+        number of pokes: the change may have come after that poll's answer."""
+        if self.poked:
+            return False
+        self.poked = True
+        self.nudge()
+        return True
 
 
 class Poller:
@@ -86,45 +162,44 @@ class Poller:
         key: ChannelKey,
         headers: Mapping[str, str],
         ledger: Ledger,
+        wakeup: Wakeup,
         *,
         cadence: Cadence,
         fetch: Fetch,
         reader: StatusReader,
         on_stop: Callable[[Poller], None],
         metrics: Metrics | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
     ) -> None:
+        """``wakeup`` is the ``LedgerOwner`` that ``ledger`` was opened with."""
         self.key = key
         self.ledger = ledger
+        self._wakeup = wakeup
         self._headers = dict(headers)
         self._cadence = cadence
         self._fetch_status = fetch
         self._reader = reader
         self._metrics = metrics
+        self._clock = clock or LoopClock()
         #: The upstream's ETag / Last-Modified of this poller's last full answer.
         self._validators: Validators | None = None
-        #: A poke came (POST /v1/runs/{id}/poll): poll at the next step, once.
-        self._poked = False
         #: Polls in a row whose state was missing, unreadable or unknown.
         self._unread = 0
         self._warned = False
         self._on_stop = on_stop
         #: Viewers here holding a lease.
         self.leases = 0
-        #: Upstream requests made (for tests and the sharing benchmark).
-        self.polls = 0
         #: Resolved when the first viewer can have a status; failed when it cannot.
         self.first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.task: asyncio.Task[None] | None = None
         self._idle_since: float | None = None
-        self._wake = asyncio.Event()
-        self._nudged = False
         self._next_poll: float | None = None
+        #: When the upstream request in flight started (None: none in flight).
+        self._polling_since: float | None = None
         self._failing_since: float | None = None
         self._failures = 0
-        self._backoff = Backoff(cadence.interval, cadence.backoff_max)
-        ledger.nudge = self.nudge
-        ledger.news = self._on_news
-        ledger.poke = self.poke
+        self._backoff = Backoff(cadence.interval, cadence.backoff_max, rng)
 
     @property
     def channel(self) -> Channel:
@@ -145,37 +220,18 @@ class Poller:
     def release(self) -> None:
         self.leases -= 1
         if self.leases == 0:
-            self._idle_since = time.monotonic()
-            self._wake.set()
-
-    def nudge(self) -> None:
-        """Step now (the ledger learnt something) rather than at the next tick."""
-        self._nudged = True
-        self._wake.set()
+            self._idle_since = self._clock.monotonic()
+            self._wakeup.event.set()
 
     def poke(self) -> bool:
-        """Poll at once (if leading); False when a poke was already pending (coalesced).
-
-        A poke during a poll in flight costs one more poll right after it, whatever the
-        number of pokes: the change may have come after that poll's answer.
-        """
-        if self._poked:
-            return False
-        self._poked = True
-        self.nudge()
-        return True
-
-    def _on_news(self) -> None:
-        # The channel changed between steps (cluster pub/sub): a waiting first viewer
-        # can have it now; an ended run stops at the next step, which comes at once.
-        if self._settled():
-            self.nudge()
+        """Poll at once (if leading); False when a poke was already pending (coalesced)."""
+        return self._wakeup.poke()
 
     # --- the loop ------------------------------------------------------------------
 
     async def _run(self) -> None:
         try:
-            next_step: float | None = time.monotonic()
+            next_step: float | None = self._clock.monotonic()
             while next_step is not None and await self._wait(next_step):
                 next_step = await self._step()
         except asyncio.CancelledError:
@@ -189,8 +245,7 @@ class Poller:
             if not self.first.cancelled():
                 self.first.exception()
             self._on_stop(self)
-            await self.ledger.close()
-            self.ledger.detach()
+            await self.ledger.close(self._polling_since)
 
     async def _step(self) -> float | None:
         """Sync, and poll when leading and due: when to step next (None: stop)."""
@@ -203,11 +258,11 @@ class Poller:
             if not self.first.done():
                 self.first.set_exception(error)
                 return None
-            return time.monotonic() + self._cadence.interval
+            return self._clock.monotonic() + self._cadence.interval
 
     async def _sync_and_poll(self) -> float | None:
         interval = self._cadence.interval
-        now = time.monotonic()
+        now = self._clock.monotonic()
         if not await self.ledger.sync(active=self._active(now)):
             return None
         if self._settled():
@@ -217,17 +272,15 @@ class Poller:
         if not self.ledger.leads:
             self._lose_lead()
             return now + interval
-        if self._poked:
-            self._poked = False
+        if self._wakeup.poked:
+            self._wakeup.poked = False
             return await self._poll(poked=True)
         if self._next_poll is None:
-            # Taking over keeps the cadence: one poll per interval, whoever polls; a
-            # leader that cannot tell when the last poll was waits a whole interval.
-            since = self.ledger.since_poll
+            # A leader that cannot tell when the last poll was waits a whole interval;
+            # the first viewer's poll waits for nothing.
             wait = 0.0
             if self.first.done():
-                every = self._interval()
-                wait = every if since is None else max(0.0, every - since)
+                wait = self._cadence.first_poll(self._interval(), self.ledger.since_poll)
             self._next_poll = now + wait
         if now < self._next_poll:
             # Sync at least once an interval: a leader renews its lease meanwhile.
@@ -236,32 +289,52 @@ class Poller:
 
     async def _poll(self, *, poked: bool = False) -> float | None:
         """The leader's upstream request and what it becomes; when to step next."""
-        interval = self._cadence.interval
-        started = time.monotonic()
+        started = self._clock.monotonic()
         first = not self.first.done()
+        self._count_poll()
         try:
-            self.polls += 1
-            if self._metrics is not None:
-                # Every viewer here and elsewhere would have polled on its own.
-                self._metrics.polls_saved.inc(max(0, self.leases + self.ledger.others - 1))
             fetched = await self._fetch(started)
-        except UpstreamRefused as error:
-            if not self.first.done():
-                self.first.set_exception(error)
-                return None
-            if await self.ledger.end(error.code, error.message):
-                return None
-            return time.monotonic() + interval
         except UpstreamError as error:
-            if not self.first.done():
-                self.first.set_exception(error)
-                return None
-            return await self._failed(error, started)
-        self._failures = 0
-        if self._failing_since is not None:
-            log.info("polls of run %s recovered", self.key.run_id)
-            self._failing_since = None
-            self._backoff.reset()
+            return await self._poll_failed(error, started)
+        self._recovered()
+        await self._record(fetched)
+        if self._settled():
+            return None
+        now = self._clock.monotonic()
+        if not self.ledger.leads:
+            return now + self._cadence.interval
+        # The cadence starts when the first answer came (or a poke's): runs whose first
+        # viewers came together are then polled at the phases their answers took, not in
+        # one burst whose fan-outs would queue behind each other.
+        if first or poked:
+            base = now
+        else:
+            base = self._next_poll if self._next_poll is not None else started
+        self._next_poll = self._cadence.after_answer(base, now, self._interval(), fetched.wait)
+        return min(self._next_poll, now + self._cadence.interval)
+
+    def _count_poll(self) -> None:
+        if self._metrics is not None:
+            # Every viewer here and elsewhere would have polled on its own.
+            self._metrics.polls_saved.inc(max(0, self.leases + self.ledger.others - 1))
+
+    async def _fetch(self, started: float) -> Fetched:
+        """The upstream request, marked in flight meanwhile (for the ledger's close)."""
+        self._polling_since = started
+        try:
+            fetched = await self._fetch_status(self.key.run_id, self._headers, self._validators)
+        except asyncio.CancelledError:
+            # Stopped mid-poll (shutdown): still in flight as far as a successor is
+            # concerned; the ledger's close is told when it started.
+            raise
+        except BaseException:
+            self._polling_since = None
+            raise
+        self._polling_since = None
+        return fetched
+
+    async def _record(self, fetched: Fetched) -> None:
+        """Hand the answer to the ledger; keep its validators for the next request."""
         status = fetched.status
         if status is None:
             await self.ledger.still()  # 304: as polled, unchanged
@@ -272,43 +345,23 @@ class Poller:
             await self.ledger.record(Observation(data, reading))
         held = fetched.validators
         self._validators = held if held.etag or held.last_modified else None
-        if self._settled():
-            return None
-        if not self.ledger.leads:
-            return time.monotonic() + interval
-        now = time.monotonic()
-        every = self._interval()
-        # The cadence starts when the first answer came (or a poke's): runs whose first
-        # viewers came together are then polled at the phases their answers took, not in
-        # one burst whose fan-outs would queue behind each other.
-        base = now if first or poked else self._next_poll or started
-        next_poll = base + every
-        if next_poll <= now:
-            # A slow poll skips the ticks it overran instead of bunching up.
-            next_poll += every * (1 + int((now - next_poll) // every))
-        if fetched.wait is not None:
-            # The upstream's own hint (Retry-After, X-Poll-Interval), within reason.
-            next_poll = max(next_poll, now + min(fetched.wait, self._cadence.hint_max))
-        self._next_poll = next_poll
-        return min(next_poll, now + interval)
 
-    async def _fetch(self, started: float) -> Fetched:
-        """The upstream request, marked in flight for the ledger meanwhile."""
-        self.ledger.polling_since = started
-        try:
-            fetched = await self._fetch_status(self.key.run_id, self._headers, self._validators)
-        except asyncio.CancelledError:
-            # Stopped mid-poll (shutdown): still in flight as far as a successor is
-            # concerned; the ledger's close records when it started.
-            raise
-        except BaseException:
-            self.ledger.polling_since = None
-            raise
-        self.ledger.polling_since = None
-        return fetched
+    # --- errors --------------------------------------------------------------------
+
+    async def _poll_failed(self, error: UpstreamError, started: float) -> float | None:
+        """A poll the upstream refused or failed: when to step next (None: stop)."""
+        if not self.first.done():
+            # The first viewer gets the upstream's own answer.
+            self.first.set_exception(error)
+            return None
+        if isinstance(error, UpstreamRefused):
+            if await self.ledger.end(error.code, error.message):
+                return None
+            return self._clock.monotonic() + self._cadence.interval
+        return await self._failed(error, started)
 
     async def _failed(self, error: UpstreamError, started: float) -> float | None:
-        """A failed poll: back off, or give up once failures lasted long enough."""
+        """A failed poll: step aside, back off, or give up once failures lasted long enough."""
         give_up = self._cadence.give_up
         self._failures += 1
         if (
@@ -317,12 +370,12 @@ class Poller:
             and await self.ledger.step_aside()
         ):
             self._lose_lead()
-            return time.monotonic() + self._cadence.interval
+            return self._clock.monotonic() + self._cadence.interval
         if self._failing_since is None:
             self._failing_since = started
             # Logged when a run starts failing and when it recovers, not per poll.
             log.warning("polls of run %s are failing: %s", self.key.run_id, error.code)
-        now = time.monotonic()
+        now = self._clock.monotonic()
         if now - self._failing_since >= give_up:
             message = (
                 f"The bridge gave up on the upstream API after {give_up:g} seconds of failures."
@@ -334,6 +387,14 @@ class Poller:
         # One last try exactly when the give-up time comes, not a backoff later.
         self._next_poll = min(next_poll, self._failing_since + give_up)
         return min(self._next_poll, now + self._cadence.interval)
+
+    def _recovered(self) -> None:
+        """A poll was answered: failures so far are over."""
+        self._failures = 0
+        if self._failing_since is not None:
+            log.info("polls of run %s recovered", self.key.run_id)
+            self._failing_since = None
+            self._backoff.reset()
 
     def _check(self, reading: Reading) -> None:
         """Tell the operator, once, when the status filters do not fit this API."""
@@ -391,7 +452,7 @@ class Poller:
         # Another replica may have polled meanwhile: our validators describe an answer
         # that may no longer be the latest one here; and pokes are the leader's.
         self._validators = None
-        self._poked = False
+        self._wakeup.poked = False
 
     def _active(self, now: float) -> bool:
         """Viewers here, or the linger after the last one left."""
@@ -406,12 +467,18 @@ class Poller:
         return not (self.ledger.leads and self.ledger.others > 0)
 
     async def _wait(self, until: float) -> bool:
-        """Sleep until ``until``, a nudge or a change of viewers; False: stop."""
+        """Sleep until ``until``, a wake-up or a change of viewers; False: stop."""
+        wakeup = self._wakeup
         while True:
-            if self._nudged:
-                self._nudged = False
+            if wakeup.nudged:
+                wakeup.nudged = False
                 return True
-            now = time.monotonic()
+            if wakeup.changed:
+                wakeup.changed = False
+                # A waiting first viewer can have it now; an ended run stops at once.
+                if self._settled():
+                    return True
+            now = self._clock.monotonic()
             if self._idle_done(now):
                 return False
             if now >= until:
@@ -421,7 +488,5 @@ class Poller:
                 idle_end = self._idle_since + self._cadence.linger
                 if idle_end > now:
                     wake_at = min(wake_at, idle_end)
-            self._wake.clear()
-            with suppress(TimeoutError):
-                async with asyncio.timeout(wake_at - now):
-                    await self._wake.wait()
+            wakeup.event.clear()
+            await self._clock.sleep(wake_at - now, wakeup.event)

@@ -1,5 +1,5 @@
 """BRIDGE_PROFILE presets: the state expression, state lists, ignored fields, progress
-expression and static headers of eleven well-known run APIs.
+and detail expressions and static headers of eleven well-known run APIs.
 
 Each preset was checked against the API's published documentation (the ``docs`` URLs);
 every state those pages document is placed on purpose in ``success``, ``failure`` or
@@ -86,6 +86,9 @@ class Profile:
     ignore_fields: tuple[str, ...] = ()
     #: jq filter giving 0..1, only where the API documents something sound.
     progress_expr: str | None = None
+    #: jq filter giving one line of detail (a message, the current step), only where the
+    #: API documents such a field.
+    detail_expr: str | None = None
     #: Static headers the API asks for; read-only, never a credential.
     upstream_headers: Mapping[str, str] = field(default_factory=lambda: _NO_HEADERS, hash=False)
     #: An example BRIDGE_UPSTREAM_RUN_PATH (upper-case words are the operator's to fill).
@@ -209,6 +212,10 @@ GOOGLE_OPERATIONS = Profile(
     # Progress lives in each service's own metadata type (no common field): set
     # BRIDGE_PROGRESS_EXPR per service, e.g. `.metadata.progressPercent / 100`.
     progress_expr=None,
+    # `error` is a google.rpc.Status, "the error result of the operation in case of
+    # failure or cancellation", whose `message` is its sentence (operations.proto; also
+    # https://cloud.google.com/php/docs/reference/longrunning/0.4.1/LongRunning.Operation).
+    detail_expr=".error.message? | strings",
     example_run_path="/v1/projects/PROJECT/locations/LOCATION/operations/{run_id}",
 )
 
@@ -231,6 +238,10 @@ AZURE_OPERATIONS = Profile(
     # The documented body has no field that changes without the operation changing.
     ignore_fields=(),
     progress_expr=".percentComplete? | numbers | . / 100",
+    # "If the asynchronous operation failed, the response body includes ... error
+    # information regarding the failure": `error` with `code` and `message` (the page
+    # above; https://learn.microsoft.com/en-us/javascript/api/@azure/arm-network/azureasyncoperationresult).
+    detail_expr=".error.message? | strings",
     example_run_path=(
         "/subscriptions/SUBSCRIPTION_ID/providers/PROVIDER_NAMESPACE/locations/LOCATION"
         "/operationStatuses/{run_id}?api-version=API_VERSION"
@@ -314,6 +325,13 @@ KUBERNETES_JOBS = Profile(
         "(.spec.completions? | numbers) as $n"
         " | if $n > 0 then (((.status.succeeded? // 0) | numbers) / $n) else empty end"
     ),
+    # JobCondition.message: "Human readable message indicating details about last
+    # transition" (JobStatus above), of the last condition that holds; its `reason` (a
+    # word such as BackoffLimitExceeded) where there is no message.
+    detail_expr=(
+        '[(.status.conditions? // [])[]? | select((.status? // "") == "True")'
+        ' | (.message? // .reason?) | strings | select(. != "")] | last // empty'
+    ),
     example_run_path="/apis/batch/v1/namespaces/NAMESPACE/jobs/{run_id}",
 )
 
@@ -365,6 +383,9 @@ DATABRICKS_RUNS = Profile(
     in_progress=("QUEUED", "PENDING", "RUNNING", "TERMINATING", "BLOCKED", "WAITING_FOR_RETRY"),
     ignore_fields=(),
     progress_expr=None,
+    # RunState.state_message: "A descriptive message for the current state" (the RunState
+    # page above), e.g. why the run failed.
+    detail_expr=".state.state_message? | strings",
     example_run_path="/api/2.1/jobs/runs/get?run_id={run_id}",
 )
 
@@ -393,6 +414,9 @@ ARGO_WORKFLOWS = Profile(
         '(.status.progress? // "") | strings | capture("^(?<d>\\\\d+)/(?<t>\\\\d+)$")?'
         " | (.t | tonumber) as $t | if $t > 0 then (.d | tonumber) / $t else empty end"
     ),
+    # WorkflowStatus.message: "A human readable message indicating details about why the
+    # workflow is in this condition" (the field reference above).
+    detail_expr=".status.message? | strings",
     example_run_path="/api/v1/workflows/NAMESPACE/{run_id}",
 )
 
@@ -460,6 +484,9 @@ REPLICATE_PREDICTIONS = Profile(
         ' | capture("^\\\\s*(?<p>\\\\d+)%\\\\s*\\\\|.+?\\\\|\\\\s*(?<c>\\\\d+)/(?<t>\\\\d+)")?]'
         " | last | if . == null then empty else (.p | tonumber) / 100 end"
     ),
+    # The prediction's `error`: its error message when it failed (the HTTP API reference
+    # above; a string, as replicate-python's Prediction.error has it).
+    detail_expr=".error? | strings",
     example_run_path="/v1/predictions/{run_id}",
 )
 
@@ -491,6 +518,9 @@ OPENAI_BATCHES = Profile(
         "(.request_counts? // {}) as $c | ($c.total? | numbers) as $t"
         " | if $t > 0 then ((($c.completed? // 0) + ($c.failed? // 0)) / $t) else empty end"
     ),
+    # errors.data[].message: "A human-readable message providing more details about the
+    # error" (the batch object above; e.g. why validation failed).
+    detail_expr=".errors?.data?[0]?.message? | strings",
     example_run_path="/v1/batches/{run_id}",
 )
 
@@ -576,6 +606,8 @@ def describe(profile: Profile) -> str:
         f"  BRIDGE_IGNORE_FIELDS     {','.join(profile.ignore_fields) or '(none)'}",
         "  BRIDGE_PROGRESS_EXPR     "
         + (_one_line(profile.progress_expr) if profile.progress_expr else "(none)"),
+        "  BRIDGE_DETAIL_EXPR       "
+        + (_one_line(profile.detail_expr) if profile.detail_expr else "(none)"),
         f"  BRIDGE_UPSTREAM_HEADERS  {headers or '(none)'}",
         f"  run path, for example    BRIDGE_UPSTREAM_RUN_PATH={profile.example_run_path}"
         " (not set by the profile)",

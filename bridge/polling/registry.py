@@ -2,15 +2,15 @@
 
 ``lease()`` is how anything gets a run's channel: it starts the poller on first use,
 waits for its first status (concurrent cold connects share that one request), keeps the
-poller alive while held, and answers an ended run from the hub's history without asking
-the upstream. The registry owns every poller's task and awaits each one in ``close()``.
+poller alive until the lease is released, and answers an ended run from the hub's
+history without asking the upstream. The registry owns every poller's task and awaits
+each one in ``close()``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from bridge.credentials import credentials_digest
@@ -18,7 +18,7 @@ from bridge.events.channel import Channel, ChannelKey
 from bridge.events.hub import Hub
 from bridge.ops.metrics import Metrics
 from bridge.polling.ledger import LedgerBackend
-from bridge.polling.poller import Cadence, Fetch, Poller
+from bridge.polling.poller import Cadence, Fetch, Poller, Wakeup
 from bridge.polling.status import StatusReader
 from bridge.tasks import cancel_and_wait
 
@@ -76,32 +76,22 @@ class PollerRegistry:
     def key(self, run_id: str, headers: Mapping[str, str]) -> ChannelKey:
         return ChannelKey(run_id, credentials_digest(self._backend.digest_secret(), headers))
 
-    @asynccontextmanager
-    async def lease(self, run_id: str, headers: Mapping[str, str]) -> AsyncIterator[Channel]:
-        """The run's channel with its first status, kept fresh while the lease is held.
+    async def lease(
+        self, run_id: str, headers: Mapping[str, str]
+    ) -> tuple[Channel, Callable[[], None]]:
+        """The run's channel with its first status, kept fresh until the returned
+        ``release`` is called (once).
 
-        Raises UpstreamError when the first status cannot be fetched with these headers,
-        ClusterUnavailable when cluster mode cannot reach Redis.
-        """
-        channel, poller = await self.take(run_id, headers)
-        try:
-            yield channel
-        finally:
-            if poller is not None:
-                poller.release()
-
-    async def take(self, run_id: str, headers: Mapping[str, str]) -> tuple[Channel, Poller | None]:
-        """``lease`` without the context manager: the channel, and the poller whose
-        ``release()`` ends the lease (None: an ended run answered from history).
-
-        For streams held open after their opening (bridge/streams/opening.py), where a bound
-        method to call later costs less per viewer than a suspended context manager.
+        Not a context manager: a stream held open after its opening keeps the bound
+        method to call later, which costs less per viewer than a suspended context
+        manager. Raises UpstreamError when the first status cannot be fetched with these
+        headers, ClusterUnavailable when cluster mode cannot reach Redis.
         """
         key = self.key(run_id, headers)
         cached = self.hub.find(key)
         if cached is not None and cached.history.terminal and key not in self._pollers:
             # Ended runs are answered from history: no upstream request.
-            return cached, None
+            return cached, _nothing_held
         poller = self._pollers.get(key) or self._start(key, headers)
         poller.acquire()
         try:
@@ -109,7 +99,7 @@ class PollerRegistry:
         except BaseException:
             poller.release()
             raise
-        return poller.channel, poller
+        return poller.channel, poller.release
 
     def start_with(
         self, run_id: str, headers: Mapping[str, str], make: Callable[..., Poller]
@@ -124,8 +114,9 @@ class PollerRegistry:
         self, key: ChannelKey, headers: Mapping[str, str], make: Callable[..., Poller] | None = None
     ) -> Poller:
         channel = self.hub.open(key)
+        wakeup = Wakeup()
         try:
-            ledger = self._backend.open(key, channel)
+            ledger = self._backend.open(key, channel, wakeup)
         except BaseException:
             self.hub.retire(key)
             raise
@@ -133,6 +124,7 @@ class PollerRegistry:
             key,
             headers,
             ledger,
+            wakeup,
             cadence=self._cadence,
             fetch=self._fetch,
             reader=self._reader,
@@ -179,9 +171,6 @@ class PollerRegistry:
     def active(self) -> int:
         return len(self._pollers)
 
-    def poller(self, run_id: str, headers: Mapping[str, str]) -> Poller | None:
-        return self._pollers.get(self.key(run_id, headers))
-
     async def close(self) -> None:
         """Stop every poller and wait for each; their leases are given up in one go."""
         self._backend.hold_resignations()
@@ -190,3 +179,7 @@ class PollerRegistry:
                 await cancel_and_wait(task)
         finally:
             await self._backend.resign_held()
+
+
+def _nothing_held() -> None:
+    """The release of a lease on an ended run: no poller was kept alive for it."""

@@ -10,7 +10,7 @@ from email.utils import parsedate_to_datetime
 MAX_RETRY_AFTER = 300.0
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+def parse_retry_after(value: str | None) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), or None."""
     if not value:
         return None
@@ -23,7 +23,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return None
     if when is None:
         return None
-    delay = when.timestamp() - (time.time() if now is None else now)
+    delay = when.timestamp() - time.time()
     return min(max(delay, 0.0), MAX_RETRY_AFTER)
 
 
@@ -59,7 +59,6 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at: float | None = None
         self._trial_running = False
-        self.opened = 0
 
     @property
     def state(self) -> str:
@@ -86,8 +85,6 @@ class CircuitBreaker:
     def failure(self) -> None:
         self._failures += 1
         if self._trial_running or self._failures >= self.threshold:
-            if self._opened_at is None or self._trial_running:
-                self.opened += 1
             self._opened_at = time.monotonic()
         self._trial_running = False
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,8 @@ from bridge.events import sse
 
 #: Longest state kept; a longer first output is a mistake in the filter, not a state.
 MAX_STATE_LENGTH = 256
+#: Longest detail kept (BRIDGE_DETAIL_EXPR), in characters; longer is cut with "…".
+MAX_DETAIL_LENGTH = 200
 
 #: States that plainly mean "still going" in the APIs the bridge meets (case-folded). A
 #: state outside these and both lists is worth a warning: it may be a final state that
@@ -73,8 +76,79 @@ class ExpressionError(ValueError):
     """A filter that does not compile; the message names what was wrong, one line."""
 
 
-def is_terminal(event: str) -> bool:
-    return event in (sse.COMPLETE, sse.ERROR)
+#: Longest jq reason kept in a message.
+MAX_REASON = 160
+_JQ_PREFIX = re.compile(r"^jq: error(?: \(at [^)]*\))?: ")
+_JQ_WHERE = re.compile(r" at <top-level>, line (\d+)(?:, column (\d+))?:?$")
+#: Where jq quotes a value in a run-time error: "string (", "object (", ...
+_JQ_VALUE = re.compile(r"\b(?:null|boolean|number|string|array|object) \(")
+#: The end of a value jq cut short: "...", then what closes it, then ")".
+_JQ_CUT = re.compile(r"\.\.\.[\"\]}]*\)")
+
+
+def compile_reason(error: BaseException) -> str:
+    """jq's compile error as one clause: ``syntax error, unexpected end of file at line 1,
+    column 4`` (its first line, without the ``jq: error:`` prefix and the dangling colon
+    before the filter it repeats)."""
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else ""
+    first = _JQ_PREFIX.sub("", first)
+    first = _JQ_WHERE.sub(
+        lambda m: f" at line {m[1]}" + (f", column {m[2]}" if m[2] else ""), first
+    )
+    first = first.rstrip(" :")
+    return first[:MAX_REASON] or "invalid"
+
+
+def _value_end(text: str, start: int) -> int:
+    """Where the value jq quoted from ``start`` (after its "(") ends: the index of ")".
+
+    The value is JSON, whole or cut short with "..."; -1 if no end is found.
+    """
+    depth = 0
+    in_string = False
+    escaped = False
+    for index in range(start, len(text)):
+        char = text[index]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == ")" and depth <= 0:
+            return index
+    return -1
+
+
+def runtime_reason(error: BaseException) -> str:
+    """jq's run-time error with every value it quotes left out: ``Cannot index string
+    with string``, ``string cannot be parsed as a number``. The values may be the
+    status's own (a secret, a personal name), and logs get the fact, not the data."""
+    text = " ".join(str(error).split())
+    text = _JQ_PREFIX.sub("", text)
+    out: list[str] = []
+    position = 0
+    while (found := _JQ_VALUE.search(text, position)) is not None:
+        out.append(text[position : found.end() - 2])
+        # A value cut short inside a string never closes: it ends where jq cut it. (A
+        # whole or cut JSON value has no ")" outside a string, so an end found by the
+        # scan is never early; a late one only leaves out more.)
+        end = _value_end(text, found.end())
+        if end < 0:
+            cut = _JQ_CUT.search(text, found.end())
+            end = cut.end() - 1 if cut is not None else len(text)
+        position = end + 1
+    out.append(text[position:])
+    reason = "".join(out).strip()
+    return reason[:MAX_REASON] or "no reason given"
 
 
 def field_expr(name: str) -> str:
@@ -86,9 +160,7 @@ def _compile(expr: str, what: str) -> Any:
     try:
         return jq.compile(expr)
     except ValueError as error:
-        # jq's message is several lines (the filter, a caret): keep its first line.
-        first = str(error).strip().splitlines()[0] if str(error).strip() else "invalid"
-        raise ExpressionError(f"{what} does not compile: {first}") from None
+        raise ExpressionError(f"{what} does not compile: {compile_reason(error)}") from None
 
 
 def ignore_filter(paths: Iterable[str]) -> str | None:
@@ -116,6 +188,10 @@ class Reading:
     #: Why the progress could not be read, if so (shown by `sse-bridge inspect`; a run
     #: without progress yet, e.g. queued, is common and not worth a warning).
     progress_problem: str | None = None
+    #: One line from BRIDGE_DETAIL_EXPR (the current stage, the error message), if set.
+    detail: str | None = None
+    #: Why the detail could not be read, if so (shown by `sse-bridge inspect`).
+    detail_problem: str | None = None
 
 
 class StatusReader:
@@ -128,6 +204,7 @@ class StatusReader:
         ignore_fields: Iterable[str] = (),
         progress_expr: str | None = None,
         in_progress: Iterable[str] = (),
+        detail_expr: str | None = None,
     ) -> None:
         self.state_expr = state_expr
         self._state = _compile(state_expr, "the state expression")
@@ -140,6 +217,7 @@ class StatusReader:
         self._progress = (
             _compile(progress_expr, "the progress expression") if progress_expr else None
         )
+        self._detail = _compile(detail_expr, "the detail expression") if detail_expr else None
 
     def read(self, status: dict[str, Any], data: str | None = None) -> Reading:
         """Read ``status`` (``data``: it as ``sse.encode_json`` wrote it, if at hand)."""
@@ -149,6 +227,8 @@ class StatusReader:
         state = self._read_state(data, problems)
         progress_problems: list[str] = []
         progress = self._read_progress(data, progress_problems)
+        detail_problems: list[str] = []
+        detail = self._read_detail(status, detail_problems)
         fingerprint = data
         if self._ignore is not None:
             try:
@@ -165,6 +245,8 @@ class StatusReader:
             "; ".join(problems) or None,
             known,
             "; ".join(progress_problems) or None,
+            detail,
+            "; ".join(detail_problems) or None,
         )
 
     def first_warning(self, state: str) -> bool:
@@ -193,9 +275,9 @@ class StatusReader:
             value = self._state.input_text(data).first()
         except StopIteration:
             return None  # no output: still going
-        except ValueError:
-            # jq's message may quote the status; logs get the fact, not the data.
-            problems.append("the state expression failed on this status")
+        except ValueError as error:
+            # jq's reason, without the values it quotes (runtime_reason).
+            problems.append(f"the state expression failed on this status: {runtime_reason(error)}")
             return None
         if value is None:
             return None
@@ -218,8 +300,10 @@ class StatusReader:
             value = self._progress.input_text(data).first()
         except StopIteration:
             return None
-        except ValueError:
-            problems.append("the progress expression failed on this status")
+        except ValueError as error:
+            problems.append(
+                f"the progress expression failed on this status: {runtime_reason(error)}"
+            )
             return None
         if value is None:
             return None
@@ -227,3 +311,33 @@ class StatusReader:
             problems.append("the progress expression gave no number")
             return None
         return min(1.0, max(0.0, float(value)))
+
+    def _read_detail(self, status: dict[str, Any], problems: list[str]) -> str | None:
+        if self._detail is None:
+            return None
+        try:
+            value = self._detail.input_value(status).first()
+        except StopIteration:
+            return None
+        except ValueError as error:
+            problems.append(f"the detail expression failed on this status: {runtime_reason(error)}")
+            return None
+        return one_line(value, problems)
+
+
+def one_line(value: Any, problems: list[str]) -> str | None:
+    """A detail as one short line: a string with its whitespace runs (line breaks
+    included) made one space, cut at MAX_DETAIL_LENGTH; a number or boolean as JSON."""
+    if value is None:
+        return None
+    if isinstance(value, bool | int | float):
+        return json.dumps(value)
+    if not isinstance(value, str):
+        problems.append(f"the detail expression gave {type(value).__name__}, not text")
+        return None
+    # str.split() also splits on control characters such as \x1c..\x1f; the rest of
+    # them are escaped wherever the detail is sent (JSON, a header is quoted).
+    text = " ".join(value.split())
+    if len(text) > MAX_DETAIL_LENGTH:
+        text = text[: MAX_DETAIL_LENGTH - 1] + "…"
+    return text or None

@@ -1,6 +1,6 @@
 """Free a closed connection's objects by reference counting: break Hypercorn's cycles.
 
-HACK, labelled so it can be found and retired:
+Hack H2 (docs/hacks.md), fenced here so it can be found and retired:
 
 What. When a connection's ``TCPServer.run()`` has returned (its task group has waited
 for every task of the connection, and the socket is closed), three links that close
@@ -36,7 +36,7 @@ worker awaits for each accepted connection, in one that awaits it and then, in a
 in bridge/server/hypercorn_transport.py checks it by name and module). It touches
 nothing while a connection is in use, and nothing it does can raise into Hypercorn: a
 failure is logged once and counted (``stats``), and what is left uncut of that
-connection is freed by the collector, as before. HTTP/2 connections get the same cut
+connection is freed by the collector. HTTP/2 connections get the same cut
 (``H2Protocol.send``); bench/cycles.py measures HTTP/1.1 only.
 
 Checked against Hypercorn 0.17.0 to 0.18.0 (the same attributes in 0.17.0, 0.17.3 and
@@ -44,12 +44,14 @@ Checked against Hypercorn 0.17.0 to 0.18.0 (the same attributes in 0.17.0, 0.17.
 bench/cycles.py, which measure before and after: bench/results/cycles.md). Outside
 ``CHECKED_HYPERCORN``, or when a class is not where it was, ``install()`` does nothing,
 logs one WARNING and returns False: the connections are then freed by the collector, as
-before (bridge/ops/gc_tuning.py's full collections), which is slower, never wrong.
+without it (bridge/ops/gc_tuning.py's full collections), which is slower, never wrong.
 
-Not covered: cycles that the app itself builds through the request (a bound method of
-Hypercorn's ``HTTPStream`` stored in its own ASGI scope, a cancelled task whose
-``CancelledError`` traceback holds a frame that holds the task): they are the app's to
-break (bench/cycles.py names them).
+Not covered: what the app itself holds or builds through the request. The app puts
+nothing of Hypercorn's into the scope (the stream front is handed ``send``), and its own
+workarounds stand where they are needed, each tagged with its number in docs/hacks.md:
+H3 (no final body once the viewer left, bridge/web/front.py), H4 (a cancelled pump's
+ticker entry, bridge/web/front.py), H5 (the fast-path hand-over's replay lists,
+bridge/streams/stream.py).
 
 What retires it: Hypercorn breaking these cycles itself when a connection ends (e.g.
 clearing ``ProtocolWrapper.send``/``H11Protocol.send`` in ``TCPServer._close``, or

@@ -1,6 +1,6 @@
 """The viewer's socket for the fast path: the one place that knows Hypercorn's internals.
 
-HACK, labelled so it can be found and retired:
+Hack H1 (docs/hacks.md), fenced here so it can be found and retired:
 
 What. ASGI gives an app a ``send`` callable, never the socket. The fast path
 (bridge/streams/direct.py) needs the socket, so this module walks from Hypercorn's ``send`` to it
@@ -26,10 +26,8 @@ expects. Tested against Hypercorn 0.18.0 (tests/test_fast_path.py serves a real 
 0.17.0 to 0.17.3 have the same four attributes (read in their source, not run).
 
 Why. Through ASGI, each frame to each viewer costs a task wake-up, Quart's response loop,
-Hypercorn's send path and h11 framing. bench/FINDINGS.md ("Where the time goes per frame"
-and "Phase 2") measured it: at 10,000 viewers the last viewer got a change after 281 ms
-through ``await send(...)`` against 78 ms writing to the transports (28 us against 7.9 us
-of CPU per frame), and the bridge went from 9.9x to 0.82x nchan's fan-out delay.
+Hypercorn's send path and h11 framing: about 3.5x the CPU of a write to the transport
+per frame at 10,000 viewers (bench/FINDINGS.md, "Where the time goes per frame").
 
 Otherwise. ``fast_path_transport`` returns None and the stream takes the ASGI path
 (bridge/streams/stream.py): the same events, pings and timeout, slower. Each such stream is
@@ -59,9 +57,6 @@ log = logging.getLogger("bridge.server.hypercorn_transport")
 
 #: Hypercorn releases whose internals the walk was checked against: [lowest, end).
 TESTED_HYPERCORN: Final = ((0, 17), (0, 19))
-#: The ASGI scope key under which the stream front (bridge/web/front.py) leaves the server's
-#: send callable for the walk.
-SEND_KEY: Final = "bridge.send"
 
 #: Why a stream that wanted the fast path took the ASGI path (the metric's label).
 FallbackReason = Literal["http_version", "method", "hypercorn_version", "internals"]
@@ -69,12 +64,13 @@ FALLBACK_REASONS: Final[tuple[FallbackReason, ...]] = get_args(FallbackReason)
 
 
 def fast_path_transport(
-    scope: Mapping[str, Any], fell_back: Callable[[FallbackReason], None]
+    scope: Mapping[str, Any], send: object, fell_back: Callable[[FallbackReason], None]
 ) -> asyncio.WriteTransport | None:
     """The viewer's transport if this request may take the fast path, else None.
 
-    ``scope`` is the request's ASGI scope (the server's ``send`` under SEND_KEY); ``fell_back``
-    is told the reason whenever None is returned for a live connection.
+    ``scope`` and ``send`` are the request's, as Hypercorn gave them to the app; ``fell_back``
+    is told the reason whenever None is returned for a live connection. bridge/server/serve.py
+    hands this function to the stream front (bridge/web/front.py), which calls it with them.
     """
     if scope.get("http_version") != "1.1":
         fell_back("http_version")
@@ -88,7 +84,7 @@ def fast_path_transport(
         fell_back("hypercorn_version")
         return None
     try:
-        transport = _walk(scope.get(SEND_KEY))
+        transport = _walk(send)
     except _Moved as moved:
         _warn_once("internals", f"{moved} (Hypercorn {installed_hypercorn()})")
         fell_back("internals")

@@ -1,4 +1,9 @@
-"""Serving the app with Hypercorn: binding, TLS, access log without query strings, drain."""
+"""Serving the app with Hypercorn: binding, TLS, access log without query strings, drain.
+
+The server imports the app, never the other way: what it needs of the app is handed
+over as ``Serving`` (bridge/web/app.py), and it gives the app's stream front its
+fast-path socket lookup (bridge/server/hypercorn_transport.py) as a plain callable.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import signal
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,9 +25,9 @@ from hypercorn.logging import Logger
 from quart import Quart
 
 from bridge.server import hypercorn_cycles
-from bridge.services import Services
+from bridge.server.hypercorn_transport import fast_path_transport
 from bridge.settings import Settings
-from bridge.web.app import SERVICES
+from bridge.web.app import serving
 
 log = logging.getLogger("bridge.server.serve")
 
@@ -244,7 +250,11 @@ async def serve(
     stays open BRIDGE_DRAIN_DELAY seconds so load balancers see the 503, then Hypercorn
     closes it and waits for the remaining requests; pollers stop as the app shuts down.
     """
-    services: Services = app.extensions[SERVICES]
+    app_serving = serving(app)
+    if settings.direct_writes:
+        app_serving.front.use_fast_path(
+            partial(fast_path_transport, fell_back=app_serving.metrics.fast_path_fell_back)
+        )
     # Before the app starts: a bad certificate is one clear error, not Hypercorn's SSLError.
     tls_context(settings)
     trigger = shutdown_trigger or signal_trigger()
@@ -255,11 +265,11 @@ async def serve(
     async def drain_then_stop() -> None:
         await trigger()
         log.info("draining: refusing new streams, ending open ones")
-        services.drain()
+        app_serving.drain()
         await asyncio.sleep(settings.drain_delay)
 
     # Each connection's objects are then freed by refcount when it ends, not left as
-    # cyclic garbage for a full collection (issue 14; bridge/server/hypercorn_cycles.py).
+    # cyclic garbage for a full collection (Hack H2, docs/hacks.md).
     hypercorn_cycles.install()
     try:
         await hypercorn_serve(

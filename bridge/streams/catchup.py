@@ -12,7 +12,8 @@ run's end, or on drain (with what it has).
 from __future__ import annotations
 
 import asyncio
-from contextlib import AsyncExitStack, suppress
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -21,9 +22,8 @@ from bridge.events import sse
 from bridge.events.channel import Subscription
 from bridge.events.feed import FeedHistory, current_status
 from bridge.events.history import Event
-from bridge.services import Services
 from bridge.streams.feed import upstream_events
-from bridge.streams.opening import lease_all
+from bridge.streams.opening import Opener
 from bridge.streams.viewer import Viewer
 
 
@@ -47,13 +47,22 @@ def parse_wait(value: str | None, longest: float) -> float:
     return seconds
 
 
+def header_safe(text: str | None) -> str:
+    """``text`` as a header value ("" when none): as it is when printable ASCII, else
+    percent-encoded (an upstream string may hold anything; a header may not)."""
+    if not text:
+        return ""
+    return text if text.isascii() and text.isprintable() else quote(text, safe="")
+
+
 def state_header(event: Event | None) -> str:
     """X-Run-State: the state as the status filters read it ("" when none), header-safe."""
-    state = event.state if event is not None else None
-    if not state:
-        return ""
-    # An upstream string may hold anything; a header may not (no CR/LF, ASCII only).
-    return state if state.isascii() and state.isprintable() else quote(state, safe="")
+    return header_safe(event.state if event is not None else None)
+
+
+def detail_header(event: Event | None) -> str:
+    """X-Run-Detail: the detail BRIDGE_DETAIL_EXPR read ("" when none), header-safe."""
+    return header_safe(event.detail if event is not None else None)
 
 
 async def _wait(subscription: Subscription, ready: bool, seconds: float) -> None:
@@ -78,6 +87,7 @@ def _events_body(
     if state is None and latest is not None:
         state = latest.state
     progress = latest.progress if latest is not None else None
+    detail = latest.detail if latest is not None else None
     items = ",".join(
         f'{{"id":{sse.encode_json(e.id)},"event":{sse.encode_json(e.name)},"data":{e.data}}}'
         for e in events
@@ -86,61 +96,74 @@ def _events_body(
         f'{{"run_id":{sse.encode_json(run_id)},"events":[{items}],'
         f'"cursor":{sse.encode_json(cursor)},"state":{sse.encode_json(state)},'
         f'"progress":{sse.encode_json(progress)},'
+        f'"detail":{sse.encode_json(detail)},'
         f'"terminal":{sse.encode_json(latest is not None and latest.terminal)}}}'
     )
 
 
+@asynccontextmanager
+async def _opened(opener: Opener, viewer: Viewer, run_id: str) -> AsyncIterator[Subscription]:
+    """A stream slot, the run's lease and a subscription, as a stream takes them, held
+    for as long as the answer waits."""
+    async with AsyncExitStack() as stack:
+        stack.enter_context(opener.limiter.hold(viewer.client))
+        (channel,) = await opener.lease_all(stack, [run_id], viewer)
+        subscription = opener.hub.join(channel)
+        stack.callback(channel.discard, subscription)
+        yield subscription
+
+
 async def events(
-    services: Services, viewer: Viewer, run_id: str, since: str | None, wait: float
+    opener: Opener, viewer: Viewer, run_id: str, since: str | None, wait: float
 ) -> Answer:
     """The events after ``since`` (or the current status), waiting up to ``wait`` for one."""
-    async with AsyncExitStack() as stack:
-        stack.enter_context(services.limiter.hold(viewer.client))
-        (channel,) = await lease_all(stack, services, [run_id], viewer)
-        subscription = await stack.enter_async_context(services.hub.subscribe(channel))
-        history = channel.history
+    async with _opened(opener, viewer, run_id) as subscription:
+        history = subscription.channel.history
         held = history.holds(since)
-        feed = services.feed
-        if isinstance(history, FeedHistory) and feed is not None:
+        reach = opener.feed
+        if isinstance(history, FeedHistory) and reach is not None:
             # A feed: items the history no longer holds come from the upstream.
-            since = since or feed.start
+            since = since or reach.source.start
             held = history.holds(since)
             if held is None:
                 found = await upstream_events(
-                    feed,
-                    services.fetch_page,
+                    reach.source,
+                    reach.pages,
                     run_id,
                     since,
-                    services.polled_with(viewer),
+                    reach.headers(viewer),
                     history.state,
                 )
                 reached = found[-1].id if found else since
                 body = _events_body(run_id, found, reached, history.latest, history.state)
                 return Answer(200, body, {"Cache-Control": "no-cache"})
         if held is None:
-            # No since, or one this history no longer holds: the current status.
-            found = history.resume(None)
+            # No since: the current status (with progress off, the history from its
+            # start); one this history no longer holds: the current status.
+            found = history.resume(since)
         else:
             found = history.after(held)
             await _wait(subscription, bool(found) or history.terminal, wait)
             found = history.after(held)
         # A lease comes with a first status (a feed's may have no item yet).
-        latest = history.latest
+        latest = history.status
         cursor = found[-1].id if found else since
         # A feed's state is its last page's, whether or not it had an item.
         state = history.state if isinstance(history, FeedHistory) else None
-        body = _events_body(run_id, found, cursor, latest, state)
-        headers = {"Cache-Control": "no-cache", "X-Run-State": state_header(latest)}
+        # A built-in event turned off moves the cursor on but is not listed.
+        body = _events_body(run_id, [e for e in found if e.sent], cursor, latest, state)
+        headers = {
+            "Cache-Control": "no-cache",
+            "X-Run-State": state_header(latest),
+            "X-Run-Detail": detail_header(latest),
+        }
         return Answer(200, body, headers)
 
 
-async def result(services: Services, viewer: Viewer, run_id: str, wait: float) -> Answer:
+async def result(opener: Opener, viewer: Viewer, run_id: str, wait: float) -> Answer:
     """200 with the final status once the run ended (waiting up to ``wait``), else 202."""
-    async with AsyncExitStack() as stack:
-        stack.enter_context(services.limiter.hold(viewer.client))
-        (channel,) = await lease_all(stack, services, [run_id], viewer)
-        subscription = await stack.enter_async_context(services.hub.subscribe(channel))
-        history = channel.history
+    async with _opened(opener, viewer, run_id) as subscription:
+        history = subscription.channel.history
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while not history.terminal and not subscription.closed:
@@ -148,15 +171,16 @@ async def result(services: Services, viewer: Viewer, run_id: str, wait: float) -
             if left <= 0:
                 break
             await _wait(subscription, False, left)
-        latest = history.latest
+        latest = history.status
         status = current_status(history) or "null"
         headers = {
             "Cache-Control": "no-cache",
             "X-Run-State": state_header(latest),
+            "X-Run-Detail": detail_header(latest),
             # The outcome in the stream's words (complete / error / progress), so a
             # script needs no state lists of its own.
-            "X-Run-Event": latest.name if latest is not None else sse.PROGRESS,
+            "X-Run-Event": latest.kind if latest is not None else sse.PROGRESS,
         }
         if history.terminal and latest is not None:
-            status = latest.data
+            status = latest.status
         return Answer(200 if history.terminal else 202, status, headers)

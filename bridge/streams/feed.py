@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import dataclass
 
 from bridge.errors import BridgeError, UpstreamError
 from bridge.events import sse
@@ -98,18 +99,23 @@ def stale_cursor_error(status: int) -> bytes:
     return sse.frame(sse.ERROR, data)
 
 
+@dataclass(frozen=True, slots=True)
+class FeedReach:
+    """How a feed's items are asked of the upstream for one viewer: the feed's filters,
+    the page request, and the headers that viewer's own requests go with."""
+
+    source: FeedSource
+    pages: PageFetch
+    headers: Callable[[Viewer], Mapping[str, str]]
+
+
 class FeedFramer:
     """The single-run framer of feed mode (see bridge/streams/opening.py)."""
 
-    def __init__(
-        self,
-        source: FeedSource,
-        pages: PageFetch,
-        headers: Callable[[Viewer], Mapping[str, str]],
-    ) -> None:
-        self._source = source
-        self._pages = pages
-        self._headers = headers
+    def __init__(self, reach: FeedReach) -> None:
+        self._source = reach.source
+        self._pages = reach.pages
+        self._headers = reach.headers
 
     def __call__(
         self, subscriptions: list[Subscription], viewer: Viewer, limits: StreamLimits

@@ -18,13 +18,15 @@ viewer leaving. Ids are the fleet log's (``<epoch>-<seq>``), opaque to clients.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
+
+from prometheus_client import Gauge
 
 from bridge.errors import BridgeError, InvalidRequest
 from bridge.events import sse
-from bridge.polling.fleet import Fleet, FleetViewer, event_frame
-from bridge.services import Services
+from bridge.polling.fleet import Fleet, Fleets, FleetViewer, event_frame
 from bridge.streams.keepalive import Keepalive, StreamLimits
+from bridge.streams.limits import StreamLimiter
 from bridge.streams.opening import Holding, Opened
 from bridge.streams.viewer import Viewer
 
@@ -52,32 +54,51 @@ def parse_envelope(value: str | None) -> bool:
     raise InvalidRequest("envelope must be 0 or 1.")
 
 
-async def open_fleet_stream(services: Services, viewer: Viewer, envelope: bool) -> Opened:
-    """A stream slot, admission, the scope's list poller (its first list), then the
-    first frame. Raises what refused the viewer (the list's 401/403/404, 502, ...)."""
-    fleets = services.fleets
-    if fleets is None:
-        raise NoList()
-    holding = Holding()
-    services.limiter.take(viewer.client)
-    holding.callback(services.limiter.give, viewer.client)
-    try:
-        if services.auth is not None:
-            await services.auth.admit(EVERY_RUN, viewer.credentials)
-        headers = services.polled_with(viewer)
-        fleet = await fleets.take(headers, services.backend.digest_secret())
-        holding.callback(fleet.release)
-        me = FleetViewer()
-        fleet.viewers.add(me)
-        holding.callback(fleet.viewers.discard, me)
-        frames = fleet_frames(fleet, me, viewer.resume_from, services.limits(), envelope)
-        first = await anext(frames)
-        services.metrics.open_streams.inc()
-        holding.callback(services.metrics.open_streams.dec)
-    except BaseException:
-        holding.release()
-        raise
-    return Opened(first, frames, holding)
+class FleetOpener:
+    """What opening ``GET /v1/events`` takes: the stream caps, admission of a stream of
+    every run, the list pollers, the viewer's upstream headers, the stream limits of the
+    moment and the open-streams gauge."""
+
+    def __init__(
+        self,
+        *,
+        limiter: StreamLimiter,
+        admit: Callable[[dict[str, str]], Awaitable[None]],
+        fleets: Fleets,
+        headers: Callable[[Viewer], dict[str, str]],
+        digest_secret: Callable[[], bytes],
+        limits: Callable[[], StreamLimits],
+        open_streams: Gauge,
+    ) -> None:
+        self._limiter = limiter
+        self._admit = admit
+        self._fleets = fleets
+        self._headers = headers
+        self._digest_secret = digest_secret
+        self._limits = limits
+        self._open_streams = open_streams
+
+    async def __call__(self, viewer: Viewer, envelope: bool) -> Opened:
+        """A stream slot, admission, the scope's list poller (its first list), then the
+        first frame. Raises what refused the viewer (the list's 401/403/404, 502, ...)."""
+        holding = Holding()
+        self._limiter.take(viewer.client)
+        holding.callback(self._limiter.give, viewer.client)
+        try:
+            await self._admit(dict(viewer.credentials))
+            fleet = await self._fleets.take(self._headers(viewer), self._digest_secret())
+            holding.callback(fleet.release)
+            me = FleetViewer()
+            fleet.viewers.add(me)
+            holding.callback(fleet.viewers.discard, me)
+            frames = fleet_frames(fleet, me, viewer.resume_from, self._limits(), envelope)
+            first = await anext(frames)
+            self._open_streams.inc()
+            holding.callback(self._open_streams.dec)
+        except BaseException:
+            holding.release()
+            raise
+        return Opened(first, frames, holding)
 
 
 async def fleet_frames(

@@ -1,11 +1,12 @@
-"""Connection caps: how many streams the bridge, and one client, may hold open."""
+"""Connection caps: how many streams the bridge, and one client, may hold open (none once
+the bridge drains)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from bridge.errors import OverCapacity, TooManyStreams
+from bridge.errors import Draining, OverCapacity, TooManyStreams
 
 
 class StreamLimiter:
@@ -14,6 +15,8 @@ class StreamLimiter:
         self.per_client = per_client
         self.retry_after = retry_after
         self.open = 0
+        #: The bridge is shutting down: every new stream is refused.
+        self.draining = False
         # Only clients with open streams have an entry, so this stays as small as `open`.
         self._by_client: dict[str, int] = {}
 
@@ -31,6 +34,8 @@ class StreamLimiter:
         The pair, beside ``hold``, is for a stream held open after its opening: a bound
         method to call later costs less per viewer than a suspended context manager.
         """
+        if self.draining:
+            raise Draining("The bridge is shutting down.")
         if self.open >= self.total:
             raise OverCapacity(
                 "The bridge is at its connection limit; try again shortly.", self.retry_after
@@ -51,6 +56,10 @@ class StreamLimiter:
             self._by_client[client] = left
         else:
             del self._by_client[client]
+
+    def drain(self) -> None:
+        """Refuse every stream from now on; the open ones keep their slots until they end."""
+        self.draining = True
 
     def clients(self) -> int:
         return len(self._by_client)

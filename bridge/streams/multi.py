@@ -8,7 +8,8 @@ up to ``BRIDGE_MULTI_MAX_RUNS`` runs on one connection:
   ``ping`` and ``timeout`` for the whole connection);
 - ``data`` is ``{"run_id": ..., "id": <the run's own event id>, "state": <the run's state
   as BRIDGE_STATE_EXPR reads it, or null>, "progress": <0 to 1 from BRIDGE_PROGRESS_EXPR,
-  or null>, "data": <the single-run data>}``;
+  or null>, "detail": <one line from BRIDGE_DETAIL_EXPR, or null>, "data": <the single-run
+  data>}``;
 - the ``id`` of every run event encodes the position of *every* run the viewer has
   received so far, so one ``Last-Event-ID`` (or ``cursor``) resumes all of them: each
   run replays from its own history after its own id, none twice;
@@ -36,6 +37,7 @@ from bridge import run_id as run_ids
 from bridge.errors import InvalidRequest
 from bridge.events import sse
 from bridge.events.channel import Channel, Subscription
+from bridge.events.delta import PATCH, DeltaView, view_after
 from bridge.events.history import Event
 from bridge.streams.keepalive import Keepalive, StreamLimits
 from bridge.streams.viewer import Viewer
@@ -127,6 +129,8 @@ class RunView:
     done: bool = False
     #: ``envelope=0``: each event's data as the run's own stream has it.
     envelope: bool = True
+    #: Set for a viewer that asked for ``delta=json-patch``.
+    delta: DeltaView | None = None
 
     @property
     def channel(self) -> Channel:
@@ -135,16 +139,21 @@ class RunView:
     def frame(self, event: Event, multi_id: str) -> bytes:
         if not self.envelope:
             return sse.frame(event.name, event.data, multi_id)
-        # state and progress as the status filters read them (null where they gave none):
+        # state, progress and detail as the status filters read them (null where none):
         # a page shows any configured API without knowing its shape.
+        name, body = event.name, event.data
+        made = self.delta.patch(event) if self.delta is not None else None
+        if made is not None:
+            name, body = PATCH, made.data
         data = (
             f'{{"run_id":{sse.encode_json(self.run_id)},'
             f'"id":{sse.encode_json(event.id)},'
             f'"state":{sse.encode_json(event.state)},'
             f'"progress":{sse.encode_json(event.progress)},'
-            f'"data":{event.data}}}'
+            f'"detail":{sse.encode_json(event.detail)},'
+            f'"data":{body}}}'
         )
-        return sse.frame(event.name, data, multi_id)
+        return sse.frame(name, data, multi_id)
 
 
 def position(view: RunView, resume: Mapping[str, tuple[int, int]]) -> None:
@@ -157,7 +166,7 @@ def position(view: RunView, resume: Mapping[str, tuple[int, int]]) -> None:
     if held is not None:
         view.seq = held
         view.entry = entry(view.key, history.epoch, held)
-    view.done = not view.pending and history.terminal
+    view.done = history.terminal and not any(event.sent for event in view.pending)
 
 
 def multi_frames(
@@ -174,6 +183,8 @@ def multi_frames(
         run_id = subscription.channel.key.run_id
         view = RunView(run_id, run_key(run_id), subscription, envelope=envelope)
         position(view, resume)
+        if viewer.delta:
+            view.delta = view_after(view.channel.history, view.seq or None)
         views.append(view)
     if all(view.done for view in views):
         return None  # the viewer already has every run's final event
@@ -202,8 +213,9 @@ async def multi_events(
             for event in pending:
                 view.seq = event.seq
                 view.entry = entry(view.key, view.channel.history.epoch, event.seq)
-                multi_id = encode_cursor(v.entry for v in views if v.entry is not None)
-                yield view.frame(event, multi_id)
+                if event.sent:
+                    multi_id = encode_cursor(v.entry for v in views if v.entry is not None)
+                    yield view.frame(event, multi_id)
                 if event.terminal:
                     view.done = True
                     break

@@ -3,29 +3,34 @@
     stream slot (limits) -> admission and lease per run (shared pollers) -> subscription
     -> the framer places the viewer in each history (resume) and makes the frames
 
-Everything that can refuse the viewer happens in ``open_stream``, before anything is
+Everything that can refuse the viewer happens in ``Opener.open``, before anything is
 sent, so the route can still answer with an error status and JSON body. A framer that
-finds the viewer already has every run's final event returns None: ``open_stream``
+finds the viewer already has every run's final event returns None: ``Opener.open``
 returns None and the route answers 204 (which stops EventSource).
 
 What an open stream holds (its slot, leases, subscriptions) is a list of plain calls to
 give each back (``Holding``), not an exit stack of suspended context managers: a stream
 is held for minutes by each of thousands of viewers, so what it keeps alive is counted
-per viewer (bench/results/issue14-connect.md).
+per viewer.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
+from prometheus_client import Gauge
+
 from bridge.errors import BridgeError
 from bridge.events.channel import Channel, Subscription
-from bridge.services import Services
+from bridge.events.hub import Hub
+from bridge.polling.registry import PollerRegistry
+from bridge.streams.feed import FeedReach
 from bridge.streams.keepalive import StreamLimits
+from bridge.streams.limits import StreamLimiter
 from bridge.streams.stream import Frames
 from bridge.streams.viewer import Viewer
 
@@ -67,48 +72,6 @@ class Holding:
             self._undo.pop()()
 
 
-async def lease_all(
-    holder: Holder, services: Services, runs: list[str], viewer: Viewer
-) -> list[Channel]:
-    """One lease per run, taken concurrently, each given back through ``holder``.
-
-    Each run is admitted (forward-auth mode) and leased from the poller shared by viewers
-    with the same upstream headers. Raises RunRefused for the first run (in request
-    order) that was refused, after every other attempt has finished (and its lease, if
-    any, been put on ``holder``).
-    """
-    channels: dict[str, Channel] = {}
-    refused: dict[str, BridgeError] = {}
-
-    async def one(run_id: str) -> None:
-        try:
-            headers = await services.upstream_headers(run_id, dict(viewer.credentials))
-            if services.fleets is not None:
-                # With a list of runs, a listed run's status comes from the list: its
-                # stream keeps the scope's list poller going and costs no request.
-                fleet = await services.fleets.follow(headers, services.backend.digest_secret())
-                if fleet is not None:
-                    holder.callback(fleet.release)
-            channel, poller = await services.pollers.take(run_id, headers)
-        except BridgeError as error:  # UpstreamError, or a refusal of the auth service
-            refused[run_id] = error
-            return
-        if poller is not None:
-            holder.callback(poller.release)
-        channels[run_id] = channel
-
-    if len(runs) == 1:
-        await one(runs[0])  # no task group: the single-run connect path stays cheap
-    else:
-        async with asyncio.TaskGroup() as group:
-            for run_id in runs:
-                group.create_task(one(run_id), name=f"lease:{run_id}")
-    for run_id in runs:
-        if run_id in refused:
-            raise RunRefused(run_id, refused[run_id])
-    return [channels[run_id] for run_id in runs]
-
-
 @dataclass(eq=False, slots=True)
 class Opened:
     """An open stream: its first bytes (sent by the route), the rest, what it holds."""
@@ -125,35 +88,109 @@ class Opened:
             self.holding.release()
 
 
-async def open_stream(
-    services: Services, viewer: Viewer, runs: list[str], framer: Framer
-) -> Opened | None:
-    """A stream slot, leases and subscriptions (refusals raise), then the first frame.
+#: Admits a viewer to a run (forward-auth mode; raises a BridgeError if refused) and says
+#: the headers its poller polls with: ``(run_id, the viewer's credentials) -> headers``.
+Admit = Callable[[str, dict[str, str]], Awaitable[dict[str, str]]]
+#: Leases a credential scope's list poller: its release, None when it is not to be had.
+Follow = Callable[[Mapping[str, str]], Awaitable[Callable[[], None] | None]]
 
-    None: the viewer already has every run's final event. The caller closes the result.
-    """
-    holding = Holding()
-    # One connection, one slot of the stream limits, however many runs it carries.
-    services.limiter.take(viewer.client)
-    holding.callback(services.limiter.give, viewer.client)
-    try:
-        channels = await lease_all(holding, services, runs, viewer)
-        wake = asyncio.Event()  # one wake-up for every run of this viewer
-        subscriptions = []
-        for channel in channels:
-            subscription = services.hub.join(channel, wake)
-            holding.callback(channel.discard, subscription)
-            subscriptions.append(subscription)
-        frames = framer(subscriptions, viewer, services.limits())
-        if frames is None:
+
+class Opener:
+    """What opening a stream takes, and nothing more: the stream caps, admission, the
+    shared pollers, the hub, the stream limits of the moment and the open-streams gauge."""
+
+    __slots__ = ("admit", "feed", "follow", "hub", "limiter", "limits", "open_streams", "pollers")
+
+    def __init__(
+        self,
+        *,
+        limiter: StreamLimiter,
+        admit: Admit,
+        pollers: PollerRegistry,
+        hub: Hub,
+        limits: Callable[[], StreamLimits],
+        open_streams: Gauge,
+        follow: Follow | None = None,
+        feed: FeedReach | None = None,
+    ) -> None:
+        self.limiter = limiter
+        self.admit = admit
+        self.pollers = pollers
+        self.hub = hub
+        #: Each stream's own (its ``retry`` is jittered per stream).
+        self.limits = limits
+        self.open_streams = open_streams
+        #: BRIDGE_UPSTREAM_LIST_PATH: leases a credential scope's list poller (its
+        #: release; None: the list is not to be had with these headers).
+        self.follow = follow
+        #: BRIDGE_FEED_PATH: how a feed's items beyond the history are asked upstream.
+        self.feed = feed
+
+    async def lease_all(self, holder: Holder, runs: list[str], viewer: Viewer) -> list[Channel]:
+        """One lease per run, taken concurrently, each given back through ``holder``.
+
+        Each run is admitted (forward-auth mode) and leased from the poller shared by
+        viewers with the same upstream headers. Raises RunRefused for the first run (in
+        request order) that was refused, after every other attempt has finished (and its
+        lease, if any, been put on ``holder``).
+        """
+        channels: dict[str, Channel] = {}
+        refused: dict[str, BridgeError] = {}
+
+        async def one(run_id: str) -> None:
+            try:
+                headers = await self.admit(run_id, dict(viewer.credentials))
+                if self.follow is not None:
+                    # With a list of runs, a listed run's status comes from the list: its
+                    # stream keeps the scope's list poller going and costs no request.
+                    let_go = await self.follow(headers)
+                    if let_go is not None:
+                        holder.callback(let_go)
+                channel, release = await self.pollers.lease(run_id, headers)
+            except BridgeError as error:  # UpstreamError, or a refusal of the auth service
+                refused[run_id] = error
+                return
+            holder.callback(release)
+            channels[run_id] = channel
+
+        if len(runs) == 1:
+            await one(runs[0])  # no task group: the single-run connect path stays cheap
+        else:
+            async with asyncio.TaskGroup() as group:
+                for run_id in runs:
+                    group.create_task(one(run_id), name=f"lease:{run_id}")
+        for run_id in runs:
+            if run_id in refused:
+                raise RunRefused(run_id, refused[run_id])
+        return [channels[run_id] for run_id in runs]
+
+    async def open(self, viewer: Viewer, runs: list[str], framer: Framer) -> Opened | None:
+        """A stream slot, leases and subscriptions (refusals raise), then the first frame.
+
+        None: the viewer already has every run's final event. The caller closes the result.
+        """
+        holding = Holding()
+        # One connection, one slot of the stream limits, however many runs it carries.
+        self.limiter.take(viewer.client)
+        holding.callback(self.limiter.give, viewer.client)
+        try:
+            channels = await self.lease_all(holding, runs, viewer)
+            wake = asyncio.Event()  # one wake-up for every run of this viewer
+            subscriptions = []
+            for channel in channels:
+                subscription = self.hub.join(channel, wake)
+                holding.callback(channel.discard, subscription)
+                subscriptions.append(subscription)
+            frames = framer(subscriptions, viewer, self.limits())
+            if frames is None:
+                holding.release()
+                return None
+            first = await anext(frames)  # a framer's opening: its retry line
+            if not isinstance(first, bytes):
+                raise TypeError("a stream must open with bytes")
+            self.open_streams.inc()
+            holding.callback(self.open_streams.dec)
+        except BaseException:
             holding.release()
-            return None
-        first = await anext(frames)  # a framer's opening: its retry line
-        if not isinstance(first, bytes):
-            raise TypeError("a stream must open with bytes")
-        services.metrics.open_streams.inc()
-        holding.callback(services.metrics.open_streams.dec)
-    except BaseException:
-        holding.release()
-        raise
-    return Opened(first, frames, holding)
+            raise
+        return Opened(first, frames, holding)

@@ -44,8 +44,6 @@ class Ticker:
         self._sinks: dict[DirectSink, Callable[[], Event | None]] = {}
         self._sending: set[Sending] = set()
         self._task: asyncio.Task[None] | None = None
-        #: Viewers dropped for staying behind, on either path.
-        self.dropped = 0
 
     # --- fast-path viewers ---------------------------------------------------------
 
@@ -101,7 +99,6 @@ class Ticker:
         for entry in list(self._sending):
             if entry.since is not None and entry.since < deadline:
                 self._sending.discard(entry)
-                self.dropped += 1
                 entry.task.cancel()
 
     def tick(self, now: float) -> None:
@@ -117,7 +114,6 @@ class Ticker:
             if sink.behind_since is not None:
                 sink.catch_up(latest(), self.send_timeout)
                 if sink.ended.done():
-                    self.dropped += sink.ended.result() == "dropped"
                     continue
             due = keepalive.due(now)
             if due == "timeout":

@@ -10,6 +10,9 @@ import codecs
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+#: Longest comment kept, in characters.
+MAX_COMMENT = 500
+
 
 @dataclass(frozen=True, slots=True)
 class ParsedEvent:
@@ -35,6 +38,9 @@ class EventStreamParser:
         self._first = True
         self.last_event_id = ""
         self.retry: int | None = None
+        #: The text of the last comment line (after ":"), cut at MAX_COMMENT; the spec
+        #: ignores comments, but a client may read why a server refused it there.
+        self.last_comment: str | None = None
 
     def feed(self, chunk: bytes) -> list[ParsedEvent]:
         text = self._decoder.decode(chunk)
@@ -66,6 +72,7 @@ class EventStreamParser:
                 yield event
             return
         if line.startswith(":"):
+            self.last_comment = line[1 : MAX_COMMENT + 1].strip()
             return
         if ":" in line:
             name, value = line.split(":", 1)

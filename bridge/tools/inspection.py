@@ -1,4 +1,4 @@
-"""``sse-bridge inspect``: fetch one run once and show how the bridge reads it.
+"""``sse-bridge inspect``: fetch one run and show how the bridge reads it.
 
 The point is onboarding: someone pointing the bridge at their own API should learn in
 a minute whether the state expression and the two state lists fit it, and if not, which
@@ -7,19 +7,31 @@ headers a viewer (or, in forward-auth mode, the bridge itself) would send, and r
 the same ``StatusReader`` the pollers use; nothing here has its own idea of a status.
 
 Exit codes: 0 the state is read and known; 1 the configuration does not fit this status
-(with a one-line hint naming the variable); 2 the configuration is wrong or the upstream
+(with a one-line hint naming the variable), which includes a state in neither list that
+is not a documented in-progress word (``bridge/polling/status.py``'s USUAL_IN_PROGRESS, or the
+profile's); 2 the configuration is wrong or the upstream
 refused or failed (the bridge's own one-line message).
+
+The run is fetched twice, a poll interval apart (``--once``: once), and the fields that
+changed between the two answers are named with the BRIDGE_IGNORE_FIELDS value that would
+leave them out: a field that changes on every answer (the time of the answer) makes the
+bridge send an event on every poll. A field holding a time within a minute of now is
+named even from one answer.
 
 Header values are never printed (they are credentials); neither is a URL's password.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import re
+import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TextIO
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -29,9 +41,10 @@ from rich.highlighter import JSONHighlighter
 from rich.text import Text
 
 from bridge.errors import BridgeError
-from bridge.events import sse
+from bridge.events import derive, sse
+from bridge.polling.poller import Cadence
 from bridge.polling.profiles import PROFILES
-from bridge.polling.status import Reading
+from bridge.polling.status import Reading, ignore_filter
 from bridge.polling.upstream import UpstreamClient, forwardable
 from bridge.services import status_reader
 from bridge.settings import Settings
@@ -66,6 +79,14 @@ FINISHED_KEYS = frozenset(
         "done",
     }
 )
+#: A time this close to now, in seconds, is likely the time of the answer itself.
+RECENT_SECONDS = 60.0
+#: The longest wait between the two fetches (a per-state interval may be minutes).
+MAX_APART = 30.0
+#: Numbers read as Unix times: seconds, or milliseconds, from 2001 to 2286.
+_EPOCH_SECONDS = (1e9, 1e10)
+_EPOCH_MILLIS = (1e12, 1e13)
+
 #: Words that make an unknown final state more likely a failure than a success.
 FAILURE_WORDS = ("fail", "error", "cancel", "abort", "kill", "reject", "timed", "timeout", "crash")
 
@@ -104,6 +125,18 @@ class Examination:
     candidates: tuple[tuple[str, str], ...]
     hint: str | None
     exit_code: int
+    #: How many answers were compared: 2, or 1 with --once.
+    fetches: int = 1
+    #: Seconds between the two fetches (None: one fetch).
+    apart: float | None = None
+    #: jq paths (arrays as []) that changed between the two answers, or, from one
+    #: answer, that hold a time within RECENT_SECONDS of now; ignored fields left out.
+    changing: tuple[str, ...] = ()
+    #: The whole BRIDGE_IGNORE_FIELDS value that would leave ``changing`` out.
+    ignore_value: str | None = None
+    #: With BRIDGE_EVENTS_FILE: the events its stream starts with, from this status as
+    #: first seen (name, data, sent: False for a built-in event turned off).
+    events: tuple[tuple[str, str, bool], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +237,85 @@ def finished_field(status: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _step(path: str, key: str | int) -> str:
+    # Every element of a list: BRIDGE_IGNORE_FIELDS then covers the list however long.
+    return f"{path}[]" if isinstance(key, int) else path + jq_path([key])
+
+
+def changed_fields(before: Any, after: Any) -> tuple[str, ...]:
+    """jq paths where ``after`` differs from ``before`` (the deepest that differ), bounded."""
+    found: dict[str, None] = {}
+    stack: list[tuple[str, Any, Any, int]] = [("", before, after, 0)]
+    seen = 0
+    while stack and seen < MAX_NODES:
+        path, old, new, depth = stack.pop()
+        seen += 1
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict) and depth < MAX_DEPTH + 2:
+            for key in reversed([*old, *(k for k in new if k not in old)]):
+                stack.append((_step(path, key), old.get(key), new.get(key), depth + 1))
+        elif (
+            isinstance(old, list)
+            and isinstance(new, list)
+            and len(old) == len(new)
+            and depth < MAX_DEPTH + 2
+        ):
+            for index in reversed(range(len(old))):
+                stack.append((_step(path, index), old[index], new[index], depth + 1))
+        else:
+            found[path or "."] = None
+    return tuple(found)
+
+
+def as_time(value: Any) -> float | None:
+    """``value`` as a Unix time if it is one: an ISO 8601 string, or seconds/ms."""
+    if isinstance(value, str) and 10 <= len(value) <= 40 and value[:4].isdigit():
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        if moment.tzinfo is None:
+            return None  # a local time says nothing sure about "now"
+        return moment.timestamp()
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    if _EPOCH_SECONDS[0] <= value < _EPOCH_SECONDS[1]:
+        return float(value)
+    if _EPOCH_MILLIS[0] <= value < _EPOCH_MILLIS[1]:
+        return value / 1000
+    return None
+
+
+def recent_times(status: Any, now: float) -> tuple[str, ...]:
+    """jq paths (arrays as []) of fields holding a time within RECENT_SECONDS of ``now``."""
+    found: dict[str, None] = {}
+    queue: deque[tuple[str, Any, int]] = deque([("", status, 0)])
+    seen = 0
+    while queue and seen < MAX_NODES:
+        path, value, depth = queue.popleft()
+        seen += 1
+        if isinstance(value, dict | list) and depth < MAX_DEPTH + 2:
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, inner in items:
+                queue.append((_step(path, key), inner, depth + 1))
+            continue
+        moment = as_time(value)
+        if moment is not None and abs(moment - now) <= RECENT_SECONDS:
+            found[path or "."] = None
+    return tuple(found)
+
+
+def _without_ignored(settings: Settings, status: dict[str, Any]) -> Any:
+    expr = ignore_filter(settings.ignore_fields)
+    if expr is None:
+        return status
+    try:
+        return jq.compile(expr).input_value(status).first()
+    except (ValueError, StopIteration):
+        return status  # shown as a problem by the reading already
+
+
 def _shown(state: str) -> str:
     # A state is upstream text: quote anything unusual so it cannot pass for something else.
     return state if _PLAIN_STATE.fullmatch(state) else json.dumps(state)
@@ -289,8 +401,33 @@ def _unknown_hint(settings: Settings, state: str, finished_by: str | None) -> st
     )
 
 
-def examine(settings: Settings, status: dict[str, Any]) -> Examination:
-    """Read ``status`` as the pollers would and decide the exit code and hint."""
+def _changing_hint(changing: tuple[str, ...], value: str, fetches: int, apart: float | None) -> str:
+    fields = ", ".join(changing)
+    if fetches == 2:
+        seen = f"{fields} changed between two answers {apart or 0:g} s apart"
+    else:
+        seen = f"{fields} holds a time within a minute of now (one fetch: --once)"
+    return (
+        f"every poll may send an event: {seen}; set BRIDGE_IGNORE_FIELDS={value} "
+        "if that changes without the run changing"
+    )
+
+
+def examine(
+    settings: Settings,
+    status: dict[str, Any],
+    earlier: dict[str, Any] | None = None,
+    *,
+    apart: float | None = None,
+    now: float | None = None,
+    run_id: str = "RUN_ID",
+) -> Examination:
+    """Read ``status`` as the pollers would and decide the exit code and hint.
+
+    ``earlier``: the answer fetched ``apart`` seconds before ``status``, to tell the
+    fields that change by themselves; without it, fields holding a time near ``now``.
+    ``run_id`` is what ``$run_id`` is in BRIDGE_EVENTS_FILE's filters.
+    """
     reading = status_reader(settings).read(status)
     candidates = state_candidates(status)
     finished_by = finished_field(status)
@@ -300,20 +437,41 @@ def examine(settings: Settings, status: dict[str, Any]) -> Examination:
     if reading.state is None or state_problem:
         code, hint = EXIT_MISREAD, _missing_hint(settings, reading, candidates)
     elif not reading.known:
-        hint = _unknown_hint(settings, reading.state, finished_by)
-        # Only a status that looks finished is surely misread: an unusual in-progress
-        # state (say "compiling") is fine as it is, and is shown with the hint.
-        if finished_by is not None:
-            code = EXIT_MISREAD
+        # A state in neither list that is no documented in-progress word may be final
+        # (SUCCESS, CANCELED): a stream would never end on it, so a script gating on the
+        # exit code must not pass it, whether or not the status looks finished.
+        code, hint = EXIT_MISREAD, _unknown_hint(settings, reading.state, finished_by)
     elif reading.problem is not None:
         code, hint = EXIT_MISREAD, f"check BRIDGE_IGNORE_FIELDS: {reading.problem}"
+    fetches = 1 if earlier is None else 2
+    latest = _without_ignored(settings, status)
+    moment = time.time() if now is None else now
+    recent = recent_times(latest, moment)
+    if earlier is None:
+        changing = recent
+    else:
+        changing = changed_fields(_without_ignored(settings, earlier), latest)
+    ignore_value = ",".join((*settings.ignore_fields, *changing)) if changing else None
+    if changing and ignore_value is not None:
+        if hint is None:
+            hint = _changing_hint(changing, ignore_value, fetches, apart)
+        # A time of the answer, or any change once the run ended, is noise for sure; a
+        # running run's other fields may have moved on with it (named, not an error).
+        if reading.event != sse.PROGRESS or set(changing) & set(recent):
+            code = EXIT_MISREAD
     if hint is None and reading.progress_problem is not None:
         # A run without progress yet (queued) is common: said, not an error.
         hint = (
             f"check BRIDGE_PROGRESS_EXPR: {reading.progress_problem} (fine while the run has "
             "no progress yet; `(.x // 0)` gives 0 instead)"
         )
+    events: tuple[tuple[str, str, bool], ...] = ()
+    if settings.vocabulary.customised:
+        events = tuple(
+            derive.first_seen(settings.vocabulary, run_id, sse.encode_json(status), reading)
+        )
     return Examination(
+        events=events,
         state_expr=settings.state_filter,
         state_source=_state_source(settings),
         reading=reading,
@@ -323,6 +481,10 @@ def examine(settings: Settings, status: dict[str, Any]) -> Examination:
         candidates=candidates,
         hint=hint,
         exit_code=code,
+        fetches=fetches,
+        apart=apart,
+        changing=changing,
+        ignore_value=ignore_value,
     )
 
 
@@ -340,17 +502,33 @@ def request_headers(
     return chosen, tuple(sent), dropped, "viewer"
 
 
-async def inspect_run(settings: Settings, run_id: str, given: Mapping[str, str]) -> Inspection:
-    """Fetch ``run_id`` once and examine it; raises BridgeError (UpstreamError, InvalidRunId)."""
+def apart_for(settings: Settings, status: dict[str, Any]) -> float:
+    """Seconds between the two fetches: the run's poll interval, at most MAX_APART."""
+    state = status_reader(settings).read(status).state
+    return min(Cadence.of(settings).for_state(state), MAX_APART)
+
+
+async def inspect_run(
+    settings: Settings, run_id: str, given: Mapping[str, str], *, once: bool = False
+) -> Inspection:
+    """Fetch ``run_id`` (twice, an interval apart, unless ``once``) and examine it;
+    raises BridgeError (UpstreamError, InvalidRunId)."""
     headers, sent, dropped, mode = request_headers(settings, given)
     client = UpstreamClient(settings)
     await client.start()
+    earlier: dict[str, Any] | None = None
+    apart: float | None = None
     try:
         url = masked_url(client.url_for(run_id))
         status = await client.fetch_status(run_id, headers)
+        if not once:
+            earlier, apart = status, apart_for(settings, status)
+            await asyncio.sleep(apart)
+            status = await client.fetch_status(run_id, headers)
     finally:
         await client.close()
-    return Inspection(url, sent, dropped, mode, status, examine(settings, status))
+    found = examine(settings, status, earlier, apart=apart, run_id=run_id)
+    return Inspection(url, sent, dropped, mode, status, found)
 
 
 def failure_line(settings: Settings, run_id: str, error: BridgeError) -> str:
@@ -391,12 +569,19 @@ def as_json(inspection: Inspection) -> dict[str, Any]:
         "verdict": e.verdict,
         "known": r.known,
         "progress": r.progress,
+        "detail": r.detail,
         "ignored": {path: list(values) for path, values in e.ignored},
         "finished_by": e.finished_by,
+        "fetches": e.fetches,
+        "changing_fields": list(e.changing),
+        "ignore_fields_value": e.ignore_value,
         "event": r.event,
         "problem": r.problem,
         "hint": e.hint,
         "exit_code": e.exit_code,
+        "events": [
+            {"event": name, "data": json.loads(data), "sent": sent} for name, data, sent in e.events
+        ],
     }
 
 
@@ -467,6 +652,12 @@ def render(inspection: Inspection, settings: Settings, out: TextIO) -> None:
         row("progress", f"none in this status  ({settings.progress_expr})")
     else:
         row("progress", f"{r.progress:.0%}  ({settings.progress_expr})")
+    if settings.detail_expr is None:
+        row("detail", "(BRIDGE_DETAIL_EXPR unset)", "dim")
+    elif r.detail is None:
+        row("detail", f"none in this status  ({r.detail_problem or settings.detail_expr})")
+    else:
+        row("detail", f"{json.dumps(r.detail)}  ({settings.detail_expr})")
     if not e.ignored:
         row("ignored fields", "(BRIDGE_IGNORE_FIELDS unset)", "dim")
     for index, (path, values) in enumerate(e.ignored):
@@ -474,11 +665,35 @@ def render(inspection: Inspection, settings: Settings, out: TextIO) -> None:
         if values and all(v is None for v in values):
             shown = "null (absent from this status?)"
         row("ignored fields" if index == 0 else "", f"{path} = {shown}")
+    if e.fetches == 2:
+        when = f"between two answers {e.apart or 0:g} s apart"
+        if e.changing:
+            fix = f"; BRIDGE_IGNORE_FIELDS={e.ignore_value} leaves them out"
+            row("changing fields", f"{', '.join(e.changing)}  ({when}{fix})", "red")
+        else:
+            row("changing fields", f"none {when}")
+    elif e.changing:
+        fix = f"; BRIDGE_IGNORE_FIELDS={e.ignore_value} leaves them out"
+        row(
+            "changing fields",
+            f"{', '.join(e.changing)}  (a time within a minute of now{fix})",
+            "red",
+        )
+    else:
+        row("changing fields", "none holds a time near now (one fetch: --once)", "dim")
     if e.finished_by is not None:
         row("looks finished", f"{e.finished_by} is set")
     row(
         "event", f"{r.event}" + ("  (the stream would end here)" if r.event != sse.PROGRESS else "")
     )
+    if settings.events_file is not None:
+        row("events file", str(settings.events_file))
+        for index, (name, data, is_sent) in enumerate(e.events):
+            label = "events (first seen)" if index == 0 else ""
+            shown = f"{name}  {_short(json.loads(data), 100)}"
+            if not is_sent:
+                shown = f"{name}  (turned off: not sent)"
+            row(label, shown, "" if is_sent else "dim")
     if r.problem is not None:
         row("problem", r.problem, "red")
     if e.hint is not None:

@@ -15,9 +15,15 @@ Without a run id it follows ``GET /v1/events``, every run the bridge's upstream 
 (BRIDGE_UPSTREAM_LIST_PATH): one line per change of any run, ``--json`` one object per
 event, until interrupted; a ``timeout`` reconnects and resumes.
 
+A transient refusal (the upstream unreachable or slow, the bridge full or draining) comes
+as the bridge answers it to EventSource: 200, a ``retry:`` line, a comment naming the
+error, the close. That is no connection: the comment's reason is shown
+(``upstream unavailable: the upstream API could not be reached; reconnecting in 3.4 s``)
+and the attempt counts as failed for ``--reconnect-for``.
+
 Exit codes: 0 the run completed (``complete``), 1 it failed (``error``), 2 the stream
 timed out (``timeout``), the bridge refused the stream (its JSON ``message`` goes to
-stderr), or the bridge stayed unreachable for ``--reconnect-for`` seconds.
+stderr), or the bridge stayed unreachable, or refusing, for ``--reconnect-for`` seconds.
 """
 
 from __future__ import annotations
@@ -28,11 +34,12 @@ import json
 import math
 import os
 import random
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import aiohttp
 from rich.console import Console
@@ -101,7 +108,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=120.0,
         metavar="SECONDS",
-        help="give up (exit 2) when the bridge stays unreachable this long (default 120)",
+        help="give up (exit 2) when the bridge stays unreachable, or keeps refusing with a "
+        "passing error such as an unreachable upstream, this long (default 120)",
     )
     parser.add_argument(
         "--idle-timeout",
@@ -151,6 +159,10 @@ class Update:
     #: What to show when the bridge said no state: from an older bridge, the status's
     #: `status` field (seed 004's shape; never reported as the state in --json).
     label: str | None = None
+    #: An event of BRIDGE_EVENTS_FILE (not the status): printed as a line of its own.
+    derived: bool = False
+    #: One line the bridge read with BRIDGE_DETAIL_EXPR (a stage, an error message).
+    detail: str | None = None
 
 
 def _fraction(value: object) -> float | None:
@@ -249,16 +261,28 @@ class Display:
     def event(self, update: Update) -> None:
         if self.mode == "json":
             record: dict[str, Any] = {"event": update.event, "id": update.id}
-            if update.event in RUN_EVENTS:
-                record |= {"state": update.state, "progress": update.progress}
+            if update.event in RUN_EVENTS or update.derived:
+                record |= {
+                    "state": update.state,
+                    "progress": update.progress,
+                    "detail": update.detail,
+                }
             record["data"] = update.data
             self.out.write(json.dumps(record, separators=(",", ":")) + "\n")
             self.out.flush()
             return
+        if update.derived:
+            # What happened, one line each (a log line, a step that finished, ...).
+            text = json.dumps(update.data, separators=(",", ":"))
+            line = f"{update.event}  {text[:MAX_DERIVED_LINE]}"
+            console = self._progress.console if self._progress is not None else self.console
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+            return
         if not isinstance(update.data, dict):
             return
         state = state_text(update)
-        node = running_nodes(update.data)
+        # Seed 004's running nodes, else what BRIDGE_DETAIL_EXPR read.
+        node = running_nodes(update.data) or update.detail or ""
         pct = update.progress * 100 if update.progress is not None else None
         if pct is None and update.event == "complete":
             pct = 100.0  # the run is done, whether or not the API counts its progress
@@ -275,8 +299,7 @@ class Display:
             self._progress.update(self._task, node=node)
         else:
             shown = f"{pct:5.1f}%  " if pct is not None else ""
-            named = "" if update.event in RUN_EVENTS else f"  {update.event}"
-            line = f"{self.run_id} {state:<12} {shown}{node}{named}".rstrip()
+            line = f"{self.run_id} {state:<12} {shown}{node}".rstrip()
             if line != self._last_line:
                 self._last_line = line
                 self.console.print(line, markup=False)
@@ -303,7 +326,7 @@ class Display:
             if outputs:
                 self.console.print_json(json.dumps(outputs))
         elif update.event == "error":
-            message = message_of(body) or "the run failed"
+            message = update.detail or message_of(body) or "the run failed"
             self.err_console.print(
                 f"[red]✘[/] {self.run_id} {escape(state)}: {escape(message)}", highlight=False
             )
@@ -334,6 +357,8 @@ class Watch:
     connected: bool = False
     #: Follow /v1/streams (state and progress); False for a bridge without it.
     multi: bool = True
+    #: Why the last attempt gave no stream, as the bridge said it (None: not said).
+    reason: str | None = None
     _unreachable_since: float | None = field(default=None, repr=False)
 
     @property
@@ -350,6 +375,7 @@ class Watch:
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
                 self.connected = False
+                self.reason = None
                 why = "no event stream"
                 try:
                     code = await self.follow(session)
@@ -363,7 +389,10 @@ class Watch:
                     why = type(error).__name__
                 if code is not None:
                     return code
-                # Unreachable, or answering 503, for too long: give up.
+                if self.reason is not None:
+                    why = self.reason
+                # Unreachable, answering 503, or refusing with a reason, for too long:
+                # give up.
                 now = loop.time()
                 if self.connected:
                     self._unreachable_since = None
@@ -376,7 +405,8 @@ class Watch:
                     )
                     return EXIT_OTHER
                 delay = self.next_delay()
-                self.display.state(f"reconnecting in {delay:.1f} s")
+                said = f"{self.reason}; " if self.reason is not None else ""
+                self.display.state(f"{said}reconnecting in {delay:.1f} s")
                 await asyncio.sleep(delay)
 
     def next_delay(self) -> float:
@@ -417,20 +447,52 @@ class Watch:
                 raise Refused(await _message(response))
             if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
                 raise Refused(f"{self.stream_url} is not an event stream")
-            if self.failures:
-                self.display.state("connected")
-            self.failures = 0
-            self.connected = True
             parser = EventStreamParser()
             async for chunk in response.content.iter_any():
                 for event in parser.feed(chunk):
+                    if not self.connected:
+                        # Connected once an event came: a transient refusal is a 200 too
+                        # (retry:, a comment, the close), for EventSource's sake.
+                        if self.failures:
+                            self.display.state("connected")
+                        self.failures = 0
+                        self.connected = True
                     code = self.handle(event)
                     if code is not None:
                         return code
                 if parser.retry is not None:
                     self.retry_ms = parser.retry
+        if self.connected:
+            # Closed without complete/error: the end events may be renamed or turned off
+            # (BRIDGE_EVENTS_FILE), so ask whether the run ended.
+            ended = await self.ended(session)
+            if ended is not None:
+                return ended
         self.failures += 1
+        if not self.connected:
+            self.reason = refusal_reason(parser.last_comment)
+            if self.reason is not None and parser.retry is not None:
+                # The bridge's own wait (Retry-After, in ms), as EventSource would take it.
+                self.retry_after = max(0.5, min(parser.retry / 1000, 60.0))
         return None
+
+    async def ended(self, session: aiohttp.ClientSession) -> int | None:
+        """The exit code if the run has ended (GET /v1/runs/ID/result, no wait)."""
+        base = self.base_url.rstrip("/")
+        target = f"{base}/v1/runs/{quote(self.run_id, safe='')}/result"
+        try:
+            async with session.get(target, params={"wait": "0"}, headers=self.headers) as r:
+                if r.status != 200:
+                    return None
+                body = await _json_body(r)
+                kind = r.headers.get("X-Run-Event", "")
+                state = unquote(r.headers.get("X-Run-State", "")) or None
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+        if kind not in ("complete", "error"):
+            return None
+        self.display.finish(Update(kind, None, state, None, body))
+        return EXIT_COMPLETE if kind == "complete" else EXIT_ERROR
 
     def handle(self, event: ParsedEvent) -> int | None:
         if event.event == "ping":
@@ -454,17 +516,22 @@ class Watch:
     def update(self, event: ParsedEvent, data: Any) -> Update | None:
         """What ``event`` says about the run (None: nothing, e.g. another run's event)."""
         own_id = event.id if event.has_id else None
+        if event.event not in RUN_EVENTS and event.event != "timeout":
+            # A derived event (BRIDGE_EVENTS_FILE), or a built-in one renamed.
+            if not self.multi:
+                return Update(event.event, own_id, None, None, data, derived=True)
+            if not isinstance(data, dict) or data.get("run_id") != self.run_id:
+                return None
+            run_event_id, state = data.get("id"), data.get("state")
+            return Update(
+                event.event,
+                run_event_id if isinstance(run_event_id, str) else None,
+                state if isinstance(state, str) else None,
+                _fraction(data.get("progress")),
+                data.get("data"),
+                derived=True,
+            )
         if event.event not in RUN_EVENTS:
-            if self.multi and isinstance(data, dict) and data.get("run_id") == self.run_id:
-                # A run's own event by another name (a feed's item): shown with its state.
-                state, item_id = data.get("state"), data.get("id")
-                return Update(
-                    event.event,
-                    item_id if isinstance(item_id, str) else None,
-                    state if isinstance(state, str) else None,
-                    _fraction(data.get("progress")),
-                    data.get("data"),
-                )
             return Update(event.event, own_id, None, None, data)
         if not self.multi:
             # An older bridge's single-run stream: the status alone, no state or progress.
@@ -475,12 +542,14 @@ class Watch:
             return None
         run_event_id = data.get("id")
         state = data.get("state")
+        detail = data.get("detail")
         return Update(
             event.event,
             run_event_id if isinstance(run_event_id, str) else None,
             state if isinstance(state, str) else None,
             _fraction(data.get("progress")),
             data.get("data"),
+            detail=detail if isinstance(detail, str) and detail else None,
         )
 
 
@@ -553,6 +622,23 @@ class FleetWatch(Watch):
         return None
 
 
+#: The comment of the bridge's EventSource-friendly refusal: "<code>[ (run <id>)]: <message>"
+#: (bridge/web/reply.py, retry_reply).
+_REFUSAL = re.compile(r"([a-z][a-z_]*)(?: \(run [^)]*\))?: (.+)")
+
+
+def refusal_reason(comment: str | None) -> str | None:
+    """The bridge's refusal comment as one reason: ``upstream unavailable: the upstream
+    API could not be reached``; None for any other comment (or none)."""
+    match = _REFUSAL.fullmatch(comment or "")
+    if match is None:
+        return None
+    code, message = match[1], match[2].strip().rstrip(".")
+    if message[:1].isupper() and message[1:2].islower():
+        message = message[0].lower() + message[1:]  # "The upstream" within a sentence
+    return f"{code.replace('_', ' ')}: {message}"
+
+
 def _retry_after(value: str | None) -> float:
     try:
         return max(0.5, min(float(value or 1), 60.0))
@@ -582,6 +668,8 @@ async def _message(response: aiohttp.ClientResponse) -> str:
 
 
 #: Seconds one /result request waits (the bridge caps it at BRIDGE_LONGPOLL_MAX).
+#: Longest line a derived event is printed as (its JSON, cut).
+MAX_DERIVED_LINE = 300
 RESULT_WAIT = 25
 
 
@@ -604,14 +692,26 @@ async def wait_result(
                 async with http.get(
                     target, params={"wait": str(RESULT_WAIT)}, headers=dict(headers)
                 ) as response:
-                    unreachable_since = None
                     if response.status == 200:
                         out.write(json.dumps(await _json_body(response)) + "\n")
                         ended = response.headers.get("X-Run-Event")
                         return EXIT_COMPLETE if ended == "complete" else EXIT_ERROR
                     if response.status == 202:
+                        unreachable_since = None
                         continue  # still going: ask again
                     if response.status in (429, 502, 503, 504):
+                        # A passing refusal (the upstream down, the bridge full) counts
+                        # against --reconnect-for like an unreachable bridge.
+                        said = await _message(response)
+                        now = loop.time()
+                        unreachable_since = unreachable_since or now
+                        if now - unreachable_since >= reconnect_for:
+                            err.write(
+                                f"sse-bridge watch: no result from the bridge at {url} for "
+                                f"{reconnect_for:g} s ({said})\n"
+                            )
+                            return EXIT_OTHER
+                        err.write(f"sse-bridge watch: {said}; asking again\n")
                         await asyncio.sleep(_retry_after(response.headers.get("Retry-After")))
                         continue
                     err.write(f"sse-bridge watch: {await _message(response)}\n")

@@ -1,19 +1,21 @@
-"""The Quart app: the API's routes and its error answers.
+"""The Quart app: the API's routes and its error answers, and the wiring of its services.
 
     GET /v1/runs/{id}/stream   one run's SSE stream        \\ served in front of Quart
     GET /v1/streams?runs=a,b   several runs on one stream  / by bridge/web/front.py
     GET /v1/runs/{id}          the latest status as JSON
     GET /healthz, /readyz, /metrics
 
-Routes read the request once (``viewer_of``) and pass data on; the services they use
-are built and owned by ``Services`` (bridge/services.py). The dashboard page and the
-demo's run list are bridge/web/dashboard.py's.
+``create_app`` is the one place that holds the whole ``Services`` (bridge/services.py):
+it hands each part of the app only what that part uses. Routes read the request once
+(``viewer_of``) and pass data on. The dashboard page and the demo's run list are
+bridge/web/dashboard.py's; the server (bridge/server/serve.py) is handed ``Serving``.
 """
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from pydantic import SecretStr
 from quart import Quart, Response, request
@@ -23,19 +25,47 @@ from bridge import run_id as run_ids
 from bridge.errors import BridgeError, Draining, InvalidRunId, PokeDisabled, PokeUnauthorized
 from bridge.events.feed import current_status
 from bridge.events.sse import encode_json
+from bridge.ops.metrics import Metrics
+from bridge.polling.registry import PollerRegistry
 from bridge.services import Services
 from bridge.settings import Settings
 from bridge.streams import catchup
-from bridge.streams.opening import RunRefused
-from bridge.streams.viewer import Viewer, viewer_from
+from bridge.streams.feed import FeedFramer, FeedReach
+from bridge.streams.limits import StreamLimiter
+from bridge.streams.opening import Admit, Opener, RunRefused
+from bridge.streams.viewer import Viewer
 from bridge.web.cors import cors_policy, install_cors
 from bridge.web.dashboard import register_dashboard
 from bridge.web.front import StreamFront
 from bridge.web.openapi import register_openapi
+from bridge.web.readiness import Readiness
 from bridge.web.reply import Reply, error_reply, http_error_reply
+from bridge.web.viewers import viewer_from
 
-#: app.extensions key of the app's Services.
+#: app.extensions key of the app's Services (for tests and operators to inspect).
 SERVICES = "bridge"
+#: app.extensions key of what the server is handed (``Serving``).
+SERVING = "bridge.serving"
+
+
+@dataclass(frozen=True, slots=True)
+class Serving:
+    """What the server (bridge/server/serve.py) is handed of the app it serves."""
+
+    #: Refuse new streams and end the open ones (the server's shutdown trigger fired).
+    drain: Callable[[], None]
+    #: Where the server offers its fast-path socket lookup (``StreamFront.use_fast_path``).
+    front: StreamFront
+    #: Where that lookup counts the streams it sends down the ASGI path.
+    metrics: Metrics
+
+
+def serving(app: Quart) -> Serving:
+    """What ``create_app`` left for the server in ``app``."""
+    handed = app.extensions.get(SERVING)
+    if not isinstance(handed, Serving):
+        raise RuntimeError("the bridge serves only an app that create_app built")
+    return handed
 
 
 def response_of(reply: Reply) -> Response:
@@ -46,11 +76,15 @@ def error_response(error: BridgeError, body: dict[str, str] | None = None) -> Re
     return response_of(error_reply(error, body))
 
 
-def viewer_of(services: Services) -> Viewer:
+def json_response(body: object, status: int = 200) -> Response:
+    return Response(encode_json(body), status=status, content_type="application/json")
+
+
+def viewer_of(settings: Settings) -> Viewer:
     """What this request says about its viewer (the JSON routes: never a stream)."""
     headers = request.headers
     return viewer_from(
-        services.settings,
+        settings,
         offered=dict(headers.items()),
         forwarded_for=headers.get("X-Forwarded-For", ""),
         remote_addr=request.remote_addr,
@@ -67,124 +101,183 @@ def create_app(settings: Settings) -> Quart:
     app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     services = Services(settings)
-    app.extensions[SERVICES] = services
+    app.before_serving(services.start)
+    app.after_serving(services.stop)
     cors = cors_policy(settings)
     install_cors(app, cors)
     # The stream routes are served in front of Quart (bridge/web/front.py: what a viewer costs
     # to open and to hold); Quart still knows their rules, for OPTIONS, 405 and OpenAPI.
-    app.asgi_app = StreamFront(app.asgi_app, services, cors)  # type: ignore[method-assign,assignment]
+    front = StreamFront(
+        app.asgi_app,
+        opener=services.opener,
+        ticker=services.ticker,
+        metrics=services.metrics,
+        settings=settings,
+        cors=cors,
+    )
+    if services.feed is not None:
+        front.single_run = FeedFramer(
+            FeedReach(services.feed, services.fetch_page, services.polled_with)
+        )
+    front.events = services.open_fleet
+    app.asgi_app = front  # type: ignore[method-assign,assignment]
     for rule, endpoint in (
         ("/v1/runs/<run_id>/stream", "run_stream"),
         ("/v1/streams", "multi_stream"),
         ("/v1/events", "fleet_stream"),
     ):
         app.add_url_rule(rule, endpoint, methods=["GET"])
+    Routes(
+        settings,
+        metrics=services.metrics,
+        readiness=services.readiness,
+        pollers=services.pollers,
+        admit=services.upstream_headers,
+        opener=services.opener,
+        limiter=services.limiter,
+    ).register(app)
+    register_openapi(app, settings)
+    register_dashboard(app, settings)
+    app.extensions[SERVICES] = services
+    app.extensions[SERVING] = Serving(services.drain, front, services.metrics)
+    return app
 
-    @app.before_serving
-    async def _start() -> None:
-        await services.start()
 
-    @app.after_serving
-    async def _stop() -> None:
-        await services.stop()
+class Routes:
+    """The JSON and health routes, and the error answers of every Quart route."""
 
-    @app.errorhandler(BridgeError)
-    async def _bridge_error(error: BridgeError) -> Response:
-        services.metrics.streams_refused.labels(error.code).inc()
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        metrics: Metrics,
+        readiness: Readiness,
+        pollers: PollerRegistry,
+        admit: Admit,
+        opener: Opener,
+        limiter: StreamLimiter,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.readiness = readiness
+        self.pollers = pollers
+        self.admit = admit
+        self.opener = opener
+        self.limiter = limiter
+
+    def register(self, app: Quart) -> None:
+        app.register_error_handler(BridgeError, self.bridge_error)
+        app.register_error_handler(NotFound, self.not_found)
+        app.register_error_handler(HTTPException, self.http_error)
+        for rule, endpoint, view, method in (
+            ("/healthz", "healthz", self.healthz, "GET"),
+            ("/readyz", "readyz", self.readyz, "GET"),
+            ("/metrics", "metrics", self.metrics_text, "GET"),
+            ("/v1/runs/<run_id>", "run_status", self.run_status, "GET"),
+            ("/v1/runs/<run_id>/poll", "poke", self.poke, "POST"),
+            ("/v1/runs/<run_id>/events", "run_events", self.run_events, "GET"),
+            ("/v1/runs/<run_id>/result", "run_result", self.run_result, "GET"),
+        ):
+            app.add_url_rule(rule, endpoint, view, methods=[method])
+
+    # --- error answers ----------------------------------------------------------------
+
+    async def bridge_error(self, error: BridgeError) -> Response:
+        self.metrics.streams_refused.labels(error.code).inc()
         return error_response(error)
 
-    @app.errorhandler(NotFound)
-    async def _not_found(error: NotFound) -> Response:
+    async def not_found(self, error: NotFound) -> Response:
         if request.path.startswith("/v1/runs/"):
             # An empty id, or one with an (encoded) slash or a dot segment, matches no route.
             return error_response(
                 InvalidRunId("The run id must not be empty or contain '/' or be '.' or '..'.")
             )
-        return await _http_error(error)
+        return await self.http_error(error)
 
-    @app.errorhandler(HTTPException)
-    async def _http_error(error: HTTPException) -> Response:
-        reply = http_error_reply(error.code or 500, error.name, error.description or "")
-        return response_of(reply)
+    async def http_error(self, error: HTTPException) -> Response:
+        return response_of(http_error_reply(error.code or 500, error.name, error.description or ""))
 
-    @app.get("/healthz")
-    async def healthz() -> Response:
-        return Response(encode_json({"status": "ok"}), content_type="application/json")
+    # --- health -----------------------------------------------------------------------
 
-    @app.get("/readyz")
-    async def readyz() -> Response:
-        if services.draining:
+    async def healthz(self) -> Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(self) -> Response:
+        if self.limiter.draining:
             return error_response(Draining("The bridge is shutting down."))
-        report = await services.readiness.check()
-        status = 200 if report["ready"] else 503
-        return Response(encode_json(report), status=status, content_type="application/json")
+        report = await self.readiness.check()
+        return json_response(report, 200 if report["ready"] else 503)
 
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(services.metrics.render(), content_type=services.metrics.content_type)
+    async def metrics_text(self) -> Response:
+        return Response(self.metrics.render(), content_type=self.metrics.content_type)
 
-    @app.get("/v1/runs/<run_id>")
-    async def run_status(run_id: str) -> Response:
+    # --- one run as JSON, and poke ------------------------------------------------------
+
+    async def run_status(self, run_id: str) -> Response:
         run_ids.validate(run_id)
-        viewer = viewer_of(services)
-        headers = await services.upstream_headers(run_id, viewer.credentials)
-        async with services.pollers.lease(run_id, headers) as channel:
+        viewer = viewer_of(self.settings)
+        headers = await self.admit(run_id, viewer.credentials)
+        channel, release = await self.pollers.lease(run_id, headers)
+        try:
+            latest = channel.history.status
             status = current_status(channel.history)
             assert status is not None  # a lease always comes with a first status
             response = Response(status, content_type="application/json")
             response.headers["Cache-Control"] = "no-cache"
+            # The body is the upstream's status as it is: what the bridge read of it
+            # goes beside, as /result has it.
+            response.headers["X-Run-State"] = catchup.state_header(latest)
+            response.headers["X-Run-Detail"] = catchup.detail_header(latest)
             return response
+        finally:
+            release()
 
-    @app.post("/v1/runs/<run_id>/poll")
-    async def poke(run_id: str) -> Response:
+    async def poke(self, run_id: str) -> Response:
         # Checked before the id, so that nothing about runs is told without the token.
-        refusal = poke_refusal(settings.poke_token, request.headers.get("Authorization"))
+        refusal = poke_refusal(self.settings.poke_token, request.headers.get("Authorization"))
         if refusal is not None:
-            services.metrics.pokes.labels(refusal.code).inc()
+            self.metrics.pokes.labels(refusal.code).inc()
             response = error_response(refusal)
             if isinstance(refusal, PokeUnauthorized):
                 response.headers["WWW-Authenticate"] = "Bearer"
             return response
         run_ids.validate(run_id)
-        poked = await services.pollers.poke(run_id)
-        services.metrics.pokes.labels(poked.outcome).inc()
+        poked = await self.pollers.poke(run_id)
+        self.metrics.pokes.labels(poked.outcome).inc()
         body = {"run_id": run_id, "outcome": poked.outcome, "pollers": poked.pollers}
-        return Response(encode_json(body), status=202, content_type="application/json")
+        return json_response(body, 202)
 
-    @app.get("/v1/runs/<run_id>/events")
-    async def run_events(run_id: str) -> Response:
-        run_ids.validate(run_id)
-        wait = catchup.parse_wait(request.args.get("wait"), settings.longpoll_max)
-        viewer = viewer_of(services)
+    # --- catch-up and long-poll (bridge/streams/catchup.py) -----------------------------
+
+    async def run_events(self, run_id: str) -> Response:
+        viewer, wait = self.waiting_viewer(run_id)
         return await answered(
-            lambda: catchup.events(services, viewer, run_id, viewer.resume_from, wait)
+            lambda: catchup.events(self.opener, viewer, run_id, viewer.resume_from, wait)
         )
 
-    @app.get("/v1/runs/<run_id>/result")
-    async def run_result(run_id: str) -> Response:
+    async def run_result(self, run_id: str) -> Response:
+        viewer, wait = self.waiting_viewer(run_id)
+        return await answered(lambda: catchup.result(self.opener, viewer, run_id, wait))
+
+    def waiting_viewer(self, run_id: str) -> tuple[Viewer, float]:
+        """A catch-up request's viewer and ``wait``, once its run id is valid."""
         run_ids.validate(run_id)
-        wait = catchup.parse_wait(request.args.get("wait"), settings.longpoll_max)
-        viewer = viewer_of(services)
-        return await answered(lambda: catchup.result(services, viewer, run_id, wait))
+        wait = catchup.parse_wait(request.args.get("wait"), self.settings.longpoll_max)
+        return viewer_of(self.settings), wait
 
-    async def answered(asked: Callable[[], Awaitable[catchup.Answer]]) -> Response:
-        """A JSON catch-up answer; refusals as the stream's, as JSON (these are not SSE)."""
-        if services.draining:
-            raise Draining("The bridge is shutting down.")
-        try:
-            answer = await asked()
-        except RunRefused as refusal:
-            raise refusal.error from None
-        return Response(
-            answer.body,
-            status=answer.status,
-            content_type="application/json",
-            headers=answer.headers,
-        )
 
-    register_openapi(app)
-    register_dashboard(app, services)
-    return app
+async def answered(asked: Callable[[], Awaitable[catchup.Answer]]) -> Response:
+    """A JSON catch-up answer; refusals as the stream's, as JSON (these are not SSE)."""
+    try:
+        answer = await asked()
+    except RunRefused as refusal:
+        raise refusal.error from None
+    return Response(
+        answer.body,
+        status=answer.status,
+        content_type="application/json",
+        headers=answer.headers,
+    )
 
 
 def poke_refusal(token: SecretStr | None, authorization: str | None) -> BridgeError | None:

@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeAlias
 
-from bridge.web.reply import Reply
+from bridge.web.reply import Headers, Reply
 
 Scope: TypeAlias = MutableMapping[str, Any]
 Message: TypeAlias = MutableMapping[str, Any]
@@ -22,11 +22,11 @@ App: TypeAlias = Callable[[Any, Any, Any], Awaitable[None]]
 END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
 
 
-def encode(headers: tuple[tuple[str, str], ...]) -> list[tuple[bytes, bytes]]:
+def encode(headers: Headers) -> list[tuple[bytes, bytes]]:
     return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
 
 
-async def start(send: Send, status: int, headers: tuple[tuple[str, str], ...]) -> None:
+async def start(send: Send, status: int, headers: Headers) -> None:
     await send({"type": "http.response.start", "status": status, "headers": encode(headers)})
 
 
@@ -34,7 +34,7 @@ async def body(send: Send, data: bytes) -> None:
     await send({"type": "http.response.body", "body": data, "more_body": True})
 
 
-async def send_reply(send: Send, reply: Reply, extra: tuple[tuple[str, str], ...] = ()) -> None:
+async def send_reply(send: Send, reply: Reply, extra: Headers = ()) -> None:
     """A whole answer with a known length (``extra``: headers added, e.g. CORS)."""
     headers = reply.headers + extra
     if reply.status not in (204, 304):

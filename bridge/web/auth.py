@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from collections.abc import Mapping
 
 import aiohttp
@@ -23,6 +24,38 @@ from bridge.errors import UpstreamError, UpstreamRefused, UpstreamTimeout, Upstr
 from bridge.settings import Settings
 
 log = logging.getLogger("bridge.web.auth")
+
+#: Header names that carry a credential (case-insensitive search in the name).
+_CREDENTIAL_NAME = re.compile(
+    r"authorization|cookie|api[-_]?key|key$|token|secret|passw|session|signature|credential",
+    re.IGNORECASE,
+)
+
+
+def credential_headers(headers: Mapping[str, str]) -> list[str]:
+    """The names in ``headers`` that look like credentials (``X-Api-Key``, ...)."""
+    return [name for name in headers if _CREDENTIAL_NAME.search(name)]
+
+
+def shared_key_warning(settings: Settings) -> str | None:
+    """The start-up warning for a bridge that polls with its own credential for anyone.
+
+    In viewer mode the upstream is the only judge of a viewer, and it judges the
+    request: with the operator's key in BRIDGE_UPSTREAM_HEADERS it admits every
+    request, whatever (or nothing) the viewer sent. Only the name is said, never the
+    value.
+    """
+    if settings.auth_url is not None:
+        return None
+    names = credential_headers(settings.upstream_headers)
+    if not names:
+        return None
+    return (
+        f"BRIDGE_UPSTREAM_HEADERS sends {', '.join(sorted(names))} with every upstream "
+        "request and no viewer is admitted by BRIDGE_AUTH_URL: every viewer who can reach "
+        "the bridge sees every run with that key; set BRIDGE_AUTH_URL (forward-auth mode, "
+        "docs/security.md) so that an auth service decides who may watch"
+    )
 
 
 class ForwardAuth:

@@ -9,8 +9,7 @@ from __future__ import annotations
 from quart import Quart, Response, request
 
 from bridge.settings import Settings
-
-Headers = tuple[tuple[str, str], ...]
+from bridge.web.reply import Headers
 
 
 class CorsPolicy:

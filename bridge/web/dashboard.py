@@ -1,6 +1,6 @@
 """The live dashboard page, and the demo's run list.
 
-``register_dashboard(app, services)`` adds:
+``register_dashboard(app, settings)`` adds:
 
 - ``GET /`` and ``/static/*`` when ``BRIDGE_DASHBOARD`` is on (``sse-bridge demo`` turns
   it on): a plain HTML/CSS/JS page shipped in ``bridge/web/static``, no build step, nothing
@@ -25,7 +25,8 @@ from werkzeug.exceptions import NotFound
 from bridge import run_id as run_ids
 from bridge.errors import InvalidRequest, UpstreamTimeout, UpstreamUnavailable
 from bridge.events.sse import encode_json as _json
-from bridge.services import Services
+from bridge.settings import Settings
+from bridge.web.events_doc import dashboard_events
 
 #: app.extensions key holding the simulated legacy API's base URL (demo mode only).
 DEMO_API = "bridge.demo_api_url"
@@ -61,9 +62,8 @@ def asset(name: str) -> bytes:
     return resources.files("bridge.web").joinpath("static", name).read_bytes()
 
 
-def register_dashboard(app: Quart, services: Services) -> None:
+def register_dashboard(app: Quart, settings: Settings) -> None:
     """The page (when BRIDGE_DASHBOARD is on) and, in demo mode, the demo's run list."""
-    settings = services.settings
 
     def page_file(name: str) -> Response:
         if not settings.dashboard or name not in ASSETS:
@@ -95,6 +95,8 @@ def register_dashboard(app: Quart, services: Services) -> None:
             # The bridge follows the upstream's list: no run ids needed (/v1/events).
             "fleet": settings.upstream_list_path is not None,
             "pollInterval": settings.poll_interval,
+            # The stream's vocabulary (BRIDGE_EVENTS_FILE): what to listen to.
+            "events": dashboard_events(settings.vocabulary),
         }
         return Response(_json(body), content_type="application/json", headers=PAGE_HEADERS)
 
@@ -108,7 +110,7 @@ def register_dashboard(app: Quart, services: Services) -> None:
 
     @app.get("/demo/api/runs")
     async def demo_runs() -> Response:
-        return await _forward(services, "GET", demo_api() + "/runs")
+        return await _forward(settings, "GET", demo_api() + "/runs")
 
     @app.post("/demo/api/runs")
     async def demo_start() -> Response:
@@ -119,13 +121,13 @@ def register_dashboard(app: Quart, services: Services) -> None:
             outcome = body.get("outcome")
             if outcome is not None:
                 payload["outcome"] = outcome
-        return await _forward(services, "POST", base + "/runs", payload)
+        return await _forward(settings, "POST", base + "/runs", payload)
 
     @app.post("/demo/api/runs/<run_id>/cancel")
     async def demo_cancel(run_id: str) -> Response:
         base = demo_api()
         run_ids.validate(run_id)
-        return await _forward(services, "POST", f"{base}/runs/{run_id}/cancel", {})
+        return await _forward(settings, "POST", f"{base}/runs/{run_id}/cancel", {})
 
 
 async def _json_body() -> dict[str, Any]:
@@ -142,9 +144,9 @@ async def _json_body() -> dict[str, Any]:
 
 
 async def _forward(
-    services: Services, method: str, url: str, payload: dict[str, Any] | None = None
+    settings: Settings, method: str, url: str, payload: dict[str, Any] | None = None
 ) -> Response:
-    timeout = aiohttp.ClientTimeout(total=services.settings.upstream_timeout)
+    timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout)
     try:
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,

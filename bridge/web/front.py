@@ -5,55 +5,59 @@
 
 Why: a stream is opened once and then held for minutes, so what its opening costs and
 what it keeps alive is per viewer: under a reconnect storm thousands open within
-seconds. Through Quart each one cost a request and a response object, werkzeug headers,
+seconds. Through Quart each would cost a request and a response object, werkzeug headers,
 two tasks (Quart's request handler and its receiver), a copied context and an exit stack
-kept alive for the stream's whole life; bench/results/issue14-connect.md measured it
-against a raw ASGI app on the same Hypercorn. Here a stream costs the coroutine Hypercorn
-already runs for the request: a fast-path viewer waits for its sink's end or for the
-disconnect in that coroutine (bridge/web/asgi.py), and only the ASGI path (HTTP/1.0, HEAD,
-HTTP/2) adds one task to pump frames while the disconnect is watched.
+kept alive for the stream's whole life (bench/FINDINGS.md, "Why memory and connects are
+not met"). Here a stream costs the coroutine the server already runs for the request: a
+fast-path viewer waits for its sink's end or for the disconnect in that coroutine
+(bridge/web/asgi.py), and only the ASGI path (HTTP/1.0, HEAD, HTTP/2) adds one task to
+pump frames while the disconnect is watched.
 
 Everything else goes to Quart, including other methods on these paths (the CORS
 preflight ``OPTIONS``, 405 for the rest): Quart keeps both rules in its URL map, so
 routing, ``OPTIONS`` and the OpenAPI check know them. What Quart gave these routes is
 done here once, with the same code the Quart routes use: JSON errors and the EventSource
 retry form (bridge/web/reply.py), CORS (bridge/web/cors.py's policy), a JSON 500 for a failure.
-The access log is Hypercorn's, for both. Hypercorn stays the server; nothing here parses
-HTTP: the request is the ASGI scope Hypercorn built.
+The access log is the server's, for both. Nothing here parses HTTP or knows the server:
+the request is the ASGI scope the server built, and the fast path's socket is found by
+the lookup the server hands in (``use_fast_path``; bridge/server/serve.py gives
+bridge/server/hypercorn_transport.py's), called with the request's scope and ``send``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Final
+from typing import Final, TypeAlias
 from urllib.parse import parse_qsl
 
 from bridge import run_id as run_ids
-from bridge.errors import BridgeError, Draining
-from bridge.server.hypercorn_transport import SEND_KEY, fast_path_transport
-from bridge.services import Services
+from bridge.errors import BridgeError
+from bridge.ops.metrics import Metrics
+from bridge.settings import Settings
 from bridge.streams.direct import DirectSink
-from bridge.streams.feed import FeedFramer
-from bridge.streams.fleet import open_fleet_stream, parse_envelope
+from bridge.streams.fleet import NoList, parse_envelope
 from bridge.streams.multi import multi_frames, parse_runs
-from bridge.streams.opening import Framer, Opened, RunRefused, open_stream
+from bridge.streams.opening import Framer, Opened, Opener, RunRefused
 from bridge.streams.stream import Frames, run_frames
-from bridge.streams.ticker import Sending
-from bridge.streams.viewer import Viewer, viewer_from
+from bridge.streams.ticker import Sending, Ticker
+from bridge.streams.viewer import Viewer
 from bridge.tasks import cancel_and_wait
 from bridge.web import asgi
 from bridge.web.asgi import App, Receive, Scope, Send
 from bridge.web.cors import CorsPolicy
 from bridge.web.reply import (
     SSE_HEADERS,
+    Headers,
     Reply,
     error_reply,
     http_error_reply,
     retry_reply,
     transient,
 )
+from bridge.web.viewers import viewer_from
 
 log = logging.getLogger("bridge.web.front")
 
@@ -69,14 +73,18 @@ _INTERNAL_ERROR: Final = http_error_reply(
     "The server encountered an internal error and was unable to complete your request.",
 )
 
-Headers = tuple[tuple[str, str], ...]
+#: The server's way to a viewer's socket for the fast path: from the request's scope and
+#: the server's ``send``, the transport, or None (then the stream takes the ASGI path).
+TransportLookup: TypeAlias = Callable[[Scope, Send], asyncio.WriteTransport | None]
+#: An open stream (its viewer and what the opening gave), or the answer that ends the request.
+Opening: TypeAlias = tuple[Viewer, Opened] | Reply
 
 
 def stream_route(scope: Scope) -> tuple[bool, str | None]:
     """(a stream route, its run id or None for /v1/streams), as werkzeug would match it.
 
     A run id is one non-empty path segment; anything else (``/v1/runs//stream``, an
-    encoded slash) is not this route, and Quart answers it as before (400).
+    encoded slash) is not this route, and Quart answers it (400).
     """
     if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
         return False, None
@@ -93,32 +101,40 @@ def stream_route(scope: Scope) -> tuple[bool, str | None]:
 class StreamFront:
     """ASGI middleware: the stream routes here, every other request to ``app`` (Quart)."""
 
-    def __init__(self, app: App, services: Services, cors: CorsPolicy | None) -> None:
+    def __init__(
+        self,
+        app: App,
+        *,
+        opener: Opener,
+        ticker: Ticker,
+        metrics: Metrics,
+        settings: Settings,
+        cors: CorsPolicy | None,
+    ) -> None:
         self.app = app
-        self.services = services
+        self.opener = opener
+        self.ticker = ticker
+        self.metrics = metrics
+        self.settings = settings
         self.cors = cors
-        self.single_run: Framer = partial(run_frames, ticker=services.ticker)
-        if services.feed is not None:
-            self.single_run = FeedFramer(services.feed, services.fetch_page, services.polled_with)
+        #: None until the server offers the fast path (``use_fast_path``).
+        self.transports: TransportLookup | None = None
+        self.single_run: Framer = partial(run_frames, ticker=ticker)
+        #: ``GET /v1/events`` (bridge/streams/fleet.py), when the bridge follows a list.
+        self.events: Callable[[Viewer, bool], Awaitable[Opened]] | None = None
         # Matched against the scope's (lower-case) header names without decoding them all.
-        self.forward = frozenset(h.encode("latin-1") for h in services.settings.forward_headers)
+        self.forward = frozenset(h.encode("latin-1") for h in settings.forward_headers)
+
+    def use_fast_path(self, lookup: TransportLookup) -> None:
+        """Serve single-run streams on the fast path wherever ``lookup`` finds the socket."""
+        self.transports = lookup
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         matched, run_id = stream_route(scope)
         if not matched:
             await self.app(scope, receive, send)
             return
-        request = self._read(scope)
-        cors = self.cors.headers(request.get(b"origin"), scope["method"]) if self.cors else ()
-        try:
-            opened = await self._open(scope, send, request, run_id)
-        except BridgeError as error:  # the request itself is refused (400)
-            self.services.metrics.streams_refused.labels(error.code).inc()
-            opened = error_reply(error)
-        except Exception:
-            log.exception("stream request failed")
-            opened = _INTERNAL_ERROR
-        del request  # read: not kept for the stream's life
+        opened, cors = await self._open(scope, send, run_id)
         if isinstance(opened, Reply):
             await asgi.send_reply(send, opened, cors)
             return
@@ -131,15 +147,72 @@ class StreamFront:
                 left = await self._serve_asgi(send, receive, stream.first, stream.frames)
         finally:
             await stream.close()
-        # Not after the viewer left: Hypercorn (0.17-0.18, protocol/h11.py
-        # ``_maybe_recycle``) would take the completed response for the end of a
-        # keep-alive request and hold the dead connection, and all it refers to, for its
-        # keep-alive timeout (75 s): about a million objects after 10,000 viewers left
-        # (bench/FINDINGS.md). Ending the app without it is ASGI's way after a disconnect.
+        # Hack H3 (docs/hacks.md): no final body once the viewer left, or Hypercorn takes
+        # the dead connection for an idle keep-alive one and holds it for 75 s.
         if not left:
             await send(asgi.END)
 
-    # --- the request, read once ----------------------------------------------------
+    # --- the request, read once, and the opening (refusals answer here) ---------------
+
+    async def _open(self, scope: Scope, send: Send, run_id: str | None) -> tuple[Opening, Headers]:
+        """The stream opened, or the answer that refuses it; and the answer's CORS headers.
+
+        The request's headers are read here, so that nothing of them but the viewer is
+        kept for the stream's life.
+        """
+        request = self._read(scope)
+        cors = self.cors.headers(request.get(b"origin"), scope["method"]) if self.cors else ()
+        try:
+            if scope["path"] == EVENTS_PATH:
+                query = query_args(scope)
+                envelope = parse_envelope(first_values(query).get("envelope"))
+                viewer = self._viewer(scope, send, request, query, stream=False)
+                try:
+                    if self.events is None:
+                        raise NoList()
+                    return (viewer, await self.events(viewer, envelope)), cors
+                except BridgeError as error:
+                    return self._refusal(error, viewer, False), cors
+            viewer, runs, framer, name_run = self._parse(scope, send, request, run_id)
+            try:
+                opened = await self.opener.open(viewer, runs, framer)
+            except (RunRefused, BridgeError) as refused:
+                return self._refusal(refused, viewer, name_run), cors
+        except BridgeError as error:  # the request itself is refused (400)
+            self.metrics.streams_refused.labels(error.code).inc()
+            return error_reply(error), cors
+        except Exception:
+            log.exception("stream request failed")
+            return _INTERNAL_ERROR, cors
+        if opened is None:
+            # The viewer already has every final event: 204 stops EventSource.
+            return Reply(204, ()), cors
+        self.metrics.streams_opened.inc()
+        return (viewer, opened), cors
+
+    def _parse(
+        self, scope: Scope, send: Send, request: dict[bytes, str], run_id: str | None
+    ) -> tuple[Viewer, list[str], Framer, bool]:
+        """The viewer, its runs, their framer, and whether a refusal names its run."""
+        query = query_args(scope)
+        if run_id is not None:
+            runs = [run_ids.validate(run_id)]
+            viewer = self._viewer(scope, send, request, query, stream=True)
+            return viewer, runs, self.single_run, False
+        wanted = [value for name, value in query if name == "runs"]
+        runs = parse_runs(wanted, self.settings.multi_max_runs)
+        envelope = parse_envelope(first_values(query).get("envelope"))
+        viewer = self._viewer(scope, send, request, query, stream=False)
+        return viewer, runs, partial(multi_frames, envelope=envelope), True
+
+    def _refusal(self, refused: RunRefused | BridgeError, viewer: Viewer, name_run: bool) -> Reply:
+        """A run's refusal or the bridge's own: JSON, or the form EventSource retries."""
+        error = refused.error if isinstance(refused, RunRefused) else refused
+        named = refused.run_id if isinstance(refused, RunRefused) and name_run else None
+        self.metrics.streams_refused.labels(error.code).inc()
+        if viewer.wants_events and transient(error):
+            return retry_reply(error, self.settings.retry_ms, named)
+        return error_reply(error, refused.body() if named is not None else None)
 
     def _read(self, scope: Scope) -> dict[bytes, str]:
         """The headers the routes read (first of each) and the forwarded ones (last wins,
@@ -160,19 +233,11 @@ class StreamFront:
         stream: bool,
     ) -> Viewer:
         """What the request says about its viewer (``stream``: it may take the fast path)."""
-        settings = self.services.settings
-        transport = None
-        if stream and settings.direct_writes:
-            scope[SEND_KEY] = send
-            try:
-                transport = fast_path_transport(scope, self.services.metrics.fast_path_fell_back)
-            finally:
-                # The scope is Hypercorn's HTTPStream's own, and ``send`` a bound method of
-                # it: left in there, it is a reference cycle that outlives the connection.
-                del scope[SEND_KEY]
+        transports = self.transports
+        transport = transports(scope, send) if stream and transports is not None else None
         client = scope.get("client")
         return viewer_from(
-            settings,
+            self.settings,
             offered={
                 name.decode("latin-1"): request[name] for name in self.forward & request.keys()
             },
@@ -184,71 +249,12 @@ class StreamFront:
             transport=transport,
         )
 
-    # --- the opening (refusals answer here) -----------------------------------------
-
-    async def _open(
-        self, scope: Scope, send: Send, request: dict[bytes, str], run_id: str | None
-    ) -> Reply | tuple[Viewer, Opened]:
-        services = self.services
-        query = query_args(scope)
-        if scope["path"] == EVENTS_PATH:
-            return await self._open_events(scope, send, request, query)
-        if run_id is not None:
-            runs = [run_ids.validate(run_id)]
-            viewer = self._viewer(scope, send, request, query, stream=True)
-            framer, name_run = self.single_run, False
-        else:
-            wanted = [value for name, value in query if name == "runs"]
-            runs = parse_runs(wanted, services.settings.multi_max_runs)
-            envelope = parse_envelope(first_values(query).get("envelope"))
-            viewer = self._viewer(scope, send, request, query, stream=False)
-            framer, name_run = partial(multi_frames, envelope=envelope), True
-        try:
-            if services.draining:
-                raise Draining("The bridge is shutting down.")
-            opened = await open_stream(services, viewer, runs, framer)
-        except (RunRefused, BridgeError) as refused:
-            error = refused.error if isinstance(refused, RunRefused) else refused
-            named = refused.run_id if isinstance(refused, RunRefused) and name_run else None
-            services.metrics.streams_refused.labels(error.code).inc()
-            if viewer.wants_events and transient(error):
-                return retry_reply(error, services.settings.retry_ms, named)
-            return error_reply(error, refused.body() if named is not None else None)
-        if opened is None:
-            # The viewer already has every final event: 204 stops EventSource.
-            return Reply(204, ())
-        services.metrics.streams_opened.inc()
-        return viewer, opened
-
-    async def _open_events(
-        self,
-        scope: Scope,
-        send: Send,
-        request: dict[bytes, str],
-        query: list[tuple[str, str]],
-    ) -> Reply | tuple[Viewer, Opened]:
-        """``GET /v1/events``: every listed run (bridge/streams/fleet.py)."""
-        services = self.services
-        envelope = parse_envelope(first_values(query).get("envelope"))
-        viewer = self._viewer(scope, send, request, query, stream=False)
-        try:
-            if services.draining:
-                raise Draining("The bridge is shutting down.")
-            opened = await open_fleet_stream(services, viewer, envelope)
-        except BridgeError as error:
-            services.metrics.streams_refused.labels(error.code).inc()
-            if viewer.wants_events and transient(error):
-                return retry_reply(error, services.settings.retry_ms, None)
-            return error_reply(error)
-        services.metrics.streams_opened.inc()
-        return viewer, opened
-
     # --- the two ways a stream is served ----------------------------------------------
 
     async def _serve_fast(self, send: Send, receive: Receive, first: bytes, frames: Frames) -> bool:
         """The opening through ASGI, then (once caught up) the sink writes: wait for its
         end or for the viewer leaving, in this coroutine. True: the viewer is gone."""
-        ticker = self.services.ticker
+        ticker = self.ticker
         sending = ticker.watch()
         left = False
         try:
@@ -282,7 +288,7 @@ class StreamFront:
             await cancel_and_wait(pump)
 
     async def _pump(self, send: Send, first: bytes, frames: Frames) -> None:
-        ticker = self.services.ticker
+        ticker = self.ticker
         sending = ticker.watch()  # this task: the ticker cancels it if a send stalls
         try:
             await timed(send, sending, first)
@@ -291,8 +297,8 @@ class StreamFront:
                     await timed(send, sending, item)
         finally:
             ticker.unwatch(sending)
-            # A cancelled task keeps this frame in its CancelledError's traceback, and the
-            # entry keeps the task: drop the entry from the frame, or the two are a cycle.
+            # Hack H4 (docs/hacks.md): a cancelled task's error holds this frame, and the
+            # entry holds the task.
             del sending
 
 

@@ -26,8 +26,9 @@ from quart import Quart, Response
 from bridge import __version__
 from bridge import run_id as run_ids
 from bridge.events.sse import encode_json
-from bridge.services import Services
+from bridge.polling.status import MAX_DETAIL_LENGTH
 from bridge.settings import Settings
+from bridge.web.events_doc import add_vocabulary
 
 OPENAPI_PATH = "/openapi.json"
 
@@ -102,10 +103,24 @@ _RUN_ID = {
     ),
 }
 
+_DETAIL = {
+    "type": ["string", "null"],
+    "maxLength": MAX_DETAIL_LENGTH,
+    "description": (
+        "One line from BRIDGE_DETAIL_EXPR (the current stage, an error message), or null."
+    ),
+}
+
+#: What the bridge read of the status, beside a body that is the status itself.
+_RUN_HEADERS = {
+    "X-Run-State": _ref("headers", "XRunState"),
+    "X-Run-Detail": _ref("headers", "XRunDetail"),
+}
+
 _MULTI_ENVELOPE = {
     "type": "object",
     "description": "The data of a run event on GET /v1/streams.",
-    "required": ["run_id", "id", "state", "progress", "data"],
+    "required": ["run_id", "id", "state", "progress", "detail", "data"],
     "properties": {
         "run_id": {"type": "string"},
         "id": {"type": "string", "description": "The run's own event id (as on its stream)."},
@@ -117,6 +132,7 @@ _MULTI_ENVELOPE = {
             "type": ["number", "null"],
             "description": "0 to 1 from BRIDGE_PROGRESS_EXPR, or null.",
         },
+        "detail": _DETAIL,
         "data": {"type": "object", "description": "The single-run event's data."},
     },
 }
@@ -133,7 +149,7 @@ _EVENT_ITEM = {
 
 _EVENTS = {
     "type": "object",
-    "required": ["run_id", "events", "cursor", "state", "progress", "terminal"],
+    "required": ["run_id", "events", "cursor", "state", "progress", "detail", "terminal"],
     "properties": {
         "run_id": {"type": "string"},
         "events": {"type": "array", "items": _ref("schemas", "EventItem")},
@@ -143,6 +159,7 @@ _EVENTS = {
         },
         "state": {"type": ["string", "null"]},
         "progress": {"type": ["number", "null"]},
+        "detail": _DETAIL,
         "terminal": {"type": "boolean", "description": "The run has ended."},
     },
 }
@@ -312,7 +329,58 @@ def _viewer_security(settings: Settings) -> list[Json]:
 
 def build_document(settings: Settings) -> Json:
     """The OpenAPI 3.1 document of a bridge with ``settings``."""
-    errors = {
+    document = {
+        "openapi": "3.1.0",
+        "info": _info(settings),
+        "tags": [
+            {"name": "streams", "description": "Server-Sent Events."},
+            {"name": "runs", "description": "JSON views of one run, and poke."},
+            {"name": "health", "description": "For orchestrators and operators."},
+        ],
+        "paths": {
+            **_health_paths(),
+            **_run_paths(settings),
+            **_stream_paths(settings),
+            **_catchup_paths(settings),
+            **_poke_path(settings),
+        },
+        "components": {
+            "schemas": _schemas(),
+            "parameters": _parameters(settings),
+            "headers": _headers(),
+            "responses": _responses(),
+            "securitySchemes": _security_schemes(settings),
+        },
+    }
+    return add_vocabulary(document, settings.vocabulary)
+
+
+def _info(settings: Settings) -> Json:
+    return {
+        "title": "sse-bridge",
+        "version": __version__,
+        "summary": "Live Server-Sent Events in front of a legacy polling run API.",
+        "description": (
+            "The bridge polls the upstream once per run and interval on behalf of all "
+            "viewers and streams the changes. Every error is JSON "
+            '`{"error": "<code>", "message": "<sentence>"}`. Request headers named in '
+            "BRIDGE_FORWARD_HEADERS (here: "
+            + (", ".join(settings.forward_headers) or "none")
+            + ") are the viewer's credentials, forwarded upstream (see the security "
+            "schemes). Not described here: the dashboard page (`/`, `/static/*`, "
+            "`/dashboard/config.json`) and the demo's run list (`/demo/api/*`), which "
+            "serve the page only, and HEAD/OPTIONS."
+        ),
+        "license": {"name": "MIT", "identifier": "MIT"},
+    }
+
+
+# --- the paths ---------------------------------------------------------------------------
+
+
+def _errors() -> Json:
+    """The refusals every run route may answer."""
+    return {
         "400": _ref("responses", "BadRequest"),
         "401": _ref("responses", "Unauthorized"),
         "403": _ref("responses", "Forbidden"),
@@ -321,17 +389,23 @@ def build_document(settings: Settings) -> Json:
         "503": _ref("responses", "Unavailable"),
         "504": _ref("responses", "GatewayTimeout"),
     }
-    stream_errors = {**errors, "429": _ref("responses", "TooManyStreams")}
-    run_id = _ref("parameters", "RunId")
-    resume = [
+
+
+def _stream_errors() -> Json:
+    """The refusals of a route that takes a stream slot: the run's, and the client's cap."""
+    return {**_errors(), "429": _ref("responses", "TooManyStreams")}
+
+
+def _resume() -> list[Json]:
+    return [
         _ref("parameters", "LastEventId"),
         _ref("parameters", "Cursor"),
         _ref("parameters", "Since"),
     ]
-    security = _viewer_security(settings)
-    wait = _ref("parameters", "Wait")
 
-    paths: Json = {
+
+def _health_paths() -> Json:
+    return {
         "/healthz": {
             "get": {
                 "operationId": "healthz",
@@ -376,6 +450,14 @@ def build_document(settings: Settings) -> Json:
                 "responses": {"200": _json({"type": "object"}, "The OpenAPI 3.1 document.")},
             }
         },
+    }
+
+
+def _run_paths(settings: Settings) -> Json:
+    run_id = _ref("parameters", "RunId")
+    security = _viewer_security(settings)
+    errors = _errors()
+    return {
         "/v1/runs/{run_id}": {
             "get": {
                 "operationId": "getRunStatus",
@@ -384,11 +466,20 @@ def build_document(settings: Settings) -> Json:
                 "parameters": [run_id],
                 "security": security,
                 "responses": {
-                    "200": _json(_ref("schemas", "Status"), "The latest status."),
+                    "200": _json(_ref("schemas", "Status"), "The latest status.", _RUN_HEADERS),
                     **errors,
                 },
             }
         },
+    }
+
+
+def _stream_paths(settings: Settings) -> Json:
+    run_id = _ref("parameters", "RunId")
+    resume = _resume()
+    security = _viewer_security(settings)
+    stream_errors = _stream_errors()
+    return {
         "/v1/runs/{run_id}/stream": {
             "get": {
                 "operationId": "streamRun",
@@ -432,7 +523,7 @@ def build_document(settings: Settings) -> Json:
                     "200": _sse_response(
                         _ref("schemas", "MultiEvent"),
                         "`data` of progress/complete/error: the envelope "
-                        "{run_id, id, state, progress, data}; their `id` is the multi id "
+                        "{run_id, id, state, progress, detail, data}; their `id` is the multi id "
                         "(every run's position, opaque).",
                     ),
                     "204": {"description": "Every run's final event was already received."},
@@ -460,13 +551,23 @@ def build_document(settings: Settings) -> Json:
                     "200": _sse_response(
                         _ref("schemas", "MultiEvent"),
                         "`data` of progress/complete/error: the envelope "
-                        "{run_id, id, state, progress, data} (envelope=0: the run's own data); "
-                        "`id` is the stream's own (opaque).",
+                        "{run_id, id, state, progress, detail, data} (envelope=0: the run's "
+                        "own data); `id` is the stream's own (opaque).",
                     ),
                     **stream_errors,
                 },
             }
         },
+    }
+
+
+def _catchup_paths(settings: Settings) -> Json:
+    run_id = _ref("parameters", "RunId")
+    resume = _resume()
+    security = _viewer_security(settings)
+    stream_errors = _stream_errors()
+    wait = _ref("parameters", "Wait")
+    return {
         "/v1/runs/{run_id}/events": {
             "get": {
                 "operationId": "getRunEvents",
@@ -484,7 +585,7 @@ def build_document(settings: Settings) -> Json:
                     "200": _json(
                         _ref("schemas", "Events"),
                         "The events.",
-                        {"X-Run-State": _ref("headers", "XRunState")},
+                        _RUN_HEADERS,
                     ),
                     **stream_errors,
                 },
@@ -501,17 +602,23 @@ def build_document(settings: Settings) -> Json:
                     "200": _json(
                         _ref("schemas", "Status"),
                         "The run has ended: its final status.",
-                        {"X-Run-State": _ref("headers", "XRunState")},
+                        _RUN_HEADERS,
                     ),
                     "202": _json(
                         _ref("schemas", "Status"),
                         "Not ended within `wait`: the latest status.",
-                        {"X-Run-State": _ref("headers", "XRunState")},
+                        _RUN_HEADERS,
                     ),
                     **stream_errors,
                 },
             }
         },
+    }
+
+
+def _poke_path(settings: Settings) -> Json:
+    run_id = _ref("parameters", "RunId")
+    return {
         "/v1/runs/{run_id}/poll": {
             "post": {
                 "operationId": "pokeRun",
@@ -543,194 +650,176 @@ def build_document(settings: Settings) -> Json:
         },
     }
 
-    retry_after = {"Retry-After": _ref("headers", "RetryAfter")}
-    components: Json = {
-        "schemas": {
-            "Error": _ERROR,
-            "Status": _STATUS,
-            "MultiEnvelope": _MULTI_ENVELOPE,
-            "EventItem": _EVENT_ITEM,
-            "Events": _EVENTS,
-            "Poked": _POKED,
-            "Health": _HEALTH,
-            "Readiness": _READINESS,
-            "TimeoutData": _TIMEOUT_DATA,
-            "RunEvent": _stream_event(
-                _ref("schemas", "Status"), "An event of GET /v1/runs/{run_id}/stream."
-            ),
-            "MultiEvent": _stream_event(
-                _ref("schemas", "MultiEnvelope"), "An event of GET /v1/streams."
-            ),
-        },
-        "parameters": {
-            "RunId": {
-                "name": "run_id",
-                "in": "path",
-                "required": True,
-                "schema": _RUN_ID,
-            },
-            "LastEventId": {
-                "name": "Last-Event-ID",
-                "in": "header",
-                "required": False,
-                "description": "Resume after this event id (EventSource sends it itself).",
-                "schema": {"type": "string"},
-            },
-            "Cursor": {
-                "name": "cursor",
-                "in": "query",
-                "required": False,
-                "description": "Last-Event-ID where headers cannot be set.",
-                "schema": {"type": "string"},
-            },
-            "Since": {
-                "name": "since",
-                "in": "query",
-                "required": False,
-                "description": "The same as `cursor` (read when `cursor` is absent).",
-                "schema": {"type": "string"},
-            },
-            "Wait": {
-                "name": "wait",
-                "in": "query",
-                "required": False,
-                "description": (
-                    "Seconds to wait for news, 0 (the default) to BRIDGE_LONGPOLL_MAX; "
-                    "anything else is refused with 400."
-                ),
-                "schema": {"type": "number", "minimum": 0, "maximum": settings.longpoll_max},
-            },
-            "Envelope": {
-                "name": "envelope",
-                "in": "query",
-                "required": False,
-                "description": (
-                    "1 (the default): each event in the envelope {run_id, id, state, "
-                    "progress, data}; 0: each event's data exactly as the run's own stream "
-                    "has it."
-                ),
-                "schema": {"type": "string", "enum": ["0", "1"], "default": "1"},
-            },
-            "Runs": {
-                "name": "runs",
-                "in": "query",
-                "required": True,
-                "description": (
-                    "The runs, comma-separated (the parameter may also be repeated); "
-                    "duplicates are merged. At most BRIDGE_MULTI_MAX_RUNS."
-                ),
-                "style": "form",
-                "explode": False,
-                "schema": {
-                    "type": "array",
-                    "items": _RUN_ID,
-                    "minItems": 1,
-                    "maxItems": settings.multi_max_runs,
-                },
-            },
-        },
-        "headers": {
-            "RetryAfter": {
-                "description": "Seconds after which to try again.",
-                "schema": {"type": "integer", "minimum": 1},
-            },
-            "XRunState": {
-                "description": (
-                    "The run's state as the status filters read it (empty when none); "
-                    "percent-encoded if not printable ASCII."
-                ),
-                "required": True,
-                "schema": {"type": "string"},
-            },
-            "CacheControl": {"schema": {"type": "string", "const": "no-cache"}},
-            "XAccelBuffering": {
-                "description": "Tells nginx not to buffer the stream.",
-                "schema": {"type": "string", "const": "no"},
-            },
-            "WWWAuthenticate": {"required": True, "schema": {"type": "string"}},
-        },
-        "responses": {
-            "BadRequest": _json(
-                _ref("schemas", "Error"),
-                "The run id is not acceptable (`invalid_run_id`), or another part of the "
-                "request is unusable (`invalid_request`); the upstream was not called.",
-            ),
-            "Unauthorized": _json(
-                _ref("schemas", "Error"), "The upstream (or auth service) said 401."
-            ),
-            "Forbidden": _json(
-                _ref("schemas", "Error"), "The upstream (or auth service) said 403."
-            ),
-            "NotFound": _json(_ref("schemas", "Error"), "The upstream does not know this run."),
-            "TooManyStreams": _json(
-                _ref("schemas", "Error"),
-                "This client holds BRIDGE_MAX_STREAMS_PER_CLIENT streams already.",
-                retry_after,
-            ),
-            "BadGateway": _json(
-                _ref("schemas", "Error"),
-                "The upstream is unreachable, answered 5xx or nonsense, or its circuit is open.",
-            ),
-            "Unavailable": _json(
-                _ref("schemas", "Error"),
-                "The bridge is at its connection limit (`over_capacity`), draining, cannot "
-                "reach its Redis (cluster mode), or the upstream said 429 (`upstream_busy`).",
-                retry_after,
-            ),
-            "GatewayTimeout": _json(
-                _ref("schemas", "Error"), "The upstream did not answer within its timeout."
-            ),
-        },
-        "securitySchemes": {
-            "pokeToken": {
-                "type": "http",
-                "scheme": "bearer",
-                "description": "BRIDGE_POKE_TOKEN.",
-            },
-            **_forwarded_schemes(settings),
-        },
-    }
 
+# --- the components ----------------------------------------------------------------------
+
+
+def _schemas() -> Json:
     return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "sse-bridge",
-            "version": __version__,
-            "summary": "Live Server-Sent Events in front of a legacy polling run API.",
-            "description": (
-                "The bridge polls the upstream once per run and interval on behalf of all "
-                "viewers and streams the changes. Every error is JSON "
-                '`{"error": "<code>", "message": "<sentence>"}`. Request headers named in '
-                "BRIDGE_FORWARD_HEADERS (here: "
-                + (", ".join(settings.forward_headers) or "none")
-                + ") are the viewer's credentials, forwarded upstream (see the security "
-                "schemes). Not described here: the dashboard page (`/`, `/static/*`, "
-                "`/dashboard/config.json`) and the demo's run list (`/demo/api/*`), which "
-                "serve the page only, and HEAD/OPTIONS."
-            ),
-            "license": {"name": "MIT", "identifier": "MIT"},
-        },
-        "tags": [
-            {"name": "streams", "description": "Server-Sent Events."},
-            {"name": "runs", "description": "JSON views of one run, and poke."},
-            {"name": "health", "description": "For orchestrators and operators."},
-        ],
-        "paths": paths,
-        "components": components,
+        "Error": _ERROR,
+        "Status": _STATUS,
+        "MultiEnvelope": _MULTI_ENVELOPE,
+        "EventItem": _EVENT_ITEM,
+        "Events": _EVENTS,
+        "Poked": _POKED,
+        "Health": _HEALTH,
+        "Readiness": _READINESS,
+        "TimeoutData": _TIMEOUT_DATA,
+        "RunEvent": _stream_event(
+            _ref("schemas", "Status"), "An event of GET /v1/runs/{run_id}/stream."
+        ),
+        "MultiEvent": _stream_event(
+            _ref("schemas", "MultiEnvelope"), "An event of GET /v1/streams."
+        ),
     }
 
 
-def _services(app: Quart) -> Services:
-    # By type, not by bridge.web.app's key: importing it here would make an import cycle.
-    for extension in app.extensions.values():
-        if isinstance(extension, Services):
-            return extension
-    raise RuntimeError("register_openapi needs the app that create_app built")
+def _parameters(settings: Settings) -> Json:
+    return {
+        "RunId": {
+            "name": "run_id",
+            "in": "path",
+            "required": True,
+            "schema": _RUN_ID,
+        },
+        "LastEventId": {
+            "name": "Last-Event-ID",
+            "in": "header",
+            "required": False,
+            "description": "Resume after this event id (EventSource sends it itself).",
+            "schema": {"type": "string"},
+        },
+        "Cursor": {
+            "name": "cursor",
+            "in": "query",
+            "required": False,
+            "description": "Last-Event-ID where headers cannot be set.",
+            "schema": {"type": "string"},
+        },
+        "Since": {
+            "name": "since",
+            "in": "query",
+            "required": False,
+            "description": "The same as `cursor` (read when `cursor` is absent).",
+            "schema": {"type": "string"},
+        },
+        "Wait": {
+            "name": "wait",
+            "in": "query",
+            "required": False,
+            "description": (
+                "Seconds to wait for news, 0 (the default) to BRIDGE_LONGPOLL_MAX; "
+                "anything else is refused with 400."
+            ),
+            "schema": {"type": "number", "minimum": 0, "maximum": settings.longpoll_max},
+        },
+        "Envelope": {
+            "name": "envelope",
+            "in": "query",
+            "required": False,
+            "description": (
+                "1 (the default): each event in the envelope {run_id, id, state, progress, "
+                "detail, data}; 0: each event's data exactly as the run's own stream has it."
+            ),
+            "schema": {"type": "string", "enum": ["0", "1"], "default": "1"},
+        },
+        "Runs": {
+            "name": "runs",
+            "in": "query",
+            "required": True,
+            "description": (
+                "The runs, comma-separated (the parameter may also be repeated); "
+                "duplicates are merged. At most BRIDGE_MULTI_MAX_RUNS."
+            ),
+            "style": "form",
+            "explode": False,
+            "schema": {
+                "type": "array",
+                "items": _RUN_ID,
+                "minItems": 1,
+                "maxItems": settings.multi_max_runs,
+            },
+        },
+    }
 
 
-def register_openapi(app: Quart) -> None:
+def _headers() -> Json:
+    return {
+        "RetryAfter": {
+            "description": "Seconds after which to try again.",
+            "schema": {"type": "integer", "minimum": 1},
+        },
+        "XRunDetail": {
+            "description": (
+                "The detail BRIDGE_DETAIL_EXPR reads (empty when none or unset); "
+                "percent-encoded if not printable ASCII."
+            ),
+            "required": True,
+            "schema": {"type": "string"},
+        },
+        "XRunState": {
+            "description": (
+                "The run's state as the status filters read it (empty when none); "
+                "percent-encoded if not printable ASCII."
+            ),
+            "required": True,
+            "schema": {"type": "string"},
+        },
+        "CacheControl": {"schema": {"type": "string", "const": "no-cache"}},
+        "XAccelBuffering": {
+            "description": "Tells nginx not to buffer the stream.",
+            "schema": {"type": "string", "const": "no"},
+        },
+        "WWWAuthenticate": {"required": True, "schema": {"type": "string"}},
+    }
+
+
+def _responses() -> Json:
+    retry_after = {"Retry-After": _ref("headers", "RetryAfter")}
+    return {
+        "BadRequest": _json(
+            _ref("schemas", "Error"),
+            "The run id is not acceptable (`invalid_run_id`), or another part of the "
+            "request is unusable (`invalid_request`); the upstream was not called.",
+        ),
+        "Unauthorized": _json(_ref("schemas", "Error"), "The upstream (or auth service) said 401."),
+        "Forbidden": _json(_ref("schemas", "Error"), "The upstream (or auth service) said 403."),
+        "NotFound": _json(_ref("schemas", "Error"), "The upstream does not know this run."),
+        "TooManyStreams": _json(
+            _ref("schemas", "Error"),
+            "This client holds BRIDGE_MAX_STREAMS_PER_CLIENT streams already.",
+            retry_after,
+        ),
+        "BadGateway": _json(
+            _ref("schemas", "Error"),
+            "The upstream is unreachable, answered 5xx or nonsense, or its circuit is open.",
+        ),
+        "Unavailable": _json(
+            _ref("schemas", "Error"),
+            "The bridge is at its connection limit (`over_capacity`), draining, cannot "
+            "reach its Redis (cluster mode), or the upstream said 429 (`upstream_busy`).",
+            retry_after,
+        ),
+        "GatewayTimeout": _json(
+            _ref("schemas", "Error"), "The upstream did not answer within its timeout."
+        ),
+    }
+
+
+def _security_schemes(settings: Settings) -> Json:
+    return {
+        "pokeToken": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "BRIDGE_POKE_TOKEN.",
+        },
+        **_forwarded_schemes(settings),
+    }
+
+
+def register_openapi(app: Quart, settings: Settings) -> None:
     """Serve the document at ``/openapi.json``; built once, since settings never change."""
-    body = encode_json(build_document(_services(app).settings))
+    body = encode_json(build_document(settings))
 
     @app.get(OPENAPI_PATH)
     async def openapi_document() -> Response:

@@ -3,33 +3,36 @@ and the ASGI stream front (bridge/web/front.py) refuse a request in one and the 
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeAlias
 
 from bridge.errors import BridgeError
 from bridge.events import sse
 from bridge.events.sse import encode_json
+from bridge.streams.keepalive import spread
+
+#: Response headers as (name, value) pairs, in order.
+Headers: TypeAlias = tuple[tuple[str, str], ...]
 
 #: The headers of every SSE answer (DESIGN.md, "The stream").
-SSE_HEADERS: Final = (
+SSE_HEADERS: Final[Headers] = (
     ("Content-Type", "text/event-stream; charset=utf-8"),
     ("Cache-Control", "no-cache"),
     ("X-Accel-Buffering", "no"),
 )
-JSON_HEADERS: Final = (("Content-Type", "application/json"),)
+JSON_HEADERS: Final[Headers] = (("Content-Type", "application/json"),)
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
     status: int
-    headers: tuple[tuple[str, str], ...]
+    headers: Headers
     body: bytes = b""
 
 
 def error_reply(error: BridgeError, body: dict[str, str] | None = None) -> Reply:
     """The JSON error answer: ``{"error", "message"}`` (or ``body``), Retry-After if any."""
-    headers: tuple[tuple[str, str], ...] = JSON_HEADERS
+    headers = JSON_HEADERS
     if error.retry_after is not None:
         headers += (("Retry-After", str(max(1, round(error.retry_after)))),)
     return Reply(error.status, headers, encode_json(body or error.body()).encode())
@@ -50,10 +53,9 @@ def retry_reply(error: BridgeError, retry_ms: int, run_id: str | None) -> Reply:
     """
     seconds = error.retry_after
     base = retry_ms if seconds is None else seconds * 1000
-    retry = int(base * (1 + random.uniform(0, 0.2)))  # spread the reconnects
     which = f" (run {run_id})" if run_id is not None else ""
     comment = f": {error.code}{which}: {error.message}\n\n".encode()
-    return Reply(200, SSE_HEADERS, sse.retry(retry) + comment)
+    return Reply(200, SSE_HEADERS, sse.retry(spread(base)) + comment)
 
 
 def http_error_reply(status: int, name: str, description: str) -> Reply:

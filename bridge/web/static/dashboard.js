@@ -6,27 +6,40 @@
 // run appears by itself; else, in demo mode, from the simulated API (/demo/api/runs). The stream is reopened, with the last event id as cursor, whenever
 // the set of unfinished runs changes; the bridge then replays only what the page lacks.
 //
-// A card shows the envelope's `state` and `progress` (what the bridge's status filters
-// read, for any configured API), never guesses from the upstream object: a bar when
-// progress is a number, an indeterminate one when it is null. Seed 004's extras (nodes,
+// A card shows the envelope's `state`, `progress` and `detail` (what the bridge's status
+// filters read, for any configured API), never guesses from the upstream object: a bar
+// when progress is a number, an indeterminate one when it is null, the detail (a stage,
+// an error message) where seed 004's running nodes would be. Seed 004's extras (nodes,
 // current node, outputs, timings) appear only where the status has those fields.
+//
+// A transient refusal (the upstream unreachable, the bridge full) reaches EventSource as
+// a 200 with `retry:` and a comment naming the error, which EventSource never shows: the
+// page asks once more and reads that comment, and the cards say why they wait.
 "use strict";
 
 (() => {
   const TERMINAL = new Set(["complete", "error"]);
+  const TIMELINE_MAX = 200; // derived events kept per run on the page
+  const LOG_MAX = 1000; // log lines kept per run on the page
   const params = new URLSearchParams(location.search);
   const $ = (id) => document.getElementById(id);
 
   const state = {
-    config: { demo: false, fleet: false, maxRuns: 50, pollInterval: 2, profile: null },
+    config: {
+      demo: false, fleet: false, maxRuns: 50, pollInterval: 2, profile: null,
+      // The stream's vocabulary (BRIDGE_EVENTS_FILE); the contract's names by default.
+      events: { builtin: { progress: "progress", complete: "complete", error: "error" }, derived: [], lines: [] },
+    },
     following: false, // every listed run, over /v1/events
     limit: 30,
-    runs: new Map(), // id -> {id, status, state, progress, data, event, finished, refused, el}
+    runs: new Map(), // id -> {id, status, state, progress, detail, data, event, finished,
+    //                          refused, waiting, el}
     order: [], // newest first
     es: null,
     streamRuns: "", // the runs the open stream carries, comma-separated
     lastId: "", // the multi-stream cursor: covers every run received so far
     opened: false,
+    gotEvent: false, // an event arrived since the stream (re)opened
     retryTimer: 0,
     failures: 0,
     dirty: new Set(),
@@ -88,22 +101,32 @@
     state.es = es;
     state.streamRuns = wanted;
     state.opened = false;
+    state.gotEvent = false;
     es.onopen = () => {
       if (state.es !== es) return;
       state.opened = true;
+      state.gotEvent = false;
       state.failures = 0;
       notice("");
       setConnection("live", "live");
     };
-    for (const name of ["progress", "complete"]) {
-      es.addEventListener(name, (e) => onRunEvent(es, name, e));
+    const events = state.config.events;
+    // The built-in events under their configured names (null: turned off).
+    for (const kind of ["progress", "complete", "error"]) {
+      const name = events.builtin[kind];
+      if (name && name !== "error") es.addEventListener(name, (e) => onRunEvent(es, kind, e));
     }
-    // "error" is both the run's error event (a MessageEvent with data) and the
+    for (const name of events.derived) {
+      if (name !== "error") es.addEventListener(name, (e) => onDerived(es, name, e));
+    }
+    // "error" is both an event the stream may carry (a MessageEvent with data) and the
     // EventSource's own connection error (a plain Event).
     es.addEventListener("error", (e) => {
-      if (typeof e.data === "string") onRunEvent(es, "error", e);
-      else onConnectionError(es, url);
+      if (typeof e.data !== "string") onConnectionError(es, url);
+      else if (events.builtin.error === "error") onRunEvent(es, "error", e);
+      else if (events.derived.includes("error")) onDerived(es, "error", e);
     });
+    es.addEventListener("ping", () => { if (state.es === es) state.gotEvent = true; });
     es.addEventListener("timeout", () => {
       // The bridge ends streams after BRIDGE_STREAM_TIMEOUT: pick up where we are.
       if (state.es === es) { closeStream(); connect(); }
@@ -121,6 +144,7 @@
     let message;
     try { message = JSON.parse(e.data); } catch { return; }
     if (e.lastEventId) state.lastId = e.lastEventId;
+    state.gotEvent = true;
     if (state.following && typeof message.run_id === "string" && !state.runs.has(message.run_id)) {
       addRun(message.run_id, null, { front: true });
       trim();
@@ -128,6 +152,8 @@
     }
     const run = state.runs.get(message.run_id);
     if (!run) return;
+    run.waiting = "";
+    run.detail = typeof message.detail === "string" ? message.detail : "";
     run.data = message.data && typeof message.data === "object" ? message.data : {};
     run.event = name;
     run.eventId = typeof message.id === "string" ? message.id : "";
@@ -144,11 +170,35 @@
     }
   }
 
+  // A derived event: what happened, added to the run's timeline (and its log, for the
+  // events made of log lines). Bounded: a page left open for hours stays small.
+  function onDerived(es, name, e) {
+    if (state.es !== es) return;
+    let message;
+    try { message = JSON.parse(e.data); } catch { return; }
+    if (e.lastEventId) state.lastId = e.lastEventId;
+    const run = state.runs.get(message.run_id);
+    if (!run) return;
+    if (typeof message.state === "string" && message.state) run.status = run.state = message.state;
+    if (message.progress !== undefined) run.progress = fraction(message.progress);
+    const data = message.data;
+    run.timeline.push({ name, data });
+    if (run.timeline.length > TIMELINE_MAX) run.timeline.splice(0, run.timeline.length - TIMELINE_MAX);
+    if (state.config.events.lines.includes(name) && data && typeof data.line === "string") {
+      run.log.push(data.line);
+      if (run.log.length > LOG_MAX) run.log.splice(0, run.log.length - LOG_MAX);
+    }
+    markDirty(run);
+  }
+
   function onConnectionError(es, url) {
     if (state.es !== es) return;
     if (es.readyState === EventSource.CONNECTING) {
-      // The browser reconnects by itself and sends Last-Event-ID.
+      // The browser reconnects by itself and sends Last-Event-ID. Opened but closed
+      // before any event: a refusal in EventSource's form; find out why.
       setConnection("reconnecting", "reconnecting…");
+      if (state.opened && !state.gotEvent) explainWait(url);
+      state.opened = false;
       return;
     }
     // The browser gave up (an HTTP error, or 204): find out why, then retry with backoff.
@@ -162,6 +212,55 @@
     state.failures += 1;
     const base = Math.min(1000 * 2 ** Math.min(state.failures - 1, 4), 10000);
     state.retryTimer = setTimeout(connect, base * (1 + Math.random() * 0.25));
+  }
+
+  // The refusal comment, ": <code>[ (run <id>)]: <sentence>", as one reason in the words
+  // `sse-bridge watch` uses: "upstream unavailable: the upstream API could not be reached".
+  const REFUSAL = /^: ?([a-z][a-z_]*)(?: \(run ([^)]*)\))?: (.+)$/m;
+
+  function reasonOf(code, sentence) {
+    let text = sentence.trim().replace(/\.$/, "");
+    if (/^[A-Z][a-z]/.test(text)) text = text[0].toLowerCase() + text.slice(1);
+    return code.replace(/_/g, " ") + ": " + text;
+  }
+
+  // Read the stream's first bytes again: a refusal's comment, or events (no refusal now).
+  async function explainWait(url) {
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), 5000);
+    try {
+      const response = await fetch(url, {
+        headers: { Accept: "text/event-stream" }, cache: "no-store", signal: abort.signal,
+      });
+      if (!response.ok || !response.body) return;
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let text = "";
+      while (text.length < 8192) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        text += decoder.decode(value, { stream: true });
+        if (/^(data|event|id):/m.test(text)) return; // it streams now
+      }
+      const match = text.match(REFUSAL);
+      if (!match) return;
+      const reason = reasonOf(match[1], match[3]);
+      // The whole stream is refused, so every run on it waits; a run named in the
+      // comment is the one whose upstream answer refused it.
+      const named = match[2] || "";
+      for (const id of state.streamRuns.split(",")) {
+        const run = state.runs.get(id);
+        if (run && !run.finished && !run.refused) {
+          run.waiting = named && named !== id ? reason + " (run " + named + ")" : reason;
+          markDirty(run);
+        }
+      }
+    } catch {
+      // Unreachable or aborted: the next reconnect will tell.
+    } finally {
+      clearTimeout(timer);
+      abort.abort();
+    }
   }
 
   // EventSource hides the answer of a refused stream; ask once more to read its JSON.
@@ -206,10 +305,14 @@
       status: (summary && (summary.state || summary.status)) || "unknown",
       state: null,
       progress: null,
+      detail: "",
+      waiting: "",
       data: summary || { id },
       event: "",
       finished: false,
       refused: "",
+      timeline: [], // derived events: {name, data}, oldest first
+      log: [], // lines of the events made of log lines
       el: null,
     };
     state.runs.set(id, run);
@@ -413,14 +516,49 @@
     el.querySelector(".percent").textContent = pct === null ? "" : pct + " %";
     const nodes = Array.isArray(data.nodes) ? data.nodes : [];
     const running = nodes.filter((n) => n && n.status === "running").map((n) => text(n.id));
-    const current = data.currentNode ? text(data.currentNode) : running.join(", ");
+    const current = (data.currentNode ? text(data.currentNode) : running.join(", ")) || run.detail;
     el.querySelector(".current").textContent = current ? "▸ " + current : "";
+    el.dataset.detail = run.detail || "";
+    const waiting = el.querySelector(".waiting");
+    waiting.textContent = run.waiting && !ended ? "Waiting — " + run.waiting + "; retrying…" : "";
+    waiting.hidden = !waiting.textContent;
     el.querySelector(".when").textContent = describeWhen(data);
     const list = el.querySelector(".nodes");
     renderNodes(list, nodes);
     list.hidden = !nodes.length;
     renderResult(el.querySelector(".result"), run, data);
+    renderTimeline(el.querySelector(".timeline"), run.timeline);
+    renderLog(el.querySelector(".log"), run.log);
     el.querySelector(".cancel").hidden = !state.config.demo || ended;
+  }
+
+  function renderTimeline(list, timeline) {
+    const shown = timeline.slice(-50);
+    while (list.children.length > shown.length) list.firstElementChild.remove();
+    shown.forEach((item, i) => {
+      let li = list.children[i];
+      if (!li) {
+        li = document.createElement("li");
+        li.append(document.createElement("span"), document.createElement("span"));
+        li.firstChild.className = "name";
+        list.appendChild(li);
+      }
+      const body = item.data && typeof item.data === "object" ? JSON.stringify(item.data) : text(item.data);
+      li.dataset.event = item.name;
+      li.firstChild.textContent = item.name;
+      li.lastChild.textContent = body.length > 160 ? body.slice(0, 159) + "…" : body;
+    });
+    list.hidden = !shown.length;
+    list.scrollTop = list.scrollHeight;
+  }
+
+  function renderLog(pre, log) {
+    const body = log.join("\n");
+    if (pre.textContent !== body) {
+      pre.textContent = body;
+      pre.scrollTop = pre.scrollHeight;
+    }
+    pre.hidden = !log.length;
   }
 
   function renderNodes(list, nodes) {
@@ -444,7 +582,7 @@
       box.textContent = run.refused;
     } else if (run.finished && run.event === "error") {
       box.classList.add("error");
-      box.textContent = messageOf(data) || "Did not complete (" + run.status + ").";
+      box.textContent = run.detail || messageOf(data) || "Did not complete (" + run.status + ").";
     } else if (run.finished && data.outputs && typeof data.outputs === "object") {
       box.classList.add("outputs");
       const dl = document.createElement("dl");

@@ -1,0 +1,1 @@
+"""Studies: single questions measured with the harness (`bench/run <study>`)."""
