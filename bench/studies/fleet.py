@@ -371,7 +371,7 @@ async def feed_resume(items: int = 10_000) -> dict[str, Any]:
 
 def report(rows: list[dict[str, Any]], tick: dict[str, Any], resume: dict[str, Any]) -> str:
     lines = [
-        "# Feeds and fleets (bench/fleet.py)",
+        "# Feeds and fleets (bench/studies/fleet.py, `bench/run fleet`)",
         "",
         "## Fleet economy: one list request against per-run polling",
         "",
@@ -418,7 +418,7 @@ async def measure(argv: list[str]) -> None:
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--interval", type=float, default=2.0)
     parser.add_argument("--window", type=int, default=5)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rows = [
         await economy(mode, args.runs, args.interval, args.window) for mode in ("list", "per-run")
     ]
