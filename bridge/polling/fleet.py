@@ -77,9 +77,9 @@ class ListSource:
         items, run_id = settings.list_items, settings.list_id
         #: The contract's defaults, `.[]` and `.id`, are read without jq: the same
         #: results (an array's elements or an object's values; an object's `id`, else
-        #: null), without jq's parse of the whole page, most of a tick (bench/fleet.py).
+        #: null), without jq's parse of the whole page, most of a tick (bench/studies/fleet.py).
         self._defaults = items.strip() == ".[]" and run_id.strip() == ".id"
-        # One jq run per page, never one per item (bench/fleet.py measures a list tick).
+        # One jq run per page, never one per item (bench/studies/fleet.py measures a list tick).
         # It reads the page's text and gives where each item is in the page and its id
         # (null where there is none), so the items themselves are the page's own Python
         # objects, not copies made by jq: jq's parse is most of a tick's cost already.

@@ -270,7 +270,7 @@ class StatusReader:
 
     def _read_state(self, data: str, problems: list[str]) -> str | None:
         # From the status's JSON text: jq parses it, where a Python value would be
-        # encoded first (about 40 % more per status, bench/fleet.py's list tick).
+        # encoded first (about 40 % more per status, bench/studies/fleet.py's list tick).
         try:
             value = self._state.input_text(data).first()
         except StopIteration:
