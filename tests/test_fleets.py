@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -388,3 +389,36 @@ async def test_forward_auth_admits_a_stream_of_every_run_as_run_star() -> None:
     assert set(asked) == {"*"}
     # The list is polled with the bridge's own headers, never the viewer's.
     assert {auth for _, auth in up.requests} == {None}
+
+
+JOBS_VOCABULARY = """
+[builtin.progress]
+enabled = false
+
+[[rule]]
+event = "job.started"
+items = '.jobs[] | {runId: $run_id, jobId: .id}'
+key = '.jobId'
+on = "appear"
+"""
+
+
+async def test_with_progress_off_a_runs_history_opens_the_stream(tmp_path: Path) -> None:
+    """BRIDGE_EVENTS_FILE with builtin.progress off: /v1/events starts each listed run with
+    its history from the start (as its own stream does), never an empty frame."""
+    vocabulary = tmp_path / "jobs.toml"
+    vocabulary.write_text(JOBS_VOCABULARY)
+    async with list_upstream() as up:
+        up.set("a", "running", jobs=[{"id": "build"}, {"id": "test"}])
+        settings = {**LIST, "events_file": str(vocabulary)}
+        async with running_bridge(up.url, **settings) as b:
+            async with sse(f"{b.url}/v1/events?envelope=0", AUTH) as first:
+                got = [await first.next_named("job.started") for _ in range(2)]
+                assert [first.data(e)["jobId"] for e in got] == ["build", "test"]
+            # A viewer who comes later gets the same history first, then what is new.
+            async with sse(f"{b.url}/v1/events", AUTH) as later:
+                got = [await later.next_named("job.started") for _ in range(2)]
+                assert [later.data(e)["data"]["jobId"] for e in got] == ["build", "test"]
+                up.set("a", "running", jobs=[{"id": "build"}, {"id": "test"}, {"id": "ship"}])
+                new = await later.next_named("job.started")
+                assert later.data(new)["data"] == {"runId": "a", "jobId": "ship"}

@@ -172,6 +172,7 @@ def event_frame(run_id: str, event: Event, frame_id: str, envelope: bool) -> byt
         f'"id":{sse.encode_json(event.id)},'
         f'"state":{sse.encode_json(event.state)},'
         f'"progress":{sse.encode_json(event.progress)},'
+        f'"detail":{sse.encode_json(event.detail)},'
         f'"data":{event.data}}}'
     )
     return sse.frame(event.name, data, frame_id)
@@ -396,6 +397,8 @@ class Fleet:
         return True
 
     def logged(self, run_id: str, event: Event) -> None:
+        if not event.sent:
+            return  # a built-in event turned off (BRIDGE_EVENTS_FILE): nothing to send
         self.log.append(run_id, event)
         if self._notify_soon is None:
             # One wake-up per viewer per turn of the loop, however many runs changed.
@@ -407,11 +410,13 @@ class Fleet:
             viewer.wake.set()
 
     def current(self) -> Iterator[tuple[str, Event]]:
-        """Each listed run's latest event, in the list's order."""
+        """What a viewer without a place gets of each listed run, in the list's order: as
+        on the run's own stream, its current status (with ``builtin.progress`` off, its
+        history from the start)."""
         for run_id, channel in self.listed.items():
-            latest = channel.history.latest
-            if latest is not None:
-                yield run_id, latest
+            for event in channel.history.resume(None):
+                if event.sent:
+                    yield run_id, event
 
     def close_viewers(self, farewell: Callable[[], bytes]) -> None:
         for viewer in list(self.viewers):
