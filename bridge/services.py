@@ -20,10 +20,10 @@ from bridge.ops.loop_lag import LoopLag
 from bridge.ops.metrics import Metrics
 from bridge.polling.ledger import LedgerBackend, MemoryBackend
 from bridge.polling.poller import Cadence
-from bridge.polling.profiles import PROFILES
 from bridge.polling.registry import PollerRegistry
 from bridge.polling.status import StatusReader
 from bridge.polling.upstream import UpstreamClient
+from bridge.profiles import PROFILES
 from bridge.settings import Settings
 from bridge.streams.keepalive import StreamLimits, spread
 from bridge.streams.limits import StreamLimiter

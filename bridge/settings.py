@@ -26,8 +26,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 from redis.asyncio.connection import parse_url as parse_redis_url
 
-from bridge.polling.profiles import PROFILES
 from bridge.polling.status import compile_reason, field_expr
+from bridge.profiles import PROFILES
 
 CsvList = Annotated[tuple[str, ...], NoDecode]
 

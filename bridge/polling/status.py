@@ -1,6 +1,6 @@
 """What a status object means: its state, whether the run ended, its progress, and
 whether it changed, read by jq filters compiled once at start (BRIDGE_STATE_EXPR,
-BRIDGE_PROGRESS_EXPR, BRIDGE_IGNORE_FIELDS; bridge/polling/profiles.py has presets).
+BRIDGE_PROGRESS_EXPR, BRIDGE_IGNORE_FIELDS; bridge/profiles.py has presets).
 
 jq (the ``jq`` package, bindings to the real jq) is the expression language: operators
 already know it from scripts, and it reaches nested fields, arrays and two-field states
