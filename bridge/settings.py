@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-import jq
 from pydantic import (
     AnyHttpUrl,
     Field,
@@ -26,7 +25,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 from redis.asyncio.connection import parse_url as parse_redis_url
 
-from bridge.polling.status import compile_reason, field_expr
+from bridge.expressions import ExpressionError, compile_expr, field_expr
 from bridge.profiles import PROFILES
 
 CsvList = Annotated[tuple[str, ...], NoDecode]
@@ -318,10 +317,7 @@ class Settings(BaseSettings):
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                jq.compile(value)
-            except ValueError as error:
-                raise ValueError(f"does not compile: {compile_reason(error)}") from None
+            compile_expr(value)  # ExpressionError: "does not compile: <jq's reason>"
         return value
 
     @field_validator("ignore_fields", mode="after")
@@ -329,8 +325,8 @@ class Settings(BaseSettings):
     def _paths_compile(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for path in value:
             try:
-                jq.compile(f"del({path})")
-            except ValueError:
+                compile_expr(f"del({path})")
+            except ExpressionError:
                 raise ValueError(f"{path!r} is not a jq path (e.g. .updated_at)") from None
         return value
 

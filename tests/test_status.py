@@ -9,7 +9,8 @@ import pytest
 
 from bridge.events import sse
 from bridge.events.history import is_terminal
-from bridge.polling.status import ExpressionError, StatusReader, field_expr
+from bridge.expressions import ExpressionError, field_expr
+from bridge.polling.status import StatusReader
 from bridge.services import status_reader
 from bridge.settings import ConfigError, load
 
