@@ -21,9 +21,8 @@ from bridge.ops.metrics import Metrics
 from bridge.polling.ledger import LedgerBackend, MemoryBackend
 from bridge.polling.poller import Cadence
 from bridge.polling.registry import PollerRegistry
-from bridge.polling.status import StatusReader
+from bridge.polling.status import StatusReader, status_reader
 from bridge.polling.upstream import UpstreamClient
-from bridge.profiles import PROFILES
 from bridge.settings import Settings
 from bridge.streams.keepalive import StreamLimits, spread
 from bridge.streams.limits import StreamLimiter
@@ -49,20 +48,6 @@ def create_backend(settings: Settings, metrics: Metrics, reader: StatusReader) -
 
         return RedisBackend(settings, metrics, reader)
     raise ValueError(f"no ledger backend for the scheme {scheme!r}")
-
-
-def status_reader(settings: Settings) -> StatusReader:
-    """The status filters in force (a profile's, or the operator's)."""
-    profile = PROFILES.get(settings.profile or "")
-    return StatusReader(
-        state_expr=settings.state_filter,
-        success=settings.success_statuses,
-        failure=settings.failure_statuses,
-        ignore_fields=settings.ignore_fields,
-        progress_expr=settings.progress_expr,
-        in_progress=profile.in_progress if profile is not None else (),
-        detail_expr=settings.detail_expr,
-    )
 
 
 class Services:

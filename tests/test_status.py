@@ -10,8 +10,7 @@ import pytest
 from bridge.events import sse
 from bridge.events.history import is_terminal
 from bridge.expressions import ExpressionError, field_expr
-from bridge.polling.status import StatusReader
-from bridge.services import status_reader
+from bridge.polling.status import StatusReader, status_reader
 from bridge.settings import ConfigError, load
 
 DEFAULT = StatusReader(state_expr=".status", success=["completed"], failure=["failed", "cancelled"])

@@ -19,6 +19,8 @@ from typing import Any
 
 from bridge.events import sse
 from bridge.expressions import compile_expr, runtime_reason
+from bridge.profiles import PROFILES
+from bridge.settings import Settings
 
 #: Longest state kept; a longer first output is a mistake in the filter, not a state.
 MAX_STATE_LENGTH = 256
@@ -228,6 +230,20 @@ class StatusReader:
             problems.append(f"the detail expression failed on this status: {runtime_reason(error)}")
             return None
         return one_line(value, problems)
+
+
+def status_reader(settings: Settings) -> StatusReader:
+    """The status filters in force (a profile's, or the operator's)."""
+    profile = PROFILES.get(settings.profile or "")
+    return StatusReader(
+        state_expr=settings.state_filter,
+        success=settings.success_statuses,
+        failure=settings.failure_statuses,
+        ignore_fields=settings.ignore_fields,
+        progress_expr=settings.progress_expr,
+        in_progress=profile.in_progress if profile is not None else (),
+        detail_expr=settings.detail_expr,
+    )
 
 
 def one_line(value: Any, problems: list[str]) -> str | None:

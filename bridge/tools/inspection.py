@@ -43,10 +43,9 @@ from rich.text import Text
 from bridge.errors import BridgeError
 from bridge.events import sse
 from bridge.polling.poller import Cadence
-from bridge.polling.status import Reading, ignore_filter
+from bridge.polling.status import Reading, ignore_filter, status_reader
 from bridge.polling.upstream import UpstreamClient, forwardable
 from bridge.profiles import PROFILES
-from bridge.services import status_reader
 from bridge.settings import Settings
 
 EXIT_OK = 0
