@@ -1,8 +1,10 @@
 """The services one app shares, built once from Settings, started and stopped together.
 
-Only the app's wiring (bridge/web/app.py) holds the whole ``Services``: it hands each
-consumer the parts it uses (the opening gets an ``Opener``, the front and routes their
-settings, metrics and ticker). Nothing here reads a request.
+This is the app's composition root, so it sits in web/ beside the app it assembles: it
+builds everything below web/ and web's own services (forward auth, readiness), and only
+the app's wiring (bridge/web/app.py) holds the whole ``Services``: it hands each consumer
+the parts it uses (the opening gets an ``Opener``, the front and routes their settings,
+metrics and ticker). Nothing here reads a request.
 """
 
 from __future__ import annotations
