@@ -110,6 +110,12 @@ RULES = (
         "web is the HTTP surface on top of the streams, events and polls",
     ),
     Rule(
+        "nothing-below-server-imports-server",
+        (*BELOW_WEB, "bridge.web"),
+        ("bridge.server",),
+        "server/ serves the app; the app and what it is built on never reach up into it",
+    ),
+    Rule(
         "dashboard-is-a-page",
         ("bridge.web.dashboard",),
         ("bridge.streams.multi", "bridge.web.app"),

@@ -6,11 +6,15 @@ Labels never carry a run id, a header or a credential: only fixed, low-cardinali
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final, Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from bridge.server.hypercorn_transport import FALLBACK_REASONS, FallbackReason
+#: Why a stream that wanted the fast path took the ASGI path: the label of
+#: ``bridge_fast_path_fallbacks_total``, as bridge/server/hypercorn_transport.py reports it.
+FallbackReason = Literal["http_version", "method", "hypercorn_version", "internals"]
+FALLBACK_REASONS: Final[tuple[FallbackReason, ...]] = get_args(FallbackReason)
 
 
 class Metrics:
