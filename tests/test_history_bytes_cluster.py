@@ -149,7 +149,7 @@ async def test_restore_resets_the_total(client: Redis) -> None:
     store = store_of(client)
     key = ChannelKey("restored-run", "a" * 32)
     record = Record(EPOCH, 7, sse.PROGRESS, PROGRESS, big(7, 50_000))
-    assert await store.restore(key, record)
+    assert await store.restore(key, EPOCH, [record])
     raw, total = await held(store, key)
     assert raw == [record.encode().encode()] and total == len(raw[0])
     # The next commit counts on from there.
