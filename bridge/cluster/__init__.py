@@ -172,7 +172,7 @@ class RedisBackend(LedgerBackend):
             raise ClusterUnavailable()
         try:
             async with asyncio.timeout(self._settings.redis_timeout):
-                await self.link.client.publish(self.store.pokes_channel, f"{POKE}\n{run_id}")
+                await self.link.client.publish(self.link.pokes_channel, f"{POKE}\n{run_id}")
         except REDIS_FAILURES as error:
             self.link.trouble(error)
             raise ClusterUnavailable() from None

@@ -35,7 +35,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from bridge.cluster.store import Fenced
+from bridge.cluster.store import Fenced, fence_key, pokes_channel
 from bridge.polling.resilience import Backoff
 from bridge.settings import Settings
 from bridge.tasks import cancel_and_wait
@@ -297,7 +297,7 @@ class RedisLink:
 
     @property
     def pokes_channel(self) -> str:
-        return f"{self._prefix}events"
+        return pokes_channel(self._prefix)
 
     async def follow(self, channel: str) -> None:
         """Receive ``channel``'s messages from now on: returns once Redis confirmed the
@@ -454,7 +454,7 @@ class RedisLink:
         """Redis answers (and keeps the cluster's digest key): the link is up."""
         await self._on_primary(pubsub)
         secret, fence = await _shared_secret(
-            self.client, f"{self._prefix}secret", self.secret, f"{self._prefix}fence"
+            self.client, f"{self._prefix}secret", self.secret, fence_key(self._prefix)
         )
         if fence is not None:
             # Another replica saw the Sentinels replace this primary (these have not said
@@ -535,7 +535,7 @@ class RedisLink:
         )
         try:
             async with asyncio.timeout(self._timeout):
-                await old.set(f"{self._prefix}fence", f"{new[0]} {new[1]} {epoch}", px=FENCE_MS)
+                await old.set(fence_key(self._prefix), f"{new[0]} {new[1]} {epoch}", px=FENCE_MS)
             log.info("cluster: fenced the replaced primary %s:%s", *where)
         except REDIS_FAILURES:
             pass

@@ -315,6 +315,16 @@ def channel_name(key: ChannelKey) -> str:
     return f"{key.credentials}:{key.run_id}"
 
 
+def pokes_channel(prefix: str) -> str:
+    """The one channel every replica listens on (pokes): see the module docstring."""
+    return f"{prefix}events"
+
+
+def fence_key(prefix: str) -> str:
+    """Set on a primary the Sentinels replaced (see the module docstring)."""
+    return f"{prefix}fence"
+
+
 def parse_channel_name(name: str) -> ChannelKey | None:
     digest, sep, run_id = name.partition(":")
     return ChannelKey(run_id, digest) if sep and run_id else None
@@ -339,10 +349,7 @@ class Store:
     ) -> None:
         self.client = client
         self.prefix = prefix
-        #: The one channel every replica listens on (pokes): see the module docstring.
-        self.pokes_channel = f"{prefix}events"
-        #: Set on a primary the Sentinels replaced (see the module docstring).
-        self.fence_key = f"{prefix}fence"
+        self.fence_key = fence_key(prefix)
         self.lease_ms = lease_ms
         self.keep_ms = keep_ms
         self.history_size = history_size
