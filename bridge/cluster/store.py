@@ -299,7 +299,8 @@ class Committed:
     seq: int = 0
 
 
-WRITTEN, NOT_HOLDER, OUT_OF_DATE, ENDED, FENCED = 1, -1, -2, -3, -4
+#: The commit replies the ledger tells apart (on -2 and -3 alike it catches up).
+WRITTEN, NOT_HOLDER, FENCED = 1, -1, -4
 
 
 class Fenced(RedisConnectionError):
