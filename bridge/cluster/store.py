@@ -22,8 +22,7 @@ tag ``{K}``)::
                                   replica that moved away from it: commits there are
                                   refused (bridge/cluster/link.py)
     <prefix>events        pub/sub ``!poke\\n<run id>`` (bridge/cluster/__init__.py); every
-                                  replica listens. Bridges before per-run channels also
-                                  published their events here, and these are still applied
+                                  replica listens
 
 A record is ``<epoch> <seq> <name> <kind>\\n<data>``: kind ``p`` (progress), ``t`` (a
 terminal state the upstream reported) or ``s`` (a terminal event the bridge made: it
@@ -124,13 +123,7 @@ if ARGV[10] ~= '' then
   local n = redis.call('RPUSH', KEYS[3], record)
   local held = #record
   if n > 1 then
-    if meta[5] then
-      held = held + tonumber(meta[5])
-    else
-      -- no running total (a list an older bridge wrote): count it once
-      held = 0
-      for _, r in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do held = held + #r end
-    end
+    held = held + tonumber(meta[5] or '0')
   end
   -- oldest first, never the newest (so never the terminal record)
   local size, most = tonumber(ARGV[4]), tonumber(ARGV[12])
