@@ -288,11 +288,6 @@ class Settings(BaseSettings):
                 raise ValueError(f"the interval of {state!r} must be over 0 and at most 86400")
         return value
 
-    @field_validator("poke_token", mode="before")
-    @classmethod
-    def _empty_token_is_unset(cls, value: object) -> object:
-        return None if value == "" else value
-
     @field_validator("poke_token")
     @classmethod
     def _token(cls, value: SecretStr | None) -> SecretStr | None:
@@ -307,11 +302,6 @@ class Settings(BaseSettings):
         if value is not None and value not in PROFILES:
             raise ValueError(f"unknown profile; one of: {', '.join(sorted(PROFILES))}")
         return value
-
-    @field_validator("state_expr", "progress_expr", "detail_expr", mode="before")
-    @classmethod
-    def _empty_expr_is_unset(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("state_expr", "progress_expr", "detail_expr")
     @classmethod
@@ -366,12 +356,25 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "upstream_url", "auth_url", "redis_url", "tls_certfile", "tls_keyfile", mode="before"
+        "upstream_url",
+        "auth_url",
+        "redis_url",
+        "tls_certfile",
+        "tls_keyfile",
+        "poke_token",
+        "state_expr",
+        "progress_expr",
+        "detail_expr",
+        "redis_sentinel_service",
+        "redis_sentinel_password",
+        "redis_password",
+        mode="before",
     )
     @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        # BRIDGE_AUTH_URL= in an env file means "not set", not "an invalid URL".
-        return None if value == "" else value
+    def _blank_is_unset(cls, value: object) -> object:
+        # BRIDGE_AUTH_URL= in an env file means "not set", not "an invalid URL" (nor an
+        # empty password, token or filter); only blanks is no value either.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("redis_url")
     @classmethod
@@ -412,17 +415,6 @@ class Settings(BaseSettings):
         for item in value:
             host_port(item)  # raises ValueError with the reason
         return value
-
-    @field_validator("redis_sentinel_service", mode="before")
-    @classmethod
-    def _empty_service_is_unset(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("redis_sentinel_password", "redis_password", mode="before")
-    @classmethod
-    def _empty_password_is_unset(cls, value: object) -> object:
-        # BRIDGE_REDIS_PASSWORD= in an env file means "no password", not an empty one.
-        return None if value == "" else value
 
     @property
     def sentinel_addresses(self) -> list[tuple[str, int]]:
