@@ -8,7 +8,8 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from bridge.demo.legacy_api import LegacyApi
-from bridge.ops.loop_lag import LoopLag, RecentMax
+from bridge.ops.loop_lag import LoopLag
+from bridge.ops.metrics import RecentMax
 from tests.support import running_bridge, sse, wait_for
 
 

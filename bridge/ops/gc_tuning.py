@@ -48,9 +48,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 
-from bridge.ops.loop_lag import RecentMax
+from bridge.ops.metrics import GcMetrics
 from bridge.tasks import cancel_and_wait
 
 log = logging.getLogger("bridge.gc")
@@ -68,56 +68,6 @@ SETTLE = 30.0
 #: (2,000 streams opened on a bridge in one process, the difference of
 #: ``sys.getallocatedblocks()`` after a collection, divided; HTTP/1.1, plain).
 BLOCKS_PER_STREAM = 250
-GENERATIONS = ("0", "1", "2")
-PAUSE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-class GcMetrics:
-    """What the collector cost: every pause, by generation, and what it freed."""
-
-    def __init__(self, registry: CollectorRegistry | None) -> None:
-        registry = registry if registry is not None else CollectorRegistry()
-        self.pauses = Histogram(
-            "bridge_gc_pause_seconds",
-            "Garbage collections and how long each paused the process, by generation "
-            "(2: a full collection)",
-            ["generation"],
-            buckets=PAUSE_BUCKETS,
-            registry=registry,
-        )
-        self.collected = Counter(
-            "bridge_gc_collected_objects",
-            "Objects the garbage collector freed (unreachable cycles), by generation",
-            ["generation"],
-            registry=registry,
-        )
-        self.recent = RecentMax()
-        Gauge(
-            "bridge_gc_pause_max_seconds",
-            "The longest garbage-collection pause in the last minute",
-            registry=registry,
-        ).set_function(lambda: self.recent.value(time.monotonic()))
-        self.heap = Gauge(
-            "bridge_gc_heap_blocks",
-            "Python's allocated memory blocks right after the last full collection",
-            registry=registry,
-        )
-        self.growth = Gauge(
-            "bridge_gc_growth_blocks",
-            "Allocated blocks since the last full collection that the open streams do not "
-            "explain; a full collection runs when this stays over BRIDGE_GC_FULL_GROWTH x "
-            "the heap",
-            registry=registry,
-        )
-        for generation in GENERATIONS:
-            self.pauses.labels(generation)
-            self.collected.labels(generation)
-
-    def observe(self, generation: int, seconds: float, collected: int) -> None:
-        label = GENERATIONS[min(generation, 2)]
-        self.pauses.labels(label).observe(seconds)
-        self.collected.labels(label).inc(collected)
-        self.recent.add(seconds, time.monotonic())
 
 
 class GcTuner:

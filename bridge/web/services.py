@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import random
 
-from prometheus_client import Gauge
-
 from bridge.events import sse
 from bridge.events.channel import Subscription
 from bridge.events.hub import Hub
@@ -80,10 +78,11 @@ class Services:
             self.metrics.poll_interval.labels(state).set(seconds)
         self.limiter = StreamLimiter(settings.max_streams, settings.max_streams_per_client)
         self.ticker = Ticker(settings.ping_interval, settings.send_timeout)
-        self.metrics.track(lambda: self.pollers.active, lambda: self.ticker.viewers)
-        Gauge(
-            "bridge_channels", "Runs with a live channel now", registry=self.metrics.registry
-        ).set_function(lambda: self.hub.live_count)
+        self.metrics.track(
+            pollers=lambda: self.pollers.active,
+            fast_path=lambda: self.ticker.viewers,
+            channels=lambda: self.hub.live_count,
+        )
         # Every stall of the loop, whatever its cause (bridge/ops/loop_lag.py).
         self.loop_lag = LoopLag(self.metrics.registry)
         self.gc: GcTuner | None = None
