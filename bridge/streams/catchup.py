@@ -93,7 +93,8 @@ async def _opened(opener: Opener, viewer: Viewer, run_id: str) -> AsyncIterator[
     """A stream slot, the run's lease and a subscription, as a stream takes them, held
     for as long as the answer waits."""
     async with AsyncExitStack() as stack:
-        stack.enter_context(opener.limiter.hold(viewer.client))
+        opener.limiter.take(viewer.client)
+        stack.callback(opener.limiter.give, viewer.client)
         (channel,) = await opener.lease_all(stack, [run_id], viewer)
         subscription = opener.hub.join(channel)
         stack.callback(channel.discard, subscription)
