@@ -51,7 +51,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from bridge.ops.metrics import GcMetrics
-from bridge.tasks import cancel_and_wait
+from bridge.tasks import OwnedTask
 
 log = logging.getLogger("bridge.gc")
 
@@ -88,7 +88,7 @@ class GcTuner:
         self._streams = streams
         self._streams_at_full = 0
         self.metrics = GcMetrics(registry)
-        self._task: asyncio.Task[None] | None = None
+        self._task = OwnedTask(self._run, "bridge:gc")
         self._saved: tuple[int, int, int] | None = None
         self._started_at = 0.0
         self._last_full = 0.0
@@ -106,12 +106,10 @@ class GcTuner:
         self.full()
         # Older generations are left to the full collections scheduled here.
         gc.set_threshold(YOUNG_THRESHOLD, 1000, 1000)
-        self._task = asyncio.create_task(self._run(), name="bridge:gc")
+        self._task.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            await cancel_and_wait(self._task)
-            self._task = None
+        await self._task.stop()
         if self._saved is not None:
             gc.unfreeze()
             gc.set_threshold(*self._saved)

@@ -21,7 +21,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from bridge.ops.metrics import LoopLagMetrics
-from bridge.tasks import cancel_and_wait
+from bridge.tasks import OwnedTask
 
 #: Seconds between two measurements: 20 wake-ups a second, nothing at 10,000 streams.
 PERIOD = 0.05
@@ -49,17 +49,15 @@ class LoopLag:
         self.metrics = LoopLagMetrics(
             registry, tasks=(lambda: len(tasks)) if tasks is not None else None
         )
-        self._task: asyncio.Task[None] | None = None
+        self._task = OwnedTask(self._run, "bridge:loop-lag")
         #: Set after each measurement (for tests: wait on it instead of sleeping).
         self.measured = asyncio.Event()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="bridge:loop-lag")
+        self._task.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            await cancel_and_wait(self._task)
-            self._task = None
+        await self._task.stop()
 
     def record(self, lag: float, now: float) -> None:
         self.metrics.observe(max(0.0, lag), now)
