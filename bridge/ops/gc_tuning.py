@@ -9,12 +9,11 @@ What freezing costs: an object that dies in a reference cycle while frozen is on
 by a full collection (``gc.unfreeze()`` + ``gc.collect()``), which scans every object and
 pauses the process in proportion to the heap (1.5-2.5 s over the 1.7 million objects of
 10,000 streams on the 2-core bench machine). CPython 3.11 cannot collect part of the
-frozen objects. Closed connections used to leave 35-135 objects of such cycles each,
-40-51 MB a minute at 1 % churn of 10,000 viewers; ``bridge/server/hypercorn_cycles.py`` and the
-bridge's own fixes took them to 0 (bench/cycles.py), and the soak agrees: ten minutes of
-100 reconnects/s among 10,000 streams left 931 objects in all (bench/FINDINGS.md, "What
-dies while frozen"). So the full collection is a safety net, run only when the frozen
-objects hold real garbage:
+frozen objects. A closed connection leaves no such cycle: ``bridge/server/hypercorn_cycles.py``
+and the bridge's own code cut them (0 objects per connection, bench/studies/cycles.py),
+and the soak agrees: ten minutes of 100 reconnects/s among 10,000 streams left 931
+objects in all (bench/FINDINGS.md, "What dies while frozen"). So the full collection is
+a safety net, run only when the frozen objects hold real garbage:
 
 - when the heap has grown by BRIDGE_GC_FULL_GROWTH (default a quarter: CPython's own
   rule for its oldest generation, which freezing turned off) since the last full
@@ -27,12 +26,12 @@ objects hold real garbage:
 The heap is counted in pymalloc's allocated blocks (``sys.getallocatedblocks()``, under
 a millisecond at 10,000 streams: it sums pools, it does not walk objects), exactly, each
 tick: every object up to 512 bytes is one block, so a cycle's objects are counted; a
-stream holds ``BLOCKS_PER_STREAM``. Two
-counts tried before it fell short (bench/FINDINGS.md): ``gc.get_count()`` ticks up on
-every allocation but misses frees of frozen objects, so under churn it reached the
-threshold every two minutes (seven 1.6-2.2 s collections in 15 minutes that freed 931
-objects in all); ``gc.get_freeze_count()`` is exact but walks the frozen list, 225-270 ms
-over the 1.6 million objects of 10,000 streams (py-spy in the soak), itself a stall.
+stream holds ``BLOCKS_PER_STREAM``. Not ``gc.get_count()``: it ticks up on every
+allocation but misses frees of frozen objects, so under churn it reaches the threshold
+every two minutes (seven 1.6-2.2 s collections in 15 minutes that freed 931 objects in
+all); nor ``gc.get_freeze_count()``: exact, but it walks the frozen list, 225-270 ms over
+the 1.6 million objects of 10,000 streams (py-spy in the soak), itself a stall
+(bench/FINDINGS.md).
 
 Every collection's pause is exported (``bridge_gc_pause_seconds`` by generation, and the
 longest of the last minute), with the objects each one freed.
