@@ -93,9 +93,13 @@ def runtime_reason(error: BaseException) -> str:
     return reason[:MAX_REASON] or "no reason given"
 
 
+#: What jq accepts after a bare dot: ASCII only (``.état`` does not compile).
+_JQ_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def field_expr(name: str) -> str:
-    """BRIDGE_STATUS_FIELD's plain field name as the filter it stands for."""
-    return "." + json.dumps(name) if not name.isidentifier() else "." + name
+    """An object key as the jq filter that reads it: ``.status``, ``."run-state"``."""
+    return "." + name if _JQ_IDENTIFIER.fullmatch(name) else "." + json.dumps(name)
 
 
 def compile_expr(expr: str, what: str = "") -> Any:

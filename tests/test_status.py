@@ -70,6 +70,14 @@ def test_field_names_that_are_not_identifiers_are_quoted() -> None:
     assert reader.read({"run-state": "ok"}).event == sse.COMPLETE
 
 
+def test_a_field_name_jq_would_not_take_bare_is_quoted() -> None:
+    # Python calls "état" an identifier; jq takes only ASCII after a bare dot.
+    assert field_expr("état") == '."\\u00e9tat"'
+    assert field_expr("_x1") == "._x1"
+    reader = StatusReader(state_expr=field_expr("état"), success=["ok"], failure=[])
+    assert reader.read({"état": "ok"}).event == sse.COMPLETE
+
+
 @pytest.mark.parametrize(
     ("expr", "status", "state"),
     [
