@@ -213,13 +213,9 @@ class Routes:
         try:
             latest = channel.history.latest
             assert latest is not None  # a lease always comes with a first status
-            response = Response(latest.data, content_type="application/json")
-            response.headers["Cache-Control"] = "no-cache"
-            # The body is the upstream's status as it is: what the bridge read of it
-            # goes beside, as /result has it.
-            response.headers["X-Run-State"] = catchup.state_header(latest)
-            response.headers["X-Run-Detail"] = catchup.detail_header(latest)
-            return response
+            return Response(
+                latest.data, content_type="application/json", headers=catchup.run_headers(latest)
+            )
         finally:
             release()
 
