@@ -6,7 +6,7 @@
     bench/run <study> [options]     (bench/run <study> --help for its options)
 
 Studies: profile, soak, cycles, lifecycle, h2_fanout, cluster_scale,
-sentinel_partition (bench/studies/).
+sentinel_partition, derived_events (bench/studies/).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ COMMANDS = {
     "h2_fanout": "bench.studies.h2_fanout",
     "cluster_scale": "bench.studies.cluster_scale",
     "sentinel_partition": "bench.studies.sentinel_partition",
+    "derived_events": "bench.studies.derived_events",
 }
 
 

@@ -80,9 +80,19 @@ def _demo(args: argparse.Namespace) -> int:
         print("sse-bridge: demo: --step must be more than 0 and at most 3600", file=sys.stderr)
         return 2
     overrides: dict[str, object] = {"host": args.host, **settings_overrides(args.profile)}
+    if args.events is not None:
+        from bridge.demo.vocabularies import DEMOS
+
+        if args.profile is not None:
+            print("sse-bridge: demo: --events and --profile do not go together", file=sys.stderr)
+            return 2
+        demo = DEMOS[args.events]
+        overrides.update({"events_file": str(demo.path), **demo.settings})
     if args.port is not None:
         overrides["port"] = args.port
-    return demo_main(_settings(**overrides), profile=args.profile, step=args.step)
+    return demo_main(
+        _settings(**overrides), profile=args.profile, step=args.step, events=args.events
+    )
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -182,6 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="the simulated API answers like this API and the bridge reads it with "
         f"BRIDGE_PROFILE=NAME: {', '.join(DEMO_PROFILES)} (default: seed 004's "
         "ExecutionStatus at /runs/{run_id})",
+    )
+    from bridge.demo.vocabularies import DEMOS
+
+    demo.add_argument(
+        "--events",
+        choices=sorted(DEMOS),
+        default=None,
+        metavar="NAME",
+        help="the simulated API's runs speak a seed vocabulary and the bridge derives its "
+        f"events with config/events/: {', '.join(sorted(DEMOS))}",
     )
     demo.add_argument(
         "--step",

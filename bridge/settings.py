@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -19,12 +21,14 @@ from pydantic import (
     FilePath,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 from redis.asyncio.connection import parse_url as parse_redis_url
 
+from bridge.events import vocabulary as vocab
 from bridge.expressions import ExpressionError, compile_expr, field_expr
 from bridge.profiles import PROFILES
 
@@ -234,6 +238,30 @@ class Settings(BaseSettings):
     """JSON object of headers sent with every upstream request, in both modes (an API
     version, an `Accept`); in forward-auth mode also the bridge's own credentials."""
 
+    # --- the stream's vocabulary (DESIGN.md "Events that say what happened") ---
+    events_max_per_change: int = Field(500, ge=1, le=100_000)
+    """Events one change of a status may derive at most; the rest are cut (logged once
+    per run, counted in `bridge_events_cut_total`)."""
+    events_file: FilePath | None = None
+    """TOML file that renames, reshapes or turns off the built-in events and derives
+    typed events from each change (see config/events/ for one per seed vocabulary)."""
+
+    @field_validator("events_file")
+    @classmethod
+    def _events_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None:
+            # Read and compiled here so that a bad file stops the start with one line
+            # naming the file, the table and the key; Services reads it again.
+            vocab.load(value, info.data.get("events_max_per_change", 500))
+        return value
+
+    @cached_property
+    def vocabulary(self) -> vocab.Vocabulary:
+        """The stream's vocabulary (the contract's default without BRIDGE_EVENTS_FILE)."""
+        if self.events_file is None:
+            return vocab.DEFAULT
+        return vocab.load(self.events_file, self.events_max_per_change)
+
     @model_validator(mode="before")
     @classmethod
     def _apply_profile(cls, values: Any) -> Any:
@@ -368,6 +396,7 @@ class Settings(BaseSettings):
         "redis_sentinel_service",
         "redis_sentinel_password",
         "redis_password",
+        "events_file",
         mode="before",
     )
     @classmethod

@@ -72,7 +72,8 @@ def test_data_comes_back_exactly_whatever_it_holds() -> None:
 def test_an_event_holds_one_copy_of_its_bytes() -> None:
     # Not the parsed status, not the data apart from the frame, not a chunk-framed copy:
     # beside the frame, only small scalars (the state is at most 256 characters, the
-    # detail 200).
+    # detail 200), and the status apart only where the frame does not carry it
+    # (reshaped or turned off).
     assert Event.__slots__ == (
         "seq",
         "id",
@@ -82,9 +83,12 @@ def test_an_event_holds_one_copy_of_its_bytes() -> None:
         "state",
         "progress",
         "detail",
+        "kind",
+        "raw",
     )
     history = RunHistory(4, ROOMY, epoch=EPOCH)
     event = history.append(sse.PROGRESS, big_status(1, 100_000))
+    assert event.raw is None
     assert event.nbytes == len(event.frame) + EVENT_OVERHEAD == history.nbytes
 
 

@@ -269,10 +269,10 @@ def test_the_image_holds_the_installed_package_only(image: str) -> None:
     found = podman_sync(
         # As root: the image's user may not read /root and the like.
         "run", "--rm", "--network", "none", "--user", "0:0", "--entrypoint", "find", image,
-        "/", "-xdev", "-path", "*/bridge/app.py",
+        "/", "-xdev", "-path", "*/bridge/web/app.py",
     )  # fmt: skip
     assert found.code == 0, found.err
-    assert found.out.split() == ["/usr/local/lib/python3.11/site-packages/bridge/app.py"]
+    assert found.out.split() == ["/usr/local/lib/python3.11/site-packages/bridge/web/app.py"]
 
 
 async def test_serve_streams_a_run_from_a_loopback_upstream(image: str, legacy: LegacyApi) -> None:
@@ -337,10 +337,10 @@ async def test_it_runs_as_the_manifests_user_on_a_read_only_root(image: str) -> 
         assert (await box.exec("sh", "-c", "echo x > /tmp/x")).code == 0
         # Every module of the bridge's start-up comes from a valid .pyc: from source, a line
         # "code object from /path/x.py" (unquoted) instead of "code object from '...pyc'".
-        verbose = await box.exec("python", "-v", "-c", "import bridge.cli, bridge.app")
+        verbose = await box.exec("python", "-v", "-c", "import bridge.cli, bridge.web.app")
         assert verbose.code == 0, verbose.err
         from_source = re.findall(r"^# code object from (/\S+\.py)$", verbose.err, re.M)
-        assert "bridge/__pycache__/app.cpython-311.pyc" in verbose.err
+        assert "bridge/web/__pycache__/app.cpython-311.pyc" in verbose.err
         assert from_source == []
 
 

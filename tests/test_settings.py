@@ -156,6 +156,7 @@ def test_empty_status_field_names_the_variable() -> None:
         "REDIS_SENTINEL_SERVICE",
         "REDIS_SENTINEL_PASSWORD",
         "REDIS_PASSWORD",
+        "EVENTS_FILE",
     ],
 )
 @pytest.mark.parametrize("blank", ["", "  "])

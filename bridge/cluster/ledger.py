@@ -21,6 +21,7 @@ leader has polled it (no upstream request), else with its own first upstream req
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -28,6 +29,7 @@ from typing import Any, TypeVar
 
 from bridge.cluster.link import REDIS_FAILURES, RedisLink
 from bridge.cluster.store import (
+    DERIVED,
     NOT_HOLDER,
     PROGRESS,
     SYNTHETIC,
@@ -37,9 +39,9 @@ from bridge.cluster.store import (
     Store,
 )
 from bridge.errors import ClusterUnavailable
-from bridge.events import sse
+from bridge.events import derive, sse
 from bridge.events.channel import Channel, ChannelKey
-from bridge.events.history import is_terminal
+from bridge.events.history import Event, is_terminal
 from bridge.ops.metrics import Metrics
 from bridge.polling.ledger import Ledger, LedgerOwner, Observation, changed, end_status
 from bridge.polling.status import Reading
@@ -48,10 +50,10 @@ log = logging.getLogger("bridge.cluster")
 
 _T = TypeVar("_T")
 
-#: One commit: the event's name, the record's kind, the status, and how it reads ("", "",
-#: "": unchanged, only "still polled").
-_Commit = tuple[str, str, str, Reading | None]
-_STILL: _Commit = ("", "", "", None)
+#: One commit: the event's name, the record's kind, the status, how it reads, and the
+#: events derived from the change ("", "", "": unchanged, only "still polled").
+_Commit = tuple[str, str, str, Reading | None, list[tuple[str, str]] | None]
+_STILL: _Commit = ("", "", "", None, None)
 
 
 class RedisLedger(Ledger):
@@ -136,7 +138,11 @@ class RedisLedger(Ledger):
             if not changed(self.channel, observation):
                 return _STILL
             kind = TERMINAL if is_terminal(observation.name) else PROGRESS
-            return observation.name, kind, observation.data, observation.reading
+            # The leader derives; the change's events and its status are one commit.
+            derived = derive.derived(
+                self.channel, observation.data, observation.reading, self._metrics
+            )
+            return observation.name, kind, observation.data, observation.reading, derived
 
         await self._commit_on_top(commit)
 
@@ -145,7 +151,7 @@ class RedisLedger(Ledger):
         await self._commit_on_top(lambda: _STILL)
 
     async def end(self, code: str, message: str) -> bool:
-        ended = (sse.ERROR, SYNTHETIC, end_status(code, message), None)
+        ended: _Commit = (sse.ERROR, SYNTHETIC, end_status(code, message), None, None)
         return await self._commit_on_top(lambda: ended)
 
     async def close(self, in_flight: float | None) -> None:
@@ -226,20 +232,33 @@ class RedisLedger(Ledger):
         return self.channel.history.terminal
 
     async def _commit(
-        self, name: str, kind: str, data: str, reading: Reading | None = None
+        self,
+        name: str,
+        kind: str,
+        data: str,
+        reading: Reading | None = None,
+        derived: list[tuple[str, str]] | None = None,
     ) -> bool:
         """One commit on top of the local copy; False (after catching up) if refused."""
         history = self.channel.history
+        derived = derived or []
+        facts = (reading.state, reading.progress, reading.detail) if reading else (None, None, None)
+        records = [(n, _derived_record(d, *facts)) for n, d in derived]
         result = await self._store.commit(
-            self.key, self.token, history.epoch, history.last_seq, name, kind, data
+            self.key, self.token, history.epoch, history.last_seq, name, kind, data, records
         )
         if result.code == WRITTEN:
             self.fresh = True
             if name:
-                self.channel.mirror(
-                    result.epoch, result.seq, name, data, reading, synthetic=kind == SYNTHETIC
+                first = result.seq - len(derived)
+                for i, (event_name, event_data) in enumerate(derived):
+                    self.channel.mirror(
+                        result.epoch, first + i, event_name, event_data, reading, kind=""
+                    )
+                    self._published(event_name)
+                self._mirror_status(
+                    result.epoch, result.seq, name, data, reading, kind == SYNTHETIC
                 )
-                self._published(name)
             return True
         if result.code == NOT_HOLDER:
             self.leads = False
@@ -301,24 +320,88 @@ class RedisLedger(Ledger):
         # The copy is contiguous (a gap drops what was before it): its oldest seq follows.
         oldest = history.last_seq - len(history) + 1
         records = [
-            Record(history.epoch, event.seq, event.name, self._kind(event.name), event.data)
-            for event in history.after(max(seq, oldest - 1))
+            self._record_of(history.epoch, event) for event in history.after(max(seq, oldest - 1))
         ]
         await self._store.restore(self.key, history.epoch, records)
+
+    def _record_of(self, epoch: int, event: Event) -> Record:
+        """A held event as its record: a status as the upstream sent it (each replica
+        renders it in its vocabulary), a derived event with its change's state."""
+        if not event.is_status:
+            data = _derived_record(event.data, event.state, event.progress, event.detail)
+            return Record(epoch, event.seq, event.name, DERIVED, data)
+        return Record(epoch, event.seq, event.kind, self._kind(event.kind), event.status)
 
     def _kind(self, name: str) -> str:
         if not is_terminal(name):
             return PROGRESS
         return SYNTHETIC if self.channel.synthetic_end else TERMINAL
 
+    def _mirror_status(
+        self, epoch: int, seq: int, name: str, data: str, reading: Reading | None, synthetic: bool
+    ) -> bool:
+        """A status record, as this replica's vocabulary sends it (renamed, reshaped, off)."""
+        out = derive.status_event(
+            self.channel.history.vocabulary, self.key.run_id, data, reading, name
+        )
+        event = self.channel.mirror(
+            epoch,
+            seq,
+            out.name,
+            out.data,
+            reading,
+            synthetic=synthetic,
+            kind=out.kind,
+            raw=out.raw,
+            hidden=out.hidden,
+        )
+        if event is not None and not out.hidden:
+            self._published(out.name)
+        return event is not None
+
     def _apply(self, record: Record) -> bool:
+        if record.kind == DERIVED:
+            parsed = _parse_derived(record.data)
+            if parsed is None:
+                return False
+            data, carried = parsed
+            event = self.channel.mirror(
+                record.epoch, record.seq, record.name, data, carried, kind=""
+            )
+            return event is not None
+        reading: Reading | None
         if record.synthetic:
             reading = None  # the bridge's own error, not an upstream status
         else:
             reading = self._read(record.data)
             if reading is None:
                 return False  # not a status object: a record this cluster never wrote
-        event = self.channel.mirror(
-            record.epoch, record.seq, record.name, record.data, reading, synthetic=record.synthetic
+        return self._mirror_status(
+            record.epoch, record.seq, record.name, record.data, reading, record.synthetic
         )
-        return event is not None
+
+
+def _derived_record(
+    data: str, state: str | None, progress: float | None, detail: str | None = None
+) -> str:
+    """A derived event as its record holds it: ``[state, progress, data, detail]``, so
+    that every replica's envelopes carry the change's state, progress and detail."""
+    return (
+        f"[{sse.encode_json(state)},{sse.encode_json(progress)},{data},{sse.encode_json(detail)}]"
+    )
+
+
+def _parse_derived(text: str) -> tuple[str, Reading] | None:
+    try:
+        state, progress, value, detail = json.loads(text)
+    except (ValueError, TypeError):
+        return None
+    if not (state is None or isinstance(state, str)):
+        return None
+    if not (progress is None or isinstance(progress, int | float)):
+        return None
+    if not (detail is None or isinstance(detail, str)):
+        return None
+    # Only state, progress and detail are read from it (it leaves the fingerprint alone).
+    reading = Reading(sse.PROGRESS, state, progress, "", detail=detail)
+    return sse.encode_json(value), reading

@@ -26,7 +26,10 @@ tag ``{K}``)::
 
 A record is ``<epoch> <seq> <name> <kind>\\n<data>``: kind ``p`` (progress), ``t`` (a
 terminal state the upstream reported) or ``s`` (a terminal event the bridge made: it
-gave up, or the credentials were refused), data the status as one line of JSON.
+gave up, or the credentials were refused), data the status as one line of JSON; or kind
+``d``, an event derived from a change (BRIDGE_EVENTS_FILE), name its event name, data
+``[state, progress, data]`` as one line of JSON. Each replica renders a status record in
+the vocabulary (renamed, reshaped, or kept unsent) itself.
 
 Nothing here carries a credential: forwarded headers never leave the replica, K holds
 only their keyed digest. Times are Redis's own (``TIME``), never a replica's clock.
@@ -34,6 +37,7 @@ only their keyed digest. Times are Redis's own (``TIME``), never a replica's clo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +49,7 @@ from bridge.events import sse
 from bridge.events.channel import ChannelKey
 
 #: Kinds of record.
-PROGRESS, TERMINAL, SYNTHETIC = "p", "t", "s"
+PROGRESS, TERMINAL, SYNTHETIC, DERIVED = "p", "t", "s", "d"
 _NAMES = frozenset({sse.PROGRESS, sse.COMPLETE, sse.ERROR})
 
 # Every script starts with this: times are Redis's own clock, in ms.
@@ -87,10 +91,13 @@ return {holder or '', meta[1] or '', meta[2] or '0', meta[3] or '', meta[4] or '
 )
 
 # KEYS: lease, meta, events, fence. ARGV: token, lease ms, keep ms, size, base epoch, base
-# seq, channel, K, name, kind ('' when the status did not change), data, max bytes.
+# seq, channel, K, name, kind ('' when the status did not change), data, max bytes, then
+# (name, kind, data) of each event derived from the change, written before the status's
+# own record: a change is written whole or not at all, so a new leader never derives
+# again what its predecessor wrote.
 # Only the lease holder writes, and only on top of the history it has (base), and never on
-# a fenced primary: returns {1, epoch, seq} (written), {-1} (not the holder), {-2} (base
-# out of date), {-3} (ended), {-4} (fenced).
+# a fenced primary: returns {1, epoch, seq} (written; seq of the last record), {-1} (not
+# the holder), {-2} (base out of date), {-3} (ended), {-4} (fenced).
 _COMMIT = (
     _PRELUDE
     + """
@@ -118,13 +125,17 @@ elseif epoch ~= ARGV[5] or seq ~= base then
 end
 redis.call('HSET', KEYS[2], 'ok', ARGV[1], 'polled', now)
 if ARGV[10] ~= '' then
-  seq = seq + 1
-  local record = epoch .. ' ' .. seq .. ' ' .. ARGV[9] .. ' ' .. ARGV[10] .. '\\n' .. ARGV[11]
-  local n = redis.call('RPUSH', KEYS[3], record)
-  local held = #record
-  if n > 1 then
-    held = held + tonumber(meta[5] or '0')
+  local held = tonumber(meta[5] or '0')
+  local n, record = 0, ''
+  local function push(name, kind, data)
+    seq = seq + 1
+    record = epoch .. ' ' .. seq .. ' ' .. name .. ' ' .. kind .. '\\n' .. data
+    n = redis.call('RPUSH', KEYS[3], record)
+    held = held + #record
+    redis.call('PUBLISH', ARGV[7], ARGV[8] .. '\\n' .. record)
   end
+  for i = 13, #ARGV - 2, 3 do push(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
+  push(ARGV[9], ARGV[10], ARGV[11])
   -- oldest first, never the newest (so never the terminal record)
   local size, most = tonumber(ARGV[4]), tonumber(ARGV[12])
   while n > 1 and (n > size or held > most) do
@@ -135,7 +146,6 @@ if ARGV[10] ~= '' then
   local ended = ''
   if ARGV[10] ~= 'p' then ended = ARGV[10] end
   redis.call('HSET', KEYS[2], 'seq', seq, 'end', ended, 'bytes', held)
-  redis.call('PUBLISH', ARGV[7], ARGV[8] .. '\\n' .. record)
 elseif meta[4] ~= ARGV[1] then
   redis.call('PUBLISH', ARGV[7], ARGV[8] .. '\\n!')
 end
@@ -259,7 +269,9 @@ class Record:
             text = data.decode("ascii")
         except (ValueError, UnicodeDecodeError):
             return None
-        if name not in _NAMES or kind not in (PROGRESS, TERMINAL, SYNTHETIC) or seq < 1:
+        if seq < 1 or kind not in (PROGRESS, TERMINAL, SYNTHETIC, DERIVED):
+            return None
+        if kind != DERIVED and name not in _NAMES:
             return None
         return cls(epoch, seq, name, kind, text)
 
@@ -388,7 +400,9 @@ class Store:
         name: str = "",
         kind: str = "",
         data: str = "",
+        derived: Sequence[tuple[str, str]] = (),
     ) -> Committed:
+        """Write a change: ``derived`` (name, data) records first, then the status's."""
         keys = [
             self.key(key, "lease"),
             self.key(key, "meta"),
@@ -409,6 +423,8 @@ class Store:
             data,
             self.history_max_bytes,
         ]
+        for derived_name, derived_data in derived:
+            args += [derived_name, DERIVED, derived_data]
         reply = await self._commit(keys=keys, args=args)
         code = int(reply[0])
         if code == FENCED:

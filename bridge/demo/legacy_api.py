@@ -32,9 +32,10 @@ from aiohttp import web
 
 from bridge.demo.runs import Outcome, ScriptedRun, TimedRun, scripted_statuses
 from bridge.demo.shapes import Shape, shape_for
+from bridge.demo.vocabularies import DEMOS, SteppedRun
 from bridge.tasks import cancel_and_wait
 
-Run = TimedRun | ScriptedRun
+Run = TimedRun | ScriptedRun | SteppedRun
 
 #: Faults the API can be told to commit on a run's next requests.
 FAULTS = (
@@ -79,9 +80,16 @@ class SeenRequest:
 
 class LegacyApi:
     def __init__(
-        self, *, step: float = 1.5, seed: int | None = None, profile: str | None = None
+        self,
+        *,
+        step: float = 1.5,
+        seed: int | None = None,
+        profile: str | None = None,
+        events: str | None = None,
     ) -> None:
         self.step = step
+        #: A seed vocabulary's runs (bridge/demo/vocabularies.py) instead of seed 004's.
+        self.events = DEMOS[events] if events is not None else None
         #: How a run's status is answered, and where (KeyError: not simulated).
         self.shape: Shape = shape_for(profile)
         self.runs: dict[str, Run] = {}
@@ -126,8 +134,20 @@ class LegacyApi:
             "path": self.shape.run_path.replace("{run_id}", run.id),
         }
 
-    def new_run(self, outcome: Outcome | None = None, *, step: float | None = None) -> TimedRun:
+    def new_run(
+        self, outcome: Outcome | None = None, *, step: float | None = None
+    ) -> TimedRun | SteppedRun:
         run_id = f"run-{next(self._ids):04d}"
+        if self.events is not None:
+            outcomes = self.events.outcomes
+            chosen = (
+                outcomes[1]
+                if outcome == "failed"
+                else self._rng.choice(outcomes[:1] * 3 + outcomes)
+            )
+            stepped = SteppedRun(run_id, self.events.statuses(run_id, chosen), step or self.step)
+            self.runs[run_id] = stepped
+            return stepped
         run = TimedRun.random(run_id, step or self.step, self._rng)
         if outcome is not None:
             run.outcome = outcome
@@ -288,11 +308,17 @@ async def serving(
         await runner.cleanup()
 
 
+def _going(run: Run) -> bool:
+    if isinstance(run, SteppedRun):
+        return run.status() is not run.statuses[-1]
+    return run.status()["status"] in ("queued", "running")
+
+
 async def spawn_runs(api: LegacyApi, every: float, keep: int) -> None:
     """Start a new run every ``every`` seconds while fewer than ``keep`` are in flight."""
     while True:
         await asyncio.sleep(every)
-        active = sum(1 for r in api.runs.values() if r.status()["status"] in ("queued", "running"))
+        active = sum(1 for r in api.runs.values() if _going(r))
         if active < keep:
             api.new_run()
 

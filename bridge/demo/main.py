@@ -63,13 +63,14 @@ async def run_demo(
     step: float = 1.5,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     announce: Callable[[str], None] = print,
+    events: str | None = None,
 ) -> None:
     """Serve the demo on ``sock`` (else bind ``settings.host``/``port`` first).
 
     The URLs are announced only once the bridge's port is bound and the simulated API
     answers, so every printed line works when it is read.
     """
-    api = LegacyApi(step=step, profile=profile)
+    api = LegacyApi(step=step, profile=profile, events=events)
     for outcome in ("completed", "failed", "completed"):
         api.new_run(outcome)
     own_socket = sock is None
@@ -84,10 +85,13 @@ async def run_demo(
             scheme = "https" if settings.tls_certfile is not None else "http"
             base = f"{scheme}://{url_host(settings.host)}:{bound_port(listener)}"
             first = next(iter(api.runs))
+            speaks = api.shape.name
+            if api.events is not None:
+                speaks = f"seed {api.events.file[:3]}'s {api.events.name} runs, {api.events.file}"
             announce(
                 "\n".join(
                     [
-                        f"sse-bridge demo is running (the simulated API speaks {api.shape.name}).",
+                        f"sse-bridge demo is running (the simulated API speaks {speaks}).",
                         f"  dashboard:        {base}/",
                         f"  simulated API:    {api.url}{api.run_path.replace('{run_id}', first)}",
                         f"  follow a run:     curl -N {base}/v1/runs/{first}/stream",
@@ -109,7 +113,9 @@ async def run_demo(
             listener.close()
 
 
-def main(settings: Settings, profile: str | None = None, step: float = 1.5) -> int:
+def main(
+    settings: Settings, profile: str | None = None, step: float = 1.5, events: str | None = None
+) -> int:
     # Bound before anything is printed: a taken port is one line, not a traceback, and
     # the URLs printed later are the ones that answer.
     try:
@@ -126,7 +132,7 @@ def main(settings: Settings, profile: str | None = None, step: float = 1.5) -> i
         return 2
     try:
         configure_logging(settings.log_level)
-        asyncio.run(run_demo(settings, profile=profile, sock=sock, step=step))
+        asyncio.run(run_demo(settings, profile=profile, sock=sock, step=step, events=events))
     except KeyboardInterrupt:
         return 130
     finally:

@@ -121,13 +121,32 @@ class Channel:
         return len(self._subscribers)
 
     def publish(
-        self, name: str, data: str, reading: StatusFacts | None = None, *, synthetic: bool = False
+        self,
+        name: str,
+        data: str,
+        reading: StatusFacts | None = None,
+        *,
+        synthetic: bool = False,
+        kind: str | None = None,
+        raw: str | None = None,
+        hidden: bool = False,
     ) -> Event:
-        """The next event; ``data`` is the status as ``sse.encode_json`` wrote it, and
-        ``reading`` what the status filters made of it (none for the bridge's own)."""
+        """The next event; ``data`` is what it sends as ``sse.encode_json`` wrote it, and
+        ``reading`` what the status filters made of the status (none for the bridge's
+        own); ``kind``, ``raw`` and ``hidden`` as in ``history.Event``."""
         state, progress, detail = _parts(reading)
-        event = self.history.append(name, data, state=state, progress=progress, detail=detail)
-        self.fingerprint = reading.fingerprint if reading is not None else None
+        event = self.history.append(
+            name,
+            data,
+            state=state,
+            progress=progress,
+            detail=detail,
+            kind=kind,
+            raw=raw,
+            hidden=hidden,
+        )
+        if event.is_status:  # a derived event says nothing of the status's fingerprint
+            self.fingerprint = reading.fingerprint if reading is not None else None
         self._deliver(event, synthetic)
         return event
 
@@ -140,15 +159,28 @@ class Channel:
         reading: StatusFacts | None = None,
         *,
         synthetic: bool = False,
+        kind: str | None = None,
+        raw: str | None = None,
+        hidden: bool = False,
     ) -> Event | None:
         """An event another replica published (cluster mode), with its id; None if held."""
         state, progress, detail = _parts(reading)
         event = self.history.mirror(
-            epoch, seq, name, data, state=state, progress=progress, detail=detail
+            epoch,
+            seq,
+            name,
+            data,
+            state=state,
+            progress=progress,
+            detail=detail,
+            kind=kind,
+            raw=raw,
+            hidden=hidden,
         )
         if event is None:
             return None
-        self.fingerprint = reading.fingerprint if reading is not None else None
+        if event.is_status:
+            self.fingerprint = reading.fingerprint if reading is not None else None
         self._deliver(event, synthetic)
         return event
 

@@ -16,9 +16,11 @@ import itertools
 import re
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from bridge.events import sse
+from bridge.events.vocabulary import DEFAULT, Vocabulary
 
 _ID = re.compile(r"([0-9]{1,16})-([0-9]{1,18})")
 
@@ -51,6 +53,13 @@ class Event:
     state: str | None = None
     progress: float | None = None
     detail: str | None = None
+    #: What the event stands for: ``progress``, ``complete`` or ``error`` for a status
+    #: (whatever name it is sent as), "" for an event derived from a change
+    #: (bridge/events/derive.py).
+    kind: str = sse.PROGRESS
+    #: The status as the upstream sent it, where the frame's data is not it (a built-in
+    #: event reshaped, or turned off: then the frame is empty and nothing is sent).
+    raw: str | None = None
 
     @classmethod
     def build(
@@ -62,12 +71,20 @@ class Event:
         state: str | None = None,
         progress: float | None = None,
         detail: str | None = None,
+        *,
+        kind: str | None = None,
+        raw: str | None = None,
+        hidden: bool = False,
     ) -> Event:
+        kind = name if kind is None else kind
+        if hidden:
+            status = raw if raw is not None else data
+            return cls(seq, event_id, name, b"", 0, state, progress, detail, kind, status)
         frame = sse.frame(name, data, event_id)
         # The event and id fields hold no line break (sse.frame refuses one), so the
         # first "\ndata: " is where the data field starts.
         start = frame.index(_DATA_FIELD) + len(_DATA_FIELD)
-        return cls(seq, event_id, name, frame, start, state, progress, detail)
+        return cls(seq, event_id, name, frame, start, state, progress, detail, kind, raw)
 
     @property
     def data(self) -> str:
@@ -81,11 +98,42 @@ class Event:
     @property
     def nbytes(self) -> int:
         """What holding this event costs, as the history counts it against ``max_bytes``."""
-        return len(self.frame) + EVENT_OVERHEAD
+        return len(self.frame) + len(self.raw or "") + EVENT_OVERHEAD
 
     @property
     def terminal(self) -> bool:
-        return is_terminal(self.name)
+        return is_terminal(self.kind)
+
+    @property
+    def sent(self) -> bool:
+        """Viewers get this event (False: a built-in event turned off, kept for resume)."""
+        return bool(self.frame)
+
+    @property
+    def is_status(self) -> bool:
+        return bool(self.kind)
+
+    @property
+    def status(self) -> str:
+        """The status this event carries as the upstream sent it (a status event's)."""
+        return self.raw if self.raw is not None else self.data
+
+    def as_progress(self) -> Event:
+        """This status as a plain ``progress`` event with this id: what a viewer whose
+        place is lost gets, even with ``progress`` turned off (never a silent gap)."""
+        if self.sent and self.raw is None and self.name == sse.PROGRESS:
+            return self
+        # The kind stays: a terminal status still ends the stream after it.
+        return Event.build(
+            self.seq,
+            self.id,
+            sse.PROGRESS,
+            self.status,
+            self.state,
+            self.progress,
+            self.detail,
+            kind=self.kind,
+        )
 
 
 _chunked: tuple[Event, bytes] | None = None
@@ -126,15 +174,25 @@ class RunHistory:
     """At most ``size`` events and ``max_bytes`` bytes (``Event.nbytes``) of one run, newest
     last; the newest event is always kept, so the terminal event is too."""
 
-    def __init__(self, size: int, max_bytes: int, epoch: int | None = None) -> None:
+    def __init__(
+        self,
+        size: int,
+        max_bytes: int,
+        epoch: int | None = None,
+        vocabulary: Vocabulary = DEFAULT,
+    ) -> None:
         if size < 1:
             raise ValueError("a history holds at least one event")
         self.epoch = epoch if epoch is not None else time.time_ns() // 1_000_000
         self.size = size
         self.max_bytes = max_bytes
+        #: What the run's stream says (BRIDGE_EVENTS_FILE): how viewers start and catch up.
+        self.vocabulary = vocabulary
         self._events: deque[Event] = deque()
         self._bytes = 0
         self._seq = 0
+        #: The newest status event, even once trimmed (it is what a lost viewer gets).
+        self._status: Event | None = None
 
     def append(
         self,
@@ -144,14 +202,30 @@ class RunHistory:
         state: str | None = None,
         progress: float | None = None,
         detail: str | None = None,
+        kind: str | None = None,
+        raw: str | None = None,
+        hidden: bool = False,
     ) -> Event:
-        """Add the next event; ``data`` is the status as ``sse.encode_json`` wrote it."""
+        """Add the next event; ``data`` is what it sends (``sse.encode_json``'s text)."""
         if self.terminal:
             raise RuntimeError("a terminal history takes no more events")
         self._seq += 1
         event_id = f"{self.epoch}-{self._seq}"
-        event = Event.build(self._seq, event_id, name, data, state, progress, detail)
+        event = Event.build(
+            self._seq,
+            event_id,
+            name,
+            data,
+            state,
+            progress,
+            detail,
+            kind=kind,
+            raw=raw,
+            hidden=hidden,
+        )
         self._events.append(event)
+        if event.is_status:
+            self._status = event
         self._bytes += event.nbytes
         # Oldest first; what is trimmed resumes as an unknown id: the current status.
         while len(self._events) > 1 and (
@@ -170,6 +244,9 @@ class RunHistory:
         state: str | None = None,
         progress: float | None = None,
         detail: str | None = None,
+        kind: str | None = None,
+        raw: str | None = None,
+        hidden: bool = False,
     ) -> Event | None:
         """Take one event of this run's history as another replica wrote it, id and all.
 
@@ -187,7 +264,16 @@ class RunHistory:
             self._events.clear()
             self._bytes = 0
         self._seq = seq - 1
-        return self.append(name, data, state=state, progress=progress, detail=detail)
+        return self.append(
+            name,
+            data,
+            state=state,
+            progress=progress,
+            detail=detail,
+            kind=kind,
+            raw=raw,
+            hidden=hidden,
+        )
 
     @property
     def nbytes(self) -> int:
@@ -204,12 +290,29 @@ class RunHistory:
         return self._events[-1] if self._events else None
 
     @property
+    def status(self) -> Event | None:
+        """The event of the run's latest status (its ``status`` is the status itself)."""
+        return self._status
+
+    def current(self) -> Event | None:
+        """What a viewer without a place gets: the latest status, as it is sent, or as a
+        plain ``progress`` where it is not sent (never a silent gap)."""
+        status = self._status
+        if status is None:
+            return None
+        return status if status.sent else status.as_progress()
+
+    @property
     def terminal(self) -> bool:
         latest = self.latest
         return latest is not None and latest.terminal
 
     def __len__(self) -> int:
         return len(self._events)
+
+    def newest_first(self) -> Iterator[Event]:
+        """The held events, newest first (what is looked for is usually near the end)."""
+        return reversed(self._events)
 
     def holds(self, event_id: str | None) -> int | None:
         """The seq of ``event_id`` if it belongs to this history and is still resumable."""
@@ -224,20 +327,29 @@ class RunHistory:
         return seq
 
     def after(self, seq: int, limit: int | None = None) -> list[Event]:
-        """Events newer than ``seq``; more than ``limit`` of them collapse to the latest."""
+        """Events newer than ``seq``; more than ``limit`` of them collapse to the latest,
+        unless the vocabulary's events are not snapshots (``lossless``): those are all
+        returned, and a viewer too slow for them is ended by its stream instead."""
         if not self._events or seq >= self._seq:
             return []
         oldest = self._events[0].seq
         missing = self._seq - seq
-        if seq < oldest - 1 or (limit is not None and missing > limit):
+        if seq < oldest - 1:
+            current = self.current()
+            return [current] if current is not None else []
+        if limit is not None and missing > limit and not self.vocabulary.lossless:
             # The intermediate statuses are snapshots the latest one supersedes.
             return [self._events[-1]]
         return list(itertools.islice(self._events, len(self._events) - missing, None))
 
     def resume(self, last_event_id: str | None) -> list[Event]:
-        """What a connecting viewer gets first: the events it missed, else the current one."""
+        """What a connecting viewer gets first: the events it missed; without an id, the
+        current status (or, with ``progress`` turned off, the history from its start);
+        with an id the history no longer holds, the current status as ``progress``."""
         seq = self.holds(last_event_id)
         if seq is None:
-            latest = self.latest
-            return [latest] if latest is not None else []
+            if not last_event_id and self.vocabulary.from_start and self._events:
+                return list(self._events)
+            current = self.current()
+            return [current] if current is not None else []
         return self.after(seq)

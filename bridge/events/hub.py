@@ -13,6 +13,7 @@ from cachetools import TTLCache
 
 from bridge.events.channel import Channel, ChannelKey, Subscription
 from bridge.events.history import RunHistory
+from bridge.events.vocabulary import DEFAULT, Vocabulary
 
 
 class Hub:
@@ -23,7 +24,9 @@ class Hub:
         history_max_bytes: int,
         history_runs: int,
         history_ttl: float,
+        vocabulary: Vocabulary = DEFAULT,
     ) -> None:
+        self.vocabulary = vocabulary
         self._history_size = history_size
         self._history_max_bytes = history_max_bytes
         self._live: dict[ChannelKey, Channel] = {}
@@ -43,7 +46,10 @@ class Hub:
         if channel is None:
             channel = self._retired.pop(key, None)
             if channel is None or channel.synthetic_end:
-                channel = Channel(key, RunHistory(self._history_size, self._history_max_bytes))
+                history = RunHistory(
+                    self._history_size, self._history_max_bytes, vocabulary=self.vocabulary
+                )
+                channel = Channel(key, history)
             self._live[key] = channel
         return channel
 

@@ -18,6 +18,8 @@ COMPLETE: Final = "complete"
 ERROR: Final = "error"
 TIMEOUT: Final = "timeout"
 PING: Final = "ping"
+#: The name of an unnamed event: no ``event:`` line, what ``EventSource.onmessage`` gets.
+MESSAGE: Final = "message"
 
 _FIELD_BREAK = re.compile(r"[\r\n\x00]")
 
@@ -33,8 +35,10 @@ def _field(name: str, value: str) -> str:
 
 
 def frame(event: str, data: str, event_id: str | None = None) -> bytes:
-    """One complete event; ``data`` must already be one line (see ``encode_json``)."""
-    parts = [_field("event", event)]
+    """One complete event; ``data`` must already be one line (see ``encode_json``).
+
+    ``message`` is sent unnamed: a client's default name for an event without one."""
+    parts = [_field("event", event)] if event != MESSAGE else []
     if event_id is not None:
         parts.append(_field("id", event_id))
     parts.append(_field("data", data))

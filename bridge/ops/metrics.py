@@ -47,6 +47,17 @@ class Metrics:
             ["event"],
             registry=self.registry,
         )
+        self.events_cut = Counter(
+            "bridge_events_cut",
+            "Changes that derived more than BRIDGE_EVENTS_MAX_PER_CHANGE events (cut there)",
+            registry=self.registry,
+        )
+        self.rule_failures = Counter(
+            "bridge_event_rule_failures",
+            "Statuses on which a rule of BRIDGE_EVENTS_FILE failed (it yielded nothing)",
+            ["event"],
+            registry=self.registry,
+        )
         self.open_streams = Gauge(
             "bridge_open_streams", "SSE streams open now", registry=self.registry
         )

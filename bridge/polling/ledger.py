@@ -43,7 +43,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Protocol
 
-from bridge.events import sse
+from bridge.events import derive, sse
 from bridge.events.channel import Channel, ChannelKey
 from bridge.ops.metrics import Metrics
 from bridge.polling.status import Reading
@@ -135,12 +135,12 @@ class Ledger(ABC):
 def changed(channel: Channel, observation: Observation) -> bool:
     """Whether ``observation`` would be news to ``channel``'s viewers: it differs from the
     latest status, leaving out the ignored fields (BRIDGE_IGNORE_FIELDS)."""
-    latest = channel.history.latest
+    latest = channel.history.status
     if latest is None:
         return True
     if channel.fingerprint is not None:
         return channel.fingerprint != observation.reading.fingerprint
-    return latest.data != observation.data
+    return latest.status != observation.data
 
 
 def end_status(code: str, message: str) -> str:
@@ -158,8 +158,8 @@ class LocalLedger(Ledger):
         self.fresh = True
         if self.channel.history.terminal or not changed(self.channel, observation):
             return
-        self.channel.publish(observation.name, observation.data, observation.reading)
-        self._published(observation.name)
+        # The change's derived events, then its status (BRIDGE_EVENTS_FILE).
+        derive.publish(self.channel, observation.data, observation.reading, self._metrics)
 
     async def still(self) -> None:
         self.fresh = True
@@ -167,8 +167,7 @@ class LocalLedger(Ledger):
     async def end(self, code: str, message: str) -> bool:
         self.fresh = True
         if not self.channel.history.terminal:
-            self.channel.publish(sse.ERROR, end_status(code, message), synthetic=True)
-            self._published(sse.ERROR)
+            derive.publish_end(self.channel, end_status(code, message), self._metrics)
         return True
 
     async def close(self, in_flight: float | None) -> None:

@@ -111,16 +111,18 @@ async def events(
         history = subscription.channel.history
         held = history.holds(since)
         if held is None:
-            # No since, or one this history no longer holds: the current status.
-            found = history.resume(None)
+            # No since: the current status (with progress off, the history from its
+            # start); one this history no longer holds: the current status.
+            found = history.resume(since)
         else:
             found = history.after(held)
             await _wait(subscription, bool(found) or history.terminal, wait)
             found = history.after(held)
-        latest = history.latest
+        latest = history.status
         assert latest is not None  # a lease always comes with a first status
         cursor = found[-1].id if found else since
-        body = _events_body(run_id, found, cursor, latest)
+        # A built-in event turned off moves the cursor on but is not listed.
+        body = _events_body(run_id, [e for e in found if e.sent], cursor, latest)
         return Answer(200, body, run_headers(latest))
 
 
@@ -135,10 +137,10 @@ async def result(opener: Opener, viewer: Viewer, run_id: str, wait: float) -> An
             if left <= 0:
                 break
             await _wait(subscription, False, left)
-        latest = history.latest
+        latest = history.status
         assert latest is not None
         headers = run_headers(latest)
         # The outcome in the stream's words (complete / error / progress), so a script
         # needs no state lists of its own.
-        headers["X-Run-Event"] = latest.name
-        return Answer(200 if history.terminal else 202, latest.data, headers)
+        headers["X-Run-Event"] = latest.kind
+        return Answer(200 if history.terminal else 202, latest.status, headers)

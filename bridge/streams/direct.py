@@ -39,7 +39,7 @@ MAX_UNSENT = 64 * 1024
 class DirectSink:
     """One viewer on the fast path: its transport, its position, and how it ends."""
 
-    __slots__ = ("behind_since", "cursor", "ended", "keepalive", "transport")
+    __slots__ = ("behind_since", "cursor", "ended", "keepalive", "lossless", "transport")
 
     def __init__(
         self, transport: asyncio.WriteTransport, cursor: int, keepalive: Keepalive
@@ -49,6 +49,10 @@ class DirectSink:
         #: The stream's pings and deadline, carried over from its ASGI opening.
         self.keepalive = keepalive
         self.behind_since: float | None = None
+        #: Set (to the ``retry:`` to end with) where events are not snapshots (derived
+        #: events, or ``progress`` turned off): a viewer that falls behind is ended, to
+        #: resume from history, instead of skipped (which would lose events).
+        self.lossless: bytes = b""
         #: Resolved when the stream is over; the value says why (for tests and metrics).
         self.ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
@@ -62,7 +66,18 @@ class DirectSink:
         if transport.is_closing():
             self.finish("disconnected")
             return
+        if not event.sent:
+            # A built-in event turned off: nothing to write, but a terminal one still ends.
+            self.cursor = event.seq
+            if event.terminal:
+                self.finish("terminal")
+            return
         if not event.terminal and transport.get_write_buffer_size() > MAX_UNSENT:
+            if self.lossless:
+                # Never a silent gap: it reconnects after the last event it was written.
+                self.write(self.lossless)
+                self.finish("behind")
+                return
             if self.behind_since is None:
                 self.behind_since = time.monotonic()
             return
@@ -72,7 +87,8 @@ class DirectSink:
             self.finish("terminal")
 
     def write(self, data: bytes) -> None:
-        if not self.transport.is_closing():
+        # An empty chunk would end the chunked body: an empty frame is not written.
+        if data and not self.transport.is_closing():
             self.transport.write(sse.chunk(data))
 
     def finish(self, why: str) -> None:

@@ -37,6 +37,7 @@ from bridge import run_id as run_ids
 from bridge.errors import InvalidRequest
 from bridge.events import sse
 from bridge.events.channel import Channel, Subscription
+from bridge.events.delta import PATCH, DeltaView, view_after
 from bridge.events.history import Event
 from bridge.streams.keepalive import Keepalive, StreamLimits
 from bridge.streams.viewer import Viewer
@@ -126,6 +127,8 @@ class RunView:
     entry: str | None = None
     pending: list[Event] = field(default_factory=list)
     done: bool = False
+    #: Set for a viewer that asked for ``delta=json-patch``.
+    delta: DeltaView | None = None
 
     @property
     def channel(self) -> Channel:
@@ -134,15 +137,19 @@ class RunView:
     def frame(self, event: Event, multi_id: str) -> bytes:
         # state, progress and detail as the status filters read them (null where none):
         # a page shows any configured API without knowing its shape.
+        name, body = event.name, event.data
+        made = self.delta.patch(event) if self.delta is not None else None
+        if made is not None:
+            name, body = PATCH, made.data
         data = (
             f'{{"run_id":{sse.encode_json(self.run_id)},'
             f'"id":{sse.encode_json(event.id)},'
             f'"state":{sse.encode_json(event.state)},'
             f'"progress":{sse.encode_json(event.progress)},'
             f'"detail":{sse.encode_json(event.detail)},'
-            f'"data":{event.data}}}'
+            f'"data":{body}}}'
         )
-        return sse.frame(event.name, data, multi_id)
+        return sse.frame(name, data, multi_id)
 
 
 def position(view: RunView, resume: Mapping[str, tuple[int, int]]) -> None:
@@ -155,7 +162,7 @@ def position(view: RunView, resume: Mapping[str, tuple[int, int]]) -> None:
     if held is not None:
         view.seq = held
         view.entry = entry(view.key, history.epoch, held)
-    view.done = not view.pending and history.terminal
+    view.done = history.terminal and not any(event.sent for event in view.pending)
 
 
 def multi_frames(
@@ -168,6 +175,8 @@ def multi_frames(
         run_id = subscription.channel.key.run_id
         view = RunView(run_id, run_key(run_id), subscription)
         position(view, resume)
+        if viewer.delta:
+            view.delta = view_after(view.channel.history, view.seq or None)
         views.append(view)
     if all(view.done for view in views):
         return None  # the viewer already has every run's final event
@@ -196,8 +205,9 @@ async def multi_events(
             for event in pending:
                 view.seq = event.seq
                 view.entry = entry(view.key, view.channel.history.epoch, event.seq)
-                multi_id = encode_cursor(v.entry for v in views if v.entry is not None)
-                yield view.frame(event, multi_id)
+                if event.sent:
+                    multi_id = encode_cursor(v.entry for v in views if v.entry is not None)
+                    yield view.frame(event, multi_id)
                 if event.terminal:
                     view.done = True
                     break

@@ -24,6 +24,7 @@ from typing import TypeAlias
 
 from bridge.events import sse
 from bridge.events.channel import Subscription
+from bridge.events.delta import DeltaView, view_after
 from bridge.events.history import Event
 from bridge.streams.direct import DirectSink
 from bridge.streams.keepalive import Keepalive, StreamLimits
@@ -46,9 +47,15 @@ def run_frames(
     (subscription,) = subscriptions
     history = subscription.channel.history
     first = history.resume(viewer.resume_from)
-    if not first and history.terminal:
-        return None  # the viewer already has the run's final event
+    if history.terminal and not any(event.sent for event in first):
+        # The viewer already has the run's final event, or all that is left to send
+        # (a final status with the end events turned off): 204, EventSource stops.
+        return None
     cursor = history.holds(viewer.resume_from) or 0
+    if viewer.delta:
+        # Its frames are its own (patches), not the channel's shared chunk: ASGI path.
+        held = history.holds(viewer.resume_from)
+        return events(subscription, first, cursor, limits, None, view_after(history, held))
     direct = (viewer.transport, ticker) if viewer.transport is not None else None
     return events(subscription, first, cursor, limits, direct)
 
@@ -59,6 +66,7 @@ async def events(
     cursor: int,
     limits: StreamLimits,
     direct: tuple[asyncio.WriteTransport, Ticker] | None = None,
+    delta: DeltaView | None = None,
 ) -> Frames:
     """Frames for one viewer; ends after a terminal event, a timeout or ``close()``.
 
@@ -76,7 +84,8 @@ async def events(
     pending = first
     while True:
         for event in pending:
-            yield event.frame
+            if event.sent:
+                yield event.frame if delta is None else delta.frame(event)
             cursor = event.seq
             if event.terminal:
                 return
@@ -87,6 +96,8 @@ async def events(
         if direct is not None:
             transport, ticker = direct
             sink = DirectSink(transport, cursor, keepalive)
+            if history.vocabulary.lossless:
+                sink.lossless = sse.retry(limits.retry_ms)
             # What was published while the opening went out; from here on the channel writes.
             for event in history.after(cursor, limits.viewer_buffer):
                 sink.deliver(event)

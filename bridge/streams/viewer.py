@@ -20,3 +20,5 @@ class Viewer:
     #: It accepts text/event-stream (an EventSource does): a transient refusal is then
     #: answered in a form EventSource retries (bridge/web/reply.py's ``retry_reply``).
     wants_events: bool = False
+    #: It asked for ``delta=json-patch``: later statuses as patches (bridge/events/delta.py).
+    delta: bool = False

@@ -41,7 +41,7 @@ from rich.highlighter import JSONHighlighter
 from rich.text import Text
 
 from bridge.errors import BridgeError
-from bridge.events import sse
+from bridge.events import derive, sse
 from bridge.expressions import field_expr
 from bridge.polling.poller import Cadence
 from bridge.polling.status import Reading, ignore_filter, status_reader
@@ -133,6 +133,9 @@ class Examination:
     changing: tuple[str, ...] = ()
     #: The whole BRIDGE_IGNORE_FIELDS value that would leave ``changing`` out.
     ignore_value: str | None = None
+    #: With BRIDGE_EVENTS_FILE: the events its stream starts with, from this status as
+    #: first seen (name, data, sent: False for a built-in event turned off).
+    events: tuple[tuple[str, str, bool], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,11 +417,13 @@ def examine(
     *,
     apart: float | None = None,
     now: float | None = None,
+    run_id: str = "RUN_ID",
 ) -> Examination:
     """Read ``status`` as the pollers would and decide the exit code and hint.
 
     ``earlier``: the answer fetched ``apart`` seconds before ``status``, to tell the
     fields that change by themselves; without it, fields holding a time near ``now``.
+    ``run_id`` is what ``$run_id`` is in BRIDGE_EVENTS_FILE's filters.
     """
     reading = status_reader(settings).read(status)
     candidates = state_candidates(status)
@@ -457,7 +462,13 @@ def examine(
             f"check BRIDGE_PROGRESS_EXPR: {reading.progress_problem} (fine while the run has "
             "no progress yet; `(.x // 0)` gives 0 instead)"
         )
+    events: tuple[tuple[str, str, bool], ...] = ()
+    if settings.vocabulary.customised:
+        events = tuple(
+            derive.first_seen(settings.vocabulary, run_id, sse.encode_json(status), reading)
+        )
     return Examination(
+        events=events,
         state_expr=settings.state_filter,
         state_source=_state_source(settings),
         reading=reading,
@@ -513,7 +524,7 @@ async def inspect_run(
             status = await client.fetch_status(run_id, headers)
     finally:
         await client.close()
-    found = examine(settings, status, earlier, apart=apart)
+    found = examine(settings, status, earlier, apart=apart, run_id=run_id)
     return Inspection(url, sent, dropped, mode, status, found)
 
 
@@ -565,6 +576,9 @@ def as_json(inspection: Inspection) -> dict[str, Any]:
         "problem": r.problem,
         "hint": e.hint,
         "exit_code": e.exit_code,
+        "events": [
+            {"event": name, "data": json.loads(data), "sent": sent} for name, data, sent in e.events
+        ],
     }
 
 
@@ -669,6 +683,14 @@ def render(inspection: Inspection, settings: Settings, out: TextIO) -> None:
     row(
         "event", f"{r.event}" + ("  (the stream would end here)" if r.event != sse.PROGRESS else "")
     )
+    if settings.events_file is not None:
+        row("events file", str(settings.events_file))
+        for index, (name, data, is_sent) in enumerate(e.events):
+            label = "events (first seen)" if index == 0 else ""
+            shown = f"{name}  {_short(json.loads(data), 100)}"
+            if not is_sent:
+                shown = f"{name}  (turned off: not sent)"
+            row(label, shown, "" if is_sent else "dim")
     if r.problem is not None:
         row("problem", r.problem, "red")
     if e.hint is not None:

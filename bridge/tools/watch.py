@@ -34,7 +34,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import aiohttp
 from rich.console import Console
@@ -144,6 +144,8 @@ class Update:
     progress: float | None
     #: The status object as the upstream sent it (timeout: the bridge's message).
     data: Any
+    #: An event of BRIDGE_EVENTS_FILE (not the status): printed as a line of its own.
+    derived: bool = False
     #: One line the bridge read with BRIDGE_DETAIL_EXPR (a stage, an error message).
     detail: str | None = None
 
@@ -242,7 +244,7 @@ class Display:
     def event(self, update: Update) -> None:
         if self.mode == "json":
             record: dict[str, Any] = {"event": update.event, "id": update.id}
-            if update.event in RUN_EVENTS:
+            if update.event in RUN_EVENTS or update.derived:
                 record |= {
                     "state": update.state,
                     "progress": update.progress,
@@ -251,6 +253,13 @@ class Display:
             record["data"] = update.data
             self.out.write(json.dumps(record, separators=(",", ":")) + "\n")
             self.out.flush()
+            return
+        if update.derived:
+            # What happened, one line each (a log line, a step that finished, ...).
+            text = json.dumps(update.data, separators=(",", ":"))
+            line = f"{update.event}  {text[:MAX_DERIVED_LINE]}"
+            console = self._progress.console if self._progress is not None else self.console
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
             return
         if not isinstance(update.data, dict):
             return
@@ -424,6 +433,12 @@ class Watch:
                         return code
                 if parser.retry is not None:
                     self.retry_ms = parser.retry
+        if self.connected:
+            # Closed without complete/error: the end events may be renamed or turned off
+            # (BRIDGE_EVENTS_FILE), so ask whether the run ended.
+            ended = await self.ended(session)
+            if ended is not None:
+                return ended
         self.failures += 1
         if not self.connected:
             self.reason = refusal_reason(parser.last_comment)
@@ -431,6 +446,24 @@ class Watch:
                 # The bridge's own wait (Retry-After, in ms), as EventSource would take it.
                 self.retry_after = max(0.5, min(parser.retry / 1000, 60.0))
         return None
+
+    async def ended(self, session: aiohttp.ClientSession) -> int | None:
+        """The exit code if the run has ended (GET /v1/runs/ID/result, no wait)."""
+        base = self.base_url.rstrip("/")
+        target = f"{base}/v1/runs/{quote(self.run_id, safe='')}/result"
+        try:
+            async with session.get(target, params={"wait": "0"}, headers=self.headers) as r:
+                if r.status != 200:
+                    return None
+                body = await _json_body(r)
+                kind = r.headers.get("X-Run-Event", "")
+                state = unquote(r.headers.get("X-Run-State", "")) or None
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+        if kind not in ("complete", "error"):
+            return None
+        self.display.finish(Update(kind, None, state, None, body))
+        return EXIT_COMPLETE if kind == "complete" else EXIT_ERROR
 
     def handle(self, event: ParsedEvent) -> int | None:
         if event.event == "ping":
@@ -454,6 +487,19 @@ class Watch:
     def update(self, event: ParsedEvent, data: Any) -> Update | None:
         """What ``event`` says about the run (None: nothing, e.g. another run's event)."""
         own_id = event.id if event.has_id else None
+        if event.event not in RUN_EVENTS and event.event != "timeout":
+            # A derived event (BRIDGE_EVENTS_FILE), or a built-in one renamed.
+            if not isinstance(data, dict) or data.get("run_id") != self.run_id:
+                return None
+            run_event_id, state = data.get("id"), data.get("state")
+            return Update(
+                event.event,
+                run_event_id if isinstance(run_event_id, str) else None,
+                state if isinstance(state, str) else None,
+                _fraction(data.get("progress")),
+                data.get("data"),
+                derived=True,
+            )
         if event.event not in RUN_EVENTS:
             return Update(event.event, own_id, None, None, data)
         if not isinstance(data, dict) or data.get("run_id") != self.run_id:
@@ -517,6 +563,8 @@ async def _message(response: aiohttp.ClientResponse) -> str:
 
 
 #: Seconds one /result request waits (the bridge caps it at BRIDGE_LONGPOLL_MAX).
+#: Longest line a derived event is printed as (its JSON, cut).
+MAX_DERIVED_LINE = 300
 RESULT_WAIT = 25
 
 

@@ -211,10 +211,10 @@ class Routes:
         headers = await self.admit(run_id, viewer.credentials)
         channel, release = await self.pollers.lease(run_id, headers)
         try:
-            latest = channel.history.latest
+            latest = channel.history.status
             assert latest is not None  # a lease always comes with a first status
             return Response(
-                latest.data, content_type="application/json", headers=catchup.run_headers(latest)
+                latest.status, content_type="application/json", headers=catchup.run_headers(latest)
             )
         finally:
             release()

@@ -25,6 +25,7 @@ from bridge import run_id as run_ids
 from bridge.errors import InvalidRequest, UpstreamTimeout, UpstreamUnavailable
 from bridge.events.sse import encode_json as _json
 from bridge.settings import Settings
+from bridge.web.events_doc import dashboard_events
 
 #: app.extensions key holding the simulated legacy API's base URL (demo mode only).
 DEMO_API = "bridge.demo_api_url"
@@ -91,6 +92,8 @@ def register_dashboard(app: Quart, settings: Settings) -> None:
             "profile": settings.profile,
             "maxRuns": settings.multi_max_runs,
             "pollInterval": settings.poll_interval,
+            # The stream's vocabulary (BRIDGE_EVENTS_FILE): what to listen to.
+            "events": dashboard_events(settings.vocabulary),
         }
         return Response(_json(body), content_type="application/json", headers=PAGE_HEADERS)
 

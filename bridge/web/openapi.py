@@ -28,6 +28,7 @@ from bridge import run_id as run_ids
 from bridge.events.sse import encode_json
 from bridge.polling.status import MAX_DETAIL_LENGTH
 from bridge.settings import Settings
+from bridge.web.events_doc import add_vocabulary
 
 OPENAPI_PATH = "/openapi.json"
 
@@ -328,7 +329,7 @@ def _viewer_security(settings: Settings) -> list[Json]:
 
 def build_document(settings: Settings) -> Json:
     """The OpenAPI 3.1 document of a bridge with ``settings``."""
-    return {
+    document = {
         "openapi": "3.1.0",
         "info": _info(settings),
         "tags": [
@@ -351,6 +352,7 @@ def build_document(settings: Settings) -> Json:
             "securitySchemes": _security_schemes(settings),
         },
     }
+    return add_vocabulary(document, settings.vocabulary)
 
 
 def _info(settings: Settings) -> Json:

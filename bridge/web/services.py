@@ -63,6 +63,7 @@ class Services:
             history_runs=settings.history_runs,
             # Where the backend keeps ended runs (Redis), nothing is kept here.
             history_ttl=0 if self.backend.keeps_ended_runs else settings.history_ttl,
+            vocabulary=settings.vocabulary,
         )
         self.pollers = PollerRegistry(
             self.hub,
@@ -177,7 +178,9 @@ class Services:
 
     def limits(self) -> StreamLimits:
         s = self.settings
-        return StreamLimits(s.ping_interval, s.stream_timeout, s.viewer_buffer, spread(s.retry_ms))
+        return StreamLimits(
+            s.ping_interval, s.stream_timeout, s.viewer_buffer, spread(s.retry_ms), s.vocabulary
+        )
 
     async def upstream_headers(self, run_id: str, viewer: dict[str, str]) -> dict[str, str]:
         """The headers ``viewer`` polls ``run_id`` with (after admission).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
+from bridge.events.delta import JSON_PATCH
 from bridge.polling.upstream import forwardable
 from bridge.settings import Settings
 from bridge.streams.viewer import Viewer
@@ -47,4 +48,5 @@ def viewer_from(
         resume_from=resume_from(last_event_id, args),
         transport=transport,
         wants_events="text/event-stream" in accept,
+        delta=args.get("delta") == JSON_PATCH,
     )

@@ -18,11 +18,17 @@
 
 (() => {
   const TERMINAL = new Set(["complete", "error"]);
+  const TIMELINE_MAX = 200; // derived events kept per run on the page
+  const LOG_MAX = 1000; // log lines kept per run on the page
   const params = new URLSearchParams(location.search);
   const $ = (id) => document.getElementById(id);
 
   const state = {
-    config: { demo: false, maxRuns: 50, pollInterval: 2, profile: null },
+    config: {
+      demo: false, maxRuns: 50, pollInterval: 2, profile: null,
+      // The stream's vocabulary (BRIDGE_EVENTS_FILE); the contract's names by default.
+      events: { builtin: { progress: "progress", complete: "complete", error: "error" }, derived: [], lines: [] },
+    },
     limit: 30,
     runs: new Map(), // id -> {id, status, state, progress, detail, data, event, finished,
     //                          refused, waiting, el}
@@ -93,14 +99,21 @@
       notice("");
       setConnection("live", "live");
     };
-    for (const name of ["progress", "complete"]) {
-      es.addEventListener(name, (e) => onRunEvent(es, name, e));
+    const events = state.config.events;
+    // The built-in events under their configured names (null: turned off).
+    for (const kind of ["progress", "complete", "error"]) {
+      const name = events.builtin[kind];
+      if (name && name !== "error") es.addEventListener(name, (e) => onRunEvent(es, kind, e));
     }
-    // "error" is both the run's error event (a MessageEvent with data) and the
+    for (const name of events.derived) {
+      if (name !== "error") es.addEventListener(name, (e) => onDerived(es, name, e));
+    }
+    // "error" is both an event the stream may carry (a MessageEvent with data) and the
     // EventSource's own connection error (a plain Event).
     es.addEventListener("error", (e) => {
-      if (typeof e.data === "string") onRunEvent(es, "error", e);
-      else onConnectionError(es, url);
+      if (typeof e.data !== "string") onConnectionError(es, url);
+      else if (events.builtin.error === "error") onRunEvent(es, "error", e);
+      else if (events.derived.includes("error")) onDerived(es, "error", e);
     });
     es.addEventListener("ping", () => { if (state.es === es) state.gotEvent = true; });
     es.addEventListener("timeout", () => {
@@ -139,6 +152,27 @@
       closeStream();
       setConnection("idle", "all runs finished");
     }
+  }
+
+  // A derived event: what happened, added to the run's timeline (and its log, for the
+  // events made of log lines). Bounded: a page left open for hours stays small.
+  function onDerived(es, name, e) {
+    if (state.es !== es) return;
+    let message;
+    try { message = JSON.parse(e.data); } catch { return; }
+    if (e.lastEventId) state.lastId = e.lastEventId;
+    const run = state.runs.get(message.run_id);
+    if (!run) return;
+    if (typeof message.state === "string" && message.state) run.status = run.state = message.state;
+    if (message.progress !== undefined) run.progress = fraction(message.progress);
+    const data = message.data;
+    run.timeline.push({ name, data });
+    if (run.timeline.length > TIMELINE_MAX) run.timeline.splice(0, run.timeline.length - TIMELINE_MAX);
+    if (state.config.events.lines.includes(name) && data && typeof data.line === "string") {
+      run.log.push(data.line);
+      if (run.log.length > LOG_MAX) run.log.splice(0, run.log.length - LOG_MAX);
+    }
+    markDirty(run);
   }
 
   function onConnectionError(es, url) {
@@ -261,6 +295,8 @@
       event: "",
       finished: false,
       refused: "",
+      timeline: [], // derived events: {name, data}, oldest first
+      log: [], // lines of the events made of log lines
       el: null,
     };
     state.runs.set(id, run);
@@ -475,7 +511,38 @@
     renderNodes(list, nodes);
     list.hidden = !nodes.length;
     renderResult(el.querySelector(".result"), run, data);
+    renderTimeline(el.querySelector(".timeline"), run.timeline);
+    renderLog(el.querySelector(".log"), run.log);
     el.querySelector(".cancel").hidden = !state.config.demo || ended;
+  }
+
+  function renderTimeline(list, timeline) {
+    const shown = timeline.slice(-50);
+    while (list.children.length > shown.length) list.firstElementChild.remove();
+    shown.forEach((item, i) => {
+      let li = list.children[i];
+      if (!li) {
+        li = document.createElement("li");
+        li.append(document.createElement("span"), document.createElement("span"));
+        li.firstChild.className = "name";
+        list.appendChild(li);
+      }
+      const body = item.data && typeof item.data === "object" ? JSON.stringify(item.data) : text(item.data);
+      li.dataset.event = item.name;
+      li.firstChild.textContent = item.name;
+      li.lastChild.textContent = body.length > 160 ? body.slice(0, 159) + "…" : body;
+    });
+    list.hidden = !shown.length;
+    list.scrollTop = list.scrollHeight;
+  }
+
+  function renderLog(pre, log) {
+    const body = log.join("\n");
+    if (pre.textContent !== body) {
+      pre.textContent = body;
+      pre.scrollTop = pre.scrollHeight;
+    }
+    pre.hidden = !log.length;
   }
 
   function renderNodes(list, nodes) {
