@@ -53,14 +53,16 @@ def header_safe(text: str | None) -> str:
     return text if text.isascii() and text.isprintable() else quote(text, safe="")
 
 
-def state_header(event: Event | None) -> str:
-    """X-Run-State: the state as the status filters read it ("" when none), header-safe."""
-    return header_safe(event.state if event is not None else None)
-
-
-def detail_header(event: Event | None) -> str:
-    """X-Run-Detail: the detail BRIDGE_DETAIL_EXPR read ("" when none), header-safe."""
-    return header_safe(event.detail if event is not None else None)
+def run_headers(latest: Event) -> dict[str, str]:
+    """The headers of an answer about a run's latest status (its body is the upstream's
+    status as it is, or events of it): what the bridge read of it goes beside, header-safe
+    ("" when none): X-Run-State, the state as the status filters read it, and
+    X-Run-Detail, the detail BRIDGE_DETAIL_EXPR read."""
+    return {
+        "Cache-Control": "no-cache",
+        "X-Run-State": header_safe(latest.state),
+        "X-Run-Detail": header_safe(latest.detail),
+    }
 
 
 async def _wait(subscription: Subscription, ready: bool, seconds: float) -> None:
@@ -93,7 +95,8 @@ async def _opened(opener: Opener, viewer: Viewer, run_id: str) -> AsyncIterator[
     """A stream slot, the run's lease and a subscription, as a stream takes them, held
     for as long as the answer waits."""
     async with AsyncExitStack() as stack:
-        stack.enter_context(opener.limiter.hold(viewer.client))
+        opener.limiter.take(viewer.client)
+        stack.callback(opener.limiter.give, viewer.client)
         (channel,) = await opener.lease_all(stack, [run_id], viewer)
         subscription = opener.hub.join(channel)
         stack.callback(channel.discard, subscription)
@@ -120,12 +123,7 @@ async def events(
         cursor = found[-1].id if found else since
         # A built-in event turned off moves the cursor on but is not listed.
         body = _events_body(run_id, [e for e in found if e.sent], cursor, latest)
-        headers = {
-            "Cache-Control": "no-cache",
-            "X-Run-State": state_header(latest),
-            "X-Run-Detail": detail_header(latest),
-        }
-        return Answer(200, body, headers)
+        return Answer(200, body, run_headers(latest))
 
 
 async def result(opener: Opener, viewer: Viewer, run_id: str, wait: float) -> Answer:
@@ -141,12 +139,8 @@ async def result(opener: Opener, viewer: Viewer, run_id: str, wait: float) -> An
             await _wait(subscription, False, left)
         latest = history.status
         assert latest is not None
-        headers = {
-            "Cache-Control": "no-cache",
-            "X-Run-State": state_header(latest),
-            "X-Run-Detail": detail_header(latest),
-            # The outcome in the stream's words (complete / error / progress), so a
-            # script needs no state lists of its own.
-            "X-Run-Event": latest.kind,
-        }
+        headers = run_headers(latest)
+        # The outcome in the stream's words (complete / error / progress), so a script
+        # needs no state lists of its own.
+        headers["X-Run-Event"] = latest.kind
         return Answer(200 if history.terminal else 202, latest.status, headers)

@@ -5,7 +5,7 @@
     GET /v1/runs/{id}          the latest status as JSON
     GET /healthz, /readyz, /metrics
 
-``create_app`` is the one place that holds the whole ``Services`` (bridge/services.py):
+``create_app`` is the one place that holds the whole ``Services`` (bridge/web/services.py):
 it hands each part of the app only what that part uses. Routes read the request once
 (``viewer_of``) and pass data on. The dashboard page and the demo's run list are
 bridge/web/dashboard.py's; the server (bridge/server/serve.py) is handed ``Serving``.
@@ -26,7 +26,6 @@ from bridge.errors import BridgeError, Draining, InvalidRunId, PokeDisabled, Pok
 from bridge.events.sse import encode_json
 from bridge.ops.metrics import Metrics
 from bridge.polling.registry import PollerRegistry
-from bridge.services import Services
 from bridge.settings import Settings
 from bridge.streams import catchup
 from bridge.streams.limits import StreamLimiter
@@ -38,6 +37,7 @@ from bridge.web.front import StreamFront
 from bridge.web.openapi import register_openapi
 from bridge.web.readiness import Readiness
 from bridge.web.reply import Reply, error_reply, http_error_reply
+from bridge.web.services import Services
 from bridge.web.viewers import viewer_from
 
 #: app.extensions key of the app's Services (for tests and operators to inspect).
@@ -213,13 +213,9 @@ class Routes:
         try:
             latest = channel.history.status
             assert latest is not None  # a lease always comes with a first status
-            response = Response(latest.status, content_type="application/json")
-            response.headers["Cache-Control"] = "no-cache"
-            # The body is the upstream's status as it is: what the bridge read of it
-            # goes beside, as /result has it.
-            response.headers["X-Run-State"] = catchup.state_header(latest)
-            response.headers["X-Run-Detail"] = catchup.detail_header(latest)
-            return response
+            return Response(
+                latest.status, content_type="application/json", headers=catchup.run_headers(latest)
+            )
         finally:
             release()
 
