@@ -122,7 +122,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _profiles(args: argparse.Namespace) -> int:
-    from bridge.polling.profiles import PROFILES, describe
+    from bridge.profiles import PROFILES, describe
 
     if args.name is None:
         width = max(len(name) for name in PROFILES)

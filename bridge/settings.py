@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-import jq
 from pydantic import (
     AnyHttpUrl,
     Field,
@@ -30,8 +29,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 from redis.asyncio.connection import parse_url as parse_redis_url
 
 from bridge.events import vocabulary as vocab
-from bridge.polling.profiles import PROFILES
-from bridge.polling.status import compile_reason, field_expr
+from bridge.expressions import ExpressionError, compile_expr, field_expr
+from bridge.profiles import PROFILES
 
 CsvList = Annotated[tuple[str, ...], NoDecode]
 
@@ -281,11 +280,6 @@ class Settings(BaseSettings):
     """TOML file that renames, reshapes or turns off the built-in events and derives
     typed events from each change (see config/events/ for one per seed vocabulary)."""
 
-    @field_validator("events_file", mode="before")
-    @classmethod
-    def _empty_events_file_is_unset(cls, value: object) -> object:
-        return None if value == "" else value
-
     @field_validator("events_file")
     @classmethod
     def _events_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
@@ -361,11 +355,6 @@ class Settings(BaseSettings):
                 raise ValueError(f"the interval of {state!r} must be over 0 and at most 86400")
         return value
 
-    @field_validator("poke_token", mode="before")
-    @classmethod
-    def _empty_token_is_unset(cls, value: object) -> object:
-        return None if value == "" else value
-
     @field_validator("poke_token")
     @classmethod
     def _token(cls, value: SecretStr | None) -> SecretStr | None:
@@ -381,19 +370,11 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown profile; one of: {', '.join(sorted(PROFILES))}")
         return value
 
-    @field_validator("state_expr", "progress_expr", "detail_expr", mode="before")
-    @classmethod
-    def _empty_expr_is_unset(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
-
     @field_validator("state_expr", "progress_expr", "detail_expr")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                jq.compile(value)
-            except ValueError as error:
-                raise ValueError(f"does not compile: {compile_reason(error)}") from None
+            compile_expr(value)  # ExpressionError: "does not compile: <jq's reason>"
         return value
 
     @field_validator("feed_path", "upstream_list_path", "feed_more", mode="before")
@@ -401,23 +382,13 @@ class Settings(BaseSettings):
     def _empty_feed_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("feed_items", "feed_cursor", "feed_event", "feed_data", "feed_more")
+    @field_validator(
+        "feed_items", "feed_cursor", "feed_event", "feed_data", "feed_more", "list_items", "list_id"
+    )
     @classmethod
-    def _feed_compiles(cls, value: str | None) -> str | None:
+    def _feed_and_list_compile(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                jq.compile(value)
-            except ValueError as error:
-                raise ValueError(f"does not compile: {compile_reason(error)}") from None
-        return value
-
-    @field_validator("list_items", "list_id")
-    @classmethod
-    def _list_compiles(cls, value: str) -> str:
-        try:
-            jq.compile(value)
-        except ValueError as error:
-            raise ValueError(f"does not compile: {compile_reason(error)}") from None
+            compile_expr(value)  # ExpressionError: "does not compile: <jq's reason>"
         return value
 
     @field_validator("feed_path")
@@ -443,8 +414,8 @@ class Settings(BaseSettings):
     def _paths_compile(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for path in value:
             try:
-                jq.compile(f"del({path})")
-            except ValueError:
+                compile_expr(f"del({path})")
+            except ExpressionError:
                 raise ValueError(f"{path!r} is not a jq path (e.g. .updated_at)") from None
         return value
 
@@ -484,12 +455,26 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "upstream_url", "auth_url", "redis_url", "tls_certfile", "tls_keyfile", mode="before"
+        "upstream_url",
+        "auth_url",
+        "redis_url",
+        "tls_certfile",
+        "tls_keyfile",
+        "poke_token",
+        "state_expr",
+        "progress_expr",
+        "detail_expr",
+        "redis_sentinel_service",
+        "redis_sentinel_password",
+        "redis_password",
+        "events_file",
+        mode="before",
     )
     @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        # BRIDGE_AUTH_URL= in an env file means "not set", not "an invalid URL".
-        return None if value == "" else value
+    def _blank_is_unset(cls, value: object) -> object:
+        # BRIDGE_AUTH_URL= in an env file means "not set", not "an invalid URL" (nor an
+        # empty password, token or filter); only blanks is no value either.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("redis_url")
     @classmethod
@@ -530,17 +515,6 @@ class Settings(BaseSettings):
         for item in value:
             host_port(item)  # raises ValueError with the reason
         return value
-
-    @field_validator("redis_sentinel_service", mode="before")
-    @classmethod
-    def _empty_service_is_unset(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("redis_sentinel_password", "redis_password", mode="before")
-    @classmethod
-    def _empty_password_is_unset(cls, value: object) -> object:
-        # BRIDGE_REDIS_PASSWORD= in an env file means "no password", not an empty one.
-        return None if value == "" else value
 
     @property
     def sentinel_addresses(self) -> list[tuple[str, int]]:

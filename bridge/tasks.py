@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 log = logging.getLogger("bridge.tasks")
@@ -38,3 +39,27 @@ def _reap(task: asyncio.Task[Any]) -> None:
     error = task.exception()
     if error is not None:
         log.error("task %s failed: %s", task.get_name(), type(error).__name__)
+
+
+class OwnedTask:
+    """The one background task of a service (the ticker, the loop-lag probe, the GC
+    tuner): ``start`` runs it, ``stop`` cancels it and waits until it has finished."""
+
+    __slots__ = ("_name", "_run", "_task")
+
+    def __init__(self, run: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+        self._run = run
+        self._name = name
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self._name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await cancel_and_wait(self._task)
+            self._task = None

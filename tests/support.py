@@ -19,11 +19,11 @@ from aiohttp import web
 from quart import Quart
 
 from bridge.server.serve import serve
-from bridge.services import Services
 from bridge.settings import Settings, load
 from bridge.tasks import cancel_and_wait
 from bridge.tools.eventstream import EventStreamParser, ParsedEvent
 from bridge.web.app import SERVICES, create_app
+from bridge.web.services import Services
 
 #: Small intervals so the tests run in tens of milliseconds, not seconds.
 FAST = {

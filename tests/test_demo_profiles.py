@@ -31,7 +31,7 @@ from bridge.demo.legacy_api import LegacyApi, serving
 from bridge.demo.main import settings_overrides
 from bridge.demo.runs import Outcome, ScriptedRun
 from bridge.demo.shapes import DEMO_PROFILES
-from bridge.polling.profiles import PROFILES
+from bridge.profiles import PROFILES
 from tests.support import running_bridge, sse, wait_for
 
 NODES = ("a", "b", "c")

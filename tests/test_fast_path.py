@@ -24,9 +24,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.demo.legacy_api import LegacyApi
-from bridge.ops.metrics import Metrics
+from bridge.ops.metrics import FALLBACK_REASONS, FallbackReason, Metrics
 from bridge.server import hypercorn_transport
-from bridge.server.hypercorn_transport import FallbackReason, fast_path_transport
+from bridge.server.hypercorn_transport import fast_path_transport
 from bridge.tools.eventstream import EventStreamParser, ParsedEvent
 from tests.support import running_bridge, serve_process, sse
 
@@ -530,7 +530,7 @@ def test_a_closing_transport_is_not_a_fallback() -> None:
 def test_the_metric_counts_each_reason_from_zero() -> None:
     metrics = Metrics()
     text = metrics.render().decode()
-    for reason in hypercorn_transport.FALLBACK_REASONS:
+    for reason in FALLBACK_REASONS:
         assert fallbacks(text, reason) == 0.0
     metrics.fast_path_fell_back("internals")
     metrics.fast_path_fell_back("internals")

@@ -1,5 +1,5 @@
 """Profiles with a list of runs or a feed, end to end: the real bridge against loopback
-upstreams shaped as the documentation pages the profiles cite (bridge/polling/profiles.py)."""
+upstreams shaped as the documentation pages the profiles cite (bridge/profiles.py)."""
 
 from __future__ import annotations
 

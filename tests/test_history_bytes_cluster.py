@@ -128,23 +128,6 @@ async def test_the_count_bound_still_applies(client: Redis) -> None:
     assert [r.seq for r in await store.records(key, 8)] == list(range(13, 21))
 
 
-async def test_a_list_without_a_running_total_is_counted_once(client: Redis) -> None:
-    # A history an older bridge wrote (before the byte bound) has no "bytes" field.
-    limit = 400_000
-    store = store_of(client, max_bytes=limit)
-    key = ChannelKey("upgraded-run", "f" * 32)
-    leader = Leader(store, key)
-    await leader.take_lease()
-    for n in range(1, 4):
-        await leader.commit(big(n, 100_000))
-    await client.hdel(store.key(key, "meta"), "bytes")
-    await leader.commit(big(4, 100_000))
-    await leader.commit(big(5, 100_000))
-    raw, total = await held(store, key)
-    assert total == sum(len(r) for r in raw) <= limit
-    assert len(raw) == 3
-
-
 async def test_restore_resets_the_total(client: Redis) -> None:
     store = store_of(client)
     key = ChannelKey("restored-run", "a" * 32)

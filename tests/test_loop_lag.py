@@ -8,7 +8,8 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from bridge.demo.legacy_api import LegacyApi
-from bridge.ops.loop_lag import LoopLag, RecentMax
+from bridge.ops.loop_lag import LoopLag
+from bridge.ops.metrics import RecentMax
 from tests.support import running_bridge, sse, wait_for
 
 
@@ -48,7 +49,7 @@ async def test_a_blocked_loop_shows_as_lag() -> None:
         assert over is not None and count is not None and count > over
     finally:
         await lag.stop()
-    assert lag._task is None
+    assert not lag._task.running
 
 
 async def test_the_bridge_exports_lag_tasks_and_channels(legacy: LegacyApi) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import jq
 import pytest
 
-from bridge.polling.profiles import PROFILES, Profile, describe
+from bridge.profiles import PROFILES, Profile, describe
 
 CONTRACT_NAMES = {
     "github-actions",
@@ -975,7 +975,7 @@ def _k8s_failed() -> Status:
     return job
 
 
-# (profile, status, expected detail): each field as the API documents it (polling/profiles.py).
+# (profile, status, expected detail): each field as the API documents it (profiles.py).
 DETAIL_CASES: list[tuple[str, Status, str | None]] = [
     (
         "google-operations",

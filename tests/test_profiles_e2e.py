@@ -22,7 +22,7 @@ import jq
 import pytest
 from aiohttp import web
 
-from bridge.polling.profiles import PROFILES, Profile
+from bridge.profiles import PROFILES, Profile
 from tests.support import SseStream, running_bridge, serving_app, sse, wait_for
 
 Status = dict[str, Any]

@@ -141,6 +141,33 @@ def test_empty_status_field_names_the_variable() -> None:
     assert "BRIDGE_STATUS_FIELD" in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "UPSTREAM_URL",
+        "AUTH_URL",
+        "REDIS_URL",
+        "TLS_CERTFILE",
+        "TLS_KEYFILE",
+        "POKE_TOKEN",
+        "STATE_EXPR",
+        "PROGRESS_EXPR",
+        "DETAIL_EXPR",
+        "REDIS_SENTINEL_SERVICE",
+        "REDIS_SENTINEL_PASSWORD",
+        "REDIS_PASSWORD",
+        "EVENTS_FILE",
+    ],
+)
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_a_blank_optional_value_is_unset(
+    monkeypatch: pytest.MonkeyPatch, name: str, blank: str
+) -> None:
+    # As an env file writes an optional variable it leaves unset: BRIDGE_AUTH_URL=
+    monkeypatch.setenv(f"BRIDGE_{name}", blank)
+    assert getattr(load(), name.lower()) is None
+
+
 def test_no_terminal_state_at_all_names_the_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRIDGE_SUCCESS_STATUSES", ",")
     monkeypatch.setenv("BRIDGE_FAILURE_STATUSES", " , ")

@@ -9,8 +9,8 @@ import pytest
 
 from bridge.events import sse
 from bridge.events.history import is_terminal
-from bridge.polling.status import ExpressionError, StatusReader, field_expr
-from bridge.services import status_reader
+from bridge.expressions import ExpressionError, field_expr
+from bridge.polling.status import StatusReader, status_reader
 from bridge.settings import ConfigError, load
 
 DEFAULT = StatusReader(state_expr=".status", success=["completed"], failure=["failed", "cancelled"])
@@ -68,6 +68,14 @@ def test_field_names_that_are_not_identifiers_are_quoted() -> None:
     assert field_expr("run-state") == '."run-state"'
     reader = StatusReader(state_expr=field_expr("run-state"), success=["ok"], failure=[])
     assert reader.read({"run-state": "ok"}).event == sse.COMPLETE
+
+
+def test_a_field_name_jq_would_not_take_bare_is_quoted() -> None:
+    # Python calls "état" an identifier; jq takes only ASCII after a bare dot.
+    assert field_expr("état") == '."\\u00e9tat"'
+    assert field_expr("_x1") == "._x1"
+    reader = StatusReader(state_expr=field_expr("état"), success=["ok"], failure=[])
+    assert reader.read({"état": "ok"}).event == sse.COMPLETE
 
 
 @pytest.mark.parametrize(

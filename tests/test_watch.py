@@ -12,8 +12,6 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
-
 from bridge.demo.legacy_api import LegacyApi, serving
 from bridge.demo.runs import ScriptedRun
 from tests.support import loopback_socket, running_bridge, sse, wait_for
@@ -396,59 +394,6 @@ async def test_timeout_exits_2_for_another_api_too() -> None:
         "data": {"message": "Stream timeout after 0.5 seconds"},
     }
     assert code == 2
-
-
-async def test_a_bridge_without_v1_streams_is_followed_on_the_single_run_stream() -> None:
-    """An older bridge: /v1/streams is a 404 naming no run; its single-run stream works."""
-    asked: list[tuple[str, str | None]] = []
-    statuses = [
-        {"id": "r1", "status": "running", "progress": 0.5},
-        {"id": "r1", "status": "completed", "progress": 1.0},
-    ]
-
-    async def streams(request: web.Request) -> web.Response:
-        asked.append((request.path, request.headers.get("Last-Event-ID")))
-        body = {"error": "not_found", "message": "The requested URL was not found."}
-        return web.json_response(body, status=404)
-
-    async def single(request: web.Request) -> web.StreamResponse:
-        asked.append((request.path, request.headers.get("Last-Event-ID")))
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        await response.write(b"retry: 100\n\n")
-        events = zip(["progress", "complete"], statuses, strict=True)
-        for seq, (name, status) in enumerate(events, 1):
-            frame = f"event: {name}\nid: 9-{seq}\ndata: {json.dumps(status)}\n\n"
-            await response.write(frame.encode())
-        return response
-
-    app = web.Application()
-    app.router.add_get("/v1/streams", streams)
-    app.router.add_get("/v1/runs/{run_id}/stream", single)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        async with watch("r1", "--url", f"http://127.0.0.1:{port}", "--json") as w:
-            code, out, err = await w.finish()
-        async with watch("r1", "--url", f"http://127.0.0.1:{port}") as w:
-            code_lines, out_lines, _ = await w.finish()
-    finally:
-        await runner.cleanup()
-    assert code == 0, err
-    records = [json.loads(line) for line in out.splitlines()]
-    # The status as the old stream sent it; no state or progress the bridge did not say.
-    assert [(r["event"], r["id"], r["state"], r["data"]) for r in records] == [
-        ("progress", "9-1", None, statuses[0]),
-        ("complete", "9-2", None, statuses[1]),
-    ]
-    assert asked[:2] == [("/v1/streams", None), ("/v1/runs/r1/stream", None)]
-    # Shown with the status's own `status` field, as watch always did for such a bridge.
-    assert code_lines == 0
-    # (No progress from such a bridge; a completed run is shown done all the same.)
-    assert plain(out_lines) == ["r1 running", "r1 completed 100.0%", "✔ r1 completed"]
 
 
 async def test_wait_result_prints_only_the_final_status(legacy: LegacyApi) -> None:

@@ -16,14 +16,12 @@ import itertools
 import json
 import os
 
-from prometheus_client import Counter, Gauge
-
 from bridge.cluster.ledger import RedisLedger
 from bridge.cluster.link import REDIS_FAILURES, RedisLink
 from bridge.cluster.store import Store, parse_channel_name
 from bridge.errors import ClusterUnavailable
 from bridge.events.channel import Channel, ChannelKey
-from bridge.ops.metrics import Metrics
+from bridge.ops.metrics import ClusterMetrics, Metrics
 from bridge.polling.ledger import Ledger, LedgerBackend, LedgerOwner
 from bridge.polling.status import Reading, StatusReader
 from bridge.settings import Settings
@@ -65,31 +63,11 @@ class RedisBackend(LedgerBackend):
         self._held: list[RedisLedger] | None = None
         self._replica = os.urandom(6).hex()
         self._serial = itertools.count(1)
-        Gauge(
-            "bridge_redis_connected",
-            "1 while Redis answers (cluster mode)",
-            registry=metrics.registry,
-        ).set_function(lambda: 1.0 if self.link.up else 0.0)
-        Gauge(
-            "bridge_pollers_leading",
-            "Pollers of this replica that hold their run's lease (cluster mode)",
-            registry=metrics.registry,
-        ).set_function(lambda: float(self.leading))
-        Gauge(
-            "bridge_redis_subscriptions",
-            "Runs' event channels this replica follows in Redis (cluster mode)",
-            registry=metrics.registry,
-        ).set_function(lambda: float(len(self.link.following)))
-        self._received = Counter(
-            "bridge_redis_messages_received",
-            "Pub/sub messages this replica received from Redis: events of the runs its "
-            "viewers watch, and pokes (cluster mode)",
-            registry=metrics.registry,
-        )
-        self._received_bytes = Counter(
-            "bridge_redis_message_bytes_received",
-            "Bytes of the pub/sub messages this replica received (cluster mode)",
-            registry=metrics.registry,
+        self._cluster_metrics = ClusterMetrics(
+            metrics.registry,
+            connected=lambda: 1.0 if self.link.up else 0.0,
+            leading=lambda: float(self.leading),
+            subscriptions=lambda: float(len(self.link.following)),
         )
 
     @property
@@ -172,7 +150,7 @@ class RedisBackend(LedgerBackend):
             raise ClusterUnavailable()
         try:
             async with asyncio.timeout(self._settings.redis_timeout):
-                await self.link.client.publish(self.store.pokes_channel, f"{POKE}\n{run_id}")
+                await self.link.client.publish(self.link.pokes_channel, f"{POKE}\n{run_id}")
         except REDIS_FAILURES as error:
             self.link.trouble(error)
             raise ClusterUnavailable() from None
@@ -180,8 +158,7 @@ class RedisBackend(LedgerBackend):
 
     def _deliver(self, message: bytes) -> None:
         """A pub/sub message: to this replica's ledger of its key, if any; or a poke."""
-        self._received.inc()
-        self._received_bytes.inc(len(message))
+        self._cluster_metrics.received(len(message))
         name, _, payload = message.partition(b"\n")
         if name == POKE.encode():
             run_id = payload.decode("ascii", "replace")

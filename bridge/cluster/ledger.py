@@ -50,6 +50,11 @@ log = logging.getLogger("bridge.cluster")
 
 _T = TypeVar("_T")
 
+#: One commit: the event's name, the record's kind, the status, how it reads, and the
+#: events derived from the change ("", "", "": unchanged, only "still polled").
+_Commit = tuple[str, str, str, Reading | None, list[tuple[str, str]] | None]
+_STILL: _Commit = ("", "", "", None, None)
+
 
 class RedisLedger(Ledger):
     def __init__(
@@ -128,41 +133,26 @@ class RedisLedger(Ledger):
                 raise
 
     async def _record(self, observation: Observation) -> None:
-        for _ in range(2):
-            if self.channel.history.terminal:
-                return
+        def commit() -> _Commit:
+            # Asked again after a catch-up: what the copy had may now hold this status.
             if not changed(self.channel, observation):
-                done = await self._guarded(self._commit("", "", ""))
-            else:
-                kind = TERMINAL if is_terminal(observation.name) else PROGRESS
-                # The leader derives; the change's events and its status are one commit.
-                derived = derive.derived(
-                    self.channel, observation.data, observation.reading, self._metrics
-                )
-                commit = self._commit(
-                    observation.name, kind, observation.data, observation.reading, derived
-                )
-                done = await self._guarded(commit)
-            if done or not self.leads or self._diverged:
-                return
+                return _STILL
+            kind = TERMINAL if is_terminal(observation.name) else PROGRESS
+            # The leader derives; the change's events and its status are one commit.
+            derived = derive.derived(
+                self.channel, observation.data, observation.reading, self._metrics
+            )
+            return observation.name, kind, observation.data, observation.reading, derived
+
+        await self._commit_on_top(commit)
 
     async def still(self) -> None:
         """A 304: commit "still polled" (the cadence and freshness others rely on)."""
-        for _ in range(2):
-            if self.channel.history.terminal:
-                return
-            if await self._guarded(self._commit("", "", "")) or not self.leads or self._diverged:
-                return
+        await self._commit_on_top(lambda: _STILL)
 
     async def end(self, code: str, message: str) -> bool:
-        for _ in range(2):
-            if self.channel.history.terminal:
-                return True
-            if await self._guarded(self._commit(sse.ERROR, SYNTHETIC, end_status(code, message))):
-                return True
-            if not self.leads or self._diverged:
-                return False
-        return self.channel.history.terminal
+        ended: _Commit = (sse.ERROR, SYNTHETIC, end_status(code, message), None, None)
+        return await self._commit_on_top(lambda: ended)
 
     async def close(self, in_flight: float | None) -> None:
         self._in_flight = in_flight
@@ -227,6 +217,19 @@ class RedisLedger(Ledger):
             self._link.trouble(error)
             self.leads = False
             raise ClusterUnavailable() from None
+
+    async def _commit_on_top(self, commit: Callable[[], _Commit]) -> bool:
+        """Commit what ``commit()`` says on top of the local copy; refused because another
+        leader wrote meanwhile, catch up and try once more. True once the history holds it
+        or has ended; False if this replica no longer leads or its copy diverged."""
+        for _ in range(2):
+            if self.channel.history.terminal:
+                return True
+            if await self._guarded(self._commit(*commit())):
+                return True
+            if not self.leads or self._diverged:
+                return False
+        return self.channel.history.terminal
 
     async def _commit(
         self,

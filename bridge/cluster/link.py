@@ -35,7 +35,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from bridge.cluster.store import Fenced
+from bridge.cluster.store import Fenced, fence_key, pokes_channel
 from bridge.polling.resilience import Backoff
 from bridge.settings import Settings
 from bridge.tasks import cancel_and_wait
@@ -204,17 +204,26 @@ def _sentinel_client(settings: Settings) -> tuple[Redis, _Sentinels]:
     client: Redis = sentinel.master_for(
         settings.redis_sentinel_service or "",
         connection_pool_class=_BlockingSentinelPool,
-        max_connections=MAX_CONNECTIONS,
-        timeout=timeout,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        # As with one URL: a pooled connection to a primary that went away fails once and
-        # its retry reconnects, which asks the Sentinels again (the new primary).
-        retry=Retry(NoBackoff(), 1),
         password=data_password.get_secret_value() if data_password else None,
         db=settings.redis_db,
+        **_pool_options(timeout),
     )
     return client, sentinel
+
+
+def _pool_options(timeout: float) -> dict[str, Any]:
+    """The primary's connection pool, through one URL or through Sentinel alike: at most
+    MAX_CONNECTIONS (others wait ``timeout`` for a free one), each command and connect
+    bounded by ``timeout``, and one quick retry on a fresh connection. A pooled connection
+    to a Redis that restarted, or to a primary that went away, fails once, and that is no
+    outage; through Sentinel the retry's connection asks the Sentinels for the primary."""
+    return {
+        "max_connections": MAX_CONNECTIONS,
+        "timeout": timeout,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 1),
+    }
 
 
 def pool_exhausted(error: BaseException) -> bool:
@@ -263,16 +272,7 @@ class RedisLink:
         else:
             assert settings.redis_url is not None
             self.where = safe_url(settings.redis_url)
-            pool = BlockingConnectionPool.from_url(
-                settings.redis_url,
-                max_connections=MAX_CONNECTIONS,
-                timeout=timeout,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                # One quick retry on a fresh connection: a pooled connection to a Redis that
-                # restarted fails once, and that is not an outage.
-                retry=Retry(NoBackoff(), 1),
-            )
+            pool = BlockingConnectionPool.from_url(settings.redis_url, **_pool_options(timeout))
             self.client = Redis(connection_pool=pool)
         self.up = False
         #: The cluster's credentials-digest key (None until Redis first answered).
@@ -297,7 +297,7 @@ class RedisLink:
 
     @property
     def pokes_channel(self) -> str:
-        return f"{self._prefix}events"
+        return pokes_channel(self._prefix)
 
     async def follow(self, channel: str) -> None:
         """Receive ``channel``'s messages from now on: returns once Redis confirmed the
@@ -454,7 +454,7 @@ class RedisLink:
         """Redis answers (and keeps the cluster's digest key): the link is up."""
         await self._on_primary(pubsub)
         secret, fence = await _shared_secret(
-            self.client, f"{self._prefix}secret", self.secret, f"{self._prefix}fence"
+            self.client, f"{self._prefix}secret", self.secret, fence_key(self._prefix)
         )
         if fence is not None:
             # Another replica saw the Sentinels replace this primary (these have not said
@@ -535,7 +535,7 @@ class RedisLink:
         )
         try:
             async with asyncio.timeout(self._timeout):
-                await old.set(f"{self._prefix}fence", f"{new[0]} {new[1]} {epoch}", px=FENCE_MS)
+                await old.set(fence_key(self._prefix), f"{new[0]} {new[1]} {epoch}", px=FENCE_MS)
             log.info("cluster: fenced the replaced primary %s:%s", *where)
         except REDIS_FAILURES:
             pass

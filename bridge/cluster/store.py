@@ -22,8 +22,7 @@ tag ``{K}``)::
                                   replica that moved away from it: commits there are
                                   refused (bridge/cluster/link.py)
     <prefix>events        pub/sub ``!poke\\n<run id>`` (bridge/cluster/__init__.py); every
-                                  replica listens. Bridges before per-run channels also
-                                  published their events here, and these are still applied
+                                  replica listens
 
 A record is ``<epoch> <seq> <name> <kind>\\n<data>``: kind ``p`` (progress), ``t`` (a
 terminal state the upstream reported) or ``s`` (a terminal event the bridge made: it
@@ -53,12 +52,21 @@ from bridge.events.channel import ChannelKey
 PROGRESS, TERMINAL, SYNTHETIC, DERIVED = "p", "t", "s", "d"
 _NAMES = frozenset({sse.PROGRESS, sse.COMPLETE, sse.ERROR})
 
+# Every script starts with this: times are Redis's own clock, in ms.
+_PRELUDE = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
 # KEYS: lease, meta, interest. ARGV: token, lease ms, active (0/1).
 # Refreshes (or withdraws) this poller's interest, renews the lease it holds or takes a
 # free one (never for an ended run), and says what Redis holds.
-_TICK = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+_TICK = (
+    _PRELUDE
+    + """
+local now = now_ms()
 local ttl = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 local others = redis.call('ZCARD', KEYS[3])
@@ -80,6 +88,7 @@ local since = -1
 if meta[5] then since = now - tonumber(meta[5]) end
 return {holder or '', meta[1] or '', meta[2] or '0', meta[3] or '', meta[4] or '', others, since}
 """
+)
 
 # KEYS: lease, meta, events, fence. ARGV: token, lease ms, keep ms, size, base epoch, base
 # seq, channel, K, name, kind ('' when the status did not change), data, max bytes, then
@@ -89,12 +98,13 @@ return {holder or '', meta[1] or '', meta[2] or '0', meta[3] or '', meta[4] or '
 # Only the lease holder writes, and only on top of the history it has (base), and never on
 # a fenced primary: returns {1, epoch, seq} (written; seq of the last record), {-1} (not
 # the holder), {-2} (base out of date), {-3} (ended), {-4} (fenced).
-_COMMIT = """
+_COMMIT = (
+    _PRELUDE
+    + """
 if redis.call('EXISTS', KEYS[4]) == 1 then return {-4} end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1} end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local meta = redis.call('HMGET', KEYS[2], 'epoch', 'seq', 'end', 'ok', 'bytes')
 local epoch, seq = meta[1], tonumber(meta[2] or '0')
 local base = tonumber(ARGV[6])
@@ -115,13 +125,7 @@ elseif epoch ~= ARGV[5] or seq ~= base then
 end
 redis.call('HSET', KEYS[2], 'ok', ARGV[1], 'polled', now)
 if ARGV[10] ~= '' then
-  local held = 0
-  if meta[5] then
-    held = tonumber(meta[5])
-  else
-    -- no running total (a list an older bridge wrote): count it once
-    for _, r in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do held = held + #r end
-  end
+  local held = tonumber(meta[5] or '0')
   local n, record = 0, ''
   local function push(name, kind, data)
     seq = seq + 1
@@ -149,6 +153,7 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[3], ARGV[3])
 return {1, epoch, seq}
 """
+)
 
 # KEYS: meta, events. ARGV: epoch, keep ms, size, max bytes, channel, K, then records
 # (oldest first, of that epoch, contiguous).
@@ -156,7 +161,9 @@ return {1, epoch, seq}
 # (restarted without persistence, or evicted it), or the records after Redis's newest one
 # when it holds an older part of the same history (a primary promoted before the leader's
 # last commits reached it). The highest seq wins; the others are told at once.
-_RESTORE = """
+_RESTORE = (
+    _PRELUDE
+    + """
 local meta = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
 local top, last_kind = string.match(ARGV[#ARGV], '^%d+ (%d+) %S+ (%a)')
 top = tonumber(top)
@@ -168,8 +175,7 @@ else
   redis.call('DEL', KEYS[2])
   -- Nobody knows when the run was last polled: count it as polled now, so that whoever
   -- leads next waits a full interval instead of polling at once.
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local now = now_ms()
   redis.call('HSET', KEYS[1], 'polled', now)
 end
 for i = 7, #ARGV do
@@ -195,15 +201,17 @@ redis.call('PEXPIRE', KEYS[2], ARGV[2])
 redis.call('PUBLISH', ARGV[5], ARGV[6] .. '\\n!')
 return 1
 """
+)
 
 # KEYS: lease, meta. ARGV: token, window ms, channel, K.
 # A leader that cannot reach the upstream gives its lease up for a replica that can,
 # unless another leader did so within the window (then the upstream is down for all, and
 # handing over again would only restart the give-up clock): 1 given up, 0 kept.
-_STEP_ASIDE = """
+_STEP_ASIDE = (
+    _PRELUDE
+    + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local stepped = redis.call('HGET', KEYS[2], 'stepped')
 if stepped and now - tonumber(stepped) < tonumber(ARGV[2]) then return 0 end
 redis.call('DEL', KEYS[1])
@@ -211,23 +219,26 @@ redis.call('HSET', KEYS[2], 'stepped', now)
 redis.call('PUBLISH', ARGV[3], ARGV[4] .. '\\n!')
 return 1
 """
+)
 
 # KEYS: lease, interest, meta. ARGV: token, ms since the poll in flight started ('': none).
 # Gives up the lease (if still ours) and the interest. A leader stopped during a poll
 # records that poll's start, so that its successor keeps the cadence instead of polling
 # at once.
-_RESIGN = """
+_RESIGN = (
+    _PRELUDE
+    + """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
   if ARGV[2] ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then
-    local t = redis.call('TIME')
-    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    local now = now_ms()
     redis.call('HSET', KEYS[3], 'polled', now - tonumber(ARGV[2]))
   end
 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,7 +304,8 @@ class Committed:
     seq: int = 0
 
 
-WRITTEN, NOT_HOLDER, OUT_OF_DATE, ENDED, FENCED = 1, -1, -2, -3, -4
+#: The commit replies the ledger tells apart (on -2 and -3 alike it catches up).
+WRITTEN, NOT_HOLDER, FENCED = 1, -1, -4
 
 
 class Fenced(RedisConnectionError):
@@ -307,6 +319,16 @@ RECORDS_MARGIN = 16
 def channel_name(key: ChannelKey) -> str:
     """K: how a channel key is named in Redis (run ids never contain a newline)."""
     return f"{key.credentials}:{key.run_id}"
+
+
+def pokes_channel(prefix: str) -> str:
+    """The one channel every replica listens on (pokes): see the module docstring."""
+    return f"{prefix}events"
+
+
+def fence_key(prefix: str) -> str:
+    """Set on a primary the Sentinels replaced (see the module docstring)."""
+    return f"{prefix}fence"
 
 
 def parse_channel_name(name: str) -> ChannelKey | None:
@@ -333,10 +355,7 @@ class Store:
     ) -> None:
         self.client = client
         self.prefix = prefix
-        #: The one channel every replica listens on (pokes): see the module docstring.
-        self.pokes_channel = f"{prefix}events"
-        #: Set on a primary the Sentinels replaced (see the module docstring).
-        self.fence_key = f"{prefix}fence"
+        self.fence_key = fence_key(prefix)
         self.lease_ms = lease_ms
         self.keep_ms = keep_ms
         self.history_size = history_size

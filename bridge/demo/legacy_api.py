@@ -293,6 +293,10 @@ class LegacyApi:
                 return web.json_response({"error": "unauthorized"}, status=401)
             if given != credential.value:
                 return web.json_response({"error": "forbidden"}, status=403)
+        return self._known(run_id)
+
+    def _known(self, run_id: str) -> web.Response:
+        """The run's status as the API answers it (404 for a run it does not know)."""
         run = self.runs.get(run_id)
         if run is None:
             return web.json_response({"error": "not found"}, status=404)
@@ -340,10 +344,7 @@ class LegacyApi:
             return web.Response(status=302, headers={"Location": fault.location})
         if fault.kind == "slow":
             await asyncio.sleep(fault.delay)
-            run = self.runs.get(run_id)
-            if run is None:
-                return web.json_response({"error": "not found"}, status=404)
-            return web.json_response(self.answer(run))
+            return self._known(run_id)
         raise ValueError(f"unknown fault {fault.kind!r}")
 
 

@@ -4,7 +4,7 @@ default), or the run object of a well-known API, at that API's path.
 Every simulated run lives once, in seed 004's words (bridge/demo/runs.py: queued,
 running node by node, then completed, failed or cancelled). A ``Shape`` renders that
 status as the chosen API would answer it, with the field names and values its
-``bridge/polling/profiles.py`` preset reads, so ``sse-bridge demo --profile NAME`` shows the
+``bridge/profiles.py`` preset reads, so ``sse-bridge demo --profile NAME`` shows the
 bridge reading a GitHub, Argo or Databricks run by configuration alone. The path comes
 from the profile's ``example_run_path`` (its upper-case placeholders filled with
 ``demo``), so the demo cannot drift from what the profile documents.
@@ -21,7 +21,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from bridge.polling.profiles import PROFILES
+from bridge.profiles import PROFILES
 
 Status = dict[str, Any]
 #: (the run's status in seed 004's words, its id, when it was created, the time of the

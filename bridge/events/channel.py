@@ -5,7 +5,7 @@ a ``Sink`` that the channel writes each event to as it is published (the fast pa
 bridge/streams/direct.py); the channel knows only this small protocol, not the fast path.
 
 An event goes to at most ``FANOUT_SLICE`` viewers per turn of the event loop: written in
-one go, an event to 10,000 fast-path viewers holds the loop for 150-210 ms (bench/soak.py's
+one go, an event to 10,000 fast-path viewers holds the loop for 150-210 ms (bench/studies/soak.py's
 loop lag), and every ping, connect and other run's event would wait that long. The rest
 of the viewers follow from a loop callback, slice by slice, every event in order: a
 viewer gets each event once (a sink skips what it already has, bridge/streams/direct.py), and

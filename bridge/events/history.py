@@ -145,8 +145,8 @@ def http_chunk(event: Event) -> bytes:
     Made once per event when a fan-out needs it and reused for every viewer of that
     fan-out (the loop delivers one event to all its viewers before the next), so a viewer
     costs one write of shared bytes; only the last chunk made is kept, so at most one
-    event's frame is held twice in the process. Alternatives measured by
-    ``python -m bench.history_memory``: three writes per viewer (size line, frame, CRLF)
+    event's frame is held twice in the process. Alternatives measured (bench/FINDINGS.md,
+    "One copy of each event"): three writes per viewer (size line, frame, CRLF)
     cost 2.5x the CPU per viewer for frames up to 8 KB (three syscalls, three TCP
     segments); framing the chunk per viewer costs 5% (600 B) to 20% (900 KB) more; a
     chunk kept with each event costs the CPU this does but holds every frame twice.

@@ -23,9 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import jq
-
 from bridge.events import sse
+from bridge.expressions import ExpressionError, compile_expr
 
 #: The built-in events a file may rename, reshape or turn off.
 BUILTINS: Final = (sse.PROGRESS, sse.COMPLETE, sse.ERROR, sse.TIMEOUT, sse.PING)
@@ -57,9 +56,9 @@ def _first_line(error: BaseException) -> str:
 
 def _compile(program: str, where: str) -> Any:
     try:
-        return jq.compile(program)
-    except ValueError as error:
-        raise VocabularyError(f"{where}: does not compile: {_first_line(error)}") from None
+        return compile_expr(program, f"{where}:")
+    except ExpressionError as error:
+        raise VocabularyError(str(error)) from None
 
 
 def _bound(expr: str) -> str:

@@ -9,12 +9,11 @@ What freezing costs: an object that dies in a reference cycle while frozen is on
 by a full collection (``gc.unfreeze()`` + ``gc.collect()``), which scans every object and
 pauses the process in proportion to the heap (1.5-2.5 s over the 1.7 million objects of
 10,000 streams on the 2-core bench machine). CPython 3.11 cannot collect part of the
-frozen objects. Closed connections used to leave 35-135 objects of such cycles each,
-40-51 MB a minute at 1 % churn of 10,000 viewers; ``bridge/server/hypercorn_cycles.py`` and the
-bridge's own fixes took them to 0 (bench/cycles.py), and the soak agrees: ten minutes of
-100 reconnects/s among 10,000 streams left 931 objects in all (bench/FINDINGS.md, "What
-dies while frozen"). So the full collection is a safety net, run only when the frozen
-objects hold real garbage:
+frozen objects. A closed connection leaves no such cycle: ``bridge/server/hypercorn_cycles.py``
+and the bridge's own code cut them (0 objects per connection, bench/studies/cycles.py),
+and the soak agrees: ten minutes of 100 reconnects/s among 10,000 streams left 931
+objects in all (bench/FINDINGS.md, "What dies while frozen"). So the full collection is
+a safety net, run only when the frozen objects hold real garbage:
 
 - when the heap has grown by BRIDGE_GC_FULL_GROWTH (default a quarter: CPython's own
   rule for its oldest generation, which freezing turned off) since the last full
@@ -27,12 +26,12 @@ objects hold real garbage:
 The heap is counted in pymalloc's allocated blocks (``sys.getallocatedblocks()``, under
 a millisecond at 10,000 streams: it sums pools, it does not walk objects), exactly, each
 tick: every object up to 512 bytes is one block, so a cycle's objects are counted; a
-stream holds ``BLOCKS_PER_STREAM``. Two
-counts tried before it fell short (bench/FINDINGS.md): ``gc.get_count()`` ticks up on
-every allocation but misses frees of frozen objects, so under churn it reached the
-threshold every two minutes (seven 1.6-2.2 s collections in 15 minutes that freed 931
-objects in all); ``gc.get_freeze_count()`` is exact but walks the frozen list, 225-270 ms
-over the 1.6 million objects of 10,000 streams (py-spy in the soak), itself a stall.
+stream holds ``BLOCKS_PER_STREAM``. Not ``gc.get_count()``: it ticks up on every
+allocation but misses frees of frozen objects, so under churn it reaches the threshold
+every two minutes (seven 1.6-2.2 s collections in 15 minutes that freed 931 objects in
+all); nor ``gc.get_freeze_count()``: exact, but it walks the frozen list, 225-270 ms over
+the 1.6 million objects of 10,000 streams (py-spy in the soak), itself a stall
+(bench/FINDINGS.md).
 
 Every collection's pause is exported (``bridge_gc_pause_seconds`` by generation, and the
 longest of the last minute), with the objects each one freed.
@@ -48,10 +47,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 
-from bridge.ops.loop_lag import RecentMax
-from bridge.tasks import cancel_and_wait
+from bridge.ops.metrics import GcMetrics
+from bridge.tasks import OwnedTask
 
 log = logging.getLogger("bridge.gc")
 
@@ -68,56 +67,6 @@ SETTLE = 30.0
 #: (2,000 streams opened on a bridge in one process, the difference of
 #: ``sys.getallocatedblocks()`` after a collection, divided; HTTP/1.1, plain).
 BLOCKS_PER_STREAM = 250
-GENERATIONS = ("0", "1", "2")
-PAUSE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-class GcMetrics:
-    """What the collector cost: every pause, by generation, and what it freed."""
-
-    def __init__(self, registry: CollectorRegistry | None) -> None:
-        registry = registry if registry is not None else CollectorRegistry()
-        self.pauses = Histogram(
-            "bridge_gc_pause_seconds",
-            "Garbage collections and how long each paused the process, by generation "
-            "(2: a full collection)",
-            ["generation"],
-            buckets=PAUSE_BUCKETS,
-            registry=registry,
-        )
-        self.collected = Counter(
-            "bridge_gc_collected_objects",
-            "Objects the garbage collector freed (unreachable cycles), by generation",
-            ["generation"],
-            registry=registry,
-        )
-        self.recent = RecentMax()
-        Gauge(
-            "bridge_gc_pause_max_seconds",
-            "The longest garbage-collection pause in the last minute",
-            registry=registry,
-        ).set_function(lambda: self.recent.value(time.monotonic()))
-        self.heap = Gauge(
-            "bridge_gc_heap_blocks",
-            "Python's allocated memory blocks right after the last full collection",
-            registry=registry,
-        )
-        self.growth = Gauge(
-            "bridge_gc_growth_blocks",
-            "Allocated blocks since the last full collection that the open streams do not "
-            "explain; a full collection runs when this stays over BRIDGE_GC_FULL_GROWTH x "
-            "the heap",
-            registry=registry,
-        )
-        for generation in GENERATIONS:
-            self.pauses.labels(generation)
-            self.collected.labels(generation)
-
-    def observe(self, generation: int, seconds: float, collected: int) -> None:
-        label = GENERATIONS[min(generation, 2)]
-        self.pauses.labels(label).observe(seconds)
-        self.collected.labels(label).inc(collected)
-        self.recent.add(seconds, time.monotonic())
 
 
 class GcTuner:
@@ -138,7 +87,7 @@ class GcTuner:
         self._streams = streams
         self._streams_at_full = 0
         self.metrics = GcMetrics(registry)
-        self._task: asyncio.Task[None] | None = None
+        self._task = OwnedTask(self._run, "bridge:gc")
         self._saved: tuple[int, int, int] | None = None
         self._started_at = 0.0
         self._last_full = 0.0
@@ -156,12 +105,10 @@ class GcTuner:
         self.full()
         # Older generations are left to the full collections scheduled here.
         gc.set_threshold(YOUNG_THRESHOLD, 1000, 1000)
-        self._task = asyncio.create_task(self._run(), name="bridge:gc")
+        self._task.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            await cancel_and_wait(self._task)
-            self._task = None
+        await self._task.stop()
         if self._saved is not None:
             gc.unfreeze()
             gc.set_threshold(*self._saved)

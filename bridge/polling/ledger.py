@@ -3,7 +3,7 @@
 The poll loop (bridge/polling/poller.py) decides *when* the upstream is asked; a ``Ledger``
 decides what an answer *becomes*. The whole seam is the three classes below:
 
-    LedgerBackend   one per process, chosen by BRIDGE_REDIS_URL's scheme (bridge/services.py):
+    LedgerBackend   one per process, chosen by BRIDGE_REDIS_URL's scheme (bridge/web/services.py):
                     memory (no URL): this module's MemoryBackend, one process;
                     redis, rediss, unix: bridge/cluster/, replicas share through Redis.
       .start() / .close()           the backend's own connections

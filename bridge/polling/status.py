@@ -1,6 +1,6 @@
 """What a status object means: its state, whether the run ended, its progress, and
 whether it changed, read by jq filters compiled once at start (BRIDGE_STATE_EXPR,
-BRIDGE_PROGRESS_EXPR, BRIDGE_IGNORE_FIELDS; bridge/polling/profiles.py has presets).
+BRIDGE_PROGRESS_EXPR, BRIDGE_IGNORE_FIELDS; bridge/profiles.py has presets).
 
 jq (the ``jq`` package, bindings to the real jq) is the expression language: operators
 already know it from scripts, and it reaches nested fields, arrays and two-field states
@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import jq
-
 from bridge.events import sse
+from bridge.expressions import compile_expr, runtime_reason
+from bridge.profiles import PROFILES
+from bridge.settings import Settings
 
 #: Longest state kept; a longer first output is a mistake in the filter, not a state.
 MAX_STATE_LENGTH = 256
@@ -72,97 +72,6 @@ USUAL_IN_PROGRESS = frozenset(
 MAX_WARNED_STATES = 64
 
 
-class ExpressionError(ValueError):
-    """A filter that does not compile; the message names what was wrong, one line."""
-
-
-#: Longest jq reason kept in a message.
-MAX_REASON = 160
-_JQ_PREFIX = re.compile(r"^jq: error(?: \(at [^)]*\))?: ")
-_JQ_WHERE = re.compile(r" at <top-level>, line (\d+)(?:, column (\d+))?:?$")
-#: Where jq quotes a value in a run-time error: "string (", "object (", ...
-_JQ_VALUE = re.compile(r"\b(?:null|boolean|number|string|array|object) \(")
-#: The end of a value jq cut short: "...", then what closes it, then ")".
-_JQ_CUT = re.compile(r"\.\.\.[\"\]}]*\)")
-
-
-def compile_reason(error: BaseException) -> str:
-    """jq's compile error as one clause: ``syntax error, unexpected end of file at line 1,
-    column 4`` (its first line, without the ``jq: error:`` prefix and the dangling colon
-    before the filter it repeats)."""
-    text = str(error).strip()
-    first = text.splitlines()[0] if text else ""
-    first = _JQ_PREFIX.sub("", first)
-    first = _JQ_WHERE.sub(
-        lambda m: f" at line {m[1]}" + (f", column {m[2]}" if m[2] else ""), first
-    )
-    first = first.rstrip(" :")
-    return first[:MAX_REASON] or "invalid"
-
-
-def _value_end(text: str, start: int) -> int:
-    """Where the value jq quoted from ``start`` (after its "(") ends: the index of ")".
-
-    The value is JSON, whole or cut short with "..."; -1 if no end is found.
-    """
-    depth = 0
-    in_string = False
-    escaped = False
-    for index in range(start, len(text)):
-        char = text[index]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-        elif char in "]}":
-            depth -= 1
-        elif char == ")" and depth <= 0:
-            return index
-    return -1
-
-
-def runtime_reason(error: BaseException) -> str:
-    """jq's run-time error with every value it quotes left out: ``Cannot index string
-    with string``, ``string cannot be parsed as a number``. The values may be the
-    status's own (a secret, a personal name), and logs get the fact, not the data."""
-    text = " ".join(str(error).split())
-    text = _JQ_PREFIX.sub("", text)
-    out: list[str] = []
-    position = 0
-    while (found := _JQ_VALUE.search(text, position)) is not None:
-        out.append(text[position : found.end() - 2])
-        # A value cut short inside a string never closes: it ends where jq cut it. (A
-        # whole or cut JSON value has no ")" outside a string, so an end found by the
-        # scan is never early; a late one only leaves out more.)
-        end = _value_end(text, found.end())
-        if end < 0:
-            cut = _JQ_CUT.search(text, found.end())
-            end = cut.end() - 1 if cut is not None else len(text)
-        position = end + 1
-    out.append(text[position:])
-    reason = "".join(out).strip()
-    return reason[:MAX_REASON] or "no reason given"
-
-
-def field_expr(name: str) -> str:
-    """BRIDGE_STATUS_FIELD's plain field name as the filter it stands for."""
-    return "." + json.dumps(name) if not name.isidentifier() else "." + name
-
-
-def _compile(expr: str, what: str) -> Any:
-    try:
-        return jq.compile(expr)
-    except ValueError as error:
-        raise ExpressionError(f"{what} does not compile: {compile_reason(error)}") from None
-
-
 def ignore_filter(paths: Iterable[str]) -> str | None:
     """The jq filter that deletes ``paths`` (jq paths such as ``.meta.served_at``)."""
     chosen = [p.strip() for p in paths if p.strip()]
@@ -207,17 +116,17 @@ class StatusReader:
         detail_expr: str | None = None,
     ) -> None:
         self.state_expr = state_expr
-        self._state = _compile(state_expr, "the state expression")
+        self._state = compile_expr(state_expr, "the state expression")
         self._success = frozenset(s.casefold() for s in success)
         self._failure = frozenset(s.casefold() for s in failure)
         self._going = USUAL_IN_PROGRESS | {s.casefold() for s in in_progress}
         self._warned: set[str] = set()
         self.ignore = ignore_filter(ignore_fields)
-        self._ignore = _compile(self.ignore, "the ignored fields") if self.ignore else None
+        self._ignore = compile_expr(self.ignore, "the ignored fields") if self.ignore else None
         self._progress = (
-            _compile(progress_expr, "the progress expression") if progress_expr else None
+            compile_expr(progress_expr, "the progress expression") if progress_expr else None
         )
-        self._detail = _compile(detail_expr, "the detail expression") if detail_expr else None
+        self._detail = compile_expr(detail_expr, "the detail expression") if detail_expr else None
 
     def read(self, status: dict[str, Any], data: str | None = None) -> Reading:
         """Read ``status`` (``data``: it as ``sse.encode_json`` wrote it, if at hand)."""
@@ -323,6 +232,20 @@ class StatusReader:
             problems.append(f"the detail expression failed on this status: {runtime_reason(error)}")
             return None
         return one_line(value, problems)
+
+
+def status_reader(settings: Settings) -> StatusReader:
+    """The status filters in force (a profile's, or the operator's)."""
+    profile = PROFILES.get(settings.profile or "")
+    return StatusReader(
+        state_expr=settings.state_filter,
+        success=settings.success_statuses,
+        failure=settings.failure_statuses,
+        ignore_fields=settings.ignore_fields,
+        progress_expr=settings.progress_expr,
+        in_progress=profile.in_progress if profile is not None else (),
+        detail_expr=settings.detail_expr,
+    )
 
 
 def one_line(value: Any, problems: list[str]) -> str | None:

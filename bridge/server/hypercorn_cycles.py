@@ -37,11 +37,11 @@ in bridge/server/hypercorn_transport.py checks it by name and module). It touche
 nothing while a connection is in use, and nothing it does can raise into Hypercorn: a
 failure is logged once and counted (``stats``), and what is left uncut of that
 connection is freed by the collector. HTTP/2 connections get the same cut
-(``H2Protocol.send``); bench/cycles.py measures HTTP/1.1 only.
+(``H2Protocol.send``); bench/studies/cycles.py measures HTTP/1.1 only.
 
 Checked against Hypercorn 0.17.0 to 0.18.0 (the same attributes in 0.17.0, 0.17.3 and
 0.18.0, read in their source; run with 0.18.0 by tests/test_cycles.py and
-bench/cycles.py, which measure before and after: bench/results/cycles.md). Outside
+bench/studies/cycles.py, which measure before and after: bench/results/cycles.md). Outside
 ``CHECKED_HYPERCORN``, or when a class is not where it was, ``install()`` does nothing,
 logs one WARNING and returns False: the connections are then freed by the collector, as
 without it (bridge/ops/gc_tuning.py's full collections), which is slower, never wrong.
@@ -57,7 +57,7 @@ What retires it: Hypercorn breaking these cycles itself when a connection ends (
 clearing ``ProtocolWrapper.send``/``H11Protocol.send`` in ``TCPServer._close``, or
 passing the send callback without binding it to the server), and CPython >= 3.12 for
 the transport. Until then, a Hypercorn upgrade means: read the attributes above in the
-new release, run tests/test_cycles.py and bench/cycles.py on it, then widen
+new release, run tests/test_cycles.py and bench/studies/cycles.py on it, then widen
 ``CHECKED_HYPERCORN``.
 """
 

@@ -51,16 +51,14 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from importlib import metadata
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final
+
+from bridge.ops.metrics import FallbackReason
 
 log = logging.getLogger("bridge.server.hypercorn_transport")
 
 #: Hypercorn releases whose internals the walk was checked against: [lowest, end).
 TESTED_HYPERCORN: Final = ((0, 17), (0, 19))
-
-#: Why a stream that wanted the fast path took the ASGI path (the metric's label).
-FallbackReason = Literal["http_version", "method", "hypercorn_version", "internals"]
-FALLBACK_REASONS: Final[tuple[FallbackReason, ...]] = get_args(FallbackReason)
 
 
 def fast_path_transport(

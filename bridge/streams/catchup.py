@@ -55,14 +55,16 @@ def header_safe(text: str | None) -> str:
     return text if text.isascii() and text.isprintable() else quote(text, safe="")
 
 
-def state_header(event: Event | None) -> str:
-    """X-Run-State: the state as the status filters read it ("" when none), header-safe."""
-    return header_safe(event.state if event is not None else None)
-
-
-def detail_header(event: Event | None) -> str:
-    """X-Run-Detail: the detail BRIDGE_DETAIL_EXPR read ("" when none), header-safe."""
-    return header_safe(event.detail if event is not None else None)
+def run_headers(latest: Event | None) -> dict[str, str]:
+    """The headers of an answer about a run's latest status (its body is the upstream's
+    status as it is, or events of it): what the bridge read of it goes beside, header-safe
+    ("" when none): X-Run-State, the state as the status filters read it, and
+    X-Run-Detail, the detail BRIDGE_DETAIL_EXPR read. None: a feed with no item yet."""
+    return {
+        "Cache-Control": "no-cache",
+        "X-Run-State": header_safe(latest.state if latest is not None else None),
+        "X-Run-Detail": header_safe(latest.detail if latest is not None else None),
+    }
 
 
 async def _wait(subscription: Subscription, ready: bool, seconds: float) -> None:
@@ -106,7 +108,8 @@ async def _opened(opener: Opener, viewer: Viewer, run_id: str) -> AsyncIterator[
     """A stream slot, the run's lease and a subscription, as a stream takes them, held
     for as long as the answer waits."""
     async with AsyncExitStack() as stack:
-        stack.enter_context(opener.limiter.hold(viewer.client))
+        opener.limiter.take(viewer.client)
+        stack.callback(opener.limiter.give, viewer.client)
         (channel,) = await opener.lease_all(stack, [run_id], viewer)
         subscription = opener.hub.join(channel)
         stack.callback(channel.discard, subscription)
@@ -152,12 +155,7 @@ async def events(
         state = history.state if isinstance(history, FeedHistory) else None
         # A built-in event turned off moves the cursor on but is not listed.
         body = _events_body(run_id, [e for e in found if e.sent], cursor, latest, state)
-        headers = {
-            "Cache-Control": "no-cache",
-            "X-Run-State": state_header(latest),
-            "X-Run-Detail": detail_header(latest),
-        }
-        return Answer(200, body, headers)
+        return Answer(200, body, run_headers(latest))
 
 
 async def result(opener: Opener, viewer: Viewer, run_id: str, wait: float) -> Answer:
@@ -173,14 +171,10 @@ async def result(opener: Opener, viewer: Viewer, run_id: str, wait: float) -> An
             await _wait(subscription, False, left)
         latest = history.status
         status = current_status(history) or "null"
-        headers = {
-            "Cache-Control": "no-cache",
-            "X-Run-State": state_header(latest),
-            "X-Run-Detail": detail_header(latest),
-            # The outcome in the stream's words (complete / error / progress), so a
-            # script needs no state lists of its own.
-            "X-Run-Event": latest.kind if latest is not None else sse.PROGRESS,
-        }
+        headers = run_headers(latest)
+        # The outcome in the stream's words (complete / error / progress), so a script
+        # needs no state lists of its own.
+        headers["X-Run-Event"] = latest.kind if latest is not None else sse.PROGRESS
         if history.terminal and latest is not None:
             status = latest.status
         return Answer(200 if history.terminal else 202, status, headers)

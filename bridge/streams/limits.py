@@ -3,9 +3,6 @@ the bridge drains)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from bridge.errors import Draining, OverCapacity, TooManyStreams
 
 
@@ -20,19 +17,12 @@ class StreamLimiter:
         # Only clients with open streams have an entry, so this stays as small as `open`.
         self._by_client: dict[str, int] = {}
 
-    @contextmanager
-    def hold(self, client: str) -> Iterator[None]:
-        self.take(client)
-        try:
-            yield
-        finally:
-            self.give(client)
-
     def take(self, client: str) -> None:
         """Count one more stream of ``client``, or refuse it; ``give`` returns the slot.
 
-        The pair, beside ``hold``, is for a stream held open after its opening: a bound
-        method to call later costs less per viewer than a suspended context manager.
+        A pair rather than a context manager: a stream is held open long after its
+        opening returns, and a bound method to call then costs less per viewer than a
+        suspended context manager.
         """
         if self.draining:
             raise Draining("The bridge is shutting down.")

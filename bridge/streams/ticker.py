@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from bridge.events.history import Event
 from bridge.streams.direct import DirectSink
-from bridge.tasks import cancel_and_wait
+from bridge.tasks import OwnedTask
 
 log = logging.getLogger("bridge.streams.ticker")
 
@@ -43,7 +43,7 @@ class Ticker:
         self.period = max(0.01, min(1.0, ping_interval / 4, send_timeout / 4))
         self._sinks: dict[DirectSink, Callable[[], Event | None]] = {}
         self._sending: set[Sending] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._task = OwnedTask(self._run, "bridge:ticker")
 
     # --- fast-path viewers ---------------------------------------------------------
 
@@ -79,12 +79,10 @@ class Ticker:
     # --- the task ------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="bridge:ticker")
+        self._task.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            await cancel_and_wait(self._task)
-            self._task = None
+        await self._task.stop()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

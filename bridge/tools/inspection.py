@@ -42,11 +42,11 @@ from rich.text import Text
 
 from bridge.errors import BridgeError
 from bridge.events import derive, sse
+from bridge.expressions import field_expr
 from bridge.polling.poller import Cadence
-from bridge.polling.profiles import PROFILES
-from bridge.polling.status import Reading, ignore_filter
+from bridge.polling.status import Reading, ignore_filter, status_reader
 from bridge.polling.upstream import UpstreamClient, forwardable
-from bridge.services import status_reader
+from bridge.profiles import PROFILES
 from bridge.settings import Settings
 
 EXIT_OK = 0
@@ -90,7 +90,6 @@ _EPOCH_MILLIS = (1e12, 1e13)
 #: Words that make an unknown final state more likely a failure than a success.
 FAILURE_WORDS = ("fail", "error", "cancel", "abort", "kill", "reject", "timed", "timeout", "crash")
 
-_JQ_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _PLAIN_STATE = re.compile(r"[A-Za-z0-9_.:+-]+")
 _SECRET_PARAM = re.compile(r"key|token|secret|pass|auth|sig|credential|session", re.IGNORECASE)
@@ -183,9 +182,7 @@ def masked_url(url: str) -> str:
 
 def jq_path(keys: Sequence[str]) -> str:
     """The jq path of nested object keys: ``.job.state``, ``.meta."run-state"``."""
-    return "".join(
-        f".{key}" if _JQ_IDENTIFIER.fullmatch(key) else f".{json.dumps(key)}" for key in keys
-    )
+    return "".join(field_expr(key) for key in keys)
 
 
 def _normal(key: str) -> str:

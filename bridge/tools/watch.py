@@ -8,8 +8,7 @@ is missed or shown twice.
 It follows ``GET /v1/streams?runs=RUN_ID`` rather than the single-run stream: the same
 shared poller and resume, but each event also carries the state and progress the
 bridge's status filters read, so the bar is right for any configured API (a real bar
-when the progress is known, a pulsing one when it is not). A bridge without
-``/v1/streams`` (a 404 that names no run) is followed on its single-run stream.
+when the progress is known, a pulsing one when it is not).
 
 Without a run id it follows ``GET /v1/events``, every run the bridge's upstream lists
 (BRIDGE_UPSTREAM_LIST_PATH): one line per change of any run, ``--json`` one object per
@@ -149,16 +148,12 @@ class Update:
     event: str
     #: The run's own event id (the same on /v1/streams and the single-run stream).
     id: str | None
-    #: The state as the bridge's status filters read it (None: none read, or an older
-    #: bridge that does not say).
+    #: The state as the bridge's status filters read it (None: none read).
     state: str | None
     #: 0 to 1, or None when the bridge knows no progress for this API.
     progress: float | None
     #: The status object as the upstream sent it (timeout: the bridge's message).
     data: Any
-    #: What to show when the bridge said no state: from an older bridge, the status's
-    #: `status` field (seed 004's shape; never reported as the state in --json).
-    label: str | None = None
     #: An event of BRIDGE_EVENTS_FILE (not the status): printed as a line of its own.
     derived: bool = False
     #: One line the bridge read with BRIDGE_DETAIL_EXPR (a stage, an error message).
@@ -208,8 +203,6 @@ def running_nodes(status: Mapping[str, Any]) -> str:
 def state_text(update: Update) -> str:
     if update.state is not None:
         return update.state
-    if update.label is not None:
-        return update.label
     if update.event == "complete":
         return "completed"
     if update.event == "error":
@@ -346,7 +339,7 @@ class Watch:
     display: Display
     reconnect_for: float = 120.0
     idle_timeout: float = 60.0
-    #: The SSE id to resume from: the multi id on /v1/streams, the run's own id otherwise.
+    #: The SSE id to resume from (the multi id of /v1/streams).
     last_id: str = ""
     retry_ms: int = 3000
     #: Seconds to wait before the next attempt (set by a 503's Retry-After).
@@ -355,8 +348,6 @@ class Watch:
     saw_204: bool = False
     #: True once the current attempt got an event stream.
     connected: bool = False
-    #: Follow /v1/streams (state and progress); False for a bridge without it.
-    multi: bool = True
     #: Why the last attempt gave no stream, as the bridge said it (None: not said).
     reason: str | None = None
     _unreachable_since: float | None = field(default=None, repr=False)
@@ -365,9 +356,7 @@ class Watch:
     def stream_url(self) -> str:
         base = self.base_url.rstrip("/")
         run = quote(self.run_id, safe="")
-        if self.multi:
-            return f"{base}/v1/streams?runs={run}"
-        return f"{base}/v1/runs/{run}/stream"
+        return f"{base}/v1/streams?runs={run}"
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -422,14 +411,6 @@ class Watch:
         if self.last_id:
             headers["Last-Event-ID"] = self.last_id
         async with session.get(self.stream_url, headers=headers) as response:
-            if response.status == 404 and self.multi:
-                body = await _json_body(response)
-                if "run_id" not in body:
-                    # A bridge from before /v1/streams: its 404 names no run. Its
-                    # single-run stream carries the status without state or progress.
-                    self.multi, self.last_id = False, ""
-                    return await self.follow(session)
-                raise Refused(_sentence(body, response.status))
             if response.status == 204:
                 # The bridge thinks we have the final event; ask for the current state.
                 if self.saw_204 or not self.last_id:
@@ -518,8 +499,6 @@ class Watch:
         own_id = event.id if event.has_id else None
         if event.event not in RUN_EVENTS and event.event != "timeout":
             # A derived event (BRIDGE_EVENTS_FILE), or a built-in one renamed.
-            if not self.multi:
-                return Update(event.event, own_id, None, None, data, derived=True)
             if not isinstance(data, dict) or data.get("run_id") != self.run_id:
                 return None
             run_event_id, state = data.get("id"), data.get("state")
@@ -533,11 +512,6 @@ class Watch:
             )
         if event.event not in RUN_EVENTS:
             return Update(event.event, own_id, None, None, data)
-        if not self.multi:
-            # An older bridge's single-run stream: the status alone, no state or progress.
-            guess = data.get("status") if isinstance(data, dict) else None
-            label = guess if isinstance(guess, str) else None
-            return Update(event.event, own_id, None, None, data, label)
         if not isinstance(data, dict) or data.get("run_id") != self.run_id:
             return None
         run_event_id = data.get("id")
@@ -782,7 +756,6 @@ def _watch_all(
         err.write(f"sse-bridge watch: --url must start with http:// or https://, got {url!r}\n")
         return EXIT_OTHER
     display = FleetDisplay("json" if args.json else "lines", out, err)
-    # No fallback to an older bridge's single-run stream: there is no run to follow.
     watch = FleetWatch(
         "*",
         url,
@@ -790,7 +763,6 @@ def _watch_all(
         display,
         reconnect_for=args.reconnect_for,
         idle_timeout=args.idle_timeout,
-        multi=False,
     )
     try:
         return asyncio.run(watch.run())

@@ -5,7 +5,7 @@
     GET /v1/runs/{id}          the latest status as JSON
     GET /healthz, /readyz, /metrics
 
-``create_app`` is the one place that holds the whole ``Services`` (bridge/services.py):
+``create_app`` is the one place that holds the whole ``Services`` (bridge/web/services.py):
 it hands each part of the app only what that part uses. Routes read the request once
 (``viewer_of``) and pass data on. The dashboard page and the demo's run list are
 bridge/web/dashboard.py's; the server (bridge/server/serve.py) is handed ``Serving``.
@@ -27,7 +27,6 @@ from bridge.events.feed import current_status
 from bridge.events.sse import encode_json
 from bridge.ops.metrics import Metrics
 from bridge.polling.registry import PollerRegistry
-from bridge.services import Services
 from bridge.settings import Settings
 from bridge.streams import catchup
 from bridge.streams.feed import FeedFramer, FeedReach
@@ -40,6 +39,7 @@ from bridge.web.front import StreamFront
 from bridge.web.openapi import register_openapi
 from bridge.web.readiness import Readiness
 from bridge.web.reply import Reply, error_reply, http_error_reply
+from bridge.web.services import Services
 from bridge.web.viewers import viewer_from
 
 #: app.extensions key of the app's Services (for tests and operators to inspect).
@@ -222,13 +222,9 @@ class Routes:
             latest = channel.history.status
             status = current_status(channel.history)
             assert status is not None  # a lease always comes with a first status
-            response = Response(status, content_type="application/json")
-            response.headers["Cache-Control"] = "no-cache"
-            # The body is the upstream's status as it is: what the bridge read of it
-            # goes beside, as /result has it.
-            response.headers["X-Run-State"] = catchup.state_header(latest)
-            response.headers["X-Run-Detail"] = catchup.detail_header(latest)
-            return response
+            return Response(
+                status, content_type="application/json", headers=catchup.run_headers(latest)
+            )
         finally:
             release()
 

@@ -1,8 +1,10 @@
 """The services one app shares, built once from Settings, started and stopped together.
 
-Only the app's wiring (bridge/web/app.py) holds the whole ``Services``: it hands each
-consumer the parts it uses (the opening gets an ``Opener``, the front and routes their
-settings, metrics and ticker). Nothing here reads a request.
+This is the app's composition root, so it sits in web/ beside the app it assembles: it
+builds everything below web/ and web's own services (forward auth, readiness), and only
+the app's wiring (bridge/web/app.py) holds the whole ``Services``: it hands each consumer
+the parts it uses (the opening gets an ``Opener``, the front and routes their settings,
+metrics and ticker). Nothing here reads a request.
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ import asyncio
 import random
 from collections.abc import Callable, Mapping
 from functools import partial
-
-from prometheus_client import Gauge
 
 from bridge.events import sse
 from bridge.events.channel import Subscription
@@ -26,9 +26,8 @@ from bridge.polling.feed import FeedPoller, FeedSource
 from bridge.polling.fleet import Fleets
 from bridge.polling.ledger import LedgerBackend, MemoryBackend
 from bridge.polling.poller import Cadence, Poller
-from bridge.polling.profiles import PROFILES
 from bridge.polling.registry import PollerRegistry
-from bridge.polling.status import StatusReader
+from bridge.polling.status import StatusReader, status_reader
 from bridge.polling.upstream import Page, UpstreamClient, Validators
 from bridge.settings import Settings
 from bridge.streams.feed import FeedReach
@@ -58,20 +57,6 @@ def create_backend(settings: Settings, metrics: Metrics, reader: StatusReader) -
 
         return RedisBackend(settings, metrics, reader)
     raise ValueError(f"no ledger backend for the scheme {scheme!r}")
-
-
-def status_reader(settings: Settings) -> StatusReader:
-    """The status filters in force (a profile's, or the operator's)."""
-    profile = PROFILES.get(settings.profile or "")
-    return StatusReader(
-        state_expr=settings.state_filter,
-        success=settings.success_statuses,
-        failure=settings.failure_statuses,
-        ignore_fields=settings.ignore_fields,
-        progress_expr=settings.progress_expr,
-        in_progress=profile.in_progress if profile is not None else (),
-        detail_expr=settings.detail_expr,
-    )
 
 
 class Services:
@@ -117,10 +102,11 @@ class Services:
             self.metrics.poll_interval.labels(state).set(seconds)
         self.limiter = StreamLimiter(settings.max_streams, settings.max_streams_per_client)
         self.ticker = Ticker(settings.ping_interval, settings.send_timeout)
-        self.metrics.track(lambda: self.pollers.active, lambda: self.ticker.viewers)
-        Gauge(
-            "bridge_channels", "Runs with a live channel now", registry=self.metrics.registry
-        ).set_function(lambda: self.hub.live_count)
+        self.metrics.track(
+            pollers=lambda: self.pollers.active,
+            fast_path=lambda: self.ticker.viewers,
+            channels=lambda: self.hub.live_count,
+        )
         # Every stall of the loop, whatever its cause (bridge/ops/loop_lag.py).
         self.loop_lag = LoopLag(self.metrics.registry)
         self.gc: GcTuner | None = None
