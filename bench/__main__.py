@@ -6,7 +6,7 @@
     bench/run <study> [options]     (bench/run <study> --help for its options)
 
 Studies: profile, soak, cycles, lifecycle, h2_fanout, cluster_scale,
-sentinel_partition, derived_events (bench/studies/).
+sentinel_partition, derived_events, fleet (bench/studies/).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ COMMANDS = {
     "cluster_scale": "bench.studies.cluster_scale",
     "sentinel_partition": "bench.studies.sentinel_partition",
     "derived_events": "bench.studies.derived_events",
+    "fleet": "bench.studies.fleet",
 }
 
 

@@ -104,6 +104,8 @@ class UpstreamError(BridgeError):
     transient = True
     #: True where the failure says the upstream as a whole is in trouble.
     outage = False
+    #: The HTTP status the upstream answered with, where it answered one.
+    upstream_status: int | None = None
 
     def __init__(
         self, message: str, *, retry_after: float | None = None, outage: bool | None = None
@@ -129,6 +131,7 @@ class UpstreamRefused(UpstreamError):
         code, message = _REFUSALS[status]
         super().__init__(message)
         self.status = status
+        self.upstream_status = status
         self.code = code
 
     @staticmethod

@@ -10,6 +10,10 @@ stream open until BRIDGE_STREAM_TIMEOUT. A terminal state that is not plainly a 
 clients put it, and its comment says why. The ``error`` event still carries the whole
 status, so a client can always tell ``cancelled`` from ``failure``.
 
+Where the API has them, a profile also reads its list of runs (``fleet``: BRIDGE_LIST_*,
+for BRIDGE_UPSTREAM_LIST_PATH) or a run's event feed (``feed``: BRIDGE_FEED_*, for
+BRIDGE_FEED_PATH), checked against the same kind of pages; the paths stay the operator's.
+
 A profile never sets the URL or the run path (``example_run_path`` is documentation) and
 never a credential: ``upstream_headers`` holds only static protocol headers. Explicitly
 set BRIDGE_* variables win over a profile (bridge/settings.py applies it).
@@ -22,6 +26,45 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """How the API lists runs: BRIDGE_LIST_ITEMS and BRIDGE_LIST_ID."""
+
+    items: str
+    id: str
+    #: An example BRIDGE_UPSTREAM_LIST_PATH (documentation, never set by the profile).
+    example_path: str
+
+    def settings(self) -> dict[str, str]:
+        return {"list_items": self.items, "list_id": self.id}
+
+
+@dataclass(frozen=True, slots=True)
+class Feed:
+    """How the API's feed of a run's events reads: the BRIDGE_FEED_* filters."""
+
+    items: str
+    cursor: str
+    event: str
+    #: An example BRIDGE_FEED_PATH (documentation, never set by the profile).
+    example_path: str
+    data: str = "."
+    more: str | None = None
+    start: str = "0"
+
+    def settings(self) -> dict[str, str]:
+        found = {
+            "feed_items": self.items,
+            "feed_cursor": self.cursor,
+            "feed_event": self.event,
+            "feed_data": self.data,
+            "feed_start": self.start,
+        }
+        if self.more is not None:
+            found["feed_more"] = self.more
+        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +93,10 @@ class Profile:
     upstream_headers: Mapping[str, str] = field(default_factory=lambda: _NO_HEADERS, hash=False)
     #: An example BRIDGE_UPSTREAM_RUN_PATH (upper-case words are the operator's to fill).
     example_run_path: str = "/runs/{run_id}"
+    #: The API's list of runs, where it has one that carries each run's status.
+    fleet: Fleet | None = None
+    #: The API's feed of a run's events, where it has one.
+    feed: Feed | None = None
 
 
 # GitHub Actions, GET /repos/{owner}/{repo}/actions/runs/{run_id}.
@@ -66,6 +113,8 @@ GITHUB_ACTIONS = Profile(
     docs=(
         "https://docs.github.com/en/actions/reference/workflows-and-actions/workflow-run-statuses",
         "https://docs.github.com/en/rest/actions/workflow-runs#get-a-workflow-run",
+        "https://docs.github.com/en/rest/actions/workflow-runs#list-workflow-runs-for-a-repository",
+        "https://docs.github.com/en/rest/using-the-rest-api/using-pagination-in-the-rest-api",
         "https://docs.github.com/en/actions/writing-workflows/choosing-when-your-workflow-runs/using-conditions-to-control-job-execution",
     ),
     # The outcome lives in `conclusion` once `status` is completed; a completed run
@@ -88,6 +137,15 @@ GITHUB_ACTIONS = Profile(
         {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
     ),
     example_run_path="/repos/OWNER/REPO/actions/runs/{run_id}",
+    # "List workflow runs for a repository": {total_count, workflow_runs: [workflow-run]},
+    # each item the same workflow-run object as the run's own endpoint; `status` narrows
+    # it to one status or conclusion, `per_page` is at most 100, and further pages come by
+    # the Link header's rel="next" ("Using pagination in the REST API").
+    fleet=Fleet(
+        items=".workflow_runs[]",
+        id=".id",
+        example_path="/repos/OWNER/REPO/actions/runs?status=in_progress&per_page=100",
+    ),
 )
 
 # GitLab CI/CD, GET /api/v4/projects/:id/pipelines/:pipeline_id.
@@ -373,6 +431,7 @@ AIRFLOW_DAG_RUNS = Profile(
     summary="Apache Airflow DAG runs (stable REST API: GET /api/v1/dags/<dag>/dagRuns/<run>)",
     docs=(
         "https://airflow.apache.org/docs/apache-airflow/stable/stable-rest-api-ref.html#operation/get_dag_run",
+        "https://airflow.apache.org/docs/apache-airflow/stable/stable-rest-api-ref.html#operation/get_dag_runs",
         "https://github.com/apache/airflow/blob/v2-10-stable/airflow/models/dagrun.py",
     ),
     state_expr=".state",
@@ -385,6 +444,14 @@ AIRFLOW_DAG_RUNS = Profile(
     progress_expr=None,
     # Airflow 3 serves the same resource under /api/v2/.
     example_run_path="/api/v1/dags/DAG_ID/dagRuns/{run_id}",
+    # "List DAG runs": a DAGRunCollection {dag_runs: [DAGRun], total_entries}, each item
+    # the run's own DAGRun object; `state` filters, `limit`/`offset` page (no Link header:
+    # one page per interval, so keep `limit` above the runs going at once).
+    fleet=Fleet(
+        items=".dag_runs[]",
+        id=".dag_run_id",
+        example_path="/api/v1/dags/DAG_ID/dagRuns?state=running&limit=100",
+    ),
 )
 
 # Replicate predictions, GET /v1/predictions/{prediction_id}.
@@ -457,6 +524,45 @@ OPENAI_BATCHES = Profile(
     example_run_path="/v1/batches/{run_id}",
 )
 
+# Apache Livy batches, GET /batches/{batchId}; their log as the run's feed.
+# Checked: the Livy REST API page (GET /batches/{batchId}/state: id, state; GET
+# /batches/{batchId}/log: request `from` "offset into log file", `size` "max number of log
+# lines to return"; response id, from, size, log "list of strings"; session states
+# not_started, starting, recovering, idle, running, busy, shutting_down, error, dead,
+# killed, success) and Cloudera's Livy batch API reference, which repeats it. A log line
+# has no cursor of its own: its place in the log (`from` plus its index, plus one) is,
+# which is also the next request's `from`. The log page says nothing of the state, so the
+# bridge asks /batches/{id} too (BRIDGE_UPSTREAM_RUN_PATH).
+LIVY_BATCHES = Profile(
+    name="livy-batches",
+    summary="Apache Livy batches, their log as a feed (REST: GET /batches/{batchId}/log)",
+    docs=(
+        "https://livy.apache.org/docs/latest/rest-api.html",
+        "https://docs.cloudera.com/runtime/latest/running-spark-applications/topics/spark-livy-api-reference-batch-jobs.html",
+    ),
+    state_expr=".state",
+    success=("success",),
+    # error: the batch failed to start or run; dead: it died; killed: it was stopped.
+    failure=("error", "dead", "killed"),
+    # idle and busy are an interactive session's words, listed for a batch too.
+    in_progress=(
+        "not_started",
+        "starting",
+        "recovering",
+        "idle",
+        "running",
+        "busy",
+        "shutting_down",
+    ),
+    example_run_path="/batches/{run_id}",
+    feed=Feed(
+        items=".from as $f | .log | to_entries[] | {offset: ($f + .key + 1), line: .value}",
+        cursor=".offset",
+        event='"log"',
+        example_path="/batches/{run_id}/log?from={cursor}&size=1000",
+    ),
+)
+
 PROFILES: Mapping[str, Profile] = MappingProxyType(
     {
         p.name: p
@@ -472,6 +578,7 @@ PROFILES: Mapping[str, Profile] = MappingProxyType(
             AIRFLOW_DAG_RUNS,
             REPLICATE_PREDICTIONS,
             OPENAI_BATCHES,
+            LIVY_BATCHES,
         )
     }
 )
@@ -479,6 +586,12 @@ PROFILES: Mapping[str, Profile] = MappingProxyType(
 
 def _one_line(expr: str) -> str:
     return " ".join(expr.split())
+
+
+def _described(settings: Mapping[str, str]) -> list[str]:
+    return [
+        f"  {'BRIDGE_' + name.upper():<24} {_one_line(value)}" for name, value in settings.items()
+    ]
 
 
 def describe(profile: Profile) -> str:
@@ -498,6 +611,24 @@ def describe(profile: Profile) -> str:
         f"  BRIDGE_UPSTREAM_HEADERS  {headers or '(none)'}",
         f"  run path, for example    BRIDGE_UPSTREAM_RUN_PATH={profile.example_run_path}"
         " (not set by the profile)",
+        *_described(profile.fleet.settings() if profile.fleet else {}),
+        *(
+            [
+                f"  list, for example        BRIDGE_UPSTREAM_LIST_PATH={profile.fleet.example_path}"
+                " (not set by the profile)"
+            ]
+            if profile.fleet
+            else []
+        ),
+        *_described(profile.feed.settings() if profile.feed else {}),
+        *(
+            [
+                f"  feed, for example        BRIDGE_FEED_PATH={profile.feed.example_path}"
+                " (not set by the profile)"
+            ]
+            if profile.feed
+            else []
+        ),
         *(f"  checked against          {url}" for url in profile.docs),
     ]
     return "\n".join(lines)

@@ -122,6 +122,40 @@ class Settings(BaseSettings):
     """Cluster mode: replicas share pollers and history through this Redis (`redis://`,
     `rediss://` or `unix://` URL; see docs/cluster.md). Unset: one process, in memory."""
 
+    feed_path: str | None = None
+    """Path template of a run's event feed, with `{run_id}` and `{cursor}`, e.g.
+    `/v1/agent-runs/{run_id}/events?since={cursor}`: polled instead of the run's status,
+    one event per item (see "Feeds" in the README). Unset: runs are polled as snapshots."""
+    feed_start: str = "0"
+    """The cursor of a run's first feed request."""
+    feed_items: str = ".events[]"
+    """jq over a feed page: its new items, oldest first."""
+    feed_cursor: str = ".sequence"
+    """jq over a feed item: its cursor (the event's SSE id; the next request asks after
+    the last one)."""
+    feed_event: str = '.eventType // .type // "message"'
+    """jq over a feed item: the SSE event name."""
+    feed_data: str = "."
+    """jq over a feed item: the event's data."""
+    feed_more: str | None = None
+    """jq over a feed page; when true, the next page is asked at once, not an interval
+    later (e.g. `.has_more`)."""
+    feed_max_pages: int = Field(10, ge=1, le=1000)
+    """Feed pages asked at most per poll of a run (BRIDGE_FEED_MORE pages included), and
+    per step of a viewer's catch-up from the upstream."""
+    upstream_list_path: str | None = None
+    """Path of the list of runs to follow, e.g. `/runs?status=active`: `GET /v1/events`
+    streams every listed run, one list request per interval feeds them all."""
+    list_items: str = ".[]"
+    """jq over the list: one item per run, each that run's status."""
+    list_id: str = ".id"
+    """jq over a list item: the run's id."""
+    list_max_pages: int = Field(10, ge=1, le=1000)
+    """Pages of the list followed at most per interval (`Link: <...>; rel="next"`)."""
+    list_max_runs: int = Field(10_000, ge=1, le=1_000_000)
+    """Listed runs followed at most; the rest are left out (logged, and counted in
+    `bridge_list_runs_cut`)."""
+
     # --- the developers' additions ---
     retry_ms: int = Field(3000, ge=0, le=600_000)
     """`retry:` sent at stream start, in milliseconds (jittered by up to +20%)."""
@@ -288,6 +322,11 @@ class Settings(BaseSettings):
             values.setdefault("detail_expr", chosen.detail_expr)
         if chosen.upstream_headers and "upstream_headers" not in values:
             values["upstream_headers"] = dict(chosen.upstream_headers)
+        # How its list of runs and its feed read (the paths stay the operator's).
+        for preset in (chosen.fleet, chosen.feed):
+            if preset is not None:
+                for name, value in preset.settings().items():
+                    values.setdefault(name, value)
         return values
 
     @field_validator("poll_intervals", mode="before")
@@ -336,6 +375,38 @@ class Settings(BaseSettings):
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
             compile_expr(value)  # ExpressionError: "does not compile: <jq's reason>"
+        return value
+
+    @field_validator("feed_path", "upstream_list_path", "feed_more", mode="before")
+    @classmethod
+    def _empty_feed_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator(
+        "feed_items", "feed_cursor", "feed_event", "feed_data", "feed_more", "list_items", "list_id"
+    )
+    @classmethod
+    def _feed_and_list_compile(cls, value: str | None) -> str | None:
+        if value is not None:
+            compile_expr(value)  # ExpressionError: "does not compile: <jq's reason>"
+        return value
+
+    @field_validator("feed_path")
+    @classmethod
+    def _feed_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith("/"):
+            raise ValueError("must start with '/', e.g. /runs/{run_id}/events?since={cursor}")
+        if value.count("{run_id}") != 1 or value.count("{cursor}") != 1:
+            raise ValueError("must contain {run_id} and {cursor} once each")
+        return value
+
+    @field_validator("upstream_list_path")
+    @classmethod
+    def _list_path(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("/") or "{" in value):
+            raise ValueError("must be a path starting with '/' (no {run_id}), e.g. /runs")
         return value
 
     @field_validator("ignore_fields", mode="after")
@@ -549,6 +620,17 @@ class Settings(BaseSettings):
             raise ValueError("set both BRIDGE_TLS_CERTFILE and BRIDGE_TLS_KEYFILE, or neither")
         if self.poll_interval_max < self.poll_interval:
             raise ValueError("BRIDGE_POLL_INTERVAL_MAX must not be below BRIDGE_POLL_INTERVAL")
+        if self.cluster_mode and (self.feed_path or self.upstream_list_path):
+            which = "BRIDGE_FEED_PATH" if self.feed_path else "BRIDGE_UPSTREAM_LIST_PATH"
+            raise ValueError(
+                f"{which} does not work in cluster mode yet (BRIDGE_REDIS_URL or "
+                "BRIDGE_REDIS_SENTINELS): run one replica for it"
+            )
+        if self.feed_path is not None and self.upstream_list_path is not None:
+            raise ValueError(
+                "set BRIDGE_FEED_PATH or BRIDGE_UPSTREAM_LIST_PATH, not both (a listed run's "
+                "status is a snapshot, not a feed)"
+            )
         if self.drain_delay > self.shutdown_grace:
             raise ValueError("BRIDGE_DRAIN_DELAY must not exceed BRIDGE_SHUTDOWN_GRACE")
         return self

@@ -23,7 +23,14 @@ _ENDPOINT = re.compile(r"/v1(?:/[A-Za-z0-9_{}<>.:+~%-]*)+")
 #: Named on purpose though no setting: the README's example of a misspelt variable.
 NOT_SETTINGS = frozenset({"BRIDGE_POLL_INTERVALL"})
 #: Upstream paths the docs quote (an API's own /v1, not the bridge's).
-UPSTREAM_PATHS = frozenset({"/v1/workflows/demo/{run_id}"})
+UPSTREAM_PATHS = frozenset(
+    {
+        "/v1/workflows/demo/{run_id}",
+        # Seed 002's feed, quoted in "Feeds and fleets".
+        "/v1/agent-runs/{runId}/events",
+        "/v1/agent-runs/{run_id}/events",
+    }
+)
 
 
 def variables() -> frozenset[str]:

@@ -589,12 +589,33 @@ STATE_CASES: list[tuple[str, str, Status, str | None, str]] = [
 ]
 
 
-def test_the_contract_names_and_nothing_else() -> None:
-    assert set(PROFILES) == CONTRACT_NAMES
+#: Presets beyond DESIGN.md's names: APIs whose runs are event feeds (BRIDGE_FEED_PATH).
+FEED_NAMES = {"livy-batches"}
+
+
+def test_the_contract_names_and_the_feed_presets() -> None:
+    assert set(PROFILES) == CONTRACT_NAMES | FEED_NAMES
     assert all(name == profile.name for name, profile in PROFILES.items())
+    assert all(PROFILES[name].feed is not None for name in FEED_NAMES)
 
 
-@pytest.mark.parametrize("name", sorted(CONTRACT_NAMES))
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_list_and_feed_filters_compile_and_paths_are_examples(name: str) -> None:
+    profile = PROFILES[name]
+    if profile.fleet is not None:
+        jq.compile(profile.fleet.items)
+        jq.compile(profile.fleet.id)
+        assert profile.fleet.example_path.startswith("/")
+        assert "{run_id}" not in profile.fleet.example_path
+    if profile.feed is not None:
+        for expr in profile.feed.settings().values():
+            if expr != profile.feed.start:
+                jq.compile(expr)
+        assert profile.feed.example_path.count("{run_id}") == 1
+        assert profile.feed.example_path.count("{cursor}") == 1
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
 def test_expressions_and_ignored_paths_compile(name: str) -> None:
     profile = PROFILES[name]
     jq.compile(profile.state_expr)
@@ -608,7 +629,7 @@ def test_expressions_and_ignored_paths_compile(name: str) -> None:
         jq.compile("del(" + ", ".join(profile.ignore_fields) + ")")
 
 
-@pytest.mark.parametrize("name", sorted(CONTRACT_NAMES))
+@pytest.mark.parametrize("name", sorted(PROFILES))
 def test_state_lists_are_disjoint_and_filled(name: str) -> None:
     profile = PROFILES[name]
     lists = [profile.success, profile.failure, profile.in_progress]
@@ -622,7 +643,7 @@ def test_state_lists_are_disjoint_and_filled(name: str) -> None:
         assert all(s.strip() for s in states)
 
 
-@pytest.mark.parametrize("name", sorted(CONTRACT_NAMES))
+@pytest.mark.parametrize("name", sorted(PROFILES))
 def test_profile_metadata_is_documentation_not_configuration(name: str) -> None:
     profile = PROFILES[name]
     assert profile.summary and "\n" not in profile.summary
@@ -650,7 +671,7 @@ def test_profiles_are_frozen() -> None:
     assert hash(profile) == hash(PROFILES["github-actions"])
 
 
-@pytest.mark.parametrize("name", sorted(CONTRACT_NAMES))
+@pytest.mark.parametrize("name", sorted(PROFILES))
 def test_describe_names_what_the_profile_sets(name: str) -> None:
     profile = PROFILES[name]
     text = describe(profile)

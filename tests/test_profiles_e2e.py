@@ -230,6 +230,17 @@ def openai(status: str, completed: int = 0, total: int = 100) -> Status:
     }
 
 
+def livy(state: str, log: list[str] | None = None) -> Status:
+    # Livy REST API's batch object: id, appId, appInfo, log, state.
+    return {
+        "id": 7,
+        "appId": "application_1700000000000_0007",
+        "appInfo": {"driverLogUrl": None, "sparkUiUrl": None},
+        "log": log or [],
+        "state": state,
+    }
+
+
 SCENARIOS: dict[str, Scenario] = {
     "github-actions": Scenario(
         {"OWNER": "octo-org", "REPO": "octo-repo"},
@@ -382,6 +393,21 @@ SCENARIOS: dict[str, Scenario] = {
         [
             (airflow("running", "2026-11-30T12:00:05+00:00"), P),
             (airflow("failed", "2026-11-30T12:00:20+00:00"), E),
+        ],
+    ),
+    "livy-batches": Scenario(
+        {},
+        "7",
+        [
+            (livy("starting"), P),
+            (livy("running", ["stdout: ", "stage 1"]), P),
+            (livy("running", ["stdout: ", "stage 1"]), None),  # the same answer again
+            (livy("success", ["stdout: ", "stage 1", "done"]), C),
+        ],
+        "8",
+        [
+            (livy("running"), P),
+            (livy("dead", ["stderr: ", "Exception in thread main"]), E),
         ],
     ),
     "replicate-predictions": Scenario(

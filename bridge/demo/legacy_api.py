@@ -78,6 +78,32 @@ class SeenRequest:
     at: float
 
 
+#: The simulated API's list of runs still going.
+ACTIVE_PATH = "/active-runs"
+#: Its feed of one run's events (seed 002's shape), as BRIDGE_FEED_PATH names it.
+FEED_PATH = "/feed/{run_id}/events?since={cursor}"
+
+
+def feed_events(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """A run's events so far, seed 002's shape: each node's start and end, in order."""
+    events: list[dict[str, Any]] = []
+    for i, node in enumerate(status.get("nodes") or []):
+        if node["status"] == "pending":
+            break
+        events.append(
+            {"sequence": 2 * i + 1, "eventType": "NODE_STARTED", "payload": {"node": node["id"]}}
+        )
+        if node["status"] != "running":
+            events.append(
+                {
+                    "sequence": 2 * i + 2,
+                    "eventType": "NODE_" + str(node["status"]).upper(),
+                    "payload": {"node": node["id"]},
+                }
+            )
+    return events
+
+
 class LegacyApi:
     def __init__(
         self,
@@ -107,6 +133,10 @@ class LegacyApi:
         self.app.add_routes(
             [
                 web.get("/runs", self._list),
+                # Every run still going, each as its status: BRIDGE_UPSTREAM_LIST_PATH.
+                web.get(ACTIVE_PATH, self._active),
+                # Each run's events behind a cursor, seed 002's shape: BRIDGE_FEED_PATH.
+                web.get("/feed/{run_id}/events", self._feed),
                 web.post("/runs", self._create),
                 web.post("/runs/{run_id}/cancel", self._cancel),
                 web.get(self.shape.route, self._status),
@@ -181,6 +211,35 @@ class LegacyApi:
     async def _list(self, request: web.Request) -> web.Response:
         newest = list(self.runs.values())[-200:]
         return web.json_response({"runs": [self.summary(run) for run in reversed(newest)]})
+
+    async def _active(self, request: web.Request) -> web.Response:
+        self.requests[ACTIVE_PATH] += 1
+        now = time.time()
+        going = [
+            self.answer(run, now)
+            for run in list(self.runs.values())[-200:]
+            if run.status(now)["status"] in ("queued", "running")
+        ]
+        return web.json_response(going)
+
+    async def _feed(self, request: web.Request) -> web.Response:
+        """``?since=<sequence>``: the run's events after it, with its state and phase."""
+        run = self.runs.get(request.match_info["run_id"])
+        if run is None:
+            return web.json_response({"error": "not found"}, status=404)
+        try:
+            since = int(request.query.get("since", "0"))
+        except ValueError:
+            return web.json_response({"error": "since must be a sequence number"}, status=400)
+        self.requests[f"feed:{run.id}"] += 1
+        status = run.status()
+        return web.json_response(
+            {
+                "events": [e for e in feed_events(status) if e["sequence"] > since],
+                "runStatus": status["status"],
+                "currentPhase": status.get("currentNode"),
+            }
+        )
 
     async def _create(self, request: web.Request) -> web.Response:
         outcome: Any = None

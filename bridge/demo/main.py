@@ -15,7 +15,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bridge.demo.legacy_api import LegacyApi, serving, spawning
+from bridge.demo.legacy_api import ACTIVE_PATH, FEED_PATH, LegacyApi, serving, spawning
 from bridge.demo.shapes import shape_for
 from bridge.ops.logs import configure_logging
 from bridge.server.serve import CannotListen, bound_port, listen_socket, serve, signal_trigger
@@ -79,12 +79,18 @@ async def run_demo(
     )
     try:
         async with serving(api, "127.0.0.1", api_port), spawning(api, every=8 * step, keep=4):
-            demo_settings = settings.model_copy(update={"upstream_url": api.url, "dashboard": True})
+            update: dict[str, object] = {"upstream_url": api.url, "dashboard": True}
+            fleet = api.shape.name == shape_for(None).name and settings.feed_path is None
+            if fleet:
+                # The page, `watch` and /v1/events follow every run the API lists.
+                update["upstream_list_path"] = ACTIVE_PATH
+            demo_settings = settings.model_copy(update=update)
             app = create_app(demo_settings)
             enable_demo_api(app, api.url)  # the page lists, starts and cancels runs
             scheme = "https" if settings.tls_certfile is not None else "http"
             base = f"{scheme}://{url_host(settings.host)}:{bound_port(listener)}"
             first = next(iter(api.runs))
+            feed = FEED_PATH.replace("{run_id}", first).replace("{cursor}", "0")
             speaks = api.shape.name
             if api.events is not None:
                 speaks = f"seed {api.events.file[:3]}'s {api.events.name} runs, {api.events.file}"
@@ -96,6 +102,8 @@ async def run_demo(
                         f"  simulated API:    {api.url}{api.run_path.replace('{run_id}', first)}",
                         f"  follow a run:     curl -N {base}/v1/runs/{first}/stream",
                         f"  state, progress:  curl -N '{base}/v1/streams?runs={first}'",
+                        *([f"  every run:        curl -N {base}/v1/events"] if fleet else []),
+                        f"  a run's feed:     {api.url}{feed}  (BRIDGE_FEED_PATH={FEED_PATH})",
                         f"  start a new run:  curl -X POST {api.url}/runs",
                         f"  in the terminal:  {watch_command()} {first} --url {base}",
                         "Stop with Ctrl-C.",

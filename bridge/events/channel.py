@@ -130,10 +130,12 @@ class Channel:
         kind: str | None = None,
         raw: str | None = None,
         hidden: bool = False,
+        event_id: str | None = None,
     ) -> Event:
         """The next event; ``data`` is what it sends as ``sse.encode_json`` wrote it, and
         ``reading`` what the status filters made of the status (none for the bridge's
-        own); ``kind``, ``raw`` and ``hidden`` as in ``history.Event``."""
+        own); ``kind``, ``raw`` and ``hidden`` as in ``history.Event``; ``event_id`` the
+        upstream's own id (a feed's cursor), else the history's."""
         state, progress, detail = _parts(reading)
         event = self.history.append(
             name,
@@ -144,6 +146,7 @@ class Channel:
             kind=kind,
             raw=raw,
             hidden=hidden,
+            event_id=event_id,
         )
         if event.is_status:  # a derived event says nothing of the status's fingerprint
             self.fingerprint = reading.fingerprint if reading is not None else None

@@ -205,12 +205,14 @@ class RunHistory:
         kind: str | None = None,
         raw: str | None = None,
         hidden: bool = False,
+        event_id: str | None = None,
     ) -> Event:
-        """Add the next event; ``data`` is what it sends (``sse.encode_json``'s text)."""
+        """Add the next event; ``data`` is what it sends (``sse.encode_json``'s text).
+        ``event_id``: the upstream's own id (a feed's cursor) instead of the bridge's."""
         if self.terminal:
             raise RuntimeError("a terminal history takes no more events")
         self._seq += 1
-        event_id = f"{self.epoch}-{self._seq}"
+        event_id = event_id or f"{self.epoch}-{self._seq}"
         event = Event.build(
             self._seq,
             event_id,

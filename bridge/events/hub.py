@@ -7,7 +7,7 @@ One hub per process, in every mode: sharing across replicas is the ledger's busi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from cachetools import TTLCache
 
@@ -24,8 +24,11 @@ class Hub:
         history_max_bytes: int,
         history_runs: int,
         history_ttl: float,
+        history: Callable[..., RunHistory] = RunHistory,
         vocabulary: Vocabulary = DEFAULT,
     ) -> None:
+        #: What a new channel's history is (a feed's keeps the upstream's cursors as ids).
+        self._history = history
         self.vocabulary = vocabulary
         self._history_size = history_size
         self._history_max_bytes = history_max_bytes
@@ -46,7 +49,7 @@ class Hub:
         if channel is None:
             channel = self._retired.pop(key, None)
             if channel is None or channel.synthetic_end:
-                history = RunHistory(
+                history = self._history(
                     self._history_size, self._history_max_bytes, vocabulary=self.vocabulary
                 )
                 channel = Channel(key, history)

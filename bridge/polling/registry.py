@@ -58,7 +58,10 @@ class PollerRegistry:
         fetch: Fetch,
         reader: StatusReader,
         metrics: Metrics | None = None,
+        make: Callable[..., Poller] = Poller,
     ) -> None:
+        #: Makes a poller, called as ``Poller`` is (a feed's poller in feed mode).
+        self._make = make
         self.hub = hub
         self._backend = backend
         self._cadence = cadence
@@ -98,7 +101,18 @@ class PollerRegistry:
             raise
         return poller.channel, poller.release
 
-    def _start(self, key: ChannelKey, headers: Mapping[str, str]) -> Poller:
+    def start_with(
+        self, run_id: str, headers: Mapping[str, str], make: Callable[..., Poller]
+    ) -> Poller:
+        """The poller of (run, headers), made by ``make`` if there is none yet: a poller
+        fed by something else than its own requests (a list of runs), which later viewers
+        of the run lease like any other."""
+        key = self.key(run_id, headers)
+        return self._pollers.get(key) or self._start(key, headers, make)
+
+    def _start(
+        self, key: ChannelKey, headers: Mapping[str, str], make: Callable[..., Poller] | None = None
+    ) -> Poller:
         channel = self.hub.open(key)
         wakeup = Wakeup()
         try:
@@ -106,7 +120,7 @@ class PollerRegistry:
         except BaseException:
             self.hub.retire(key)
             raise
-        poller = Poller(
+        poller = (make or self._make)(
             key,
             headers,
             ledger,

@@ -94,6 +94,35 @@ class Fetched:
     wait: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One answer to any GET: its JSON (None for 304), validators, hint, and next link."""
+
+    value: Any
+    validators: Validators
+    wait: float | None = None
+    #: The absolute URL of ``Link: <...>; rel="next"``, when it is on the upstream's own
+    #: origin (a link elsewhere would carry the forwarded credentials there).
+    next_url: str | None = None
+    #: The body as text (``fetch_page(any_json=True)``), a valid JSON text.
+    text: str | None = None
+
+
+def _next_link(response: aiohttp.ClientResponse, base: str) -> str | None:
+    """``rel="next"`` of the Link header (RFC 8288), parsed by aiohttp, on ``base``'s origin."""
+    try:
+        link = response.links.get("next")
+    except ValueError:
+        return None
+    if link is None:
+        return None
+    target = response.url.join(URL(str(link.get("url", ""))))
+    if target.origin() != URL(base).origin():
+        log.warning("the upstream's next page is on another origin; not followed")
+        return None
+    return str(target)
+
+
 #: Longest validator kept: an ETag is a short token; anything longer is not one.
 MAX_VALIDATOR = 256
 
@@ -187,9 +216,21 @@ class UpstreamClient:
     ) -> Fetched:
         """GET one run's status, conditionally when ``validators`` are given (and
         BRIDGE_CONDITIONAL_REQUESTS is on): a 304 comes back as ``Fetched(None, ...)``."""
+        page = await self.fetch_page(self.url_for(run_id), headers, validators)
+        return Fetched(page.value, page.validators, page.wait)
+
+    async def fetch_page(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        validators: Validators | None = None,
+        *,
+        any_json: bool = False,
+    ) -> Page:
+        """GET ``url`` (already percent-encoded) as ``fetch`` does; ``any_json``: the body
+        may be any JSON value (a feed page or a list of runs), not only an object."""
         if self._session is None:
             raise RuntimeError("UpstreamClient.start() was not awaited")
-        url = self.url_for(run_id)
         if not self.breaker.allow():
             self._count("circuit_open")
             raise UpstreamUnavailable(
@@ -206,11 +247,11 @@ class UpstreamClient:
                     self.last_request = time.monotonic()
                     sent = validators if self._settings.conditional_requests else None
                     extra = sent.headers() if sent is not None else {}
-                    fetched = await self._get(url, {**headers, **extra}, sent)
+                    fetched = await self._get(url, {**headers, **extra}, sent, any_json)
             verdict = True
             self.breaker.success()
             self.last_success = time.monotonic()
-            if fetched.status is None:
+            if fetched.value is None:
                 outcome = "not_modified"
             return fetched
         except TimeoutError:
@@ -250,8 +291,8 @@ class UpstreamClient:
             self._metrics.upstream_requests.labels(outcome).inc()
 
     async def _get(
-        self, url: str, headers: Mapping[str, str], previous: Validators | None
-    ) -> Fetched:
+        self, url: str, headers: Mapping[str, str], previous: Validators | None, any_json: bool
+    ) -> Page:
         assert self._session is not None
         try:
             # encoded=True: the run id is percent-encoded already (run_id.upstream_path);
@@ -266,7 +307,7 @@ class UpstreamClient:
                         _validator(response.headers.get("ETag")) or previous.etag,
                         _validator(response.headers.get("Last-Modified")) or previous.last_modified,
                     )
-                    return Fetched(None, renewed, _poll_hint(response.headers))
+                    return Page(None, renewed, _poll_hint(response.headers))
                 if UpstreamRefused.handles(response.status):
                     raise UpstreamRefused(response.status)
                 if response.status == 429:
@@ -275,17 +316,20 @@ class UpstreamClient:
                         retry_after=parse_retry_after(response.headers.get("Retry-After")),
                     )
                 if response.status != 200:
-                    raise UpstreamUnavailable(
+                    failed = UpstreamUnavailable(
                         f"The upstream API answered with HTTP {response.status}.",
                         retry_after=parse_retry_after(response.headers.get("Retry-After")),
                         outage=response.status >= 500,
                     )
+                    failed.upstream_status = response.status
+                    raise failed
                 body = await self._read_capped(response)
                 validators = Validators(
                     _validator(response.headers.get("ETag")),
                     _validator(response.headers.get("Last-Modified")),
                 )
                 wait = _poll_hint(response.headers)
+                following = _next_link(response, self._base)
         except UpstreamError:
             raise
         except TimeoutError:
@@ -298,7 +342,10 @@ class UpstreamClient:
             ) from None
         if self._metrics is not None:
             self._metrics.upstream_bytes.inc(len(body))
-        return Fetched(self._parse(body), validators, wait)
+        if not any_json:
+            return Page(self._parse(body), validators, wait, following)
+        # Kept as text too: jq reads a text faster than a Python value it must encode first.
+        return Page(self._parse_any(body), validators, wait, following, body.decode())
 
     async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
         cap = self._settings.upstream_max_bytes
@@ -316,11 +363,15 @@ class UpstreamClient:
         return body
 
     @staticmethod
-    def _parse(body: bytes) -> dict[str, Any]:
+    def _parse_any(body: bytes) -> Any:
         try:
-            value = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
+            return json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise UpstreamUnavailable("The upstream API sent a body that is not JSON.") from None
+
+    @classmethod
+    def _parse(cls, body: bytes) -> dict[str, Any]:
+        value = cls._parse_any(body)
         if not isinstance(value, dict):
             raise UpstreamUnavailable("The upstream API sent JSON that is not an object.")
         return value

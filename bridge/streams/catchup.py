@@ -20,7 +20,9 @@ from urllib.parse import quote
 from bridge.errors import InvalidRequest
 from bridge.events import sse
 from bridge.events.channel import Subscription
+from bridge.events.feed import FeedHistory, current_status
 from bridge.events.history import Event
+from bridge.streams.feed import upstream_events
 from bridge.streams.opening import Opener
 from bridge.streams.viewer import Viewer
 
@@ -53,15 +55,15 @@ def header_safe(text: str | None) -> str:
     return text if text.isascii() and text.isprintable() else quote(text, safe="")
 
 
-def run_headers(latest: Event) -> dict[str, str]:
+def run_headers(latest: Event | None) -> dict[str, str]:
     """The headers of an answer about a run's latest status (its body is the upstream's
     status as it is, or events of it): what the bridge read of it goes beside, header-safe
     ("" when none): X-Run-State, the state as the status filters read it, and
-    X-Run-Detail, the detail BRIDGE_DETAIL_EXPR read."""
+    X-Run-Detail, the detail BRIDGE_DETAIL_EXPR read. None: a feed with no item yet."""
     return {
         "Cache-Control": "no-cache",
-        "X-Run-State": header_safe(latest.state),
-        "X-Run-Detail": header_safe(latest.detail),
+        "X-Run-State": header_safe(latest.state if latest is not None else None),
+        "X-Run-Detail": header_safe(latest.detail if latest is not None else None),
     }
 
 
@@ -75,18 +77,29 @@ async def _wait(subscription: Subscription, ready: bool, seconds: float) -> None
             await subscription.wake.wait()
 
 
-def _events_body(run_id: str, events: list[Event], cursor: str | None, latest: Event) -> str:
+def _events_body(
+    run_id: str,
+    events: list[Event],
+    cursor: str | None,
+    latest: Event | None,
+    state: str | None = None,
+) -> str:
     # Each event's data is already one line of JSON: embedded, never parsed again.
+    # ``state``: a feed's, from its last page (it may have no item, so no latest event).
+    if state is None and latest is not None:
+        state = latest.state
+    progress = latest.progress if latest is not None else None
+    detail = latest.detail if latest is not None else None
     items = ",".join(
         f'{{"id":{sse.encode_json(e.id)},"event":{sse.encode_json(e.name)},"data":{e.data}}}'
         for e in events
     )
     return (
         f'{{"run_id":{sse.encode_json(run_id)},"events":[{items}],'
-        f'"cursor":{sse.encode_json(cursor)},"state":{sse.encode_json(latest.state)},'
-        f'"progress":{sse.encode_json(latest.progress)},'
-        f'"detail":{sse.encode_json(latest.detail)},'
-        f'"terminal":{sse.encode_json(latest.terminal)}}}'
+        f'"cursor":{sse.encode_json(cursor)},"state":{sse.encode_json(state)},'
+        f'"progress":{sse.encode_json(progress)},'
+        f'"detail":{sse.encode_json(detail)},'
+        f'"terminal":{sse.encode_json(latest is not None and latest.terminal)}}}'
     )
 
 
@@ -110,6 +123,23 @@ async def events(
     async with _opened(opener, viewer, run_id) as subscription:
         history = subscription.channel.history
         held = history.holds(since)
+        reach = opener.feed
+        if isinstance(history, FeedHistory) and reach is not None:
+            # A feed: items the history no longer holds come from the upstream.
+            since = since or reach.source.start
+            held = history.holds(since)
+            if held is None:
+                found = await upstream_events(
+                    reach.source,
+                    reach.pages,
+                    run_id,
+                    since,
+                    reach.headers(viewer),
+                    history.state,
+                )
+                reached = found[-1].id if found else since
+                body = _events_body(run_id, found, reached, history.latest, history.state)
+                return Answer(200, body, {"Cache-Control": "no-cache"})
         if held is None:
             # No since: the current status (with progress off, the history from its
             # start); one this history no longer holds: the current status.
@@ -118,11 +148,13 @@ async def events(
             found = history.after(held)
             await _wait(subscription, bool(found) or history.terminal, wait)
             found = history.after(held)
+        # A lease comes with a first status (a feed's may have no item yet).
         latest = history.status
-        assert latest is not None  # a lease always comes with a first status
         cursor = found[-1].id if found else since
+        # A feed's state is its last page's, whether or not it had an item.
+        state = history.state if isinstance(history, FeedHistory) else None
         # A built-in event turned off moves the cursor on but is not listed.
-        body = _events_body(run_id, [e for e in found if e.sent], cursor, latest)
+        body = _events_body(run_id, [e for e in found if e.sent], cursor, latest, state)
         return Answer(200, body, run_headers(latest))
 
 
@@ -138,9 +170,11 @@ async def result(opener: Opener, viewer: Viewer, run_id: str, wait: float) -> An
                 break
             await _wait(subscription, False, left)
         latest = history.status
-        assert latest is not None
+        status = current_status(history) or "null"
         headers = run_headers(latest)
         # The outcome in the stream's words (complete / error / progress), so a script
         # needs no state lists of its own.
-        headers["X-Run-Event"] = latest.kind
-        return Answer(200 if history.terminal else 202, latest.status, headers)
+        headers["X-Run-Event"] = latest.kind if latest is not None else sse.PROGRESS
+        if history.terminal and latest is not None:
+            status = latest.status
+        return Answer(200 if history.terminal else 202, status, headers)

@@ -127,6 +127,8 @@ class RunView:
     entry: str | None = None
     pending: list[Event] = field(default_factory=list)
     done: bool = False
+    #: ``envelope=0``: each event's data as the run's own stream has it.
+    envelope: bool = True
     #: Set for a viewer that asked for ``delta=json-patch``.
     delta: DeltaView | None = None
 
@@ -135,6 +137,8 @@ class RunView:
         return self.subscription.channel
 
     def frame(self, event: Event, multi_id: str) -> bytes:
+        if not self.envelope:
+            return sse.frame(event.name, event.data, multi_id)
         # state, progress and detail as the status filters read them (null where none):
         # a page shows any configured API without knowing its shape.
         name, body = event.name, event.data
@@ -166,14 +170,18 @@ def position(view: RunView, resume: Mapping[str, tuple[int, int]]) -> None:
 
 
 def multi_frames(
-    subscriptions: list[Subscription], viewer: Viewer, limits: StreamLimits
+    subscriptions: list[Subscription],
+    viewer: Viewer,
+    limits: StreamLimits,
+    envelope: bool = True,
 ) -> AsyncGenerator[bytes, None] | None:
-    """The multi-run framer (see bridge/streams/opening.py): each run placed after its own id."""
+    """The multi-run framer (see bridge/streams/opening.py): each run placed after its own
+    id; ``envelope=False`` sends each event's data as the run's own stream has it."""
     resume = decode_cursor(viewer.resume_from)
     views = []
     for subscription in subscriptions:
         run_id = subscription.channel.key.run_id
-        view = RunView(run_id, run_key(run_id), subscription)
+        view = RunView(run_id, run_key(run_id), subscription, envelope=envelope)
         position(view, resume)
         if viewer.delta:
             view.delta = view_after(view.channel.history, view.seq or None)

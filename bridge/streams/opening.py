@@ -17,7 +17,7 @@ per viewer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -28,6 +28,7 @@ from bridge.errors import BridgeError
 from bridge.events.channel import Channel, Subscription
 from bridge.events.hub import Hub
 from bridge.polling.registry import PollerRegistry
+from bridge.streams.feed import FeedReach
 from bridge.streams.keepalive import StreamLimits
 from bridge.streams.limits import StreamLimiter
 from bridge.streams.stream import Frames
@@ -90,13 +91,15 @@ class Opened:
 #: Admits a viewer to a run (forward-auth mode; raises a BridgeError if refused) and says
 #: the headers its poller polls with: ``(run_id, the viewer's credentials) -> headers``.
 Admit = Callable[[str, dict[str, str]], Awaitable[dict[str, str]]]
+#: Leases a credential scope's list poller: its release, None when it is not to be had.
+Follow = Callable[[Mapping[str, str]], Awaitable[Callable[[], None] | None]]
 
 
 class Opener:
     """What opening a stream takes, and nothing more: the stream caps, admission, the
     shared pollers, the hub, the stream limits of the moment and the open-streams gauge."""
 
-    __slots__ = ("admit", "hub", "limiter", "limits", "open_streams", "pollers")
+    __slots__ = ("admit", "feed", "follow", "hub", "limiter", "limits", "open_streams", "pollers")
 
     def __init__(
         self,
@@ -107,6 +110,8 @@ class Opener:
         hub: Hub,
         limits: Callable[[], StreamLimits],
         open_streams: Gauge,
+        follow: Follow | None = None,
+        feed: FeedReach | None = None,
     ) -> None:
         self.limiter = limiter
         self.admit = admit
@@ -115,6 +120,11 @@ class Opener:
         #: Each stream's own (its ``retry`` is jittered per stream).
         self.limits = limits
         self.open_streams = open_streams
+        #: BRIDGE_UPSTREAM_LIST_PATH: leases a credential scope's list poller (its
+        #: release; None: the list is not to be had with these headers).
+        self.follow = follow
+        #: BRIDGE_FEED_PATH: how a feed's items beyond the history are asked upstream.
+        self.feed = feed
 
     async def lease_all(self, holder: Holder, runs: list[str], viewer: Viewer) -> list[Channel]:
         """One lease per run, taken concurrently, each given back through ``holder``.
@@ -130,6 +140,12 @@ class Opener:
         async def one(run_id: str) -> None:
             try:
                 headers = await self.admit(run_id, dict(viewer.credentials))
+                if self.follow is not None:
+                    # With a list of runs, a listed run's status comes from the list: its
+                    # stream keeps the scope's list poller going and costs no request.
+                    let_go = await self.follow(headers)
+                    if let_go is not None:
+                        holder.callback(let_go)
                 channel, release = await self.pollers.lease(run_id, headers)
             except BridgeError as error:  # UpstreamError, or a refusal of the auth service
                 refused[run_id] = error

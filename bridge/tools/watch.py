@@ -10,6 +10,10 @@ shared poller and resume, but each event also carries the state and progress the
 bridge's status filters read, so the bar is right for any configured API (a real bar
 when the progress is known, a pulsing one when it is not).
 
+Without a run id it follows ``GET /v1/events``, every run the bridge's upstream lists
+(BRIDGE_UPSTREAM_LIST_PATH): one line per change of any run, ``--json`` one object per
+event, until interrupted; a ``timeout`` reconnects and resumes.
+
 A transient refusal (the upstream unreachable or slow, the bridge full or draining) comes
 as the bridge answers it to EventSource: 200, a ``retry:`` line, a comment naming the
 error, the close. That is no connection: the comment's reason is shown
@@ -68,7 +72,13 @@ class Refused(Exception):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_id", metavar="RUN_ID", help="the run to follow")
+    parser.add_argument(
+        "run_id",
+        metavar="RUN_ID",
+        nargs="?",
+        default=None,
+        help="the run to follow; without one, every run the upstream lists (GET /v1/events)",
+    )
     parser.add_argument(
         "--url",
         default=None,
@@ -517,6 +527,75 @@ class Watch:
         )
 
 
+class FleetDisplay(Display):
+    """Every listed run: one line per change of a run (``--json``: one object per event)."""
+
+    def __init__(self, mode: str, out: TextIO, err: TextIO) -> None:
+        super().__init__("*", "json" if mode == "json" else "lines", out, err)
+        self._lines: dict[str, str] = {}
+
+    def run_event(self, run_id: str, update: Update) -> None:
+        if self.mode == "json":
+            record: dict[str, Any] = {"run_id": run_id, "event": update.event, "id": update.id}
+            record |= {"state": update.state, "progress": update.progress, "data": update.data}
+            self.out.write(json.dumps(record, separators=(",", ":")) + "\n")
+            self.out.flush()
+            return
+        body = update.data if isinstance(update.data, dict) else {}
+        state = state_text(update)
+        pct = update.progress * 100 if update.progress is not None else None
+        if pct is None and update.event == "complete":
+            pct = 100.0
+        shown = f"{pct:5.1f}%  " if pct is not None else ""
+        mark = {"complete": "✔ ", "error": "✘ "}.get(update.event, "")
+        line = f"{mark}{run_id} {state:<12} {shown}{running_nodes(body)}".rstrip()
+        if update.event == "error":
+            message = message_of(body)
+            if message:
+                line += f": {message}"
+        if self._lines.get(run_id) != line:
+            self._lines[run_id] = line
+            if len(self._lines) > 10_000:  # bounded: forget the oldest runs' last lines
+                self._lines.pop(next(iter(self._lines)))
+            self.console.print(line, markup=False)
+
+
+class FleetWatch(Watch):
+    """``watch`` without a run id: every listed run, until interrupted."""
+
+    @property
+    def stream_url(self) -> str:
+        return self.base_url.rstrip("/") + "/v1/events"
+
+    def handle(self, event: ParsedEvent) -> int | None:
+        if event.event == "ping":
+            return None
+        if event.has_id:
+            self.last_id = event.id
+        if event.event == "timeout":
+            return None  # the bridge ends streams after a while: resume where we are
+        if event.event not in RUN_EVENTS:
+            return None
+        try:
+            data = json.loads(event.data)
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("run_id"), str):
+            return None
+        state, own = data.get("state"), data.get("id")
+        update = Update(
+            event.event,
+            own if isinstance(own, str) else None,
+            state if isinstance(state, str) else None,
+            _fraction(data.get("progress")),
+            data.get("data"),
+        )
+        display = self.display
+        if isinstance(display, FleetDisplay):
+            display.run_event(data["run_id"], update)
+        return None
+
+
 #: The comment of the bridge's EventSource-friendly refusal: "<code>[ (run <id>)]: <message>"
 #: (bridge/web/reply.py, retry_reply).
 _REFUSAL = re.compile(r"([a-z][a-z_]*)(?: \(run [^)]*\))?: (.+)")
@@ -623,6 +702,8 @@ async def wait_result(
 def main(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
     environ = os.environ if environ is None else environ
     out, err = sys.stdout, sys.stderr
+    if args.run_id is None:
+        return _watch_all(args, environ, out, err)
     try:
         run_ids.validate(args.run_id)
     except InvalidRunId as error:
@@ -656,3 +737,34 @@ def main(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
             return asyncio.run(watch.run())
         except KeyboardInterrupt:
             return 130
+
+
+def _watch_all(
+    args: argparse.Namespace, environ: Mapping[str, str], out: TextIO, err: TextIO
+) -> int:
+    """``watch`` without a run id: GET /v1/events until interrupted (2: refused)."""
+    if args.wait_result:
+        err.write("sse-bridge watch: --wait-result needs a RUN_ID\n")
+        return EXIT_OTHER
+    try:
+        headers = headers_from(args.header, environ)
+    except Refused as error:
+        err.write(f"sse-bridge watch: {error}\n")
+        return EXIT_OTHER
+    url = args.url or environ.get(ENV_URL) or DEFAULT_URL
+    if not url.startswith(("http://", "https://")):
+        err.write(f"sse-bridge watch: --url must start with http:// or https://, got {url!r}\n")
+        return EXIT_OTHER
+    display = FleetDisplay("json" if args.json else "lines", out, err)
+    watch = FleetWatch(
+        "*",
+        url,
+        headers,
+        display,
+        reconnect_for=args.reconnect_for,
+        idle_timeout=args.idle_timeout,
+    )
+    try:
+        return asyncio.run(watch.run())
+    except KeyboardInterrupt:
+        return 130

@@ -23,11 +23,13 @@ from werkzeug.exceptions import HTTPException, NotFound
 
 from bridge import run_id as run_ids
 from bridge.errors import BridgeError, Draining, InvalidRunId, PokeDisabled, PokeUnauthorized
+from bridge.events.feed import current_status
 from bridge.events.sse import encode_json
 from bridge.ops.metrics import Metrics
 from bridge.polling.registry import PollerRegistry
 from bridge.settings import Settings
 from bridge.streams import catchup
+from bridge.streams.feed import FeedFramer, FeedReach
 from bridge.streams.limits import StreamLimiter
 from bridge.streams.opening import Admit, Opener, RunRefused
 from bridge.streams.viewer import Viewer
@@ -113,10 +115,16 @@ def create_app(settings: Settings) -> Quart:
         settings=settings,
         cors=cors,
     )
+    if services.feed is not None:
+        front.single_run = FeedFramer(
+            FeedReach(services.feed, services.fetch_page, services.polled_with)
+        )
+    front.events = services.open_fleet
     app.asgi_app = front  # type: ignore[method-assign,assignment]
     for rule, endpoint in (
         ("/v1/runs/<run_id>/stream", "run_stream"),
         ("/v1/streams", "multi_stream"),
+        ("/v1/events", "fleet_stream"),
     ):
         app.add_url_rule(rule, endpoint, methods=["GET"])
     Routes(
@@ -212,9 +220,10 @@ class Routes:
         channel, release = await self.pollers.lease(run_id, headers)
         try:
             latest = channel.history.status
-            assert latest is not None  # a lease always comes with a first status
+            status = current_status(channel.history)
+            assert status is not None  # a lease always comes with a first status
             return Response(
-                latest.status, content_type="application/json", headers=catchup.run_headers(latest)
+                status, content_type="application/json", headers=catchup.run_headers(latest)
             )
         finally:
             release()

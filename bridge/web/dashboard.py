@@ -4,7 +4,8 @@
 
 - ``GET /`` and ``/static/*`` when ``BRIDGE_DASHBOARD`` is on (``sse-bridge demo`` turns
   it on): a plain HTML/CSS/JS page shipped in ``bridge/web/static``, no build step, nothing
-  fetched from elsewhere. It follows the runs named in ``?runs=a,b,c`` (or typed in);
+  fetched from elsewhere. It follows the runs named in ``?runs=a,b,c`` (or typed in), or
+  with none, when BRIDGE_UPSTREAM_LIST_PATH is set, every listed run (``/v1/events``);
 - ``GET /dashboard/config.json``: what the page needs to know (limits, demo mode);
 - in demo mode only (``enable_demo_api``): ``GET/POST /demo/api/runs`` and
   ``POST /demo/api/runs/<id>/cancel``, forwarded to the simulated legacy API, so the page
@@ -91,6 +92,8 @@ def register_dashboard(app: Quart, settings: Settings) -> None:
             # Which preset reads the upstream, so the page can say which API it shows.
             "profile": settings.profile,
             "maxRuns": settings.multi_max_runs,
+            # The bridge follows the upstream's list: no run ids needed (/v1/events).
+            "fleet": settings.upstream_list_path is not None,
             "pollInterval": settings.poll_interval,
             # The stream's vocabulary (BRIDGE_EVENTS_FILE): what to listen to.
             "events": dashboard_events(settings.vocabulary),

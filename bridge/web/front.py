@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Final, TypeAlias
 from urllib.parse import parse_qsl
@@ -38,6 +38,7 @@ from bridge.errors import BridgeError
 from bridge.ops.metrics import Metrics
 from bridge.settings import Settings
 from bridge.streams.direct import DirectSink
+from bridge.streams.fleet import NoList, parse_envelope
 from bridge.streams.multi import multi_frames, parse_runs
 from bridge.streams.opening import Framer, Opened, Opener, RunRefused
 from bridge.streams.stream import Frames, run_frames
@@ -63,6 +64,7 @@ log = logging.getLogger("bridge.web.front")
 RUN_PREFIX: Final = "/v1/runs/"
 RUN_SUFFIX: Final = "/stream"
 MULTI_PATH: Final = "/v1/streams"
+EVENTS_PATH: Final = "/v1/events"
 #: The request headers the stream routes read, besides the forwarded ones.
 _READ: Final = frozenset({b"accept", b"last-event-id", b"origin", b"x-forwarded-for"})
 _INTERNAL_ERROR: Final = http_error_reply(
@@ -87,7 +89,7 @@ def stream_route(scope: Scope) -> tuple[bool, str | None]:
     if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
         return False, None
     path: str = scope["path"]
-    if path == MULTI_PATH:
+    if path in (MULTI_PATH, EVENTS_PATH):
         return True, None
     if path.startswith(RUN_PREFIX) and path.endswith(RUN_SUFFIX):
         run_id = path[len(RUN_PREFIX) : -len(RUN_SUFFIX)]
@@ -118,6 +120,8 @@ class StreamFront:
         #: None until the server offers the fast path (``use_fast_path``).
         self.transports: TransportLookup | None = None
         self.single_run: Framer = partial(run_frames, ticker=ticker)
+        #: ``GET /v1/events`` (bridge/streams/fleet.py), when the bridge follows a list.
+        self.events: Callable[[Viewer, bool], Awaitable[Opened]] | None = None
         # Matched against the scope's (lower-case) header names without decoding them all.
         self.forward = frozenset(h.encode("latin-1") for h in settings.forward_headers)
 
@@ -159,6 +163,16 @@ class StreamFront:
         request = self._read(scope)
         cors = self.cors.headers(request.get(b"origin"), scope["method"]) if self.cors else ()
         try:
+            if scope["path"] == EVENTS_PATH:
+                query = query_args(scope)
+                envelope = parse_envelope(first_values(query).get("envelope"))
+                viewer = self._viewer(scope, send, request, query, stream=False)
+                try:
+                    if self.events is None:
+                        raise NoList()
+                    return (viewer, await self.events(viewer, envelope)), cors
+                except BridgeError as error:
+                    return self._refusal(error, viewer, False), cors
             viewer, runs, framer, name_run = self._parse(scope, send, request, run_id)
             try:
                 opened = await self.opener.open(viewer, runs, framer)
@@ -187,8 +201,9 @@ class StreamFront:
             return viewer, runs, self.single_run, False
         wanted = [value for name, value in query if name == "runs"]
         runs = parse_runs(wanted, self.settings.multi_max_runs)
+        envelope = parse_envelope(first_values(query).get("envelope"))
         viewer = self._viewer(scope, send, request, query, stream=False)
-        return viewer, runs, multi_frames, True
+        return viewer, runs, partial(multi_frames, envelope=envelope), True
 
     def _refusal(self, refused: RunRefused | BridgeError, viewer: Viewer, name_run: bool) -> Reply:
         """A run's refusal or the bridge's own: JSON, or the form EventSource retries."""

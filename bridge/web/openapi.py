@@ -517,7 +517,7 @@ def _stream_paths(settings: Settings) -> Json:
                     "refuses any run, the request is answered with that error, naming the "
                     "run (`run_id`)."
                 ),
-                "parameters": [_ref("parameters", "Runs"), *resume],
+                "parameters": [_ref("parameters", "Runs"), _ref("parameters", "Envelope"), *resume],
                 "security": security,
                 "responses": {
                     "200": _sse_response(
@@ -527,6 +527,33 @@ def _stream_paths(settings: Settings) -> Json:
                         "(every run's position, opaque).",
                     ),
                     "204": {"description": "Every run's final event was already received."},
+                    **stream_errors,
+                },
+            }
+        },
+        "/v1/events": {
+            "get": {
+                "operationId": "streamEveryRun",
+                "tags": ["streams"],
+                "summary": "Every run the upstream lists (BRIDGE_UPSTREAM_LIST_PATH), in one "
+                "SSE stream.",
+                "description": (
+                    "Each listed run's current status when the stream opens (or when the run "
+                    "first appears), then its events as they happen, in /v1/streams "
+                    "envelopes; with envelope=0 each event's data exactly as the run's own "
+                    "stream has it. A run's complete/error ends that run only. One list "
+                    "request per interval per credential scope feeds every listed run. 404 "
+                    "when no list is configured; the list's 401/403/404 as they are."
+                ),
+                "parameters": [_ref("parameters", "Envelope"), *resume],
+                "security": security,
+                "responses": {
+                    "200": _sse_response(
+                        _ref("schemas", "MultiEvent"),
+                        "`data` of progress/complete/error: the envelope "
+                        "{run_id, id, state, progress, detail, data} (envelope=0: the run's "
+                        "own data); `id` is the stream's own (opaque).",
+                    ),
                     **stream_errors,
                 },
             }
@@ -685,6 +712,16 @@ def _parameters(settings: Settings) -> Json:
                 "anything else is refused with 400."
             ),
             "schema": {"type": "number", "minimum": 0, "maximum": settings.longpoll_max},
+        },
+        "Envelope": {
+            "name": "envelope",
+            "in": "query",
+            "required": False,
+            "description": (
+                "1 (the default): each event in the envelope {run_id, id, state, progress, "
+                "detail, data}; 0: each event's data exactly as the run's own stream has it."
+            ),
+            "schema": {"type": "string", "enum": ["0", "1"], "default": "1"},
         },
         "Runs": {
             "name": "runs",

@@ -11,23 +11,32 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable, Mapping
+from functools import partial
 
 from bridge.events import sse
 from bridge.events.channel import Subscription
+from bridge.events.feed import FeedHistory
+from bridge.events.history import RunHistory
 from bridge.events.hub import Hub
 from bridge.ops.gc_tuning import GcTuner
 from bridge.ops.loop_lag import LoopLag
 from bridge.ops.metrics import Metrics
+from bridge.polling.feed import FeedPoller, FeedSource
+from bridge.polling.fleet import Fleets
 from bridge.polling.ledger import LedgerBackend, MemoryBackend
-from bridge.polling.poller import Cadence
+from bridge.polling.poller import Cadence, Poller
 from bridge.polling.registry import PollerRegistry
 from bridge.polling.status import StatusReader, status_reader
-from bridge.polling.upstream import UpstreamClient
+from bridge.polling.upstream import Page, UpstreamClient, Validators
 from bridge.settings import Settings
+from bridge.streams.feed import FeedReach
+from bridge.streams.fleet import EVERY_RUN, FleetOpener
 from bridge.streams.keepalive import StreamLimits, spread
 from bridge.streams.limits import StreamLimiter
 from bridge.streams.opening import Opener
 from bridge.streams.ticker import Ticker
+from bridge.streams.viewer import Viewer
 from bridge.tasks import cancel_and_wait
 from bridge.web.auth import ForwardAuth, shared_key_warning
 from bridge.web.auth import log as auth_log
@@ -57,12 +66,15 @@ class Services:
         self.upstream = UpstreamClient(settings, self.metrics)
         self.reader = status_reader(settings)
         self.backend = create_backend(settings, self.metrics, self.reader)
+        #: BRIDGE_FEED_PATH: runs are polled as event feeds (bridge/polling/feed.py).
+        self.feed = FeedSource(settings) if settings.feed_path is not None else None
         self.hub = Hub(
             history_size=settings.history_size,
             history_max_bytes=settings.history_max_bytes,
             history_runs=settings.history_runs,
             # Where the backend keeps ended runs (Redis), nothing is kept here.
             history_ttl=0 if self.backend.keeps_ended_runs else settings.history_ttl,
+            history=(partial(FeedHistory, start=settings.feed_start) if self.feed else RunHistory),
             vocabulary=settings.vocabulary,
         )
         self.pollers = PollerRegistry(
@@ -72,6 +84,17 @@ class Services:
             fetch=self.upstream.fetch,
             reader=self.reader,
             metrics=self.metrics,
+            make=(
+                partial(FeedPoller, source=self.feed, pages=self.fetch_page)
+                if self.feed
+                else Poller
+            ),
+        )
+        #: BRIDGE_UPSTREAM_LIST_PATH: one list request per scope feeds every listed run.
+        self.fleets = (
+            Fleets(settings, self.pollers, self.reader, self.fetch_page, self.metrics.registry)
+            if settings.upstream_list_path is not None
+            else None
         )
         # The intervals in force, by state group (fixed words: the configured keys).
         self.metrics.poll_interval.labels("default").set(settings.poll_interval)
@@ -104,6 +127,26 @@ class Services:
             hub=self.hub,
             limits=self.limits,
             open_streams=self.metrics.open_streams,
+            follow=self.follow_list if self.fleets is not None else None,
+            feed=(
+                FeedReach(self.feed, self.fetch_page, self.polled_with)
+                if self.feed is not None
+                else None
+            ),
+        )
+        #: ``GET /v1/events`` (bridge/streams/fleet.py), when the bridge follows a list.
+        self.open_fleet = (
+            FleetOpener(
+                limiter=self.limiter,
+                admit=self.admit_every_run,
+                fleets=self.fleets,
+                headers=self.polled_with,
+                digest_secret=self.backend.digest_secret,
+                limits=self.limits,
+                open_streams=self.metrics.open_streams,
+            )
+            if self.fleets is not None
+            else None
         )
         self._spreading: asyncio.Task[None] | None = None
 
@@ -128,6 +171,8 @@ class Services:
         await self.loop_lag.stop()
         if self.gc is not None:
             await self.gc.stop()
+        if self.fleets is not None:
+            await self.fleets.close()
         await self.pollers.close()
         await self.backend.close()
         if self.auth is not None:
@@ -148,6 +193,8 @@ class Services:
         if self.draining:
             return
         self.limiter.drain()
+        if self.fleets is not None:
+            self.fleets.drain(self._farewell)
         subscriptions = [s for c in self.hub.live_channels() for s in c.subscriptions]
         window = self.settings.drain_window
         if window <= 0 or not subscriptions:
@@ -181,6 +228,27 @@ class Services:
         return StreamLimits(
             s.ping_interval, s.stream_timeout, s.viewer_buffer, spread(s.retry_ms), s.vocabulary
         )
+
+    async def admit_every_run(self, credentials: dict[str, str]) -> None:
+        """Forward-auth mode: the auth service admits a stream of every run (run ``*``)."""
+        if self.auth is not None:
+            await self.auth.admit(EVERY_RUN, credentials)
+
+    async def follow_list(self, headers: Mapping[str, str]) -> Callable[[], None] | None:
+        """Lease the list poller of these headers' scope (its release; None: none)."""
+        assert self.fleets is not None
+        fleet = await self.fleets.follow(headers, self.backend.digest_secret())
+        return fleet.release if fleet is not None else None
+
+    async def fetch_page(
+        self, url: str, headers: Mapping[str, str], validators: Validators | None = None
+    ) -> Page:
+        """One feed or list page (any JSON) from the upstream."""
+        return await self.upstream.fetch_page(url, headers, validators, any_json=True)
+
+    def polled_with(self, viewer: Viewer) -> dict[str, str]:
+        """The headers a viewer's own requests go upstream with, once it is admitted."""
+        return dict(viewer.credentials) if self.auth is None else {}
 
     async def upstream_headers(self, run_id: str, viewer: dict[str, str]) -> dict[str, str]:
         """The headers ``viewer`` polls ``run_id`` with (after admission).

@@ -1,8 +1,9 @@
 // sse-bridge dashboard: every run on the page over ONE EventSource (/v1/streams).
 // Plain browser JavaScript, no build step, no third-party code.
 //
-// Runs come from the simulated API in demo mode (/demo/api/runs), else from ?runs=a,b,c
-// or the "Watch" box. The stream is reopened, with the last event id as cursor, whenever
+// Runs come from ?runs=a,b,c or the "Watch" box; without run ids, when the bridge follows
+// the upstream's list of runs (BRIDGE_UPSTREAM_LIST_PATH), from /v1/events: every listed
+// run appears by itself; else, in demo mode, from the simulated API (/demo/api/runs). The stream is reopened, with the last event id as cursor, whenever
 // the set of unfinished runs changes; the bridge then replays only what the page lacks.
 //
 // A card shows the envelope's `state`, `progress` and `detail` (what the bridge's status
@@ -25,10 +26,11 @@
 
   const state = {
     config: {
-      demo: false, maxRuns: 50, pollInterval: 2, profile: null,
+      demo: false, fleet: false, maxRuns: 50, pollInterval: 2, profile: null,
       // The stream's vocabulary (BRIDGE_EVENTS_FILE); the contract's names by default.
       events: { builtin: { progress: "progress", complete: "complete", error: "error" }, derived: [], lines: [] },
     },
+    following: false, // every listed run, over /v1/events
     limit: 30,
     runs: new Map(), // id -> {id, status, state, progress, detail, data, event, finished,
     //                          refused, waiting, el}
@@ -77,6 +79,12 @@
   // Open (or reopen) the stream for the runs still going; close it when none are.
   function connect() {
     clearTimeout(state.retryTimer);
+    if (state.following) {
+      if (state.es) return;
+      const url = "/v1/events" + (state.lastId ? "?cursor=" + encodeURIComponent(state.lastId) : "");
+      listen(new EventSource(url), url, "");
+      return;
+    }
     const ids = unfinished();
     const wanted = ids.join(",");
     if (state.es && wanted === state.streamRuns) return;
@@ -86,7 +94,10 @@
       return;
     }
     const url = streamUrl(ids);
-    const es = new EventSource(url);
+    listen(new EventSource(url), url, wanted);
+  }
+
+  function listen(es, url, wanted) {
     state.es = es;
     state.streamRuns = wanted;
     state.opened = false;
@@ -134,6 +145,11 @@
     try { message = JSON.parse(e.data); } catch { return; }
     if (e.lastEventId) state.lastId = e.lastEventId;
     state.gotEvent = true;
+    if (state.following && typeof message.run_id === "string" && !state.runs.has(message.run_id)) {
+      addRun(message.run_id, null, { front: true });
+      trim();
+      renderSummary();
+    }
     const run = state.runs.get(message.run_id);
     if (!run) return;
     run.waiting = "";
@@ -147,7 +163,7 @@
     run.status = run.state || (name === "complete" ? "completed" : name === "error" ? "error" : "unknown");
     if (TERMINAL.has(name)) run.finished = true;
     markDirty(run);
-    if (TERMINAL.has(name) && !unfinished().length) {
+    if (TERMINAL.has(name) && !state.following && !unfinished().length) {
       // Every run has ended: close before the browser tries to reconnect.
       closeStream();
       setConnection("idle", "all runs finished");
@@ -618,16 +634,22 @@
     }
 
     for (const id of urlRuns()) addRun(id, null);
+    state.following = state.config.fleet === true && !urlRuns().length;
+    if (state.following) {
+      setConnection("connecting", "following every listed run");
+    }
     if (state.config.demo) {
       $("start").hidden = false;
       $("start").addEventListener("submit", (e) => {
         e.preventDefault();
         startRun($("outcome").value);
       });
-      await refreshDemoRuns();
-      const every = Math.max(1000, Math.min(5000, state.config.pollInterval * 1000));
-      setInterval(refreshDemoRuns, every);
-    } else {
+      if (!state.following) {
+        await refreshDemoRuns();
+        const every = Math.max(1000, Math.min(5000, state.config.pollInterval * 1000));
+        setInterval(refreshDemoRuns, every);
+      }
+    } else if (!state.following) {
       $("watch").hidden = false;
       $("watch").addEventListener("submit", (e) => {
         e.preventDefault();

@@ -1,0 +1,139 @@
+"""``GET /v1/events``: every run the upstream lists, in one SSE stream.
+
+The list poller of the viewer's credential scope (bridge/polling/fleet.py) feeds each
+listed run's channel and appends every event to its fleet log. A viewer gets:
+
+- without a ``Last-Event-ID`` the log still holds: each listed run's current status,
+  then every event of every listed run as it happens (a run that appears later arrives
+  with its first status);
+- with one: the events after it, none twice.
+
+Frames are ``/v1/streams`` envelopes (``{"run_id", "id", "state", "progress", "data"}``,
+the run's own event name), or with ``envelope=0`` each event exactly as the run's own
+stream has it, so a client written for seed 001's ``/api/events`` works unchanged. A run's
+``complete``/``error`` ends nothing here: the stream ends on ``timeout``, drain, or the
+viewer leaving. Ids are the fleet log's (``<epoch>-<seq>``), opaque to clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Awaitable, Callable
+
+from prometheus_client import Gauge
+
+from bridge.errors import BridgeError, InvalidRequest
+from bridge.events import sse
+from bridge.polling.fleet import Fleet, Fleets, FleetViewer, event_frame
+from bridge.streams.keepalive import Keepalive, StreamLimits
+from bridge.streams.limits import StreamLimiter
+from bridge.streams.opening import Holding, Opened
+from bridge.streams.viewer import Viewer
+
+#: What forward-auth mode asks the auth service about a stream of every run.
+EVERY_RUN = "*"
+
+
+class NoList(BridgeError):
+    status = 404
+    code = "not_found"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "GET /v1/events follows the upstream's list of runs, which is not configured "
+            "(BRIDGE_UPSTREAM_LIST_PATH)."
+        )
+
+
+def parse_envelope(value: str | None) -> bool:
+    """``envelope``: absent, ``1`` or ``true`` (envelopes), ``0`` or ``false`` (raw data)."""
+    if value is None or value.strip().lower() in ("", "1", "true", "yes"):
+        return True
+    if value.strip().lower() in ("0", "false", "no"):
+        return False
+    raise InvalidRequest("envelope must be 0 or 1.")
+
+
+class FleetOpener:
+    """What opening ``GET /v1/events`` takes: the stream caps, admission of a stream of
+    every run, the list pollers, the viewer's upstream headers, the stream limits of the
+    moment and the open-streams gauge."""
+
+    def __init__(
+        self,
+        *,
+        limiter: StreamLimiter,
+        admit: Callable[[dict[str, str]], Awaitable[None]],
+        fleets: Fleets,
+        headers: Callable[[Viewer], dict[str, str]],
+        digest_secret: Callable[[], bytes],
+        limits: Callable[[], StreamLimits],
+        open_streams: Gauge,
+    ) -> None:
+        self._limiter = limiter
+        self._admit = admit
+        self._fleets = fleets
+        self._headers = headers
+        self._digest_secret = digest_secret
+        self._limits = limits
+        self._open_streams = open_streams
+
+    async def __call__(self, viewer: Viewer, envelope: bool) -> Opened:
+        """A stream slot, admission, the scope's list poller (its first list), then the
+        first frame. Raises what refused the viewer (the list's 401/403/404, 502, ...)."""
+        holding = Holding()
+        self._limiter.take(viewer.client)
+        holding.callback(self._limiter.give, viewer.client)
+        try:
+            await self._admit(dict(viewer.credentials))
+            fleet = await self._fleets.take(self._headers(viewer), self._digest_secret())
+            holding.callback(fleet.release)
+            me = FleetViewer()
+            fleet.viewers.add(me)
+            holding.callback(fleet.viewers.discard, me)
+            frames = fleet_frames(fleet, me, viewer.resume_from, self._limits(), envelope)
+            first = await anext(frames)
+            self._open_streams.inc()
+            holding.callback(self._open_streams.dec)
+        except BaseException:
+            holding.release()
+            raise
+        return Opened(first, frames, holding)
+
+
+async def fleet_frames(
+    fleet: Fleet, me: FleetViewer, resume: str | None, limits: StreamLimits, envelope: bool
+) -> AsyncGenerator[bytes, None]:
+    """Frames for one viewer of every listed run; ends on timeout, drain or close."""
+    keepalive = Keepalive(limits)
+    loop = asyncio.get_running_loop()
+    log = fleet.log
+    yield sse.retry(limits.retry_ms)
+    seq = log.holds(resume)
+    while True:
+        if seq is None:
+            # A new viewer, or one whose place the log no longer holds: where every run is.
+            seq = log.last_seq
+            at = log.current_id
+            for run_id, event in list(fleet.current()):
+                yield event_frame(run_id, event, at, envelope)
+        pending = log.after(seq)
+        if pending and pending[0].seq > seq + 1:
+            seq = None  # fell behind further than the log keeps
+            continue
+        for entry in pending:
+            seq = entry.seq
+            yield entry.frame(envelope)
+        if me.closed:
+            if me.farewell:
+                yield me.farewell
+            return
+        due = keepalive.due(loop.time())
+        if due is not None:
+            yield keepalive.frame(due)
+            if due == "timeout":
+                return
+            continue
+        if log.last_seq > seq:
+            continue
+        await keepalive.sleep(me.wake)
