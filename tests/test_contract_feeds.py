@@ -200,3 +200,44 @@ async def test_a_feeds_result_says_progress_until_its_end() -> None:
                     assert r.status == 200
                     assert r.headers["X-Run-Event"] == "error"
                     assert (await r.json())["runStatus"] == "failed"
+
+
+async def test_v1_events_envelopes_take_the_delta_parameter() -> None:
+    """DESIGN "Deltas": a stream's query; /v1/events sends /v1/streams envelopes."""
+    async with list_upstream() as up:
+        up.set("a", "running", n=1, keep="x" * 40)
+        up.set("b", "running", n=1)
+        async with running_bridge(up.url, **LIST) as b:
+            url = f"{b.url}/v1/events?delta=json-patch"
+            async with sse(url, AUTH) as s, sse(f"{b.url}/v1/events", AUTH) as plain:
+                whole = {}
+                for _ in range(2):
+                    envelope = s.data(await s.next_named("progress"))
+                    whole[envelope["run_id"]] = envelope["data"]
+                    await plain.next_named("progress")
+                assert whole == {"a": up.statuses["a"], "b": up.statuses["b"]}
+                up.set("a", "running", n=2, keep="x" * 40)
+                patch = await s.next_named("patch")
+                envelope = s.data(patch)
+                assert (envelope["run_id"], envelope["state"]) == ("a", "running")
+                assert envelope["data"] == [{"op": "replace", "path": "/n", "value": 2}]
+                same = await plain.next_named("progress")
+                assert patch.id == same.id and plain.data(same)["id"] == envelope["id"]
+                up.set("a", "completed", n=3, keep="x" * 40)
+                end = s.data(await s.next_named("complete"))
+                assert end["data"] == up.statuses["a"]
+            # envelope=0 sends data exactly as the run's own stream: whole statuses.
+            async with sse(f"{url}&envelope=0", AUTH) as raw:
+                assert raw.data(await raw.next_named("complete")) == up.statuses["a"]
+                assert raw.data(await raw.next_named("progress")) == up.statuses["b"]
+                up.set("b", "running", n=2)
+                assert raw.data(await raw.next_named("progress")) == up.statuses["b"]
+
+
+async def test_openapi_lists_delta_on_every_stream_route() -> None:
+    async with list_upstream() as up, running_bridge(up.url, **LIST) as b:
+        status, document = await get_json(f"{b.url}/openapi.json")
+        assert status == 200
+        for path in ("/v1/runs/{run_id}/stream", "/v1/streams", "/v1/events"):
+            refs = [p.get("$ref") for p in document["paths"][path]["get"]["parameters"]]
+            assert "#/components/parameters/Delta" in refs, path
