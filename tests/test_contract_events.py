@@ -362,3 +362,49 @@ async def test_a_delta_viewer_resumes_by_last_event_id_with_patches(
         # A viewer that does not ask gets whole statuses.
         async with sse(f"{b.url}/v1/runs/p1/stream", {"Last-Event-ID": patches[0].id}) as plain:
             assert {e.event for e in await plain.rest()} == {"progress", "complete"}
+
+
+LINES = """\
+[[rule]]
+event = "log"
+items = '.steps[] | {step: .n, text: .log}'
+key = '.step'
+on = "lines"
+
+[builtin.progress]
+enabled = false
+"""
+
+
+async def test_lines_restart_when_a_text_does_not_extend_and_end_at_a_failure(
+    legacy: LegacyApi, tmp_path: pathlib.Path
+) -> None:
+    def status(state: str, *logs: str) -> dict[str, Any]:
+        return {"status": state, "steps": [{"n": i, "log": t} for i, t in enumerate(logs)]}
+
+    statuses = [
+        status("running", "a\nb\npart"),
+        status("running", "a\nb\npartial\n", ""),
+        # Step 0's log was rewritten: it no longer extends what was sent; counted anew.
+        status("running", "new\n", "x"),
+        status("failed", "new\n", "x\ny"),
+    ]
+    run = legacy.scripted("l1", statuses)
+    async with running_bridge(legacy.url, events_file=write(tmp_path, LINES)) as b:
+        async with sse(f"{b.url}/v1/runs/l1/stream") as s:
+            await step_through(b, run)
+            events = await s.rest()
+    lines = [
+        (json.loads(e.data)["step"], json.loads(e.data)["line"]) for e in events if e.event == "log"
+    ]
+    assert lines == [
+        (0, "a"),
+        (0, "b"),
+        (0, "partial"),
+        (0, "new"),
+        (1, "x"),
+        # At the final status (a failure too), the last line without its newline.
+        (1, "y"),
+    ]
+    assert events[-1].event == "error"
+    assert all("text" not in json.loads(e.data) for e in events if e.event == "log")

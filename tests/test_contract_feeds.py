@@ -241,3 +241,37 @@ async def test_openapi_lists_delta_on_every_stream_route() -> None:
         for path in ("/v1/runs/{run_id}/stream", "/v1/streams", "/v1/events"):
             refs = [p.get("$ref") for p in document["paths"][path]["get"]["parameters"]]
             assert "#/components/parameters/Delta" in refs, path
+
+
+async def test_a_feed_closes_at_its_final_state_with_the_end_events_off(
+    tmp_path: pathlib.Path,
+) -> None:
+    path = tmp_path / "events.toml"
+    path.write_text("[builtin.complete]\nenabled = false\n[builtin.error]\nenabled = false\n")
+    async with feed_upstream() as up:
+        run = up.run("n7")
+        run.add("STARTED")
+        async with (
+            running_bridge(up.url, **SEED_002, events_file=str(path)) as b,
+            sse(f"{b.url}/v1/runs/n7/stream", AUTH) as s,
+        ):
+            assert (await s.next_event()).event == "STARTED"
+            run.add("FAILING")
+            run.status = "failed"
+            assert [e.event for e in await s.rest()] == ["FAILING"]
+
+
+async def test_v1_events_resumes_by_the_cursor_parameter_as_by_last_event_id() -> None:
+    async with list_upstream() as up:
+        up.set("a", "running", step=1)
+        async with running_bridge(up.url, **LIST, linger=30) as b:
+            async with sse(f"{b.url}/v1/events", AUTH) as s:
+                await s.next_named("progress")
+                up.set("a", "running", step=2)
+                last = (await s.next_named("progress")).id
+                up.set("a", "running", step=3)
+                missed = await s.next_named("progress")
+            for how in (f"?cursor={last}", f"?since={last}"):
+                async with sse(f"{b.url}/v1/events{how}", AUTH) as again:
+                    got = await again.next_named("progress")
+                    assert (got.id, again.data(got)["data"]["step"]) == (missed.id, 3)
