@@ -408,3 +408,25 @@ async def test_lines_restart_when_a_text_does_not_extend_and_end_at_a_failure(
     ]
     assert events[-1].event == "error"
     assert all("text" not in json.loads(e.data) for e in events if e.event == "log")
+
+
+@pytest.mark.parametrize(
+    ("final", "end"),
+    [
+        ("canceled", "error"),
+        ("cancelled", "error"),
+        ("Failed", "error"),
+        ("COMPLETED", "complete"),
+    ],
+)
+async def test_the_default_state_lists_end_streams_case_insensitively(
+    legacy: LegacyApi, final: str, end: str
+) -> None:
+    # BRIDGE_SUCCESS_STATUSES `completed`, BRIDGE_FAILURE_STATUSES `failed,cancelled,canceled`.
+    run = legacy.scripted("s1", [{"status": "running"}, {"status": final}])
+    async with running_bridge(legacy.url) as b, sse(f"{b.url}/v1/runs/s1/stream") as s:
+        assert (await s.next_named("progress")).data == '{"status":"running"}'
+        run.advance()
+        last = await s.next_named(end)
+        assert json.loads(last.data) == {"status": final}
+        assert await s.rest() == []
