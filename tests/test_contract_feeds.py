@@ -223,7 +223,14 @@ async def test_v1_events_envelopes_take_the_delta_parameter() -> None:
                 assert envelope["data"] == [{"op": "replace", "path": "/n", "value": 2}]
                 same = await plain.next_named("progress")
                 assert patch.id == same.id and plain.data(same)["id"] == envelope["id"]
-                up.set("a", "completed", n=3, keep="x" * 40)
+                # Resuming from an id the stream holds: the patches after it.
+                up.set("a", "running", n=3, keep="x" * 40)
+                await plain.next_named("progress")
+                await s.next_named("patch")
+                async with sse(url, {**AUTH, "Last-Event-ID": patch.id}) as again:
+                    resumed = again.data(await again.next_named("patch"))
+                    assert resumed["data"] == [{"op": "replace", "path": "/n", "value": 3}]
+                up.set("a", "completed", n=4, keep="x" * 40)
                 end = s.data(await s.next_named("complete"))
                 assert end["data"] == up.statuses["a"]
             # envelope=0 sends data exactly as the run's own stream: whole statuses.

@@ -10,7 +10,8 @@ listed run's channel and appends every event to its fleet log. A viewer gets:
 
 With ``delta=json-patch`` (enveloped frames), each run's later ``progress`` is a ``patch``
 envelope as on ``/v1/streams`` (bridge/events/delta.py): the patch is the run's history's
-own, made once per change; a run's first status this viewer gets is whole.
+own, made once per change; a run's first status this viewer gets is whole, and a viewer
+resuming from an id the log holds gets the patches after it.
 
 Frames are ``/v1/streams`` envelopes (``{"run_id", "id", "state", "progress", "data"}``,
 the run's own event name), or with ``envelope=0`` each event exactly as the run's own
@@ -28,7 +29,7 @@ from prometheus_client import Gauge
 
 from bridge.errors import BridgeError, InvalidRequest
 from bridge.events import sse
-from bridge.events.delta import PATCH, DeltaView
+from bridge.events.delta import PATCH, DeltaView, view_after
 from bridge.events.history import Event
 from bridge.polling.fleet import Entry, Fleet, Fleets, FleetViewer, event_frame
 from bridge.streams.keepalive import Keepalive, StreamLimits
@@ -115,17 +116,24 @@ class Patches:
         self._fleet = fleet
         self._views: dict[str, DeltaView] = {}
 
-    def frame(self, run_id: str, event: Event, frame_id: str) -> bytes | None:
+    def frame(
+        self, run_id: str, event: Event, frame_id: str, *, opening: bool = False
+    ) -> bytes | None:
         """The ``patch`` envelope to send for ``event`` instead of it, if this viewer can
-        apply one (None: send the event as it is)."""
+        apply one (None: send the event as it is). ``opening``: a run's current status as
+        the stream opens, which the viewer does not hold yet."""
         channel = self._fleet.listed.get(run_id)
         if channel is None or channel.history.holds(event.id) != event.seq:
             # Left the list (its end is sent whole), or an event of an earlier channel.
             self._views.pop(run_id, None)
             return None
         view = self._views.get(run_id)
-        if view is None or view.history is not channel.history:
-            view = self._views[run_id] = DeltaView(channel.history, None)
+        if opening or view is None or view.history is not channel.history:
+            # From the log, the viewer holds every sent event of the run before this one
+            # (it had the run's status at its first open and each logged event since, or
+            # resumed from an id after them): the patches go on after a resume.
+            held = None if opening else event.seq - 1
+            view = self._views[run_id] = view_after(channel.history, held)
         made = view.patch(event)
         if made is None:
             return None
@@ -164,7 +172,9 @@ async def fleet_frames(
             seq = log.last_seq
             at = log.current_id
             for run_id, event in list(fleet.current()):
-                made = patches.frame(run_id, event, at) if patches is not None else None
+                made = None
+                if patches is not None:
+                    made = patches.frame(run_id, event, at, opening=True)
                 yield made if made is not None else event_frame(run_id, event, at, envelope)
         pending = log.after(seq)
         if pending and pending[0].seq > seq + 1:
