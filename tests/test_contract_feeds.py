@@ -282,3 +282,32 @@ async def test_v1_events_resumes_by_the_cursor_parameter_as_by_last_event_id() -
                 async with sse(f"{b.url}/v1/events{how}", AUTH) as again:
                     got = await again.next_named("progress")
                     assert (got.id, again.data(got)["data"]["step"]) == (missed.id, 3)
+
+
+async def test_resuming_a_feed_after_its_last_event_sends_nothing_twice(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The Stream: events after the resume id, none twice; after the last one (the end
+    events off), 204 as for snapshots, so an EventSource stops reconnecting."""
+    path = tmp_path / "events.toml"
+    path.write_text("[builtin.complete]\nenabled = false\n")
+    async with feed_upstream() as up:
+        run = up.run("n8")
+        run.add("A")
+        async with running_bridge(up.url, **SEED_002, events_file=str(path)) as b:
+            async with sse(f"{b.url}/v1/streams?runs=n8", AUTH) as s:
+                first = await s.next_named("A")
+                run.add("B")
+                second = await s.next_named("B")
+            async with sse(f"{b.url}/v1/streams?runs=n8", {**AUTH, "Last-Event-ID": first.id}) as s:
+                got = await s.next_event()
+                assert (got.event, s.data(got)["id"]) == ("B", "2")
+            run.status = "completed"
+            async with sse(f"{b.url}/v1/runs/n8/stream", AUTH) as s:
+                assert [e.event for e in await s.rest()] == ["A", "B"]
+            async with sse(f"{b.url}/v1/runs/n8/stream", {**AUTH, "Last-Event-ID": "2"}) as s:
+                assert s.status == 204
+            async with sse(
+                f"{b.url}/v1/streams?runs=n8", {**AUTH, "Last-Event-ID": second.id}
+            ) as s:
+                assert s.status == 204
