@@ -4,6 +4,7 @@ scripted upstream (aiohttp on loopback), with DESIGN.md's example file verbatim.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -430,3 +431,30 @@ async def test_the_default_state_lists_end_streams_case_insensitively(
         last = await s.next_named(end)
         assert json.loads(last.data) == {"status": final}
         assert await s.rest() == []
+
+
+async def test_inspect_shows_the_events_the_rules_derive_as_first_seen(
+    legacy: LegacyApi, tmp_path: pathlib.Path
+) -> None:
+    run = legacy.scripted("e1", runner("e1"))
+    run.advance(2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update(BRIDGE_UPSTREAM_URL=legacy.url, BRIDGE_EVENTS_FILE=write(tmp_path, DESIGN_EXAMPLE))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge",
+        "inspect",
+        "e1",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0
+    lines = out.decode().splitlines()
+    at = lines.index("events (first seen)")
+    shown = [line.split() for line in lines[at + 1 : at + 5]]
+    assert [words[0] for words in shown] == ["job.started", "step.log", "step.log", "progress"]
+    assert '"line": "build"}' in lines[at + 3]
+    assert "turned off" in lines[at + 4]
