@@ -23,6 +23,12 @@ from typing import Any
 from bridge.events.history import Event, RunHistory
 from bridge.events.vocabulary import DEFAULT, Vocabulary
 
+#: What a feed item stands for (``Event.kind``): an event of its own, whatever its name.
+#: Not its name, which may be ``error``, ``complete`` or ``progress`` (seed 002's frames
+#: have a ``type: "error"``): only the run's final state ends a feed's stream, and an
+#: item is never a status to patch.
+ITEM = "item"
+
 #: A cursor's place in the order: numbers first, by value, then strings.
 CursorKey = tuple[int, float, str]
 

@@ -36,8 +36,8 @@ import jq
 
 from bridge import run_id as run_ids
 from bridge.errors import UpstreamError, UpstreamRefused
-from bridge.events import sse
-from bridge.events.feed import CursorKey, FeedHistory, cursor_key, ordered
+from bridge.events import derive, sse
+from bridge.events.feed import ITEM, CursorKey, FeedHistory, cursor_key, ordered
 from bridge.polling.poller import Poller
 from bridge.polling.status import Reading
 from bridge.polling.upstream import Fetched, Page, Validators
@@ -343,7 +343,7 @@ class FeedPoller(Poller):
                     run,
                 )
                 continue
-            self.channel.publish(item.event, item.data, state, event_id=item.cursor)
+            self.channel.publish(item.event, item.data, state, kind=ITEM, event_id=item.cursor)
             published += 1
             self.cursor, self._key = item.cursor, item.key
             if not ordered(item.key):
@@ -367,9 +367,19 @@ class FeedPoller(Poller):
         if history.terminal:
             return
         data = history.page or sse.encode_json({"status": state.state})
-        self.channel.publish(state.event, data, state, event_id=self.cursor)
-        if self._metrics is not None:
-            self._metrics.events_published.labels(state.event).inc()
+        # BRIDGE_EVENTS_FILE's built-in section: renamed, reshaped (over the last page), off.
+        out = derive.status_event(history.vocabulary, self.key.run_id, data, state, state.event)
+        self.channel.publish(
+            out.name,
+            out.data,
+            state,
+            kind=out.kind,
+            raw=out.raw,
+            hidden=out.hidden,
+            event_id=self.cursor,
+        )
+        if self._metrics is not None and not out.hidden:
+            self._metrics.events_published.labels(out.name).inc()
 
     def _once(self, what: str, message: str, *args: object) -> None:
         if what not in self._logged:

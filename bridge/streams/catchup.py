@@ -174,7 +174,9 @@ async def result(opener: Opener, viewer: Viewer, run_id: str, wait: float) -> An
         headers = run_headers(latest)
         # The outcome in the stream's words (complete / error / progress), so a script
         # needs no state lists of its own.
-        headers["X-Run-Event"] = latest.kind if latest is not None else sse.PROGRESS
+        headers["X-Run-Event"] = (
+            latest.kind if latest is not None and latest.terminal else sse.PROGRESS
+        )
         if history.terminal and latest is not None:
             status = latest.status
         return Answer(200 if history.terminal else 202, status, headers)

@@ -125,8 +125,14 @@ class FeedFramer:
         assert isinstance(history, FeedHistory)
         resume = viewer.resume_from or self._source.start
         held = history.holds(resume)
-        if held is not None and not history.after(held) and history.terminal:
-            return None  # the viewer already has the run's final event
+        if (
+            held is not None
+            and history.terminal
+            and not any(event.sent for event in history.after(held))
+        ):
+            # The viewer already has every event the run will send (the end events may be
+            # off): a 204 stops its EventSource reconnecting.
+            return None
         headers = dict(self._headers(viewer))
         return self._frames(subscription, history, resume, limits, headers)
 

@@ -8,6 +8,11 @@ listed run's channel and appends every event to its fleet log. A viewer gets:
   with its first status);
 - with one: the events after it, none twice.
 
+With ``delta=json-patch`` (enveloped frames), each run's later ``progress`` is a ``patch``
+envelope as on ``/v1/streams`` (bridge/events/delta.py): the patch is the run's history's
+own, made once per change; a run's first status this viewer gets is whole, and a viewer
+resuming from an id the log holds gets the patches after it.
+
 Frames are ``/v1/streams`` envelopes (``{"run_id", "id", "state", "progress", "data"}``,
 the run's own event name), or with ``envelope=0`` each event exactly as the run's own
 stream has it, so a client written for seed 001's ``/api/events`` works unchanged. A run's
@@ -24,7 +29,9 @@ from prometheus_client import Gauge
 
 from bridge.errors import BridgeError, InvalidRequest
 from bridge.events import sse
-from bridge.polling.fleet import Fleet, Fleets, FleetViewer, event_frame
+from bridge.events.delta import PATCH, DeltaView, view_after
+from bridge.events.history import Event
+from bridge.polling.fleet import Entry, Fleet, Fleets, FleetViewer, event_frame
 from bridge.streams.keepalive import Keepalive, StreamLimits
 from bridge.streams.limits import StreamLimiter
 from bridge.streams.opening import Holding, Opened
@@ -91,7 +98,8 @@ class FleetOpener:
             me = FleetViewer()
             fleet.viewers.add(me)
             holding.callback(fleet.viewers.discard, me)
-            frames = fleet_frames(fleet, me, viewer.resume_from, self._limits(), envelope)
+            patches = Patches(fleet) if viewer.delta and envelope else None
+            frames = fleet_frames(fleet, me, viewer.resume_from, self._limits(), envelope, patches)
             first = await anext(frames)
             self._open_streams.inc()
             holding.callback(self._open_streams.dec)
@@ -101,8 +109,56 @@ class FleetOpener:
         return Opened(first, frames, holding)
 
 
+class Patches:
+    """One delta viewer's place in each listed run: the last whole status it holds."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self._fleet = fleet
+        self._views: dict[str, DeltaView] = {}
+
+    def frame(
+        self, run_id: str, event: Event, frame_id: str, *, opening: bool = False
+    ) -> bytes | None:
+        """The ``patch`` envelope to send for ``event`` instead of it, if this viewer can
+        apply one (None: send the event as it is). ``opening``: a run's current status as
+        the stream opens, which the viewer does not hold yet."""
+        channel = self._fleet.listed.get(run_id)
+        if channel is None or channel.history.holds(event.id) != event.seq:
+            # Left the list (its end is sent whole), or an event of an earlier channel.
+            self._views.pop(run_id, None)
+            return None
+        view = self._views.get(run_id)
+        if opening or view is None or view.history is not channel.history:
+            # From the log, the viewer holds every sent event of the run before this one
+            # (it had the run's status at its first open and each logged event since, or
+            # resumed from an id after them): the patches go on after a resume.
+            held = None if opening else event.seq - 1
+            view = self._views[run_id] = view_after(channel.history, held)
+        made = view.patch(event)
+        if made is None:
+            return None
+        data = (
+            f'{{"run_id":{sse.encode_json(run_id)},'
+            f'"id":{sse.encode_json(event.id)},'
+            f'"state":{sse.encode_json(event.state)},'
+            f'"progress":{sse.encode_json(event.progress)},'
+            f'"detail":{sse.encode_json(event.detail)},'
+            f'"data":{made.data}}}'
+        )
+        return sse.frame(PATCH, data, frame_id)
+
+    def entry(self, entry: Entry) -> bytes:
+        made = self.frame(entry.run_id, entry.event, entry.id)
+        return made if made is not None else entry.frame(True)
+
+
 async def fleet_frames(
-    fleet: Fleet, me: FleetViewer, resume: str | None, limits: StreamLimits, envelope: bool
+    fleet: Fleet,
+    me: FleetViewer,
+    resume: str | None,
+    limits: StreamLimits,
+    envelope: bool,
+    patches: Patches | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """Frames for one viewer of every listed run; ends on timeout, drain or close."""
     keepalive = Keepalive(limits)
@@ -116,14 +172,17 @@ async def fleet_frames(
             seq = log.last_seq
             at = log.current_id
             for run_id, event in list(fleet.current()):
-                yield event_frame(run_id, event, at, envelope)
+                made = None
+                if patches is not None:
+                    made = patches.frame(run_id, event, at, opening=True)
+                yield made if made is not None else event_frame(run_id, event, at, envelope)
         pending = log.after(seq)
         if pending and pending[0].seq > seq + 1:
             seq = None  # fell behind further than the log keeps
             continue
         for entry in pending:
             seq = entry.seq
-            yield entry.frame(envelope)
+            yield entry.frame(envelope) if patches is None else patches.entry(entry)
         if me.closed:
             if me.farewell:
                 yield me.farewell

@@ -38,7 +38,7 @@ from bridge.errors import InvalidRequest
 from bridge.events import sse
 from bridge.events.channel import Channel, Subscription
 from bridge.events.delta import PATCH, DeltaView, view_after
-from bridge.events.history import Event
+from bridge.events.history import Event, RunHistory
 from bridge.streams.keepalive import Keepalive, StreamLimits
 from bridge.streams.viewer import Viewer
 
@@ -161,8 +161,10 @@ def position(view: RunView, resume: Mapping[str, tuple[int, int]]) -> None:
     history = view.channel.history
     known = resume.get(view.key)
     run_event_id = f"{known[0]}-{known[1]}" if known is not None else None
-    held = history.holds(run_event_id)
-    view.pending = history.resume(run_event_id)
+    # The multi id names a run's events by ``<epoch>-<seq>``, a feed's too (whose own
+    # ``holds`` reads the upstream's cursors).
+    held = RunHistory.holds(history, run_event_id)
+    view.pending = history.after(held) if held is not None else history.resume(run_event_id)
     if held is not None:
         view.seq = held
         view.entry = entry(view.key, history.epoch, held)

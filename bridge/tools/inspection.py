@@ -685,12 +685,14 @@ def render(inspection: Inspection, settings: Settings, out: TextIO) -> None:
     )
     if settings.events_file is not None:
         row("events file", str(settings.events_file))
-        for index, (name, data, is_sent) in enumerate(e.events):
-            label = "events (first seen)" if index == 0 else ""
+        if e.events:
+            # Longer than the label column: on a line of its own, the events below it.
+            console.print(Text("events (first seen)", style="bold"))
+        for name, data, is_sent in e.events:
             shown = f"{name}  {_short(json.loads(data), 100)}"
             if not is_sent:
                 shown = f"{name}  (turned off: not sent)"
-            row(label, shown, "" if is_sent else "dim")
+            row("", shown, "" if is_sent else "dim")
     if r.problem is not None:
         row("problem", r.problem, "red")
     if e.hint is not None:

@@ -36,7 +36,9 @@ def add_vocabulary(document: Json, vocabulary: Vocabulary) -> Json:
     """``document`` (built by bridge/web/openapi.py) with the vocabulary and deltas."""
     components = document["components"]
     components["parameters"]["Delta"] = _DELTA
-    for path in ("/v1/runs/{run_id}/stream", "/v1/streams"):
+    for path in ("/v1/runs/{run_id}/stream", "/v1/streams", "/v1/events"):
+        if path not in document["paths"]:
+            continue
         operation = document["paths"][path]["get"]
         operation["parameters"].append({"$ref": "#/components/parameters/Delta"})
     names = vocabulary.event_names()
