@@ -37,6 +37,7 @@ import jq
 from bridge import run_id as run_ids
 from bridge.errors import UpstreamError, UpstreamRefused
 from bridge.events import sse
+from bridge.events.derive import status_event
 from bridge.events.feed import CursorKey, FeedHistory, cursor_key, ordered
 from bridge.polling.poller import Poller
 from bridge.polling.status import Reading
@@ -362,14 +363,24 @@ class FeedPoller(Poller):
         return item.cursor in self._recent_set or item.cursor == self.cursor
 
     def _end(self, state: Reading) -> None:
-        """The end event at a final state: the last page as its data."""
+        """The end event at a final state, in the run's vocabulary: renamed, its ``data``
+        filter run on the last page (the page itself without one), or kept unsent."""
         history = self.history
         if history.terminal:
             return
-        data = history.page or sse.encode_json({"status": state.state})
-        self.channel.publish(state.event, data, state, event_id=self.cursor)
-        if self._metrics is not None:
-            self._metrics.events_published.labels(state.event).inc()
+        page = history.page or sse.encode_json({"status": state.state})
+        out = status_event(history.vocabulary, self.key.run_id, page, state, state.event)
+        self.channel.publish(
+            out.name,
+            out.data,
+            state,
+            kind=out.kind,
+            raw=out.raw,
+            hidden=out.hidden,
+            event_id=self.cursor,
+        )
+        if self._metrics is not None and not out.hidden:
+            self._metrics.events_published.labels(out.name).inc()
 
     def _once(self, what: str, message: str, *args: object) -> None:
         if what not in self._logged:
