@@ -28,8 +28,11 @@ A record is ``<epoch> <seq> <name> <kind>\\n<data>``: kind ``p`` (progress), ``t
 terminal state the upstream reported) or ``s`` (a terminal event the bridge made: it
 gave up, or the credentials were refused), data the status as one line of JSON; or kind
 ``d``, an event derived from a change (BRIDGE_EVENTS_FILE), name its event name, data
-``[state, progress, data]`` as one line of JSON. Each replica renders a status record in
-the vocabulary (renamed, reshaped, or kept unsent) itself.
+``[state, progress, data]`` as one line of JSON; or kind ``f``, a feed's item
+(BRIDGE_FEED_PATH), name ``item``, data ``[cursor, event name, state, data]``: its SSE id
+is the upstream's cursor on every replica. Each replica renders a status record in the
+vocabulary (renamed, reshaped, or kept unsent) itself; a feed's end record holds the
+last page.
 
 Nothing here carries a credential: forwarded headers never leave the replica, K holds
 only their keyed digest. Times are Redis's own (``TIME``), never a replica's clock.
@@ -49,7 +52,7 @@ from bridge.events import sse
 from bridge.events.channel import ChannelKey
 
 #: Kinds of record.
-PROGRESS, TERMINAL, SYNTHETIC, DERIVED = "p", "t", "s", "d"
+PROGRESS, TERMINAL, SYNTHETIC, DERIVED, FEED = "p", "t", "s", "d", "f"
 _NAMES = frozenset({sse.PROGRESS, sse.COMPLETE, sse.ERROR})
 
 # Every script starts with this: times are Redis's own clock, in ms.
@@ -144,7 +147,7 @@ if ARGV[10] ~= '' then
   end
   if n == 1 then held = #record end
   local ended = ''
-  if ARGV[10] ~= 'p' then ended = ARGV[10] end
+  if ARGV[10] == 't' or ARGV[10] == 's' then ended = ARGV[10] end
   redis.call('HSET', KEYS[2], 'seq', seq, 'end', ended, 'bytes', held)
 elseif meta[4] ~= ARGV[1] then
   redis.call('PUBLISH', ARGV[7], ARGV[8] .. '\\n!')
@@ -194,7 +197,7 @@ while n > 1 and (n > size or held > most) do
   n = n - 1
 end
 local ended = ''
-if last_kind ~= 'p' then ended = last_kind end
+if last_kind == 't' or last_kind == 's' then ended = last_kind end
 redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'seq', top, 'end', ended, 'bytes', held)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
@@ -269,9 +272,9 @@ class Record:
             text = data.decode("ascii")
         except (ValueError, UnicodeDecodeError):
             return None
-        if seq < 1 or kind not in (PROGRESS, TERMINAL, SYNTHETIC, DERIVED):
+        if seq < 1 or kind not in (PROGRESS, TERMINAL, SYNTHETIC, DERIVED, FEED):
             return None
-        if kind != DERIVED and name not in _NAMES:
+        if kind not in (DERIVED, FEED) and name not in _NAMES:
             return None
         return cls(epoch, seq, name, kind, text)
 
@@ -401,8 +404,10 @@ class Store:
         kind: str = "",
         data: str = "",
         derived: Sequence[tuple[str, str]] = (),
+        derived_kind: str = DERIVED,
     ) -> Committed:
-        """Write a change: ``derived`` (name, data) records first, then the status's."""
+        """Write a change: ``derived`` (name, data) records first (of ``derived_kind``:
+        a feed's items are ``FEED``), then the status's."""
         keys = [
             self.key(key, "lease"),
             self.key(key, "meta"),
@@ -424,7 +429,7 @@ class Store:
             self.history_max_bytes,
         ]
         for derived_name, derived_data in derived:
-            args += [derived_name, DERIVED, derived_data]
+            args += [derived_name, derived_kind, derived_data]
         reply = await self._commit(keys=keys, args=args)
         code = int(reply[0])
         if code == FENCED:

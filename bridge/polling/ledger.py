@@ -19,6 +19,8 @@ decides what an answer *becomes*. The whole seam is the three classes below:
       .record(observation)          a polled status: an event if it changed
       .still()                      a poll the upstream answered 304 Not Modified
       .end(code, message)           the bridge's own terminal error (refused, gave up)
+      .append(items, reading)       events the upstream numbered itself (a feed's items)
+      .conclude(page, reading, id)  a feed's end event (its data: the last page)
       .step_aside()                 this replica cannot reach the upstream: let another lead
       .close(in_flight)             the poller stopped (and when its last poll started)
       .leads / .fresh / .others / .since_poll
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,6 +50,9 @@ from bridge.events import derive, sse
 from bridge.events.channel import Channel, ChannelKey
 from bridge.ops.metrics import Metrics
 from bridge.polling.status import Reading
+
+#: One event whose id the upstream gave: (id, name, data), a feed's item.
+Appended = tuple[str, str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +122,17 @@ class Ledger(ABC):
         """End the run with the bridge's own ``error``; True once it is ended."""
 
     @abstractmethod
+    async def append(self, items: Sequence[Appended], reading: Reading | None) -> bool:
+        """Events whose ids the upstream gave (a feed's items, ids their cursors), in
+        order, each carrying the run's state as read so far; False: not written (this
+        replica no longer leads, or the run ended)."""
+
+    @abstractmethod
+    async def conclude(self, page: str, reading: Reading, event_id: str) -> bool:
+        """A feed's end at a final state: the built-in end event of ``reading``, its data
+        the last page (in the run's vocabulary), with the last item's id; True once ended."""
+
+    @abstractmethod
     async def close(self, in_flight: float | None) -> None:
         """The poller stopped (after it left the registry); ``in_flight``: when the poll
         it was making started (monotonic), None when it was not polling."""
@@ -168,6 +185,34 @@ class LocalLedger(Ledger):
         self.fresh = True
         if not self.channel.history.terminal:
             derive.publish_end(self.channel, end_status(code, message), self._metrics)
+        return True
+
+    async def append(self, items: Sequence[Appended], reading: Reading | None) -> bool:
+        self.fresh = True
+        for event_id, name, data in items:
+            if self.channel.history.terminal:
+                return False
+            self.channel.publish(name, data, reading, event_id=event_id)
+        return True
+
+    async def conclude(self, page: str, reading: Reading, event_id: str) -> bool:
+        self.fresh = True
+        if self.channel.history.terminal:
+            return True
+        out = derive.status_event(
+            self.channel.history.vocabulary, self.channel.key.run_id, page, reading, reading.event
+        )
+        self.channel.publish(
+            out.name,
+            out.data,
+            reading,
+            kind=out.kind,
+            raw=out.raw,
+            hidden=out.hidden,
+            event_id=event_id,
+        )
+        if not out.hidden:
+            self._published(out.name)
         return True
 
     async def close(self, in_flight: float | None) -> None:
