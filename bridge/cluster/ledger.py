@@ -336,7 +336,7 @@ class RedisLedger(Ledger):
             # that read arrives here at once, nothing waits for the next sync.
             await self._link.follow(self.live_channel)
             self._following = True
-        may_lead = time.monotonic() >= self._cool_until
+        may_lead = self.may_lead and time.monotonic() >= self._cool_until
         view = await self._store.tick(self.key, self.token, active=self._active, may_lead=may_lead)
         self.leads = view.holder == self.token
         self.others = view.others

@@ -101,6 +101,9 @@ class Ledger(ABC):
         #: Seconds since anyone last polled this run (None: unknown); a new leader
         #: waits out the rest of the interval so the cadence survives a handover.
         self.since_poll: float | None = None
+        #: This poller may take a free lease (cluster mode). False for a listed run on
+        #: a replica that does not poll the list: the list's poller feeds it elsewhere.
+        self.may_lead = True
 
     @abstractmethod
     async def sync(self, *, active: bool) -> bool:
@@ -225,6 +228,9 @@ class LedgerBackend(ABC):
     #: True when the backend keeps ended runs' histories itself (Redis): the local
     #: hub then keeps nothing after a poller stopped.
     keeps_ended_runs = False
+    #: True when other replicas share the ledgers (Redis): a list of runs is polled by
+    #: one of them, and the others learn what it listed through a ledger.
+    shared = False
 
     @abstractmethod
     async def start(self) -> None:
