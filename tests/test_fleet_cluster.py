@@ -7,12 +7,17 @@ request of their own; a handover of the list loses no run's terminal event."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
+from bridge.cluster.store import Store
+from bridge.events.channel import ChannelKey
 from tests.feed_upstream import list_upstream
+from tests.redis_server import RedisServer
 from tests.support import RunningBridge, SseStream, running_bridge, sse, wait_for
 from tests.test_cluster import cluster  # noqa: F401  (the fixture)
 
@@ -128,3 +133,26 @@ async def test_a_handover_of_the_list_loses_no_runs_terminal_event(
             # The list goes on from b: a change of a listed run reaches its viewer.
             up.set("keep", "completed")
             await until_event(all_b, "complete", "keep")
+
+
+@pytest.mark.redis
+async def test_a_poller_that_may_not_lead_gives_its_lease_up(
+    redis_server: RedisServer,
+) -> None:
+    """A listed run's poller on a replica that stopped polling the list gives the run's
+    lease up at its next tick, so the replica polling the list now can commit the run."""
+    key = ChannelKey("listed", "digest")
+    async with Redis.from_url(redis_server.url) as client:
+        store = Store(
+            client,
+            f"t{uuid.uuid4().hex[:10]}:",
+            lease_ms=5000,
+            keep_ms=60000,
+            history_size=4,
+            history_max_bytes=10**6,
+        )
+        assert (await store.tick(key, "old", active=True)).holder == "old"
+        assert (await store.tick(key, "new", active=True)).holder == "old"
+        assert (await store.tick(key, "old", active=True, may_lead=False)).holder == ""
+        assert (await store.tick(key, "new", active=True)).holder == "new"
+        assert (await store.tick(key, "old", active=True, may_lead=False)).holder == "new"

@@ -63,9 +63,10 @@ local function now_ms()
 end
 """
 
-# KEYS: lease, meta, interest. ARGV: token, lease ms, active (0/1).
+# KEYS: lease, meta, interest. ARGV: token, lease ms, active (0/1), may lead (0/1).
 # Refreshes (or withdraws) this poller's interest, renews the lease it holds or takes a
-# free one (never for an ended run), and says what Redis holds.
+# free one (never for an ended run), and says what Redis holds. A poller that may not
+# lead gives up a lease it holds (a listed run whose list another replica polls now).
 _TICK = (
     _PRELUDE
     + """
@@ -81,7 +82,10 @@ else
 end
 local meta = redis.call('HMGET', KEYS[2], 'epoch', 'seq', 'end', 'ok', 'polled')
 local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
+if holder == ARGV[1] and ARGV[4] == '0' then
+  redis.call('DEL', KEYS[1])
+  holder = false
+elseif holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ttl)
 elseif (not holder) and ARGV[3] == '1' and ARGV[4] ~= '0' and meta[3] ~= 't' then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
