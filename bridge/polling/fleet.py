@@ -57,7 +57,7 @@ from bridge.polling.ledger import Ledger, LedgerBackend, LedgerOwner, Observatio
 from bridge.polling.poller import Poller
 from bridge.polling.registry import PollerRegistry
 from bridge.polling.resilience import Backoff
-from bridge.polling.status import StatusReader
+from bridge.polling.status import Reading, StatusReader
 from bridge.polling.upstream import Page, Validators
 from bridge.settings import Settings
 from bridge.tasks import cancel_and_wait
@@ -756,9 +756,9 @@ class Fleet:
     async def _share(self, ledger: Ledger) -> None:
         """Commit the runs just listed, for the replicas that follow (also "polled now",
         the cadence a successor keeps)."""
-        runs = list(self.listed)
-        data = listed_status(runs)
-        await ledger.record(Observation(data, self._reader.read({"runs": runs}, data)))
+        data = listed_status(list(self.listed))
+        # Not a run's status: never read by the status filters, never an end.
+        await ledger.record(Observation(data, Reading(sse.PROGRESS, None, None, data)))
 
     def _follow(self, ledger: Ledger) -> None:
         """A following replica: a copying poller for each run the leader listed."""
