@@ -6,6 +6,7 @@ and repeats none."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pathlib
 from contextlib import AsyncExitStack
@@ -154,3 +155,33 @@ async def test_a_resume_from_beyond_redis_history_is_caught_up_from_the_upstream
             assert got == ["3", "4", "5", "6", "7", "8"]
             run.add("STEP", n=9)
             assert (await on_a.next_named("STEP")).id == "9"
+
+
+async def test_when_redis_lost_a_feeds_keys_a_copy_puts_its_cursors_back(
+    cluster: dict[str, Any],  # noqa: F811
+) -> None:
+    settings = {**SEED_002, **cluster, "poll_interval": 0.05}
+    async with feed_upstream() as up:
+        run = up.run("lost")
+        for i in range(1, 4):
+            run.add("STEP", n=i)
+        async with (
+            running_bridge(up.url, **settings) as a,
+            running_bridge(up.url, **settings) as b,
+            sse(f"{a.url}/v1/runs/lost/stream", AUTH) as on_a,
+        ):
+            assert [(await on_a.next_named("STEP")).id for _ in range(3)] == ["1", "2", "3"]
+            store = cluster_of(a).store
+            (key,) = [c.key for c in a.bridge.hub.live_channels()]
+            for part in ("meta", "events", "lease", "interest"):
+                await store.client.delete(store.key(key, part))
+            # The copy goes back as the feed's items, cursors and all.
+            async with asyncio.timeout(3):
+                while await store.client.llen(store.key(key, "events")) < 3:
+                    await asyncio.sleep(0.02)
+            run.add("STEP", n=4)
+            assert (await on_a.next_named("STEP")).id == "4"
+            # A replica that had no copy resumes from a cursor out of Redis's history.
+            async with sse(f"{b.url}/v1/runs/lost/stream", {**AUTH, "Last-Event-ID": "1"}) as s:
+                assert [(await s.next_named("STEP")).id for _ in range(3)] == ["2", "3", "4"]
+            assert b.bridge.upstream.requests_sent == 0
