@@ -156,3 +156,28 @@ async def test_a_poller_that_may_not_lead_gives_its_lease_up(
         assert (await store.tick(key, "old", active=True, may_lead=False)).holder == ""
         assert (await store.tick(key, "new", active=True)).holder == "new"
         assert (await store.tick(key, "old", active=True, may_lead=False)).holder == "new"
+
+
+async def test_a_run_that_ended_and_stays_listed_ends_once(
+    cluster: dict[str, Any],  # noqa: F811
+) -> None:
+    """Lists of every run (GitHub's workflow runs) keep ended runs: their end is sent once,
+    not again at every list."""
+    settings = {**LIST, **cluster, "poll_interval": 0.05}
+    async with list_upstream() as up:
+        up.set("done", "completed")
+        up.set("going", "running")
+        async with (
+            running_bridge(up.url, **settings) as a,
+            running_bridge(up.url, **settings) as b,
+            sse(f"{a.url}/v1/events", AUTH) as on_a,
+            sse(f"{b.url}/v1/events", AUTH) as on_b,
+        ):
+            for s in (on_a, on_b):
+                opening = sorted((e, r) for e, r, _ in await run_events(s, 2))
+                assert opening == [("complete", "done"), ("progress", "going")]
+            before = up.list_requests()
+            await wait_for(lambda: up.list_requests() >= before + 5)
+            up.set("going", "completed")
+            for s in (on_a, on_b):
+                assert [(e, r) for e, r, _ in await run_events(s, 1)] == [("complete", "going")]

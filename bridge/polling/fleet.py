@@ -430,8 +430,10 @@ class Fleet:
         self.listed: dict[str, Channel] = {}
         #: The pollers of listed runs, each leased by this fleet while listed.
         self._members: dict[str, ListedPoller] = {}
-        #: Listed runs that ended while listed: nothing more can change them.
-        self._ended: set[str] = set()
+        #: Listed runs that ended while listed, with their channels: nothing more can
+        #: change them, and the fleet holds them while listed (where Redis keeps ended
+        #: runs the hub does not, and its cache of them is bounded anyway).
+        self._ended: dict[str, Channel] = {}
         #: Log sinks on listed (and just delisted) runs' channels.
         self._sinks: dict[str, Subscription] = {}
         self._leaving: set[str] = set()
@@ -657,7 +659,7 @@ class Fleet:
         for run_id in list(self._members):
             if run_id not in listed:
                 self._delist(run_id)
-        self._ended &= listed.keys()
+        self._ended = {r: c for r, c in self._ended.items() if r in listed}
         channels: dict[str, Channel] = {}
         for run_id, item in listed.items():
             channel = await self._feed(run_id, item)
@@ -670,11 +672,9 @@ class Fleet:
         if member is not None and self._last.get(run_id, _NONE) == item:
             return member.channel  # unchanged since the last list (compared in C)
         data = sse.encode_json(item)
-        if run_id in self._ended:
-            ended = self._registry.hub.find(self._registry.key(run_id, self._headers))
-            if ended is not None:
-                return ended
-            self._ended.discard(run_id)
+        ended = self._ended.get(run_id)
+        if ended is not None:
+            return ended
         if member is None:
             poller = self._registry.start_with(
                 run_id, self._headers, partial(ListedPoller, fleet=self)
@@ -698,7 +698,7 @@ class Fleet:
         await member.fed(Observation(data, self._reader.read(item, data)))
         if member.channel.history.terminal:
             # Ended while listed: its poller stops; nothing more can change it.
-            self._ended.add(run_id)
+            self._ended[run_id] = member.channel
             self._members.pop(run_id, None)
             self._last.pop(run_id, None)
             channel = member.channel
