@@ -767,6 +767,10 @@ class Fleet:
         if runs is None:
             return  # nothing listed yet: the leader's first list nudges this step
         wanted = set(runs)
+        # Steps count only while the list's poller is alive: a dead one's delisted runs
+        # wait for the replica that takes the list over (it asks their own paths).
+        since = ledger.since_poll
+        step = 1 if since is not None and since < 2 * self._interval else 0
         for run_id, (member, waited) in list(self._departing.items()):
             if run_id in wanted:
                 del self._departing[run_id]
@@ -776,7 +780,7 @@ class Fleet:
                 member.let_go()
                 self._unsink(run_id)
             else:
-                self._departing[run_id] = (member, waited + 1)
+                self._departing[run_id] = (member, waited + step)
         for run_id in list(self._members):
             if run_id not in wanted:
                 self._departing[run_id] = (self._members.pop(run_id), 0)
