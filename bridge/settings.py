@@ -620,12 +620,6 @@ class Settings(BaseSettings):
             raise ValueError("set both BRIDGE_TLS_CERTFILE and BRIDGE_TLS_KEYFILE, or neither")
         if self.poll_interval_max < self.poll_interval:
             raise ValueError("BRIDGE_POLL_INTERVAL_MAX must not be below BRIDGE_POLL_INTERVAL")
-        if self.cluster_mode and (self.feed_path or self.upstream_list_path):
-            which = "BRIDGE_FEED_PATH" if self.feed_path else "BRIDGE_UPSTREAM_LIST_PATH"
-            raise ValueError(
-                f"{which} does not work in cluster mode yet (BRIDGE_REDIS_URL or "
-                "BRIDGE_REDIS_SENTINELS): run one replica for it"
-            )
         if self.feed_path is not None and self.upstream_list_path is not None:
             raise ValueError(
                 "set BRIDGE_FEED_PATH or BRIDGE_UPSTREAM_LIST_PATH, not both (a listed run's "

@@ -279,8 +279,6 @@ async def test_opaque_cursors_are_told_apart_by_identity_not_order() -> None:
 @pytest.mark.parametrize(
     ("overrides", "named"),
     [
-        ({"feed_path": "/r/{run_id}/e?c={cursor}", "redis_url": "redis://127.0.0.1:1"}, "FEED"),
-        ({"upstream_list_path": "/runs", "redis_url": "redis://127.0.0.1:1"}, "LIST"),
         ({"feed_path": "/r/{run_id}/e?c={cursor}", "upstream_list_path": "/runs"}, "FEED"),
     ],
 )

@@ -43,6 +43,7 @@ class RedisBackend(LedgerBackend):
     """The link, the store, and this replica's ledgers (one per poller)."""
 
     keeps_ended_runs = True
+    shared = True
 
     def __init__(self, settings: Settings, metrics: Metrics, reader: StatusReader) -> None:
         self._settings = settings

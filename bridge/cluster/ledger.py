@@ -24,12 +24,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from bridge.cluster.link import REDIS_FAILURES, RedisLink
 from bridge.cluster.store import (
     DERIVED,
+    FEED,
     NOT_HOLDER,
     PROGRESS,
     SYNTHETIC,
@@ -41,9 +42,17 @@ from bridge.cluster.store import (
 from bridge.errors import ClusterUnavailable
 from bridge.events import derive, sse
 from bridge.events.channel import Channel, ChannelKey
+from bridge.events.feed import ITEM, FeedHistory
 from bridge.events.history import Event, is_terminal
 from bridge.ops.metrics import Metrics
-from bridge.polling.ledger import Ledger, LedgerOwner, Observation, changed, end_status
+from bridge.polling.ledger import (
+    Appended,
+    Ledger,
+    LedgerOwner,
+    Observation,
+    changed,
+    end_status,
+)
 from bridge.polling.status import Reading
 
 log = logging.getLogger("bridge.cluster")
@@ -152,6 +161,59 @@ class RedisLedger(Ledger):
 
     async def end(self, code: str, message: str) -> bool:
         ended: _Commit = (sse.ERROR, SYNTHETIC, end_status(code, message), None, None)
+        return await self._commit_on_top(lambda: ended)
+
+    async def append(self, items: Sequence[Appended], reading: Reading | None) -> bool:
+        """Commit a feed's new items in one write, each its own record whose id (on every
+        replica) is its cursor; the page they came in rides on the last one."""
+        history = self.channel.history
+        assert isinstance(history, FeedHistory)
+        state = reading.state if reading is not None else None
+        for _ in range(2):
+            if history.terminal:
+                return False
+            # After a catch-up, what another leader wrote meanwhile is not written again.
+            fresh = [item for item in items if not history.passed(item[0])]
+            if not fresh:
+                return True
+            records = [
+                ("item", _feed_record(cursor, name, state, data, None))
+                for cursor, name, data in fresh[:-1]
+            ]
+            cursor, name, data = fresh[-1]
+            last = _feed_record(cursor, name, state, data, history.page)
+            result = await self._guarded(
+                self._store.commit(
+                    self.key,
+                    self.token,
+                    history.epoch,
+                    history.last_seq,
+                    "item",
+                    FEED,
+                    last,
+                    records,
+                    derived_kind=FEED,
+                )
+            )
+            if result.code == WRITTEN:
+                self.fresh = True
+                first = result.seq - len(fresh) + 1
+                for i, (cursor, name, data) in enumerate(fresh):
+                    self.channel.mirror(
+                        result.epoch, first + i, name, data, reading, kind=ITEM, event_id=cursor
+                    )
+                return True
+            if result.code == NOT_HOLDER:
+                self.leads = False
+                return False
+            await self._tick()
+            if not self.leads or self._diverged:
+                return False
+        return False
+
+    async def conclude(self, page: str, reading: Reading, event_id: str) -> bool:
+        # The id is the last item's, as _mirror_status gives every replica.
+        ended: _Commit = (reading.event, TERMINAL, page, reading, None)
         return await self._commit_on_top(lambda: ended)
 
     async def close(self, in_flight: float | None) -> None:
@@ -274,7 +336,7 @@ class RedisLedger(Ledger):
             # that read arrives here at once, nothing waits for the next sync.
             await self._link.follow(self.live_channel)
             self._following = True
-        may_lead = time.monotonic() >= self._cool_until
+        may_lead = self.may_lead and time.monotonic() >= self._cool_until
         view = await self._store.tick(self.key, self.token, active=self._active, may_lead=may_lead)
         self.leads = view.holder == self.token
         self.others = view.others
@@ -326,7 +388,11 @@ class RedisLedger(Ledger):
 
     def _record_of(self, epoch: int, event: Event) -> Record:
         """A held event as its record: a status as the upstream sent it (each replica
-        renders it in its vocabulary), a derived event with its change's state."""
+        renders it in its vocabulary), a derived event with its change's state, a feed's
+        item with its cursor."""
+        if isinstance(self.channel.history, FeedHistory) and not event.terminal:
+            data = _feed_record(event.id, event.name, event.state, event.data, None)
+            return Record(epoch, event.seq, "item", FEED, data)
         if not event.is_status:
             data = _derived_record(event.data, event.state, event.progress, event.detail)
             return Record(epoch, event.seq, event.name, DERIVED, data)
@@ -341,9 +407,15 @@ class RedisLedger(Ledger):
         self, epoch: int, seq: int, name: str, data: str, reading: Reading | None, synthetic: bool
     ) -> bool:
         """A status record, as this replica's vocabulary sends it (renamed, reshaped, off)."""
-        out = derive.status_event(
-            self.channel.history.vocabulary, self.key.run_id, data, reading, name
-        )
+        history = self.channel.history
+        out = derive.status_event(history.vocabulary, self.key.run_id, data, reading, name)
+        event_id = None
+        if isinstance(history, FeedHistory):
+            # A feed's end event repeats the last item's cursor (the feed's start if none).
+            latest = history.latest
+            event_id = latest.id if latest is not None else history.start
+            if not synthetic:
+                history.page = data
         event = self.channel.mirror(
             epoch,
             seq,
@@ -354,12 +426,15 @@ class RedisLedger(Ledger):
             kind=out.kind,
             raw=out.raw,
             hidden=out.hidden,
+            event_id=event_id,
         )
         if event is not None and not out.hidden:
             self._published(out.name)
         return event is not None
 
     def _apply(self, record: Record) -> bool:
+        if record.kind == FEED:
+            return self._apply_item(record)
         if record.kind == DERIVED:
             parsed = _parse_derived(record.data)
             if parsed is None:
@@ -374,11 +449,54 @@ class RedisLedger(Ledger):
             reading = None  # the bridge's own error, not an upstream status
         else:
             reading = self._read(record.data)
+            if reading is None and isinstance(self.channel.history, FeedHistory):
+                # A feed's last page need not be an object: the record says how it ended.
+                reading = Reading(record.name, None, None, "")
             if reading is None:
                 return False  # not a status object: a record this cluster never wrote
         return self._mirror_status(
             record.epoch, record.seq, record.name, record.data, reading, record.synthetic
         )
+
+    def _apply_item(self, record: Record) -> bool:
+        """A feed's item as the leader committed it: its cursor is its id here too."""
+        history = self.channel.history
+        parsed = _parse_feed(record.data)
+        if parsed is None or not isinstance(history, FeedHistory):
+            return False
+        cursor, name, state, data, page = parsed
+        reading = Reading(sse.PROGRESS, state, None, "")
+        event = self.channel.mirror(
+            record.epoch, record.seq, name, data, reading, kind=ITEM, event_id=cursor
+        )
+        if event is None:
+            return False
+        history.state = state
+        if page is not None:
+            history.page = page
+        return True
+
+
+def _feed_record(cursor: str, name: str, state: str | None, data: str, page: str | None) -> str:
+    """A feed's item as its record holds it: ``[cursor, name, state, data, page]`` (the
+    page only on a commit's last item), one line of JSON."""
+    return (
+        f"[{sse.encode_json(cursor)},{sse.encode_json(name)},{sse.encode_json(state)},"
+        f"{data},{'null' if page is None else page}]"
+    )
+
+
+def _parse_feed(text: str) -> tuple[str, str, str | None, str, str | None] | None:
+    try:
+        cursor, name, state, value, page = json.loads(text)
+    except (ValueError, TypeError):
+        return None
+    if not (isinstance(cursor, str) and cursor and isinstance(name, str) and name):
+        return None
+    if not (state is None or isinstance(state, str)):
+        return None
+    page_text = None if page is None else sse.encode_json(page)
+    return cursor, name, state, sse.encode_json(value), page_text
 
 
 def _derived_record(

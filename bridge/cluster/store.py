@@ -28,8 +28,11 @@ A record is ``<epoch> <seq> <name> <kind>\\n<data>``: kind ``p`` (progress), ``t
 terminal state the upstream reported) or ``s`` (a terminal event the bridge made: it
 gave up, or the credentials were refused), data the status as one line of JSON; or kind
 ``d``, an event derived from a change (BRIDGE_EVENTS_FILE), name its event name, data
-``[state, progress, data]`` as one line of JSON. Each replica renders a status record in
-the vocabulary (renamed, reshaped, or kept unsent) itself.
+``[state, progress, data]`` as one line of JSON; or kind ``f``, a feed's item
+(BRIDGE_FEED_PATH), name ``item``, data ``[cursor, event name, state, data]``: its SSE id
+is the upstream's cursor on every replica. Each replica renders a status record in the
+vocabulary (renamed, reshaped, or kept unsent) itself; a feed's end record holds the
+last page.
 
 Nothing here carries a credential: forwarded headers never leave the replica, K holds
 only their keyed digest. Times are Redis's own (``TIME``), never a replica's clock.
@@ -49,7 +52,7 @@ from bridge.events import sse
 from bridge.events.channel import ChannelKey
 
 #: Kinds of record.
-PROGRESS, TERMINAL, SYNTHETIC, DERIVED = "p", "t", "s", "d"
+PROGRESS, TERMINAL, SYNTHETIC, DERIVED, FEED = "p", "t", "s", "d", "f"
 _NAMES = frozenset({sse.PROGRESS, sse.COMPLETE, sse.ERROR})
 
 # Every script starts with this: times are Redis's own clock, in ms.
@@ -60,9 +63,10 @@ local function now_ms()
 end
 """
 
-# KEYS: lease, meta, interest. ARGV: token, lease ms, active (0/1).
+# KEYS: lease, meta, interest. ARGV: token, lease ms, active (0/1), may lead (0/1).
 # Refreshes (or withdraws) this poller's interest, renews the lease it holds or takes a
-# free one (never for an ended run), and says what Redis holds.
+# free one (never for an ended run), and says what Redis holds. A poller that may not
+# lead gives up a lease it holds (a listed run whose list another replica polls now).
 _TICK = (
     _PRELUDE
     + """
@@ -78,7 +82,10 @@ else
 end
 local meta = redis.call('HMGET', KEYS[2], 'epoch', 'seq', 'end', 'ok', 'polled')
 local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
+if holder == ARGV[1] and ARGV[4] == '0' then
+  redis.call('DEL', KEYS[1])
+  holder = false
+elseif holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ttl)
 elseif (not holder) and ARGV[3] == '1' and ARGV[4] ~= '0' and meta[3] ~= 't' then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
@@ -144,7 +151,7 @@ if ARGV[10] ~= '' then
   end
   if n == 1 then held = #record end
   local ended = ''
-  if ARGV[10] ~= 'p' then ended = ARGV[10] end
+  if ARGV[10] == 't' or ARGV[10] == 's' then ended = ARGV[10] end
   redis.call('HSET', KEYS[2], 'seq', seq, 'end', ended, 'bytes', held)
 elseif meta[4] ~= ARGV[1] then
   redis.call('PUBLISH', ARGV[7], ARGV[8] .. '\\n!')
@@ -194,7 +201,7 @@ while n > 1 and (n > size or held > most) do
   n = n - 1
 end
 local ended = ''
-if last_kind ~= 'p' then ended = last_kind end
+if last_kind == 't' or last_kind == 's' then ended = last_kind end
 redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'seq', top, 'end', ended, 'bytes', held)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
@@ -269,9 +276,9 @@ class Record:
             text = data.decode("ascii")
         except (ValueError, UnicodeDecodeError):
             return None
-        if seq < 1 or kind not in (PROGRESS, TERMINAL, SYNTHETIC, DERIVED):
+        if seq < 1 or kind not in (PROGRESS, TERMINAL, SYNTHETIC, DERIVED, FEED):
             return None
-        if kind != DERIVED and name not in _NAMES:
+        if kind not in (DERIVED, FEED) and name not in _NAMES:
             return None
         return cls(epoch, seq, name, kind, text)
 
@@ -401,8 +408,10 @@ class Store:
         kind: str = "",
         data: str = "",
         derived: Sequence[tuple[str, str]] = (),
+        derived_kind: str = DERIVED,
     ) -> Committed:
-        """Write a change: ``derived`` (name, data) records first, then the status's."""
+        """Write a change: ``derived`` (name, data) records first (of ``derived_kind``:
+        a feed's items are ``FEED``), then the status's."""
         keys = [
             self.key(key, "lease"),
             self.key(key, "meta"),
@@ -424,7 +433,7 @@ class Store:
             self.history_max_bytes,
         ]
         for derived_name, derived_data in derived:
-            args += [derived_name, DERIVED, derived_data]
+            args += [derived_name, derived_kind, derived_data]
         reply = await self._commit(keys=keys, args=args)
         code = int(reply[0])
         if code == FENCED:

@@ -165,8 +165,10 @@ class Channel:
         kind: str | None = None,
         raw: str | None = None,
         hidden: bool = False,
+        event_id: str | None = None,
     ) -> Event | None:
-        """An event another replica published (cluster mode), with its id; None if held."""
+        """An event another replica published (cluster mode), with its id (``event_id``:
+        the upstream's own, a feed's cursor); None if held."""
         state, progress, detail = _parts(reading)
         event = self.history.mirror(
             epoch,
@@ -179,6 +181,7 @@ class Channel:
             kind=kind,
             raw=raw,
             hidden=hidden,
+            event_id=event_id,
         )
         if event is None:
             return None

@@ -21,6 +21,7 @@ from collections import deque
 from typing import Any
 
 from bridge.events.history import Event, RunHistory
+from bridge.events.sse import encode_json
 from bridge.events.vocabulary import DEFAULT, Vocabulary
 
 #: What a feed item stands for (``Event.kind``): an event of its own, whatever its name.
@@ -96,6 +97,23 @@ class FeedHistory(RunHistory):
             self._by_id = {k: s for k, s in self._by_id.items() if s >= oldest}
         return event
 
+    def mirror(self, epoch: int, seq: int, name: str, data: str, **more: Any) -> Event | None:
+        # A copy (cluster mode) that starts past the feed's first item, or skips ahead,
+        # holds nothing before this item: a cursor older than it is asked of the upstream.
+        skips = seq != self.last_seq + 1
+        event = super().mirror(epoch, seq, name, data, **more)
+        if event is not None and skips:
+            self.floor = self._keys[-1]
+        return event
+
+    def passed(self, cursor: str) -> bool:
+        """The feed went past ``cursor`` already: a number not above the newest item's,
+        or an opaque cursor held (cluster mode: what another leader wrote meanwhile)."""
+        key = cursor_key(cursor)
+        if self.latest is not None and ordered(key) and ordered(self.last_key):
+            return key <= self.last_key
+        return cursor in self._by_id
+
     @property
     def last_key(self) -> CursorKey:
         """The cursor key of the newest item (the floor when none is held)."""
@@ -150,6 +168,9 @@ class FeedHistory(RunHistory):
 def current_status(history: RunHistory) -> str | None:
     """The run's latest status as JSON: a feed's last page, else the status event's."""
     if isinstance(history, FeedHistory):
+        # A replica that copies the feed (cluster mode) may not have seen a page yet.
+        if history.page is None:
+            return encode_json({"status": history.state})
         return history.page
     status = history.status
     return status.status if status is not None else None

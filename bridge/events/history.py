@@ -249,8 +249,10 @@ class RunHistory:
         kind: str | None = None,
         raw: str | None = None,
         hidden: bool = False,
+        event_id: str | None = None,
     ) -> Event | None:
-        """Take one event of this run's history as another replica wrote it, id and all.
+        """Take one event of this run's history as another replica wrote it, id and all
+        (``event_id``: the upstream's own id, a feed's cursor, else ``<epoch>-<seq>``).
 
         Cluster mode: the replica polling the run numbers the events, the others copy
         them. An empty history adopts ``epoch``. An event of another epoch, one already
@@ -275,6 +277,7 @@ class RunHistory:
             kind=kind,
             raw=raw,
             hidden=hidden,
+            event_id=event_id,
         )
 
     @property

@@ -36,8 +36,8 @@ import jq
 
 from bridge import run_id as run_ids
 from bridge.errors import UpstreamError, UpstreamRefused
-from bridge.events import derive, sse
-from bridge.events.feed import ITEM, CursorKey, FeedHistory, cursor_key, ordered
+from bridge.events import sse
+from bridge.events.feed import CursorKey, FeedHistory, cursor_key, ordered
 from bridge.polling.poller import Poller
 from bridge.polling.status import Reading
 from bridge.polling.upstream import Fetched, Page, Validators
@@ -232,6 +232,10 @@ class FeedPoller(Poller):
         source = self._source
         history = self.history
         run_id = self.key.run_id
+        latest = history.latest
+        if latest is not None and latest.id != self.cursor:
+            # Another replica led meanwhile (cluster mode): go on after what it wrote.
+            self.cursor, self._key = latest.id, history.last_key
         if self._run_path_first:
             self._state = await self._run_state()
         wait: float | None = None
@@ -263,7 +267,9 @@ class FeedPoller(Poller):
                 self._run_path_first = True
                 self._state = await self._run_state()
                 again = self._state is not None and self._state.event != sse.PROGRESS
-            fresh = self._publish(source.read(page.value))
+            fresh = await self._publish(source.read(page.value))
+            if fresh is None:
+                return wait  # another replica leads now (cluster mode)
             # Without BRIDGE_FEED_MORE a page that brought items may not have been the
             # last: only an empty one says the feed has no more.
             drained = fresh == 0 or source.announces_more
@@ -274,7 +280,7 @@ class FeedPoller(Poller):
         if state is not None:
             history.state = state.state
         if state is not None and state.event != sse.PROGRESS and not more and drained:
-            self._end(state)
+            await self._end(state)
         return wait
 
     async def _run_state(self) -> Reading | None:
@@ -310,8 +316,9 @@ class FeedPoller(Poller):
         assert fetched.status is not None  # no validators sent: no 304
         return self._reader.read(fetched.status)
 
-    def _publish(self, read: PageRead) -> int:
-        """The page's new items as events; how many there were."""
+    async def _publish(self, read: PageRead) -> int | None:
+        """The page's new items as events; how many there were (None: not written, this
+        replica no longer leads)."""
         history = self.history
         run = self.key.run_id
         if read.problem is not None:
@@ -330,12 +337,13 @@ class FeedPoller(Poller):
                 "items are skipped",
                 run,
             )
-        state = self._state
-        published = 0
+        if history.terminal:
+            return 0
+        fresh: list[Item] = []
+        taken: set[str] = set()
+        cursor, key = self.cursor, self._key
         for item in read.items:
-            if history.terminal:
-                break
-            if self._seen(item):
+            if self._seen(item, cursor, key) or item.cursor in taken:
                 self._once(
                     "duplicate",
                     "run %s: the feed repeated or went back to a cursor it had passed; such "
@@ -343,43 +351,40 @@ class FeedPoller(Poller):
                     run,
                 )
                 continue
-            self.channel.publish(item.event, item.data, state, kind=ITEM, event_id=item.cursor)
-            published += 1
-            self.cursor, self._key = item.cursor, item.key
+            fresh.append(item)
+            taken.add(item.cursor)
+            cursor, key = item.cursor, item.key
+        if not fresh:
+            return 0
+        appended = [(item.cursor, item.event, item.data) for item in fresh]
+        if not await self.ledger.append(appended, self._state):
+            return None
+        self.cursor, self._key = cursor, key
+        for item in fresh:
             if not ordered(item.key):
                 self._recent.append(item.cursor)
                 self._recent_set.add(item.cursor)
                 if len(self._recent) > RECENT_OPAQUE:
                     self._recent_set.discard(self._recent.popleft())
-            if self._metrics is not None:
-                self._metrics.events_published.labels("feed_item").inc()
-        return published
+        if self._metrics is not None:
+            self._metrics.events_published.labels("feed_item").inc(len(fresh))
+        return len(fresh)
 
-    def _seen(self, item: Item) -> bool:
-        """A duplicate: a number not above the last one, or an opaque cursor seen lately."""
-        if ordered(item.key) and ordered(self._key):
-            return item.key <= self._key
-        return item.cursor in self._recent_set or item.cursor == self.cursor
+    def _seen(self, item: Item, cursor: str, key: CursorKey) -> bool:
+        """A duplicate: a number not above the last one (``cursor``), or an opaque cursor
+        seen lately."""
+        if ordered(item.key) and ordered(key):
+            return item.key <= key
+        return item.cursor in self._recent_set or item.cursor == cursor
 
-    def _end(self, state: Reading) -> None:
-        """The end event at a final state: the last page as its data."""
+    async def _end(self, state: Reading) -> None:
+        """The end event at a final state, in the run's vocabulary: renamed, its ``data``
+        filter run on the last page (the page itself without one), or kept unsent."""
         history = self.history
         if history.terminal:
             return
-        data = history.page or sse.encode_json({"status": state.state})
-        # BRIDGE_EVENTS_FILE's built-in section: renamed, reshaped (over the last page), off.
-        out = derive.status_event(history.vocabulary, self.key.run_id, data, state, state.event)
-        self.channel.publish(
-            out.name,
-            out.data,
-            state,
-            kind=out.kind,
-            raw=out.raw,
-            hidden=out.hidden,
-            event_id=self.cursor,
-        )
-        if self._metrics is not None and not out.hidden:
-            self._metrics.events_published.labels(out.name).inc()
+        page = history.page or sse.encode_json({"status": state.state})
+        await self.ledger.conclude(page, state, self.cursor)
 
     def _once(self, what: str, message: str, *args: object) -> None:
         if what not in self._logged:

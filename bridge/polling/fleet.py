@@ -16,6 +16,16 @@ BRIDGE_LIST_MAX_PAGES pages), however many runs and viewers:
   is appended to the fleet's ``FleetLog``, which ``GET /v1/events`` streams
   (bridge/streams/fleet.py) with ids of its own, so one ``Last-Event-ID`` resumes all.
 
+In cluster mode (a shared ``LedgerBackend``) the list has a ledger of its own, keyed by
+the scope's digest and the run id ``*`` (never a run's): the replica holding its lease
+polls the list, feeds each listed run's channel (committing each run under that run's
+own lease) and commits the listed run ids; every other replica follows: it asks nothing,
+keeps a ``ListedPoller`` per listed run that copies the run's history from Redis (and
+never takes the run's lease while listed), so single-run streams and ``/v1/events`` work
+on every replica. A run that leaves the list is asked once at its own path by the list's
+poller; a following replica keeps its copy until that end arrives (a few intervals at
+most), and a replica that takes the list over asks the runs that were leaving then.
+
 Bad input never stops the fleet: an item without a usable id is skipped, duplicate ids
 keep the first item, runs past BRIDGE_LIST_MAX_RUNS are left out (each logged once per
 fleet; the cut is the ``bridge_list_runs_cut`` gauge).
@@ -25,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import time
 from collections import deque
@@ -38,15 +49,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from bridge import run_id as run_ids
 from bridge.credentials import credentials_digest
-from bridge.errors import InvalidRunId, UpstreamError
+from bridge.errors import ClusterUnavailable, InvalidRunId, UpstreamError
 from bridge.events import sse
-from bridge.events.channel import Channel, Subscription
-from bridge.events.history import Event, parse_id
-from bridge.polling.ledger import Observation
+from bridge.events.channel import Channel, ChannelKey, Subscription
+from bridge.events.history import Event, RunHistory, parse_id
+from bridge.polling.ledger import Ledger, LedgerBackend, LedgerOwner, Observation
 from bridge.polling.poller import Poller
 from bridge.polling.registry import PollerRegistry
 from bridge.polling.resilience import Backoff
-from bridge.polling.status import StatusReader
+from bridge.polling.status import Reading, StatusReader
 from bridge.polling.upstream import Page, Validators
 from bridge.settings import Settings
 from bridge.tasks import cancel_and_wait
@@ -61,6 +72,12 @@ _NONE = object()
 #: the bytes they may hold at most.
 FLEET_LOG_SIZE = 20_000
 FLEET_LOG_BYTES = 64 * 1024 * 1024
+
+#: The run id of a list's own ledger (cluster mode): not a valid run id, so never a run's.
+LIST_RUN = "*"
+#: Steps a following replica keeps a delisted run's copy, waiting for its end (the list's
+#: poller asks the run's own path at once).
+DEPART_STEPS = 3
 
 
 # --- the list ------------------------------------------------------------------------
@@ -276,6 +293,9 @@ class ListedPoller(Poller):
 
     async def fed(self, observation: Observation) -> None:
         """The run's status as the list has it now."""
+        if not self.ledger.leads:
+            # Cluster mode: the run's lease is taken before the commit that needs it.
+            await self.ledger.sync(active=True)
         await self.ledger.record(observation)
         if self._settled():
             self._wakeup.nudge()  # ended: the loop stops at its next step
@@ -288,7 +308,15 @@ class ListedPoller(Poller):
         self.listed = False
         self.fleet = None
         self._handing_over = True
+        self.ledger.may_lead = True
         self._wakeup.poke()
+
+    def let_go(self) -> None:
+        """The fleet gives its lease back without an own poll (another replica asks)."""
+        self.listed = False
+        self.fleet = None
+        self.ledger.may_lead = True
+        self.release()
 
     async def _poll(self, *, poked: bool = False) -> float | None:
         try:
@@ -320,6 +348,43 @@ class ListedPoller(Poller):
 # --- one credential scope's list poller -----------------------------------------------
 
 
+class ListOwner(LedgerOwner):
+    """What the list's ledger (cluster mode) tells the list poller: step now (the leader
+    committed what it listed, or the lease is free)."""
+
+    __slots__ = ("event", "nudged")
+
+    def __init__(self, event: asyncio.Event) -> None:
+        self.event = event
+        self.nudged = False
+
+    def nudge(self) -> None:
+        self.nudged = True
+        self.event.set()
+
+    def news(self) -> None:
+        self.nudge()
+
+    def poke(self) -> bool:
+        return False  # pokes name runs; the list is poked through its runs
+
+
+def listed_status(run_ids: list[str]) -> str:
+    """What the list's poller commits to the list's ledger: the runs it lists."""
+    return sse.encode_json({"runs": run_ids})
+
+
+def listed_runs(status: str) -> list[str] | None:
+    """The run ids of a committed list status (None: not one)."""
+    try:
+        runs = json.loads(status).get("runs")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(runs, list):
+        return None
+    return [r for r in (run_id_of(v) for v in runs) if r is not None]
+
+
 class Fleet:
     """Polls the list for one credential scope; see the module docstring."""
 
@@ -337,8 +402,19 @@ class Fleet:
         hint_max: float,
         cut: Gauge,
         requests: Counter,
+        ledger: Ledger | None = None,
+        wake: asyncio.Event | None = None,
+        owner: ListOwner | None = None,
     ) -> None:
         self.digest = digest
+        #: Cluster mode: the list's own ledger (its lease says which replica polls it).
+        self._ledger = ledger
+        self._owner = owner
+        #: This replica polled the list at its last step (cluster mode).
+        self._led = False
+        #: Following replica: delisted runs kept until their end arrives, with the
+        #: steps they have waited.
+        self._departing: dict[str, tuple[ListedPoller, int]] = {}
         self._headers = dict(headers)
         self._source = source
         self._registry = registry
@@ -354,8 +430,10 @@ class Fleet:
         self.listed: dict[str, Channel] = {}
         #: The pollers of listed runs, each leased by this fleet while listed.
         self._members: dict[str, ListedPoller] = {}
-        #: Listed runs that ended while listed: nothing more can change them.
-        self._ended: set[str] = set()
+        #: Listed runs that ended while listed, with their channels: nothing more can
+        #: change them, and the fleet holds them while listed (where Redis keeps ended
+        #: runs the hub does not, and its cache of them is bounded anyway).
+        self._ended: dict[str, Channel] = {}
         #: Log sinks on listed (and just delisted) runs' channels.
         self._sinks: dict[str, Subscription] = {}
         self._leaving: set[str] = set()
@@ -367,7 +445,7 @@ class Fleet:
         self.leases = 0
         self._idle_since: float | None = None
         self.first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._wake = asyncio.Event()
+        self._wake = wake or asyncio.Event()
         self._poked = False
         self._notify_soon: asyncio.Handle | None = None
         self._logged: set[str] = set()
@@ -442,6 +520,8 @@ class Fleet:
                 self._notify_soon.cancel()
                 self._notify_soon = None
             self._leave_all()
+            if self._ledger is not None:
+                await self._ledger.close(None)
 
     async def _sleep(self, until: float) -> bool:
         """Until the next tick, a poke, or the end of the linger (False: stop)."""
@@ -456,6 +536,9 @@ class Fleet:
             if self._poked:
                 self._poked = False
                 return True
+            if self._owner is not None and self._owner.nudged:
+                self._owner.nudged = False
+                return True
             if now >= until:
                 return True
             wake_at = until if until_idle is None else min(until, until_idle)
@@ -468,6 +551,17 @@ class Fleet:
 
     async def _tick(self) -> float | None:
         """One list request (and its next pages); the seconds to the next (None: stop)."""
+        if self._ledger is not None:
+            try:
+                wait = await self._sync_list(self._ledger)
+            except ClusterUnavailable as error:
+                self._led = False
+                if not self.first.done():
+                    self.first.set_exception(error)
+                    return None
+                return self._interval
+            if wait is not None:
+                return wait
         try:
             items, hint = await self._fetch_list()
         except UpstreamError as error:
@@ -477,7 +571,12 @@ class Fleet:
             self._once(f"failing:{error.code}", "the list of runs cannot be read: %s", error.code)
             return self._backoff.next_delay(error.retry_after)
         self._backoff.reset()
-        await self._take(items)
+        try:
+            await self._take(items)
+            if self._ledger is not None:
+                await self._share(self._ledger)
+        except ClusterUnavailable:
+            pass  # Redis is away: the statuses not committed are taken at the next list
         if not self.first.done():
             self.first.set_result(None)
         every = self._interval
@@ -560,7 +659,7 @@ class Fleet:
         for run_id in list(self._members):
             if run_id not in listed:
                 self._delist(run_id)
-        self._ended &= listed.keys()
+        self._ended = {r: c for r, c in self._ended.items() if r in listed}
         channels: dict[str, Channel] = {}
         for run_id, item in listed.items():
             channel = await self._feed(run_id, item)
@@ -573,11 +672,9 @@ class Fleet:
         if member is not None and self._last.get(run_id, _NONE) == item:
             return member.channel  # unchanged since the last list (compared in C)
         data = sse.encode_json(item)
-        if run_id in self._ended:
-            ended = self._registry.hub.find(self._registry.key(run_id, self._headers))
-            if ended is not None:
-                return ended
-            self._ended.discard(run_id)
+        ended = self._ended.get(run_id)
+        if ended is not None:
+            return ended
         if member is None:
             poller = self._registry.start_with(
                 run_id, self._headers, partial(ListedPoller, fleet=self)
@@ -601,7 +698,7 @@ class Fleet:
         await member.fed(Observation(data, self._reader.read(item, data)))
         if member.channel.history.terminal:
             # Ended while listed: its poller stops; nothing more can change it.
-            self._ended.add(run_id)
+            self._ended[run_id] = member.channel
             self._members.pop(run_id, None)
             self._last.pop(run_id, None)
             channel = member.channel
@@ -609,6 +706,107 @@ class Fleet:
             self._unsink(run_id)
             return channel
         return member.channel
+
+    # --- cluster mode -----------------------------------------------------------------
+
+    def _active(self) -> bool:
+        """Viewers here (of /v1/events or of listed runs), or the linger after them."""
+        if self.leases > 0:
+            return True
+        return self._idle_since is not None and time.monotonic() < self._idle_since + self._linger
+
+    async def _sync_list(self, ledger: Ledger) -> float | None:
+        """Take or renew the list's lease: None when this replica polls the list now,
+        else the seconds to its next step (a follower follows what the leader listed)."""
+        await ledger.sync(active=self._active())
+        if not ledger.leads:
+            if self._led:
+                self._lead(False)
+            self._follow(ledger)
+            return self._interval
+        if self._led:
+            return None
+        self._lead(True)
+        since = ledger.since_poll
+        if self.first.done():
+            # A new leader keeps the cadence: the rest of the interval since the last
+            # list anyone asked (a whole one when that is unknown).
+            rest = self._interval if since is None else self._interval - since
+            if rest > 0:
+                return rest
+        return None
+
+    def _lead(self, leads: bool) -> None:
+        self._led = leads
+        for member in self._members.values():
+            member.ledger.may_lead = leads
+        if not leads:
+            return
+        # Runs that were leaving the list as this replica took it over: their own path
+        # is asked now, here, so that no end is missed.
+        for run_id, (member, _) in list(self._departing.items()):
+            del self._departing[run_id]
+            if member.channel.history.terminal:
+                member.let_go()
+                self._unsink(run_id)
+            else:
+                member.delisted()
+                self._leaving.add(run_id)
+
+    async def _share(self, ledger: Ledger) -> None:
+        """Commit the runs just listed, for the replicas that follow (also "polled now",
+        the cadence a successor keeps)."""
+        data = listed_status(list(self.listed))
+        # Not a run's status: never read by the status filters, never an end.
+        await ledger.record(Observation(data, Reading(sse.PROGRESS, None, None, data)))
+
+    def _follow(self, ledger: Ledger) -> None:
+        """A following replica: a copying poller for each run the leader listed."""
+        status = ledger.channel.history.status
+        runs = listed_runs(status.status) if status is not None else None
+        if runs is None:
+            return  # nothing listed yet: the leader's first list nudges this step
+        wanted = set(runs)
+        # Steps count only while the list's poller is alive: a dead one's delisted runs
+        # wait for the replica that takes the list over (it asks their own paths).
+        since = ledger.since_poll
+        step = 1 if since is not None and since < 2 * self._interval else 0
+        for run_id, (member, waited) in list(self._departing.items()):
+            if run_id in wanted:
+                del self._departing[run_id]
+                self._members[run_id] = member
+            elif member.channel.history.terminal or waited >= DEPART_STEPS:
+                del self._departing[run_id]
+                member.let_go()
+                self._unsink(run_id)
+            else:
+                self._departing[run_id] = (member, waited + step)
+        for run_id in list(self._members):
+            if run_id not in wanted:
+                self._departing[run_id] = (self._members.pop(run_id), 0)
+        channels: dict[str, Channel] = {}
+        for run_id in runs:
+            held = self._members.get(run_id)
+            if held is None:
+                poller = self._registry.start_with(
+                    run_id, self._headers, partial(ListedPoller, fleet=self)
+                )
+                self._sink(run_id, poller.channel)
+                channels[run_id] = poller.channel
+                if not isinstance(poller, ListedPoller):
+                    continue  # polled on its own here already: its viewers keep it
+                if poller._handing_over:
+                    poller._handing_over = False  # listed again: it keeps the lease it has
+                else:
+                    poller.acquire()
+                poller.listed, poller.fleet = True, self
+                poller.ledger.may_lead = False
+                self._members[run_id] = poller
+            else:
+                channels[run_id] = held.channel
+        self.listed = channels
+        if not self.first.done():
+            self.first.set_result(None)
 
     def _delist(self, run_id: str) -> None:
         member = self._members.pop(run_id)
@@ -637,10 +835,15 @@ class Fleet:
         for member in self._members.values():
             if self.shutting_down:
                 member.release()
+            elif self._ledger is not None and not self._led:
+                member.let_go()  # another replica polls the list and asks what leaves it
             else:
                 # Its single-run viewers stay: it asks its own path from now on.
                 member.delisted()
         self._members.clear()
+        for member, _ in self._departing.values():
+            member.let_go()
+        self._departing.clear()
 
     def _once(self, what: str, message: str, *args: object) -> None:
         if what not in self._logged:
@@ -658,8 +861,11 @@ class Fleets:
         reader: StatusReader,
         pages: PageFetch,
         metrics: CollectorRegistry,
+        backend: LedgerBackend | None = None,
     ) -> None:
         self.source = ListSource(settings)
+        #: Where the list's own ledger comes from when replicas share (cluster mode).
+        self._backend = backend if backend is not None and backend.shared else None
         self._settings = settings
         self._registry = registry
         self._reader = reader
@@ -700,6 +906,13 @@ class Fleets:
 
     def _start(self, digest: str, headers: Mapping[str, str]) -> Fleet:
         s = self._settings
+        wake = asyncio.Event()
+        owner = ListOwner(wake)
+        ledger = None
+        if self._backend is not None:
+            key = ChannelKey(LIST_RUN, digest)
+            channel = Channel(key, RunHistory(2, s.history_max_bytes))
+            ledger = self._backend.open(key, channel, owner)  # ClusterUnavailable: 503
         fleet = Fleet(
             digest,
             headers,
@@ -712,6 +925,9 @@ class Fleets:
             hint_max=s.poll_interval_max,
             cut=self._cut,
             requests=self._requests,
+            ledger=ledger,
+            wake=wake,
+            owner=owner if ledger is not None else None,
         )
         self._fleets[digest] = fleet
         task = asyncio.create_task(self._run(fleet), name="fleet")

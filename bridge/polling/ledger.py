@@ -19,6 +19,8 @@ decides what an answer *becomes*. The whole seam is the three classes below:
       .record(observation)          a polled status: an event if it changed
       .still()                      a poll the upstream answered 304 Not Modified
       .end(code, message)           the bridge's own terminal error (refused, gave up)
+      .append(items, reading)       events the upstream numbered itself (a feed's items)
+      .conclude(page, reading, id)  a feed's end event (its data: the last page)
       .step_aside()                 this replica cannot reach the upstream: let another lead
       .close(in_flight)             the poller stopped (and when its last poll started)
       .leads / .fresh / .others / .since_poll
@@ -40,13 +42,18 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from bridge.events import derive, sse
 from bridge.events.channel import Channel, ChannelKey
+from bridge.events.feed import ITEM
 from bridge.ops.metrics import Metrics
 from bridge.polling.status import Reading
+
+#: One event whose id the upstream gave: (id, name, data), a feed's item.
+Appended = tuple[str, str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +102,9 @@ class Ledger(ABC):
         #: Seconds since anyone last polled this run (None: unknown); a new leader
         #: waits out the rest of the interval so the cadence survives a handover.
         self.since_poll: float | None = None
+        #: This poller may take a free lease (cluster mode). False for a listed run on
+        #: a replica that does not poll the list: the list's poller feeds it elsewhere.
+        self.may_lead = True
 
     @abstractmethod
     async def sync(self, *, active: bool) -> bool:
@@ -114,6 +124,17 @@ class Ledger(ABC):
     @abstractmethod
     async def end(self, code: str, message: str) -> bool:
         """End the run with the bridge's own ``error``; True once it is ended."""
+
+    @abstractmethod
+    async def append(self, items: Sequence[Appended], reading: Reading | None) -> bool:
+        """Events whose ids the upstream gave (a feed's items, ids their cursors), in
+        order, each carrying the run's state as read so far; False: not written (this
+        replica no longer leads, or the run ended)."""
+
+    @abstractmethod
+    async def conclude(self, page: str, reading: Reading, event_id: str) -> bool:
+        """A feed's end at a final state: the built-in end event of ``reading``, its data
+        the last page (in the run's vocabulary), with the last item's id; True once ended."""
 
     @abstractmethod
     async def close(self, in_flight: float | None) -> None:
@@ -170,6 +191,36 @@ class LocalLedger(Ledger):
             derive.publish_end(self.channel, end_status(code, message), self._metrics)
         return True
 
+    async def append(self, items: Sequence[Appended], reading: Reading | None) -> bool:
+        self.fresh = True
+        for event_id, name, data in items:
+            if self.channel.history.terminal:
+                return False
+            # An item named like a built-in event (seed 002 has "error") is an item: it
+            # never ends the stream nor becomes a patch.
+            self.channel.publish(name, data, reading, kind=ITEM, event_id=event_id)
+        return True
+
+    async def conclude(self, page: str, reading: Reading, event_id: str) -> bool:
+        self.fresh = True
+        if self.channel.history.terminal:
+            return True
+        out = derive.status_event(
+            self.channel.history.vocabulary, self.channel.key.run_id, page, reading, reading.event
+        )
+        self.channel.publish(
+            out.name,
+            out.data,
+            reading,
+            kind=out.kind,
+            raw=out.raw,
+            hidden=out.hidden,
+            event_id=event_id,
+        )
+        if not out.hidden:
+            self._published(out.name)
+        return True
+
     async def close(self, in_flight: float | None) -> None:
         pass
 
@@ -180,6 +231,9 @@ class LedgerBackend(ABC):
     #: True when the backend keeps ended runs' histories itself (Redis): the local
     #: hub then keeps nothing after a poller stopped.
     keeps_ended_runs = False
+    #: True when other replicas share the ledgers (Redis): a list of runs is polled by
+    #: one of them, and the others learn what it listed through a ledger.
+    shared = False
 
     @abstractmethod
     async def start(self) -> None:

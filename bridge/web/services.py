@@ -92,7 +92,14 @@ class Services:
         )
         #: BRIDGE_UPSTREAM_LIST_PATH: one list request per scope feeds every listed run.
         self.fleets = (
-            Fleets(settings, self.pollers, self.reader, self.fetch_page, self.metrics.registry)
+            Fleets(
+                settings,
+                self.pollers,
+                self.reader,
+                self.fetch_page,
+                self.metrics.registry,
+                self.backend,
+            )
             if settings.upstream_list_path is not None
             else None
         )
