@@ -322,7 +322,7 @@ def publish(
             hidden=out.hidden,
         )
         if metrics is not None and not out.hidden:
-            metrics.events_published.labels(out.name).inc()
+            metrics.published(out.name)
 
 
 def publish_end(channel: Channel, data: str, metrics: Metrics | None = None) -> None:
@@ -333,7 +333,7 @@ def publish_end(channel: Channel, data: str, metrics: Metrics | None = None) -> 
         out.name, out.data, synthetic=True, kind=out.kind, raw=out.raw, hidden=out.hidden
     )
     if metrics is not None and not out.hidden:
-        metrics.events_published.labels(out.name).inc()
+        metrics.published(out.name)
 
 
 def derived(
