@@ -121,8 +121,20 @@ class RunRules:
                 if key in now:
                     continue  # the first item of a key is the one
                 if lines:
+                    old = had.get(key)
+                    if (
+                        old is not None
+                        and not terminal
+                        and old.text is not None
+                        and isinstance(item, dict)
+                        and item.get("text") == old.text
+                    ):
+                        # The same text (most of a run's steps at each change): no new
+                        # line, what was sent stays as it was.
+                        now[key] = _Seen(item, old.text, old.sent)
+                        continue
                     seen = now[key] = _Seen(item)
-                    cut = self._lines(rule, item, had.get(key), seen, terminal, out, limit) or cut
+                    cut = self._lines(rule, item, old, seen, terminal, out, limit) or cut
                     continue
                 now[key] = item
                 if key not in had or (change and had[key] != item):
