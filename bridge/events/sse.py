@@ -27,8 +27,13 @@ def _check(name: str, value: str) -> None:
         raise ValueError(f"SSE {name} field would contain a line break or NUL")
 
 
+#: ``json.dumps`` with these arguments builds an encoder at every call (about 1 us of a
+#: 4 us small status); one encoder, made once, encodes the same.
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
 def encode_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return _ENCODER.encode(value)
 
 
 def frame(event: str, data: str, event_id: str | None = None) -> bytes:
