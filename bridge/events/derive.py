@@ -276,13 +276,16 @@ def status_event(
     vocabulary: Vocabulary, run_id: str, status: str, reading: StatusFacts | None, kind: str
 ) -> Outgoing:
     """The built-in event of a status: renamed, reshaped, or kept hidden when off."""
-    if not vocabulary.enabled(kind):
+    builtin = vocabulary.builtins[kind]
+    if not builtin.enabled:
         return Outgoing(kind, "", kind, status, hidden=True)
+    if builtin.program is None:  # not reshaped: no filter to run (every status of a list)
+        return Outgoing(builtin.name, status, kind)
     state, progress = (reading.state, reading.progress) if reading is not None else (None, None)
     shaped = vocabulary.render(kind, status, run_id, state, progress)
     if shaped is None:
-        return Outgoing(vocabulary.name_of(kind), status, kind)
-    return Outgoing(vocabulary.name_of(kind), shaped, kind, status)
+        return Outgoing(builtin.name, status, kind)
+    return Outgoing(builtin.name, shaped, kind, status)
 
 
 _RULES: weakref.WeakKeyDictionary[Channel, RunRules] = weakref.WeakKeyDictionary()
