@@ -200,6 +200,21 @@ def test_the_last_line_without_newline_is_sent_at_the_terminal_status(
     assert lines == ["tail"]
 
 
+def test_a_log_unchanged_across_changes_keeps_its_place(tmp_path: pathlib.Path) -> None:
+    # The log stays "x\npa" through two changes of something else; when it grows, the
+    # line it ends with is sent once, whole, and nothing before it again.
+    rules = RunRules(vocab(RUNNER, tmp_path), "r")
+    one = status(job("b", "in_progress", "x\npa"))
+    two = status(job("b", "in_progress", "x\npa"), job("c", "queued"))
+    three = status(job("b", "in_progress", "x\npa"), job("c", "in_progress"))
+    four = status(job("b", "in_progress", "x\npart\ny\n"), job("c", "in_progress"))
+    rules.derive(None, one)
+    assert [n for n, _ in rules.derive(one, two)] == ["job.changed"]
+    assert [n for n, _ in rules.derive(two, three)] == ["job.started", "job.changed"]
+    lines = [json.loads(d)["line"] for n, d in rules.derive(three, four) if n == "step.log"]
+    assert lines == ["part", "y"]
+
+
 def test_lines_cost_what_was_added(tmp_path: pathlib.Path) -> None:
     # Megabytes of log, one line added: one event, and only the added part is split
     # (a regression to splitting the whole text would send every line again).

@@ -64,8 +64,9 @@ class Outgoing:
 
 @dataclass(slots=True)
 class _Seen:
-    """One item of the previous status: its value, and for ``lines`` its text and how
-    much of it was sent (the offset after its last complete line)."""
+    """One item of a ``lines`` rule in the previous status: its value, its text and how
+    much of it was sent (the offset after its last complete line). The other rules keep
+    the item itself."""
 
     value: Any
     text: str | None = None
@@ -81,7 +82,8 @@ class RunRules:
     metrics: Metrics | None = None
     #: The status the items below were read from (None: none yet).
     source: str | None = None
-    seen: list[dict[Any, _Seen]] = field(default_factory=list)
+    #: Per rule, its items by key: a ``_Seen`` for ``lines``, else the item.
+    seen: list[dict[Any, Any]] = field(default_factory=list)
     warned: set[str] = field(default_factory=set)
 
     def derive(
@@ -108,21 +110,34 @@ class RunRules:
         out: list[tuple[str, str]] = []
         limit = vocabulary.max_per_change
         cut = False
-        new_seen: list[dict[Any, _Seen]] = []
+        new_seen: list[dict[Any, Any]] = []
         for rule, outcome, had in zip(vocabulary.rules, outcomes, self.seen, strict=True):
             if outcome is None:
                 new_seen.append(had)  # failed: yields nothing, forgets nothing
                 continue
-            now: dict[Any, _Seen] = {}
-            for key, item in outcome:
+            now: dict[Any, Any] = {}
+            lines, change = rule.on == "lines", rule.on == "change"
+            for key, item in zip(outcome[::2], outcome[1::2], strict=True):
                 if key in now:
                     continue  # the first item of a key is the one
-                seen = _Seen(item)
-                now[key] = seen
-                old = had.get(key)
-                if rule.on == "lines":
+                if lines:
+                    old = had.get(key)
+                    if (
+                        old is not None
+                        and not terminal
+                        and old.text is not None
+                        and isinstance(item, dict)
+                        and item.get("text") == old.text
+                    ):
+                        # The same text (most of a run's steps at each change): no new
+                        # line, what was sent stays as it was.
+                        now[key] = _Seen(item, old.text, old.sent)
+                        continue
+                    seen = now[key] = _Seen(item)
                     cut = self._lines(rule, item, old, seen, terminal, out, limit) or cut
-                elif old is None or (rule.on == "change" and old.value != item):
+                    continue
+                now[key] = item
+                if key not in had or (change and had[key] != item):
                     if len(out) >= limit:
                         cut = True
                         continue
@@ -183,14 +198,15 @@ class RunRules:
 
     def _outcomes(
         self, status: str, state: str | None, progress: float | None
-    ) -> list[list[list[Any]] | None]:
-        """Each rule's ``[[key, item], ...]`` on ``status``, or None where it failed."""
+    ) -> list[list[Any] | None]:
+        """Each rule's ``[key, item, key, item, ...]`` on ``status``, or None where it
+        failed."""
         try:
             results = self.vocabulary.run_rules(status, self.run_id, state, progress)
         except (ValueError, StopIteration):
             self._once("all", f"the rules failed on a status of run {self.run_id}")
             return [None for _ in self.vocabulary.rules]
-        outcomes: list[list[list[Any]] | None] = []
+        outcomes: list[list[Any] | None] = []
         for rule, result in zip(self.vocabulary.rules, results, strict=True):
             if "ok" in result:
                 outcomes.append(result["ok"])
@@ -206,23 +222,26 @@ class RunRules:
                 outcomes.append(None)
         return outcomes
 
-    def _read(
-        self, status: str, state: str | None, progress: float | None
-    ) -> list[dict[Any, _Seen]]:
+    def _read(self, status: str, state: str | None, progress: float | None) -> list[dict[Any, Any]]:
         try:
             results = self.vocabulary.run_rules(status, self.run_id, state, progress)
         except (ValueError, StopIteration):
             return [{} for _ in self.vocabulary.rules]
-        seen: list[dict[Any, _Seen]] = []
-        for result in results:
-            items: dict[Any, _Seen] = {}
-            for key, item in result.get("ok", []):
-                if key not in items:
-                    text = item.get("text") if isinstance(item, dict) else None
-                    if isinstance(text, str):
-                        items[key] = _Seen(item, text, text.rfind("\n") + 1)
-                    else:
-                        items[key] = _Seen(item)
+        seen: list[dict[Any, Any]] = []
+        for rule, result in zip(self.vocabulary.rules, results, strict=True):
+            items: dict[Any, Any] = {}
+            flat = result.get("ok", [])
+            for key, item in zip(flat[::2], flat[1::2], strict=True):
+                if key in items:
+                    continue
+                if rule.on != "lines":
+                    items[key] = item
+                    continue
+                text = item.get("text") if isinstance(item, dict) else None
+                if isinstance(text, str):
+                    items[key] = _Seen(item, text, text.rfind("\n") + 1)
+                else:
+                    items[key] = _Seen(item)
             seen.append(items)
         return seen
 
@@ -257,13 +276,16 @@ def status_event(
     vocabulary: Vocabulary, run_id: str, status: str, reading: StatusFacts | None, kind: str
 ) -> Outgoing:
     """The built-in event of a status: renamed, reshaped, or kept hidden when off."""
-    if not vocabulary.enabled(kind):
+    builtin = vocabulary.builtins[kind]
+    if not builtin.enabled:
         return Outgoing(kind, "", kind, status, hidden=True)
+    if builtin.program is None:  # not reshaped: no filter to run (every status of a list)
+        return Outgoing(builtin.name, status, kind)
     state, progress = (reading.state, reading.progress) if reading is not None else (None, None)
     shaped = vocabulary.render(kind, status, run_id, state, progress)
     if shaped is None:
-        return Outgoing(vocabulary.name_of(kind), status, kind)
-    return Outgoing(vocabulary.name_of(kind), shaped, kind, status)
+        return Outgoing(builtin.name, status, kind)
+    return Outgoing(builtin.name, shaped, kind, status)
 
 
 _RULES: weakref.WeakKeyDictionary[Channel, RunRules] = weakref.WeakKeyDictionary()
@@ -315,7 +337,7 @@ def publish(
             hidden=out.hidden,
         )
         if metrics is not None and not out.hidden:
-            metrics.events_published.labels(out.name).inc()
+            metrics.published(out.name)
 
 
 def publish_end(channel: Channel, data: str, metrics: Metrics | None = None) -> None:
@@ -326,7 +348,7 @@ def publish_end(channel: Channel, data: str, metrics: Metrics | None = None) -> 
         out.name, out.data, synthetic=True, kind=out.kind, raw=out.raw, hidden=out.hidden
     )
     if metrics is not None and not out.hidden:
-        metrics.events_published.labels(out.name).inc()
+        metrics.published(out.name)
 
 
 def derived(

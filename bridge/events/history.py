@@ -193,6 +193,8 @@ class RunHistory:
         self._seq = 0
         #: The newest status event, even once trimmed (it is what a lost viewer gets).
         self._status: Event | None = None
+        #: The newest event is terminal: asked several times per change, kept at append.
+        self._terminal = False
 
     def append(
         self,
@@ -226,6 +228,7 @@ class RunHistory:
             hidden=hidden,
         )
         self._events.append(event)
+        self._terminal = event.terminal
         if event.is_status:
             self._status = event
         self._bytes += event.nbytes
@@ -309,8 +312,7 @@ class RunHistory:
 
     @property
     def terminal(self) -> bool:
-        latest = self.latest
-        return latest is not None and latest.terminal
+        return self._terminal
 
     def __len__(self) -> int:
         return len(self._events)

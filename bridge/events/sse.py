@@ -10,7 +10,6 @@ never copied (the invariant is checked, not assumed).
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Final
 
 PROGRESS: Final = "progress"
@@ -21,29 +20,35 @@ PING: Final = "ping"
 #: The name of an unnamed event: no ``event:`` line, what ``EventSource.onmessage`` gets.
 MESSAGE: Final = "message"
 
-_FIELD_BREAK = re.compile(r"[\r\n\x00]")
+
+def _check(name: str, value: str) -> None:
+    # Three scans in C: a regex search per field cost more than the rest of the frame.
+    if "\n" in value or "\r" in value or "\x00" in value:
+        raise ValueError(f"SSE {name} field would contain a line break or NUL")
+
+
+#: ``json.dumps`` with these arguments builds an encoder at every call (about 1 us of a
+#: 4 us small status); one encoder, made once, encodes the same.
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
 def encode_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-
-
-def _field(name: str, value: str) -> str:
-    if _FIELD_BREAK.search(value):
-        raise ValueError(f"SSE {name} field would contain a line break or NUL")
-    return f"{name}: {value}\n"
+    return _ENCODER.encode(value)
 
 
 def frame(event: str, data: str, event_id: str | None = None) -> bytes:
     """One complete event; ``data`` must already be one line (see ``encode_json``).
 
     ``message`` is sent unnamed: a client's default name for an event without one."""
-    parts = [_field("event", event)] if event != MESSAGE else []
+    head = ""
+    if event != MESSAGE:
+        _check("event", event)
+        head = f"event: {event}\n"
     if event_id is not None:
-        parts.append(_field("id", event_id))
-    parts.append(_field("data", data))
-    parts.append("\n")
-    return "".join(parts).encode("utf-8")
+        _check("id", event_id)
+        head += f"id: {event_id}\n"
+    _check("data", data)
+    return f"{head}data: {data}\n\n".encode()
 
 
 def chunk(data: bytes) -> bytes:

@@ -150,7 +150,7 @@ class Ledger(ABC):
 
     def _published(self, name: str) -> None:
         if self._metrics is not None:
-            self._metrics.events_published.labels(name).inc()
+            self._metrics.published(name)
 
 
 def changed(channel: Channel, observation: Observation) -> bool:
