@@ -53,6 +53,10 @@ async def test_the_dashboard_without_run_ids_follows_every_listed_run(
         await expect(page.locator("#watch")).to_be_hidden()
         await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
         assert all("/v1/events" in url for url in streams), streams
+        # Over deltas: each run's later statuses came as patches, each applied.
+        assert all("delta=json-patch" in url for url in streams), streams
+        counts = await page.evaluate("({...window.sseBridgeDeltas})")
+        assert counts["patches"] >= 1 and counts["applied"] == counts["patches"], counts
         await page.screenshot(path=tmp_path / "fleet.png", full_page=True)
         assert not page.errors  # type: ignore[attr-defined]
 

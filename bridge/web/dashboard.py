@@ -37,6 +37,8 @@ ASSETS = {
     "dashboard.css": "text/css; charset=utf-8",
     "dashboard.js": "text/javascript; charset=utf-8",
     "favicon.svg": "image/svg+xml",
+    # RFC 6902 patches applied by a well-kept library (static/vendor/README.md).
+    "vendor/fast-json-patch.js": "text/javascript; charset=utf-8",
 }
 
 #: The page loads only its own files and talks only to this bridge.
@@ -59,7 +61,7 @@ def enable_demo_api(app: Quart, url: str) -> None:
 
 
 def asset(name: str) -> bytes:
-    return resources.files("bridge.web").joinpath("static", name).read_bytes()
+    return resources.files("bridge.web").joinpath("static", *name.split("/")).read_bytes()
 
 
 def register_dashboard(app: Quart, settings: Settings) -> None:

@@ -1,5 +1,6 @@
 // sse-bridge dashboard: every run on the page over ONE EventSource (/v1/streams).
-// Plain browser JavaScript, no build step, no third-party code.
+// Plain browser JavaScript, no build step; one library, vendored: fast-json-patch
+// (static/vendor/README.md), which applies the bridge's RFC 6902 patches.
 //
 // Runs come from ?runs=a,b,c or the "Watch" box; without run ids, when the bridge follows
 // the upstream's list of runs (BRIDGE_UPSTREAM_LIST_PATH), from /v1/events: every listed
@@ -12,6 +13,14 @@
 // an error message) where seed 004's running nodes would be. Seed 004's extras (nodes,
 // current node, outputs, timings) appear only where the status has those fields.
 //
+// Deltas: the streams are asked with delta=json-patch, so after a run's first whole status
+// each later one comes as a `patch` envelope (DESIGN.md "Deltas"): its state, progress and
+// detail whole, its data the patch from the run's previous status. The page keeps each
+// run's last whole status as the base to apply the next patch to. A patch that cannot be
+// applied (no base held, a failing `test`) drops every base and reopens the stream without
+// a cursor, so each run comes whole again; the card never shows a status it cannot vouch
+// for. After a few such failures the page stops asking for deltas (whole statuses only).
+//
 // A transient refusal (the upstream unreachable, the bridge full) reaches EventSource as
 // a 200 with `retry:` and a comment naming the error, which EventSource never shows: the
 // page asks once more and reads that comment, and the cards say why they wait.
@@ -21,6 +30,8 @@
   const TERMINAL = new Set(["complete", "error"]);
   const TIMELINE_MAX = 200; // derived events kept per run on the page
   const LOG_MAX = 1000; // log lines kept per run on the page
+  const DELTA = "json-patch";
+  const DELTA_FAILURES_MAX = 3; // patches that could not be applied before deltas are off
   const params = new URLSearchParams(location.search);
   const $ = (id) => document.getElementById(id);
 
@@ -44,7 +55,12 @@
     failures: 0,
     dirty: new Set(),
     frame: 0,
+    // Deltas on this page: whether the streams ask for them, and what came of them.
+    delta: true,
+    deltas: { patches: 0, applied: 0, failed: 0, resyncs: 0 },
   };
+  // What the page did with deltas, for whoever looks (the browser tests read it).
+  window.sseBridgeDeltas = state.deltas;
 
   // --- connection state ---------------------------------------------------------
 
@@ -72,6 +88,7 @@
 
   function streamUrl(ids) {
     let url = "/v1/streams?runs=" + ids.map(encodeURIComponent).join(",");
+    if (state.delta) url += "&delta=" + DELTA;
     if (state.lastId) url += "&cursor=" + encodeURIComponent(state.lastId);
     return url;
   }
@@ -81,7 +98,10 @@
     clearTimeout(state.retryTimer);
     if (state.following) {
       if (state.es) return;
-      const url = "/v1/events" + (state.lastId ? "?cursor=" + encodeURIComponent(state.lastId) : "");
+      const query = new URLSearchParams();
+      if (state.delta) query.set("delta", DELTA);
+      if (state.lastId) query.set("cursor", state.lastId);
+      const url = "/v1/events" + (query.toString() ? "?" + query : "");
       listen(new EventSource(url), url, "");
       return;
     }
@@ -116,8 +136,12 @@
       const name = events.builtin[kind];
       if (name && name !== "error") es.addEventListener(name, (e) => onRunEvent(es, kind, e));
     }
+    // A later status as a patch (only ever sent instead of the built-in progress).
+    const patches = state.delta && Boolean(events.builtin.progress);
+    if (patches) es.addEventListener("patch", (e) => onPatch(es, e));
     for (const name of events.derived) {
-      if (name !== "error") es.addEventListener(name, (e) => onDerived(es, name, e));
+      if (name === "error" || (patches && name === "patch")) continue;
+      es.addEventListener(name, (e) => onDerived(es, name, e));
     }
     // "error" is both an event the stream may carry (a MessageEvent with data) and the
     // EventSource's own connection error (a plain Event).
@@ -139,22 +163,76 @@
     state.streamRuns = "";
   }
 
+  // The run an envelope is about (in the fleet, a run first seen is added).
+  function runOf(message) {
+    if (state.following && typeof message.run_id === "string" && !state.runs.has(message.run_id)) {
+      addRun(message.run_id, null, { front: true });
+      trim();
+      renderSummary();
+    }
+    return state.runs.get(message.run_id);
+  }
+
   function onRunEvent(es, name, e) {
     if (state.es !== es) return;
     let message;
     try { message = JSON.parse(e.data); } catch { return; }
     if (e.lastEventId) state.lastId = e.lastEventId;
     state.gotEvent = true;
-    if (state.following && typeof message.run_id === "string" && !state.runs.has(message.run_id)) {
-      addRun(message.run_id, null, { front: true });
-      trim();
-      renderSummary();
-    }
-    const run = state.runs.get(message.run_id);
+    const run = runOf(message);
     if (!run) return;
+    const data = message.data && typeof message.data === "object" ? message.data : null;
+    // The bridge patches only from a `progress`; after an end there is nothing to patch.
+    run.base = name === "progress" ? data : null;
+    showStatus(run, name, message, data || {});
+  }
+
+  // A `patch` envelope: the run's previous status, patched, is its new one.
+  function onPatch(es, e) {
+    if (state.es !== es) return;
+    let message;
+    try { message = JSON.parse(e.data); } catch { return; }
+    state.gotEvent = true;
+    state.deltas.patches += 1;
+    const run = runOf(message);
+    if (!run) return;
+    let next = null;
+    if (run.base && Array.isArray(message.data)) {
+      try {
+        // Validated, and on a copy: a patch failing half-way leaves the base as it was.
+        // https://github.com/Starcounter-Jack/JSON-Patch#function-applypatch
+        next = jsonpatch.applyPatch(run.base, message.data, true, false).newDocument;
+      } catch {
+        next = null;
+      }
+    }
+    if (!next || typeof next !== "object") {
+      resync(run, message);
+      return;
+    }
+    if (e.lastEventId) state.lastId = e.lastEventId;
+    state.deltas.applied += 1;
+    run.base = next;
+    showStatus(run, "progress", message, next);
+  }
+
+  // A patch could not be applied: show only what the envelope says whole, and reopen the
+  // stream without a cursor, which sends each run's current status whole.
+  function resync(run, message) {
+    state.deltas.failed += 1;
+    state.deltas.resyncs += 1;
+    if (state.deltas.failed >= DELTA_FAILURES_MAX) state.delta = false;
+    for (const r of state.runs.values()) r.base = null;
+    showStatus(run, "progress", message, {});
+    state.lastId = "";
+    closeStream();
+    connect();
+  }
+
+  function showStatus(run, name, message, data) {
     run.waiting = "";
     run.detail = typeof message.detail === "string" ? message.detail : "";
-    run.data = message.data && typeof message.data === "object" ? message.data : {};
+    run.data = data;
     run.event = name;
     run.eventId = typeof message.id === "string" ? message.id : "";
     run.state = typeof message.state === "string" && message.state ? message.state : null;
@@ -311,6 +389,7 @@
       event: "",
       finished: false,
       refused: "",
+      base: null, // the last whole status from the stream: what the next patch applies to
       timeline: [], // derived events: {name, data}, oldest first
       log: [], // lines of the events made of log lines
       el: null,
