@@ -24,7 +24,7 @@ from bridge.errors import BridgeError, UpstreamError
 from bridge.events import sse
 from bridge.events.channel import Subscription
 from bridge.events.feed import CursorKey, FeedHistory, cursor_key, ordered
-from bridge.events.history import Event
+from bridge.events.history import Event, Facts
 from bridge.polling.feed import FeedSource, PageFetch
 from bridge.streams.keepalive import Keepalive, StreamLimits
 from bridge.streams.viewer import Viewer
@@ -58,6 +58,7 @@ async def upstream_events(
     pages), as events with their cursors as ids: a JSON client's catch-up step, which
     it continues with ``since`` = the last id. Raises CursorExpired for a stale cursor."""
     found: list[Event] = []
+    facts = Facts(state=state)
     key = cursor_key(cursor)
     for _ in range(source.max_pages):
         try:
@@ -75,9 +76,7 @@ async def upstream_events(
         ]
         if not fresh:
             break
-        found.extend(
-            Event.build(0, item.cursor, item.event, item.data, state=state) for item in fresh
-        )
+        found.extend(Event.build(0, item.cursor, item.event, item.data, facts) for item in fresh)
         cursor, key = fresh[-1].cursor, fresh[-1].key
         if not source.more(page.value):
             break
