@@ -147,6 +147,21 @@ class Event:
         )
 
 
+def enveloped(run_id: str, event: Event, data: str) -> str:
+    """``data`` of ``event`` wrapped as a multi-run stream sends it (/v1/streams,
+    /v1/events): with the run, the event's id, and state, progress and detail as the
+    status filters read them (null where none), so that a page shows any configured API
+    without knowing its shape."""
+    return (
+        f'{{"run_id":{sse.encode_json(run_id)},'
+        f'"id":{sse.encode_json(event.id)},'
+        f'"state":{sse.encode_json(event.state)},'
+        f'"progress":{sse.encode_json(event.progress)},'
+        f'"detail":{sse.encode_json(event.detail)},'
+        f'"data":{data}}}'
+    )
+
+
 _chunked: tuple[Event, bytes] | None = None
 
 
