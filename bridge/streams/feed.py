@@ -17,7 +17,7 @@ BRIDGE_SEND_TIMEOUT) and resumes by its cursor.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bridge.errors import BridgeError, UpstreamError
@@ -25,7 +25,7 @@ from bridge.events import sse
 from bridge.events.channel import Subscription
 from bridge.events.feed import CursorKey, FeedHistory, cursor_key, ordered
 from bridge.events.history import Event, Facts
-from bridge.polling.feed import FeedSource, PageFetch
+from bridge.polling.feed import FeedSource, Item, PageFetch
 from bridge.streams.keepalive import Keepalive, StreamLimits
 from bridge.streams.viewer import Viewer
 
@@ -69,11 +69,7 @@ async def upstream_events(
                 raise CursorExpired(status) from None
             raise
         read = source.read(page.value)
-        fresh = [
-            item
-            for item in read.items
-            if (item.key > key if ordered(item.key) and ordered(key) else item.cursor != cursor)
-        ]
+        fresh = _newer(read.items, cursor, key)
         if not fresh:
             break
         found.extend(Event.build(0, item.cursor, item.event, item.data, facts) for item in fresh)
@@ -230,11 +226,7 @@ class FeedFramer:
                     subscription.close()
                 return
             read = source.read(page.value)
-            fresh = [
-                item
-                for item in read.items
-                if (item.key > key if ordered(item.key) and ordered(key) else item.cursor != cursor)
-            ]
+            fresh = _newer(read.items, cursor, key)
             if not fresh:
                 return  # the upstream has nothing newer than this cursor
             for item in fresh:
@@ -243,6 +235,16 @@ class FeedFramer:
                     yield item.cursor  # remembered: the history may hold it as well
             cursor, key = fresh[-1].cursor, fresh[-1].key
             yield cursor
+
+
+def _newer(items: Sequence[Item], cursor: str, key: CursorKey) -> list[Item]:
+    """The items of a page after ``cursor`` (whose key is ``key``): by number where both
+    are numbers, else every item but the cursor's own."""
+    return [
+        item
+        for item in items
+        if (item.key > key if ordered(item.key) and ordered(key) else item.cursor != cursor)
+    ]
 
 
 def _keyed(history: FeedHistory, events: list[Event]) -> list[tuple[Event, CursorKey]]:
