@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 from bridge.cluster import RedisBackend
 from bridge.cluster.link import sentinel_description
 from bridge.demo.legacy_api import LegacyApi
+from bridge.demo.runs import ScriptedRun
 from bridge.settings import ConfigError, load
 from bridge.tools.eventstream import ParsedEvent
 from tests.redis_server import RedisServer
@@ -231,6 +232,49 @@ def seq(event: ParsedEvent) -> tuple[int, int]:
     return int(epoch), int(number)
 
 
+def record_served(legacy: LegacyApi, run_id: str) -> list[tuple[float, str]]:
+    """(when, status): every status the upstream serves for ``run_id`` from now on. On a
+    loaded machine a step may fall between two polls, and a status nobody fetched is not
+    one the bridge lost."""
+    served: list[tuple[float, str]] = []
+    answer = legacy.answer
+
+    def recording(r: Any, now: float | None = None) -> dict[str, Any]:
+        body = answer(r, now)
+        if r.id == run_id:
+            served.append((time.monotonic(), canon(body)))
+        return body
+
+    legacy.answer = recording  # type: ignore[method-assign,assignment]
+    return served
+
+
+def first_served(served: list[tuple[float, str]]) -> dict[str, float]:
+    """Each status and when the upstream first served it."""
+    first: dict[str, float] = {}
+    for at, status in served:
+        first.setdefault(status, at)
+    return first
+
+
+@asynccontextmanager
+async def advancing(run: ScriptedRun, step: float) -> AsyncIterator[None]:
+    """``run`` moves on a status every ``step`` s within the block (never to its last)."""
+
+    async def advance() -> None:
+        while run.index < len(run.statuses) - 2:
+            await asyncio.sleep(step)
+            run.advance()
+
+    advancer = asyncio.create_task(advance())
+    try:
+        yield
+    finally:
+        advancer.cancel()
+        with suppress(asyncio.CancelledError):
+            await advancer
+
+
 @dataclass
 class Viewer:
     stream: SseStream
@@ -280,23 +324,7 @@ async def test_two_bridges_follow_a_sentinel_failover_without_losing_a_status(
 ) -> None:
     caplog.set_level(logging.INFO, logger="bridge")
     run = legacy.scripted(RUN, nodes=tuple(f"n{i}" for i in range(40)))
-    # Every status the upstream serves for the run, when it served it.
-    served: list[tuple[float, str]] = []
-    answer = legacy.answer
-
-    def recording(r: Any, now: float | None = None) -> dict[str, Any]:
-        body = answer(r, now)
-        if r.id == RUN:
-            served.append((time.monotonic(), canon(body)))
-        return body
-
-    legacy.answer = recording  # type: ignore[method-assign,assignment]
-
-    async def advancing() -> None:
-        while run.index < len(run.statuses) - 2:  # never the terminal one
-            await asyncio.sleep(STEP)
-            run.advance()
-
+    served = record_served(legacy, RUN)
     cluster = topology.settings
     async with (
         running_bridge(legacy.url, **cluster, ping_interval=0.2) as a,
@@ -308,8 +336,7 @@ async def test_two_bridges_follow_a_sentinel_failover_without_losing_a_status(
         async with collecting(viewers):
             await wait_for(lambda: all(v.progress() for v in viewers), timeout=5)
             old_id = viewers[1].progress()[0][1].id
-            advancer = asyncio.create_task(advancing())
-            try:
+            async with advancing(run, STEP):
                 await asyncio.sleep(1.0)  # steady state under the first primary
                 polls_before = legacy.requests[RUN]
                 failover_at = time.monotonic()
@@ -328,10 +355,6 @@ async def test_two_bridges_follow_a_sentinel_failover_without_losing_a_status(
                     timeout=10,
                 )
                 await asyncio.sleep(3.0)  # the run keeps changing under the new primary
-            finally:
-                advancer.cancel()
-                with suppress(asyncio.CancelledError):
-                    await advancer
             ended_at = time.monotonic()
             # Everything the upstream served reaches both viewers (bounded wait).
             last = canon(run.statuses[run.index])
@@ -366,10 +389,8 @@ async def test_two_bridges_follow_a_sentinel_failover_without_losing_a_status(
         blips = []
         late = 0.0
         lost = 0
-        first_served: dict[str, float] = {}
-        for at, status in served:
-            first_served.setdefault(status, at)
-        after_failover = {status for status, at in first_served.items() if at >= failover_at}
+        first = first_served(served)
+        after_failover = {status for status, at in first.items() if at >= failover_at}
         for v in viewers:
             times = [t for t, _ in v.progress()]
             gaps = [t2 - t1 for t1, t2 in itertools.pairwise(times) if t2 >= failover_at]
@@ -378,9 +399,7 @@ async def test_two_bridges_follow_a_sentinel_failover_without_losing_a_status(
             arrived: dict[str, float] = {}
             for t, e in v.progress():
                 arrived.setdefault(canon(json.loads(e.data)), t)
-            late = max(
-                [late] + [arrived[x] - first_served[x] for x in after_failover if x in arrived]
-            )
+            late = max([late] + [arrived[x] - first[x] for x in after_failover if x in arrived])
         down = []
         pending: list[float] = []
         for r in caplog.records:
@@ -494,22 +513,7 @@ async def test_a_planned_failover_loses_nothing_whichever_replica_moves_first(
     the new primary holds that whole history."""
     caplog.set_level(logging.INFO, logger="bridge")
     run = legacy.scripted(RUN, nodes=tuple(f"n{i}" for i in range(60)))
-    served: list[tuple[float, str]] = []
-    answer = legacy.answer
-
-    def recording(r: Any, now: float | None = None) -> dict[str, Any]:
-        body = answer(r, now)
-        if r.id == RUN:
-            served.append((time.monotonic(), canon(body)))
-        return body
-
-    legacy.answer = recording  # type: ignore[method-assign,assignment]
-
-    async def advancing() -> None:
-        while run.index < len(run.statuses) - 2:
-            await asyncio.sleep(STEP)
-            run.advance()
-
+    served = record_served(legacy, RUN)
     late_sentinel = topology.sentinels[2]
     base = topology.settings | {"poll_interval": INTERVAL, "ping_interval": 0.2}
     early = base | {"redis_sentinels": _addresses(topology.sentinels[:2])}
@@ -528,8 +532,7 @@ async def test_a_planned_failover_loses_nothing_whichever_replica_moves_first(
             early_bridge, late_bridge = (leader, follower) if leader_first else (follower, leader)
             viewers = [Viewer(on_leader), Viewer(on_follower)]
             async with collecting(viewers):
-                advancer = asyncio.create_task(advancing())
-                try:
+                async with advancing(run, STEP):
                     await wait_for(lambda: all(v.progress() for v in viewers), timeout=5)
                     await asyncio.sleep(1.0)  # steady state under the first primary
                     old_id = viewers[1].progress()[-1][1].id
@@ -542,10 +545,6 @@ async def test_a_planned_failover_loses_nothing_whichever_replica_moves_first(
                     late_sentinel.wake()
                     await wait_for(lambda: moved(late_bridge, topology), timeout=15)
                     await asyncio.sleep(1.5)  # the run keeps changing under the new primary
-                finally:
-                    advancer.cancel()
-                    with suppress(asyncio.CancelledError):
-                        await advancer
                 ended_at = time.monotonic()
                 last = canon(run.statuses[run.index])
                 await wait_for(lambda: all(last in v.statuses() for v in viewers), timeout=10)
@@ -568,10 +567,8 @@ async def test_a_planned_failover_loses_nothing_whichever_replica_moves_first(
         assert len(keys) == 1
         held = [seq_of(raw) for raw in await r.lrange(keys[0], 0, -1)]
 
-    first_served: dict[str, float] = {}
-    for at, status in served:
-        first_served.setdefault(status, at)
-    after_failover = {status for status, at in first_served.items() if at >= failover_at}
+    first = first_served(served)
+    after_failover = {status for status, at in first.items() if at >= failover_at}
     lost = [len(after_failover - v.statuses()) for v in viewers]
     gaps = []
     by_id: dict[str, str] = {}
@@ -643,18 +640,7 @@ async def test_a_first_sentinel_hanging_mid_run_costs_nothing(
     run is still polled once per interval."""
     caplog.set_level(logging.INFO, logger="bridge")
     run = legacy.scripted("hangs", nodes=tuple(f"n{i}" for i in range(40)))
-    # What the upstream really served: on a loaded machine a step may fall between two
-    # polls, and a status nobody fetched is not one the bridge lost.
-    served: set[str] = set()
-    answer = legacy.answer
-
-    def recording(r: Any, now: float | None = None) -> dict[str, Any]:
-        body = answer(r, now)
-        if r.id == "hangs":
-            served.add(canon(body))
-        return body
-
-    legacy.answer = recording  # type: ignore[method-assign,assignment]
+    served = record_served(legacy, "hangs")
     settings = topology.settings | {"poll_interval": INTERVAL, "ping_interval": 0.2}
     async with (
         running_bridge(legacy.url, **settings) as a,
@@ -680,7 +666,7 @@ async def test_a_first_sentinel_hanging_mid_run_costs_nothing(
             polls = legacy.requests["hangs"] - polls_before
             last = canon(run.statuses[run.index])
             await wait_for(lambda: all(last in v.statuses() for v in viewers), timeout=5)
-        lost = [len(served - v.statuses()) for v in viewers]
+        lost = [len(first_served(served).keys() - v.statuses()) for v in viewers]
         per_interval = polls / (hung_for / INTERVAL)
         report = (
             f"first Sentinel hung {hung_for:.1f} s: /readyz 200 on "

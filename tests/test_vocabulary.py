@@ -13,7 +13,7 @@ import pytest
 
 from bridge.events import sse
 from bridge.events.derive import RunRules
-from bridge.events.history import RunHistory
+from bridge.events.history import Facts, RunHistory
 from bridge.events.vocabulary import Vocabulary, VocabularyError, load
 from bridge.ops.metrics import Metrics
 from bridge.settings import ConfigError
@@ -319,10 +319,10 @@ def test_with_progress_off_a_viewer_without_id_gets_the_history_from_the_start(
     tmp_path: pathlib.Path,
 ) -> None:
     history = RunHistory(100, 1 << 20, epoch=5, vocabulary=off(tmp_path))
-    history.append("n", '{"a":1}', kind="")
-    history.append("progress", '{"a":1}', hidden=True)
-    history.append("n", '{"a":2}', kind="")
-    history.append("progress", '{"a":2}', hidden=True)
+    history.append("n", '{"a":1}', Facts(kind=""))
+    history.append("progress", '{"a":1}', Facts(hidden=True))
+    history.append("n", '{"a":2}', Facts(kind=""))
+    history.append("progress", '{"a":2}', Facts(hidden=True))
     events = history.resume(None)
     assert [(e.name, e.sent) for e in events] == [
         ("n", True),
@@ -343,8 +343,8 @@ def test_a_trimmed_resume_id_gets_the_current_status_even_with_progress_off(
 ) -> None:
     history = RunHistory(2, 1 << 20, epoch=5, vocabulary=off(tmp_path))
     for i in range(3):
-        history.append("n", f'{{"a":{i}}}', kind="")
-        history.append("progress", f'{{"a":{i}}}', hidden=True)
+        history.append("n", f'{{"a":{i}}}', Facts(kind=""))
+        history.append("progress", f'{{"a":{i}}}', Facts(hidden=True))
     (current,) = history.after(1)
     assert current.name == "progress" and current.data == '{"a":2}' and current.sent
     assert history.status is not None and history.status.status == '{"a":2}'
@@ -378,7 +378,7 @@ async def test_a_slow_fast_path_viewer_of_derived_events_is_ended_not_skipped(
     transport = FullTransport()
     sink = DirectSink(transport, 0, Keepalive(limits))
     sink.lossless = sse.retry(1000)
-    sink.deliver(history.append("n", '{"a":1}', kind=""))
+    sink.deliver(history.append("n", '{"a":1}', Facts(kind="")))
     # Ended with a retry: it resumes after the last event it was written (none here).
     assert sink.ended.done() and sink.ended.result() == "behind"
     assert transport.written == [sse.chunk(sse.retry(1000))]

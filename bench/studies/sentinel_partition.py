@@ -17,7 +17,6 @@ bench/out/sentinel_partition.json.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import pathlib
@@ -41,9 +40,12 @@ from tests.test_sentinel import (
     Topology,
     Viewer,
     _replica_ready,
+    advancing,
     canon,
     cluster_of,
     collecting,
+    first_served,
+    record_served,
     seq,
 )
 
@@ -99,22 +101,7 @@ async def one_round(workdir: Path, min_replicas: bool) -> dict[str, Any]:
 async def _measure(legacy: LegacyApi, topology: Topology, min_replicas: bool) -> dict[str, Any]:
     run_id = "cut"
     run = legacy.scripted(run_id, nodes=tuple(f"n{i}" for i in range(80)))
-    served: list[tuple[float, str]] = []
-    answer = legacy.answer
-
-    def recording(r: Any, now: float | None = None) -> dict[str, Any]:
-        body = answer(r, now)
-        if r.id == run_id:
-            served.append((time.monotonic(), canon(body)))
-        return body
-
-    legacy.answer = recording  # type: ignore[method-assign,assignment]
-
-    async def advancing() -> None:
-        while run.index < len(run.statuses) - 2:
-            await asyncio.sleep(STEP)
-            run.advance()
-
+    served = record_served(legacy, run_id)
     settings = topology.settings | {
         "redis_prefix": f"p{uuid.uuid4().hex[:8]}:",
         "poll_interval": INTERVAL,
@@ -132,39 +119,36 @@ async def _measure(legacy: LegacyApi, topology: Topology, min_replicas: bool) ->
         ):
             viewers = [Viewer(on_a), Viewer(on_b)]
             async with collecting(viewers):
-                advancer = asyncio.create_task(advancing())
-                cut = False
-                try:
-                    await wait_for(lambda: all(v.progress() for v in viewers), timeout=5)
-                    await asyncio.sleep(1.0)
-                    old_id = viewers[1].progress()[-1][1].id
-                    cut_at = time.monotonic()
-                    _iptables("-I", old_port)
-                    cut = True
-                    async with Redis(port=topology.sentinels[0].port, socket_timeout=2) as s:
-                        async with asyncio.timeout(30):
-                            while True:
-                                address: Any = await s.sentinel_get_master_addr_by_name(SERVICE)
-                                if int(address[1]) == topology.replica.port:
-                                    break
-                                await asyncio.sleep(0.05)
-                    promoted_after = time.monotonic() - cut_at
-                    await asyncio.sleep(3.0)
-                    # What the old primary took meanwhile (lost when it is demoted).
-                    async with Redis(port=old_port, socket_timeout=2) as old:
-                        keys = [k async for k in old.scan_iter(match="*:events")]
-                        on_old = [
-                            int(r.split(b" ", 2)[1]) for r in await old.lrange(keys[0], 0, -1)
-                        ]
-                    _iptables("-D", old_port)
+                async with advancing(run, STEP):
                     cut = False
-                    await asyncio.sleep(2.0)
-                finally:
-                    if cut:
+                    try:
+                        await wait_for(lambda: all(v.progress() for v in viewers), timeout=5)
+                        await asyncio.sleep(1.0)
+                        old_id = viewers[1].progress()[-1][1].id
+                        cut_at = time.monotonic()
+                        _iptables("-I", old_port)
+                        cut = True
+                        async with Redis(port=topology.sentinels[0].port, socket_timeout=2) as s:
+                            async with asyncio.timeout(30):
+                                while True:
+                                    address: Any = await s.sentinel_get_master_addr_by_name(SERVICE)
+                                    if int(address[1]) == topology.replica.port:
+                                        break
+                                    await asyncio.sleep(0.05)
+                        promoted_after = time.monotonic() - cut_at
+                        await asyncio.sleep(3.0)
+                        # What the old primary took meanwhile (lost when it is demoted).
+                        async with Redis(port=old_port, socket_timeout=2) as old:
+                            keys = [k async for k in old.scan_iter(match="*:events")]
+                            on_old = [
+                                int(r.split(b" ", 2)[1]) for r in await old.lrange(keys[0], 0, -1)
+                            ]
                         _iptables("-D", old_port)
-                    advancer.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await advancer
+                        cut = False
+                        await asyncio.sleep(2.0)
+                    finally:
+                        if cut:
+                            _iptables("-D", old_port)
                 ended_at = time.monotonic()
                 last = canon(run.statuses[run.index])
                 await wait_for(lambda: all(last in v.statuses() for v in viewers), timeout=10)
@@ -182,10 +166,7 @@ async def _measure(legacy: LegacyApi, topology: Topology, min_replicas: bool) ->
         keys = [k async for k in r.scan_iter(match=f"{settings['redis_prefix']}*:events")]
         held = [int(raw.split(b" ", 2)[1]) for raw in await r.lrange(keys[0], 0, -1)]
 
-    first_served: dict[str, float] = {}
-    for at, status in served:
-        first_served.setdefault(status, at)
-    after = {status for status, at in first_served.items() if at >= cut_at}
+    after = {status for status, at in first_served(served).items() if at >= cut_at}
     lost = [len(after - v.statuses()) for v in viewers]
     gaps = [
         max(t2 - t1 for t1, t2 in itertools.pairwise([t for t, _ in v.progress()]) if t2 >= cut_at)

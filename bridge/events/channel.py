@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-from bridge.events.history import Event, RunHistory
+from bridge.events.history import Event, Facts, RunHistory
 
 
 class ChannelKey(NamedTuple):
@@ -136,21 +136,9 @@ class Channel:
         ``reading`` what the status filters made of the status (none for the bridge's
         own); ``kind``, ``raw`` and ``hidden`` as in ``history.Event``; ``event_id`` the
         upstream's own id (a feed's cursor), else the history's."""
-        state, progress, detail = _parts(reading)
-        event = self.history.append(
-            name,
-            data,
-            state=state,
-            progress=progress,
-            detail=detail,
-            kind=kind,
-            raw=raw,
-            hidden=hidden,
-            event_id=event_id,
-        )
-        if event.is_status:  # a derived event says nothing of the status's fingerprint
-            self.fingerprint = reading.fingerprint if reading is not None else None
-        self._deliver(event, synthetic)
+        facts = _facts(reading, kind, raw, hidden)
+        event = self.history.append(name, data, facts, event_id=event_id)
+        self._published(event, reading, synthetic)
         return event
 
     def mirror(
@@ -169,26 +157,16 @@ class Channel:
     ) -> Event | None:
         """An event another replica published (cluster mode), with its id (``event_id``:
         the upstream's own, a feed's cursor); None if held."""
-        state, progress, detail = _parts(reading)
-        event = self.history.mirror(
-            epoch,
-            seq,
-            name,
-            data,
-            state=state,
-            progress=progress,
-            detail=detail,
-            kind=kind,
-            raw=raw,
-            hidden=hidden,
-            event_id=event_id,
-        )
-        if event is None:
-            return None
-        if event.is_status:
+        facts = _facts(reading, kind, raw, hidden)
+        event = self.history.mirror(epoch, seq, name, data, facts, event_id=event_id)
+        if event is not None:
+            self._published(event, reading, synthetic)
+        return event
+
+    def _published(self, event: Event, reading: StatusFacts | None, synthetic: bool) -> None:
+        if event.is_status:  # a derived event says nothing of the status's fingerprint
             self.fingerprint = reading.fingerprint if reading is not None else None
         self._deliver(event, synthetic)
-        return event
 
     def _deliver(self, event: Event, synthetic: bool) -> None:
         if synthetic:
@@ -252,7 +230,7 @@ class Channel:
             subscription.close()
 
 
-def _parts(reading: StatusFacts | None) -> tuple[str | None, float | None, str | None]:
+def _facts(reading: StatusFacts | None, kind: str | None, raw: str | None, hidden: bool) -> Facts:
     if reading is None:
-        return None, None, None
-    return reading.state, reading.progress, reading.detail
+        return Facts(kind=kind, raw=raw, hidden=hidden)
+    return Facts(reading.state, reading.progress, reading.detail, kind, raw, hidden)

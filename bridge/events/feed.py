@@ -18,9 +18,8 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections import deque
-from typing import Any
 
-from bridge.events.history import Event, RunHistory
+from bridge.events.history import PLAIN, Event, Facts, RunHistory
 from bridge.events.sse import encode_json
 from bridge.events.vocabulary import DEFAULT, Vocabulary
 
@@ -79,12 +78,14 @@ class FeedHistory(RunHistory):
         #: The run's state as the last page (or the run's own path) gave it.
         self.state: str | None = None
 
-    def append(self, name: str, data: str, *, event_id: str | None = None, **more: Any) -> Event:
+    def append(
+        self, name: str, data: str, facts: Facts = PLAIN, *, event_id: str | None = None
+    ) -> Event:
         # An event of the bridge's own (no cursor) stands where the last item stood.
         key = cursor_key(event_id) if event_id else (self._keys[-1] if self._keys else self.floor)
         self._keys.append(key)
         try:
-            event = super().append(name, data, event_id=event_id, **more)
+            event = super().append(name, data, facts, event_id=event_id)
         except BaseException:
             self._keys.pop()
             raise
@@ -97,11 +98,20 @@ class FeedHistory(RunHistory):
             self._by_id = {k: s for k, s in self._by_id.items() if s >= oldest}
         return event
 
-    def mirror(self, epoch: int, seq: int, name: str, data: str, **more: Any) -> Event | None:
+    def mirror(
+        self,
+        epoch: int,
+        seq: int,
+        name: str,
+        data: str,
+        facts: Facts = PLAIN,
+        *,
+        event_id: str | None = None,
+    ) -> Event | None:
         # A copy (cluster mode) that starts past the feed's first item, or skips ahead,
         # holds nothing before this item: a cursor older than it is asked of the upstream.
         skips = seq != self.last_seq + 1
-        event = super().mirror(epoch, seq, name, data, **more)
+        event = super().mirror(epoch, seq, name, data, facts, event_id=event_id)
         if event is not None and skips:
             self.floor = self._keys[-1]
         return event

@@ -39,6 +39,25 @@ def is_terminal(event: str) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class Facts:
+    """What an event says beyond its name and data, as ``Event`` keeps it (see there):
+    carried as one value from the channel to the history."""
+
+    state: str | None = None
+    progress: float | None = None
+    detail: str | None = None
+    #: None: the event's name.
+    kind: str | None = None
+    raw: str | None = None
+    #: Kept in the history but not sent (a built-in event turned off).
+    hidden: bool = False
+
+
+#: An event that says nothing beyond its name and data.
+PLAIN = Facts()
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     seq: int
     id: str
@@ -68,16 +87,11 @@ class Event:
         event_id: str,
         name: str,
         data: str,
-        state: str | None = None,
-        progress: float | None = None,
-        detail: str | None = None,
-        *,
-        kind: str | None = None,
-        raw: str | None = None,
-        hidden: bool = False,
+        facts: Facts = PLAIN,
     ) -> Event:
-        kind = name if kind is None else kind
-        if hidden:
+        kind = name if facts.kind is None else facts.kind
+        state, progress, detail, raw = facts.state, facts.progress, facts.detail, facts.raw
+        if facts.hidden:
             status = raw if raw is not None else data
             return cls(seq, event_id, name, b"", 0, state, progress, detail, kind, status)
         frame = sse.frame(name, data, event_id)
@@ -129,11 +143,23 @@ class Event:
             self.id,
             sse.PROGRESS,
             self.status,
-            self.state,
-            self.progress,
-            self.detail,
-            kind=self.kind,
+            Facts(self.state, self.progress, self.detail, self.kind),
         )
+
+
+def enveloped(run_id: str, event: Event, data: str) -> str:
+    """``data`` of ``event`` wrapped as a multi-run stream sends it (/v1/streams,
+    /v1/events): with the run, the event's id, and state, progress and detail as the
+    status filters read them (null where none), so that a page shows any configured API
+    without knowing its shape."""
+    return (
+        f'{{"run_id":{sse.encode_json(run_id)},'
+        f'"id":{sse.encode_json(event.id)},'
+        f'"state":{sse.encode_json(event.state)},'
+        f'"progress":{sse.encode_json(event.progress)},'
+        f'"detail":{sse.encode_json(event.detail)},'
+        f'"data":{data}}}'
+    )
 
 
 _chunked: tuple[Event, bytes] | None = None
@@ -200,13 +226,8 @@ class RunHistory:
         self,
         name: str,
         data: str,
+        facts: Facts = PLAIN,
         *,
-        state: str | None = None,
-        progress: float | None = None,
-        detail: str | None = None,
-        kind: str | None = None,
-        raw: str | None = None,
-        hidden: bool = False,
         event_id: str | None = None,
     ) -> Event:
         """Add the next event; ``data`` is what it sends (``sse.encode_json``'s text).
@@ -215,18 +236,7 @@ class RunHistory:
             raise RuntimeError("a terminal history takes no more events")
         self._seq += 1
         event_id = event_id or f"{self.epoch}-{self._seq}"
-        event = Event.build(
-            self._seq,
-            event_id,
-            name,
-            data,
-            state,
-            progress,
-            detail,
-            kind=kind,
-            raw=raw,
-            hidden=hidden,
-        )
+        event = Event.build(self._seq, event_id, name, data, facts)
         self._events.append(event)
         self._terminal = event.terminal
         if event.is_status:
@@ -245,13 +255,8 @@ class RunHistory:
         seq: int,
         name: str,
         data: str,
+        facts: Facts = PLAIN,
         *,
-        state: str | None = None,
-        progress: float | None = None,
-        detail: str | None = None,
-        kind: str | None = None,
-        raw: str | None = None,
-        hidden: bool = False,
         event_id: str | None = None,
     ) -> Event | None:
         """Take one event of this run's history as another replica wrote it, id and all
@@ -271,17 +276,7 @@ class RunHistory:
             self._events.clear()
             self._bytes = 0
         self._seq = seq - 1
-        return self.append(
-            name,
-            data,
-            state=state,
-            progress=progress,
-            detail=detail,
-            kind=kind,
-            raw=raw,
-            hidden=hidden,
-            event_id=event_id,
-        )
+        return self.append(name, data, facts, event_id=event_id)
 
     @property
     def nbytes(self) -> int:

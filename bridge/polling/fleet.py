@@ -52,7 +52,7 @@ from bridge.credentials import credentials_digest
 from bridge.errors import ClusterUnavailable, InvalidRunId, UpstreamError
 from bridge.events import sse
 from bridge.events.channel import Channel, ChannelKey, Subscription
-from bridge.events.history import Event, RunHistory, parse_id
+from bridge.events.history import Event, RunHistory, enveloped, parse_id
 from bridge.polling.ledger import Ledger, LedgerBackend, LedgerOwner, Observation
 from bridge.polling.poller import Poller
 from bridge.polling.registry import PollerRegistry
@@ -184,15 +184,7 @@ def event_frame(run_id: str, event: Event, frame_id: str, envelope: bool) -> byt
     """A run's event as /v1/streams sends it (``envelope``), or as the run's own stream."""
     if not envelope:
         return sse.frame(event.name, event.data, frame_id)
-    data = (
-        f'{{"run_id":{sse.encode_json(run_id)},'
-        f'"id":{sse.encode_json(event.id)},'
-        f'"state":{sse.encode_json(event.state)},'
-        f'"progress":{sse.encode_json(event.progress)},'
-        f'"detail":{sse.encode_json(event.detail)},'
-        f'"data":{event.data}}}'
-    )
-    return sse.frame(event.name, data, frame_id)
+    return sse.frame(event.name, enveloped(run_id, event, event.data), frame_id)
 
 
 class FleetLog:

@@ -17,15 +17,15 @@ BRIDGE_SEND_TIMEOUT) and resumes by its cursor.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bridge.errors import BridgeError, UpstreamError
 from bridge.events import sse
 from bridge.events.channel import Subscription
 from bridge.events.feed import CursorKey, FeedHistory, cursor_key, ordered
-from bridge.events.history import Event
-from bridge.polling.feed import FeedSource, PageFetch
+from bridge.events.history import Event, Facts
+from bridge.polling.feed import FeedSource, Item, PageFetch
 from bridge.streams.keepalive import Keepalive, StreamLimits
 from bridge.streams.viewer import Viewer
 
@@ -58,6 +58,7 @@ async def upstream_events(
     pages), as events with their cursors as ids: a JSON client's catch-up step, which
     it continues with ``since`` = the last id. Raises CursorExpired for a stale cursor."""
     found: list[Event] = []
+    facts = Facts(state=state)
     key = cursor_key(cursor)
     for _ in range(source.max_pages):
         try:
@@ -68,16 +69,10 @@ async def upstream_events(
                 raise CursorExpired(status) from None
             raise
         read = source.read(page.value)
-        fresh = [
-            item
-            for item in read.items
-            if (item.key > key if ordered(item.key) and ordered(key) else item.cursor != cursor)
-        ]
+        fresh = _newer(read.items, cursor, key)
         if not fresh:
             break
-        found.extend(
-            Event.build(0, item.cursor, item.event, item.data, state=state) for item in fresh
-        )
+        found.extend(Event.build(0, item.cursor, item.event, item.data, facts) for item in fresh)
         cursor, key = fresh[-1].cursor, fresh[-1].key
         if not source.more(page.value):
             break
@@ -231,11 +226,7 @@ class FeedFramer:
                     subscription.close()
                 return
             read = source.read(page.value)
-            fresh = [
-                item
-                for item in read.items
-                if (item.key > key if ordered(item.key) and ordered(key) else item.cursor != cursor)
-            ]
+            fresh = _newer(read.items, cursor, key)
             if not fresh:
                 return  # the upstream has nothing newer than this cursor
             for item in fresh:
@@ -244,6 +235,16 @@ class FeedFramer:
                     yield item.cursor  # remembered: the history may hold it as well
             cursor, key = fresh[-1].cursor, fresh[-1].key
             yield cursor
+
+
+def _newer(items: Sequence[Item], cursor: str, key: CursorKey) -> list[Item]:
+    """The items of a page after ``cursor`` (whose key is ``key``): by number where both
+    are numbers, else every item but the cursor's own."""
+    return [
+        item
+        for item in items
+        if (item.key > key if ordered(item.key) and ordered(key) else item.cursor != cursor)
+    ]
 
 
 def _keyed(history: FeedHistory, events: list[Event]) -> list[tuple[Event, CursorKey]]:

@@ -30,7 +30,7 @@ from prometheus_client import Gauge
 from bridge.errors import BridgeError, InvalidRequest
 from bridge.events import sse
 from bridge.events.delta import PATCH, DeltaView, view_after
-from bridge.events.history import Event
+from bridge.events.history import Event, enveloped
 from bridge.polling.fleet import Entry, Fleet, Fleets, FleetViewer, event_frame
 from bridge.streams.keepalive import Keepalive, StreamLimits
 from bridge.streams.limits import StreamLimiter
@@ -137,15 +137,7 @@ class Patches:
         made = view.patch(event)
         if made is None:
             return None
-        data = (
-            f'{{"run_id":{sse.encode_json(run_id)},'
-            f'"id":{sse.encode_json(event.id)},'
-            f'"state":{sse.encode_json(event.state)},'
-            f'"progress":{sse.encode_json(event.progress)},'
-            f'"detail":{sse.encode_json(event.detail)},'
-            f'"data":{made.data}}}'
-        )
-        return sse.frame(PATCH, data, frame_id)
+        return sse.frame(PATCH, enveloped(run_id, event, made.data), frame_id)
 
     def entry(self, entry: Entry) -> bytes:
         made = self.frame(entry.run_id, entry.event, entry.id)

@@ -38,7 +38,7 @@ from bridge.errors import InvalidRequest
 from bridge.events import sse
 from bridge.events.channel import Channel, Subscription
 from bridge.events.delta import PATCH, DeltaView, view_after
-from bridge.events.history import Event, RunHistory
+from bridge.events.history import Event, RunHistory, enveloped
 from bridge.streams.keepalive import Keepalive, StreamLimits
 from bridge.streams.viewer import Viewer
 
@@ -139,21 +139,11 @@ class RunView:
     def frame(self, event: Event, multi_id: str) -> bytes:
         if not self.envelope:
             return sse.frame(event.name, event.data, multi_id)
-        # state, progress and detail as the status filters read them (null where none):
-        # a page shows any configured API without knowing its shape.
         name, body = event.name, event.data
         made = self.delta.patch(event) if self.delta is not None else None
         if made is not None:
             name, body = PATCH, made.data
-        data = (
-            f'{{"run_id":{sse.encode_json(self.run_id)},'
-            f'"id":{sse.encode_json(event.id)},'
-            f'"state":{sse.encode_json(event.state)},'
-            f'"progress":{sse.encode_json(event.progress)},'
-            f'"detail":{sse.encode_json(event.detail)},'
-            f'"data":{body}}}'
-        )
-        return sse.frame(name, data, multi_id)
+        return sse.frame(name, enveloped(self.run_id, event, body), multi_id)
 
 
 def position(view: RunView, resume: Mapping[str, tuple[int, int]]) -> None:

@@ -35,7 +35,7 @@ import os
 import random
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 from urllib.parse import quote, unquote
@@ -709,20 +709,12 @@ def main(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
     except InvalidRunId as error:
         err.write(f"sse-bridge watch: {error.message}\n")
         return EXIT_OTHER
-    try:
-        headers = headers_from(args.header, environ)
-    except Refused as error:
-        err.write(f"sse-bridge watch: {error}\n")
+    bridge = _bridge(args, environ, err)
+    if bridge is None:
         return EXIT_OTHER
-    url = args.url or environ.get(ENV_URL) or DEFAULT_URL
-    if not url.startswith(("http://", "https://")):
-        err.write(f"sse-bridge watch: --url must start with http:// or https://, got {url!r}\n")
-        return EXIT_OTHER
+    headers, url = bridge
     if args.wait_result:
-        try:
-            return asyncio.run(wait_result(args.run_id, url, headers, out, err, args.reconnect_for))
-        except KeyboardInterrupt:
-            return 130
+        return _run(wait_result(args.run_id, url, headers, out, err, args.reconnect_for))
     mode = "json" if args.json else "bar" if Console(file=out).is_terminal else "lines"
     with Display(args.run_id, mode, out, err) as display:
         watch = Watch(
@@ -733,10 +725,31 @@ def main(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
             reconnect_for=args.reconnect_for,
             idle_timeout=args.idle_timeout,
         )
-        try:
-            return asyncio.run(watch.run())
-        except KeyboardInterrupt:
-            return 130
+        return _run(watch.run())
+
+
+def _bridge(
+    args: argparse.Namespace, environ: Mapping[str, str], err: TextIO
+) -> tuple[dict[str, str], str] | None:
+    """The headers and the bridge's URL asked for; None (said on ``err``) if refused."""
+    try:
+        headers = headers_from(args.header, environ)
+    except Refused as error:
+        err.write(f"sse-bridge watch: {error}\n")
+        return None
+    url = args.url or environ.get(ENV_URL) or DEFAULT_URL
+    if not url.startswith(("http://", "https://")):
+        err.write(f"sse-bridge watch: --url must start with http:// or https://, got {url!r}\n")
+        return None
+    return headers, url
+
+
+def _run(watching: Coroutine[Any, Any, int]) -> int:
+    """Run one watch to its exit code; 130 on Ctrl-C."""
+    try:
+        return asyncio.run(watching)
+    except KeyboardInterrupt:
+        return 130
 
 
 def _watch_all(
@@ -746,15 +759,10 @@ def _watch_all(
     if args.wait_result:
         err.write("sse-bridge watch: --wait-result needs a RUN_ID\n")
         return EXIT_OTHER
-    try:
-        headers = headers_from(args.header, environ)
-    except Refused as error:
-        err.write(f"sse-bridge watch: {error}\n")
+    bridge = _bridge(args, environ, err)
+    if bridge is None:
         return EXIT_OTHER
-    url = args.url or environ.get(ENV_URL) or DEFAULT_URL
-    if not url.startswith(("http://", "https://")):
-        err.write(f"sse-bridge watch: --url must start with http:// or https://, got {url!r}\n")
-        return EXIT_OTHER
+    headers, url = bridge
     display = FleetDisplay("json" if args.json else "lines", out, err)
     watch = FleetWatch(
         "*",
@@ -764,7 +772,4 @@ def _watch_all(
         reconnect_for=args.reconnect_for,
         idle_timeout=args.idle_timeout,
     )
-    try:
-        return asyncio.run(watch.run())
-    except KeyboardInterrupt:
-        return 130
+    return _run(watch.run())
