@@ -23,7 +23,6 @@ per run).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections import deque
@@ -201,19 +200,10 @@ class FeedPoller(Poller):
 
     # --- the poll loop's seams -----------------------------------------------------
 
-    async def _fetch(self, started: float) -> Fetched:
+    async def _request(self) -> Fetched:
         """The feed's pages of this tick, published as they come: the loop sees a
         "not modified" answer (the items are the events) with the last page's hint."""
-        self._polling_since = started
-        try:
-            wait = await self._tick()
-        except asyncio.CancelledError:
-            raise
-        except BaseException:
-            self._polling_since = None
-            raise
-        self._polling_since = None
-        return Fetched(None, Validators(), wait)
+        return Fetched(None, Validators(), await self._tick())
 
     def _settled(self) -> bool:
         # A feed may have no item yet: its first answer is current all the same.

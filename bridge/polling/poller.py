@@ -322,7 +322,7 @@ class Poller:
         """The upstream request, marked in flight meanwhile (for the ledger's close)."""
         self._polling_since = started
         try:
-            fetched = await self._fetch_status(self.key.run_id, self._headers, self._validators)
+            fetched = await self._request()
         except asyncio.CancelledError:
             # Stopped mid-poll (shutdown): still in flight as far as a successor is
             # concerned; the ledger's close is told when it started.
@@ -332,6 +332,10 @@ class Poller:
             raise
         self._polling_since = None
         return fetched
+
+    async def _request(self) -> Fetched:
+        """This poll's upstream request: the run's status."""
+        return await self._fetch_status(self.key.run_id, self._headers, self._validators)
 
     async def _record(self, fetched: Fetched) -> None:
         """Hand the answer to the ledger; keep its validators for the next request."""
