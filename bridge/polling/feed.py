@@ -162,7 +162,7 @@ class FeedSource:
                 or len(name) > MAX_EVENT_NAME
                 or _BREAKS.intersection(name)
             ):
-                name = "message"
+                name = sse.MESSAGE
             read.items.append(Item(cursor, cursor_key(cursor), name, sse.encode_json(data)))
         return read
 
