@@ -324,14 +324,9 @@ class ListedPoller(Poller):
             return self.fleet.poke()
         return super().poke()
 
-    async def _sync_and_poll(self) -> float | None:
+    async def _synced_step(self, now: float) -> float | None:
         if not self.listed:
-            return await super()._sync_and_poll()
-        now = self._clock.monotonic()
-        if not await self.ledger.sync(active=self._active(now)):
-            return None
-        if self._settled() or self._idle_done(now):
-            return None
+            return await super()._synced_step(now)
         # Fed, delisted or left by a viewer, it is nudged; otherwise it syncs once an
         # interval like any poller (its ledger's bookkeeping), asking nothing.
         return now + self._cadence.interval

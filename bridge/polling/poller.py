@@ -261,14 +261,16 @@ class Poller:
             return self._clock.monotonic() + self._cadence.interval
 
     async def _sync_and_poll(self) -> float | None:
-        interval = self._cadence.interval
         now = self._clock.monotonic()
         if not await self.ledger.sync(active=self._active(now)):
             return None
-        if self._settled():
+        if self._settled() or self._idle_done(now):
             return None
-        if self._idle_done(now):
-            return None
+        return await self._synced_step(now)
+
+    async def _synced_step(self, now: float) -> float | None:
+        """The step of a poller still wanted, once synced: poll now, or when to step next."""
+        interval = self._cadence.interval
         if not self.ledger.leads:
             self._lose_lead()
             return now + interval
