@@ -37,7 +37,7 @@ from bridge import run_id as run_ids
 from bridge.errors import UpstreamError, UpstreamRefused
 from bridge.events import sse
 from bridge.events.feed import CursorKey, FeedHistory, cursor_key, ordered
-from bridge.polling.poller import Poller
+from bridge.polling.poller import Poller, WarnOnce
 from bridge.polling.status import Reading
 from bridge.polling.upstream import Fetched, Page, Validators
 from bridge.settings import Settings
@@ -187,7 +187,7 @@ class FeedPoller(Poller):
         self._run_path_refused = False
         #: The state as the latest full answer read it.
         self._state: Reading | None = None
-        self._logged: set[str] = set()
+        self._once = WarnOnce(log)
         #: Opaque cursors published lately, oldest first (duplicates are told by identity).
         self._recent: deque[str] = deque()
         self._recent_set: set[str] = set()
@@ -375,8 +375,3 @@ class FeedPoller(Poller):
             return
         page = history.page or sse.encode_json({"status": state.state})
         await self.ledger.conclude(page, state, self.cursor)
-
-    def _once(self, what: str, message: str, *args: object) -> None:
-        if what not in self._logged:
-            self._logged.add(what)
-            log.warning(message, *args)

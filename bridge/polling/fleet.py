@@ -54,7 +54,7 @@ from bridge.events import sse
 from bridge.events.channel import Channel, ChannelKey, Subscription
 from bridge.events.history import Event, RunHistory, enveloped, parse_id
 from bridge.polling.ledger import Ledger, LedgerBackend, LedgerOwner, Observation
-from bridge.polling.poller import Poller
+from bridge.polling.poller import Poller, WarnOnce
 from bridge.polling.registry import PollerRegistry
 from bridge.polling.resilience import Backoff
 from bridge.polling.status import Reading, StatusReader
@@ -435,7 +435,7 @@ class Fleet:
         self._wake = wake or asyncio.Event()
         self._poked = False
         self._notify_soon: asyncio.Handle | None = None
-        self._logged: set[str] = set()
+        self._once = WarnOnce(log)
         self._backoff = Backoff(interval, max(interval, hint_max))
         #: List requests made (tests, bench).
         self.polls = 0
@@ -831,11 +831,6 @@ class Fleet:
         for member, _ in self._departing.values():
             member.let_go()
         self._departing.clear()
-
-    def _once(self, what: str, message: str, *args: object) -> None:
-        if what not in self._logged:
-            self._logged.add(what)
-            log.warning(message, *args)
 
 
 class Fleets:

@@ -102,6 +102,21 @@ class Cadence:
         return next_poll
 
 
+class WarnOnce:
+    """Logs each kind of trouble once per owner: a problem met at every tick is one line."""
+
+    __slots__ = ("_log", "_logged")
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._log = logger
+        self._logged: set[str] = set()
+
+    def __call__(self, what: str, message: str, *args: object) -> None:
+        if what not in self._logged:
+            self._logged.add(what)
+            self._log.warning(message, *args)
+
+
 class Clock(Protocol):
     """The loop's time: ``monotonic`` seconds, and a sleep that a wake-up cuts short."""
 
