@@ -370,23 +370,20 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown profile; one of: {', '.join(sorted(PROFILES))}")
         return value
 
-    @field_validator("state_expr", "progress_expr", "detail_expr")
-    @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            compile_expr(value)  # ExpressionError: "does not compile: <jq's reason>"
-        return value
-
-    @field_validator("feed_path", "upstream_list_path", "feed_more", mode="before")
-    @classmethod
-    def _empty_feed_is_unset(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
-
     @field_validator(
-        "feed_items", "feed_cursor", "feed_event", "feed_data", "feed_more", "list_items", "list_id"
+        "state_expr",
+        "progress_expr",
+        "detail_expr",
+        "feed_items",
+        "feed_cursor",
+        "feed_event",
+        "feed_data",
+        "feed_more",
+        "list_items",
+        "list_id",
     )
     @classmethod
-    def _feed_and_list_compile(cls, value: str | None) -> str | None:
+    def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
             compile_expr(value)  # ExpressionError: "does not compile: <jq's reason>"
         return value
@@ -468,6 +465,9 @@ class Settings(BaseSettings):
         "redis_sentinel_password",
         "redis_password",
         "events_file",
+        "feed_path",
+        "upstream_list_path",
+        "feed_more",
         mode="before",
     )
     @classmethod

@@ -30,8 +30,6 @@ from bridge.expressions import ExpressionError, compile_expr
 BUILTINS: Final = (sse.PROGRESS, sse.COMPLETE, sse.ERROR, sse.TIMEOUT, sse.PING)
 #: What ``on`` may say (DESIGN.md "Events that say what happened").
 ON: Final = ("appear", "change", "lines")
-#: The name that sends an unnamed event: what ``EventSource.onmessage`` receives.
-UNNAMED: Final = "message"
 #: Longest event name accepted (an SSE field is one line; names are the operator's).
 MAX_NAME_LENGTH = 128
 

@@ -23,7 +23,6 @@ per run).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections import deque
@@ -38,7 +37,7 @@ from bridge import run_id as run_ids
 from bridge.errors import UpstreamError, UpstreamRefused
 from bridge.events import sse
 from bridge.events.feed import CursorKey, FeedHistory, cursor_key, ordered
-from bridge.polling.poller import Poller
+from bridge.polling.poller import Poller, WarnOnce
 from bridge.polling.status import Reading
 from bridge.polling.upstream import Fetched, Page, Validators
 from bridge.settings import Settings
@@ -163,7 +162,7 @@ class FeedSource:
                 or len(name) > MAX_EVENT_NAME
                 or _BREAKS.intersection(name)
             ):
-                name = "message"
+                name = sse.MESSAGE
             read.items.append(Item(cursor, cursor_key(cursor), name, sse.encode_json(data)))
         return read
 
@@ -188,7 +187,7 @@ class FeedPoller(Poller):
         self._run_path_refused = False
         #: The state as the latest full answer read it.
         self._state: Reading | None = None
-        self._logged: set[str] = set()
+        self._once = WarnOnce(log)
         #: Opaque cursors published lately, oldest first (duplicates are told by identity).
         self._recent: deque[str] = deque()
         self._recent_set: set[str] = set()
@@ -201,19 +200,10 @@ class FeedPoller(Poller):
 
     # --- the poll loop's seams -----------------------------------------------------
 
-    async def _fetch(self, started: float) -> Fetched:
+    async def _request(self) -> Fetched:
         """The feed's pages of this tick, published as they come: the loop sees a
         "not modified" answer (the items are the events) with the last page's hint."""
-        self._polling_since = started
-        try:
-            wait = await self._tick()
-        except asyncio.CancelledError:
-            raise
-        except BaseException:
-            self._polling_since = None
-            raise
-        self._polling_since = None
-        return Fetched(None, Validators(), wait)
+        return Fetched(None, Validators(), await self._tick())
 
     def _settled(self) -> bool:
         # A feed may have no item yet: its first answer is current all the same.
@@ -385,8 +375,3 @@ class FeedPoller(Poller):
             return
         page = history.page or sse.encode_json({"status": state.state})
         await self.ledger.conclude(page, state, self.cursor)
-
-    def _once(self, what: str, message: str, *args: object) -> None:
-        if what not in self._logged:
-            self._logged.add(what)
-            log.warning(message, *args)

@@ -54,7 +54,7 @@ from bridge.events import sse
 from bridge.events.channel import Channel, ChannelKey, Subscription
 from bridge.events.history import Event, RunHistory, enveloped, parse_id
 from bridge.polling.ledger import Ledger, LedgerBackend, LedgerOwner, Observation
-from bridge.polling.poller import Poller
+from bridge.polling.poller import Poller, WarnOnce
 from bridge.polling.registry import PollerRegistry
 from bridge.polling.resilience import Backoff
 from bridge.polling.status import Reading, StatusReader
@@ -324,14 +324,9 @@ class ListedPoller(Poller):
             return self.fleet.poke()
         return super().poke()
 
-    async def _sync_and_poll(self) -> float | None:
+    async def _synced_step(self, now: float) -> float | None:
         if not self.listed:
-            return await super()._sync_and_poll()
-        now = self._clock.monotonic()
-        if not await self.ledger.sync(active=self._active(now)):
-            return None
-        if self._settled() or self._idle_done(now):
-            return None
+            return await super()._synced_step(now)
         # Fed, delisted or left by a viewer, it is nudged; otherwise it syncs once an
         # interval like any poller (its ledger's bookkeeping), asking nothing.
         return now + self._cadence.interval
@@ -440,7 +435,7 @@ class Fleet:
         self._wake = wake or asyncio.Event()
         self._poked = False
         self._notify_soon: asyncio.Handle | None = None
-        self._logged: set[str] = set()
+        self._once = WarnOnce(log)
         self._backoff = Backoff(interval, max(interval, hint_max))
         #: List requests made (tests, bench).
         self.polls = 0
@@ -836,11 +831,6 @@ class Fleet:
         for member, _ in self._departing.values():
             member.let_go()
         self._departing.clear()
-
-    def _once(self, what: str, message: str, *args: object) -> None:
-        if what not in self._logged:
-            self._logged.add(what)
-            log.warning(message, *args)
 
 
 class Fleets:

@@ -102,6 +102,21 @@ class Cadence:
         return next_poll
 
 
+class WarnOnce:
+    """Logs each kind of trouble once per owner: a problem met at every tick is one line."""
+
+    __slots__ = ("_log", "_logged")
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._log = logger
+        self._logged: set[str] = set()
+
+    def __call__(self, what: str, message: str, *args: object) -> None:
+        if what not in self._logged:
+            self._logged.add(what)
+            self._log.warning(message, *args)
+
+
 class Clock(Protocol):
     """The loop's time: ``monotonic`` seconds, and a sleep that a wake-up cuts short."""
 
@@ -261,14 +276,16 @@ class Poller:
             return self._clock.monotonic() + self._cadence.interval
 
     async def _sync_and_poll(self) -> float | None:
-        interval = self._cadence.interval
         now = self._clock.monotonic()
         if not await self.ledger.sync(active=self._active(now)):
             return None
-        if self._settled():
+        if self._settled() or self._idle_done(now):
             return None
-        if self._idle_done(now):
-            return None
+        return await self._synced_step(now)
+
+    async def _synced_step(self, now: float) -> float | None:
+        """The step of a poller still wanted, once synced: poll now, or when to step next."""
+        interval = self._cadence.interval
         if not self.ledger.leads:
             self._lose_lead()
             return now + interval
@@ -322,7 +339,7 @@ class Poller:
         """The upstream request, marked in flight meanwhile (for the ledger's close)."""
         self._polling_since = started
         try:
-            fetched = await self._fetch_status(self.key.run_id, self._headers, self._validators)
+            fetched = await self._request()
         except asyncio.CancelledError:
             # Stopped mid-poll (shutdown): still in flight as far as a successor is
             # concerned; the ledger's close is told when it started.
@@ -332,6 +349,10 @@ class Poller:
             raise
         self._polling_since = None
         return fetched
+
+    async def _request(self) -> Fetched:
+        """This poll's upstream request: the run's status."""
+        return await self._fetch_status(self.key.run_id, self._headers, self._validators)
 
     async def _record(self, fetched: Fetched) -> None:
         """Hand the answer to the ledger; keep its validators for the next request."""
