@@ -100,10 +100,11 @@ def _inspect(args: argparse.Namespace) -> int:
 
     from bridge.errors import BridgeError
     from bridge.tools import inspection
+    from bridge.tools.headers import HeaderError, parse_headers
 
     try:
-        given = inspection.parse_headers(args.header)
-    except inspection.HeaderError as error:
+        given = parse_headers(args.header)
+    except HeaderError as error:
         print(f"sse-bridge: inspect: {error}", file=sys.stderr)
         return inspection.EXIT_FAILED
     settings = _settings()

@@ -8,9 +8,12 @@ import logging
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from bridge.demo.legacy_api import Fault, LegacyApi
-from tests.support import auth_service, running_bridge, sse, wait_for
+from bridge.settings import load
+from bridge.web.auth import ForwardAuth
+from tests.support import FAST, auth_service, running_bridge, serving_app, sse, wait_for
 
 SECRETS = ("Bearer tok-SECRET-1", "sess=COOKIE-SECRET-2", "KEY-SECRET-3", "QUERY-SECRET-4")
 
@@ -170,3 +173,37 @@ def test_cors_star_with_credentials_is_a_config_error() -> None:
 async def test_wait_helper_is_bounded() -> None:
     with pytest.raises(TimeoutError):
         await wait_for(lambda: False, timeout=0.05)
+
+
+async def test_forward_auth_waiters_ask_again_when_the_first_asker_is_cancelled() -> None:
+    # A viewer that left mid-ask must not fail the viewers that were waiting on its answer.
+    gate = asyncio.Event()
+    calls: list[str] = []
+
+    async def check(request: web.Request) -> web.Response:
+        calls.append(request.headers.get("Authorization", ""))
+        if len(calls) == 1:
+            await gate.wait()
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_get("/check", check)
+    async with serving_app(app) as url:
+        settings = load(**{**FAST, "upstream_url": url, "auth_url": f"{url}/check"})
+        auth = ForwardAuth(settings)
+        await auth.start()
+        try:
+            headers = {"Authorization": "Bearer c"}
+            first = asyncio.create_task(auth.admit("r1", headers))
+            await wait_for(lambda: len(calls) == 1)
+            second = asyncio.create_task(auth.admit("r1", headers))
+            await asyncio.sleep(0)  # the second now waits on the first one's answer
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            gate.set()
+            await asyncio.wait_for(second, timeout=5)
+            assert len(calls) == 2
+        finally:
+            gate.set()
+            await auth.close()

@@ -156,6 +156,18 @@ async def test_a_refused_stream_exits_2_with_the_bridges_message(legacy: LegacyA
     assert code == 2 and "run id" in err
 
 
+async def test_a_malformed_header_is_refused_without_echoing_it() -> None:
+    # A token given without its header name must not be printed back.
+    async with watch("r1", "--url", "http://127.0.0.1:9", "-H", "Bearer s3cret") as w:
+        code, _out, err = await w.finish()
+    assert code == 2 and "--header number 1 must look like 'Name: value'" in err
+    assert "s3cret" not in err
+    async with watch("r1", env={"SSE_BRIDGE_HEADERS": "X-Ok: 1\nsecret-token-2"}) as w:
+        code, _out, err = await w.finish()
+    assert code == 2 and "$SSE_BRIDGE_HEADERS line number 2" in err
+    assert "secret-token-2" not in err
+
+
 async def test_reconnects_with_last_event_id_and_misses_nothing(legacy: LegacyApi) -> None:
     run = legacy.scripted("r1", nodes=("a", "b", "c", "d"))
     async with (

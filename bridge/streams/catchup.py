@@ -23,7 +23,7 @@ from bridge.events.channel import Subscription
 from bridge.events.feed import FeedHistory, current_status
 from bridge.events.history import Event
 from bridge.streams.feed import upstream_events
-from bridge.streams.opening import Opener
+from bridge.streams.opening import Opener, take_slot
 from bridge.streams.viewer import Viewer
 
 
@@ -108,8 +108,7 @@ async def _opened(opener: Opener, viewer: Viewer, run_id: str) -> AsyncIterator[
     """A stream slot, the run's lease and a subscription, as a stream takes them, held
     for as long as the answer waits."""
     async with AsyncExitStack() as stack:
-        opener.limiter.take(viewer.client)
-        stack.callback(opener.limiter.give, viewer.client)
+        take_slot(opener.limiter, viewer.client, stack)
         (channel,) = await opener.lease_all(stack, [run_id], viewer)
         subscription = opener.hub.join(channel)
         stack.callback(channel.discard, subscription)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from bridge.errors import BridgeError, UpstreamError
 from bridge.events import sse
@@ -62,21 +63,39 @@ async def upstream_events(
     key = cursor_key(cursor)
     for _ in range(source.max_pages):
         try:
-            page = await pages(source.url(run_id, cursor), headers, None)
+            fresh, page = await _page_after(source, pages, run_id, cursor, key, headers)
         except UpstreamError as error:
-            status = error.upstream_status
-            if status is not None and status in STALE_CURSOR:
+            status = _stale(error)
+            if status is not None:
                 raise CursorExpired(status) from None
             raise
-        read = source.read(page.value)
-        fresh = _newer(read.items, cursor, key)
         if not fresh:
             break
         found.extend(Event.build(0, item.cursor, item.event, item.data, facts) for item in fresh)
         cursor, key = fresh[-1].cursor, fresh[-1].key
-        if not source.more(page.value):
+        if not source.more(page):
             break
     return found
+
+
+async def _page_after(
+    source: FeedSource,
+    pages: PageFetch,
+    run_id: str,
+    cursor: str,
+    key: CursorKey,
+    headers: Mapping[str, str],
+) -> tuple[list[Item], Any]:
+    """The items of the upstream's page after ``cursor`` (whose key is ``key``), and the
+    page as parsed. Raises UpstreamError."""
+    page = await pages(source.url(run_id, cursor), headers, None)
+    return _newer(source.read(page.value).items, cursor, key), page.value
+
+
+def _stale(error: UpstreamError) -> int | None:
+    """The upstream's status when it refused the cursor as too old (or never known)."""
+    status = error.upstream_status
+    return status if status is not None and status in STALE_CURSOR else None
 
 
 def stale_cursor_error(status: int) -> bytes:
@@ -214,10 +233,10 @@ class FeedFramer:
         key = cursor_key(cursor)
         while history.holds(cursor) is None and not subscription.closed:
             try:
-                page = await self._pages(source.url(run_id, cursor), headers, None)
+                fresh, _ = await _page_after(source, self._pages, run_id, cursor, key, headers)
             except UpstreamError as error:
-                status = error.upstream_status
-                if status is not None and status in STALE_CURSOR:
+                status = _stale(error)
+                if status is not None:
                     refused.append(status)
                     yield stale_cursor_error(status)
                 else:
@@ -225,8 +244,6 @@ class FeedFramer:
                     yield sse.retry(3000)
                     subscription.close()
                 return
-            read = source.read(page.value)
-            fresh = _newer(read.items, cursor, key)
             if not fresh:
                 return  # the upstream has nothing newer than this cursor
             for item in fresh:

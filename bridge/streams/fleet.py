@@ -34,7 +34,7 @@ from bridge.events.history import Event, enveloped
 from bridge.polling.fleet import Entry, Fleet, Fleets, FleetViewer, event_frame
 from bridge.streams.keepalive import Keepalive, StreamLimits
 from bridge.streams.limits import StreamLimiter
-from bridge.streams.opening import Holding, Opened
+from bridge.streams.opening import Holding, Opened, start, take_slot
 from bridge.streams.viewer import Viewer
 
 #: What forward-auth mode asks the auth service about a stream of every run.
@@ -89,8 +89,7 @@ class FleetOpener:
         """A stream slot, admission, the scope's list poller (its first list), then the
         first frame. Raises what refused the viewer (the list's 401/403/404, 502, ...)."""
         holding = Holding()
-        self._limiter.take(viewer.client)
-        holding.callback(self._limiter.give, viewer.client)
+        take_slot(self._limiter, viewer.client, holding)
         try:
             await self._admit(dict(viewer.credentials))
             fleet = await self._fleets.take(self._headers(viewer), self._digest_secret())
@@ -100,13 +99,10 @@ class FleetOpener:
             holding.callback(fleet.viewers.discard, me)
             patches = Patches(fleet) if viewer.delta and envelope else None
             frames = fleet_frames(fleet, me, viewer.resume_from, self._limits(), envelope, patches)
-            first = await anext(frames)
-            self._open_streams.inc()
-            holding.callback(self._open_streams.dec)
+            return await start(frames, holding, self._open_streams)
         except BaseException:
             holding.release()
             raise
-        return Opened(first, frames, holding)
 
 
 class Patches:

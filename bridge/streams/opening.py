@@ -88,6 +88,24 @@ class Opened:
             self.holding.release()
 
 
+def take_slot(limiter: StreamLimiter, client: str, holder: Holder) -> None:
+    """One slot of the stream limits for ``client`` (or the refusal), given back through
+    ``holder``: whatever the connection carries, it counts once."""
+    limiter.take(client)
+    holder.callback(limiter.give, client)
+
+
+async def start(frames: Frames, holding: Holding, open_streams: Gauge) -> Opened:
+    """The stream's first frame (a framer's opening: its retry line), and the stream
+    counted open until ``holding`` is released."""
+    first = await anext(frames)
+    if not isinstance(first, bytes):
+        raise TypeError("a stream must open with bytes")
+    open_streams.inc()
+    holding.callback(open_streams.dec)
+    return Opened(first, frames, holding)
+
+
 #: Admits a viewer to a run (forward-auth mode; raises a BridgeError if refused) and says
 #: the headers its poller polls with: ``(run_id, the viewer's credentials) -> headers``.
 Admit = Callable[[str, dict[str, str]], Awaitable[dict[str, str]]]
@@ -170,9 +188,7 @@ class Opener:
         None: the viewer already has every run's final event. The caller closes the result.
         """
         holding = Holding()
-        # One connection, one slot of the stream limits, however many runs it carries.
-        self.limiter.take(viewer.client)
-        holding.callback(self.limiter.give, viewer.client)
+        take_slot(self.limiter, viewer.client, holding)
         try:
             channels = await self.lease_all(holding, runs, viewer)
             wake = asyncio.Event()  # one wake-up for every run of this viewer
@@ -185,12 +201,7 @@ class Opener:
             if frames is None:
                 holding.release()
                 return None
-            first = await anext(frames)  # a framer's opening: its retry line
-            if not isinstance(first, bytes):
-                raise TypeError("a stream must open with bytes")
-            self.open_streams.inc()
-            holding.callback(self.open_streams.dec)
+            return await start(frames, holding, self.open_streams)
         except BaseException:
             holding.release()
             raise
-        return Opened(first, frames, holding)

@@ -51,10 +51,10 @@ def run_frames(
         # The viewer already has the run's final event, or all that is left to send
         # (a final status with the end events turned off): 204, EventSource stops.
         return None
-    cursor = history.holds(viewer.resume_from) or 0
+    held = history.holds(viewer.resume_from)
+    cursor = held or 0
     if viewer.delta:
         # Its frames are its own (patches), not the channel's shared chunk: ASGI path.
-        held = history.holds(viewer.resume_from)
         return events(subscription, first, cursor, limits, None, view_after(history, held))
     direct = (viewer.transport, ticker) if viewer.transport is not None else None
     return events(subscription, first, cursor, limits, direct)

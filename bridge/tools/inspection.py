@@ -90,13 +90,8 @@ _EPOCH_MILLIS = (1e12, 1e13)
 #: Words that make an unknown final state more likely a failure than a success.
 FAILURE_WORDS = ("fail", "error", "cancel", "abort", "kill", "reject", "timed", "timeout", "crash")
 
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _PLAIN_STATE = re.compile(r"[A-Za-z0-9_.:+-]+")
 _SECRET_PARAM = re.compile(r"key|token|secret|pass|auth|sig|credential|session", re.IGNORECASE)
-
-
-class HeaderError(ValueError):
-    """A ``-H`` argument that is not ``Name: value``; the message never holds the value."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,21 +142,6 @@ class Inspection:
     mode: str
     status: dict[str, Any]
     examination: Examination
-
-
-def parse_headers(lines: Sequence[str]) -> dict[str, str]:
-    """``-H 'Name: value'`` arguments as a dict (last one of a name wins)."""
-    headers: dict[str, str] = {}
-    for number, line in enumerate(lines, 1):
-        name, sep, value = line.partition(":")
-        name = name.strip()
-        if not sep or not _HEADER_NAME.fullmatch(name):
-            # Not quoted back: `-H 'Bearer abc'` (no name) would print the token.
-            raise HeaderError(f"-H number {number} must look like 'Name: value'")
-        if any(c in value for c in "\r\n\0"):
-            raise HeaderError(f"-H {name}: the value must not contain a line break")
-        headers[name] = value.strip()
-    return headers
 
 
 def masked_url(url: str) -> str:

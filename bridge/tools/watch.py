@@ -55,6 +55,7 @@ from rich.progress import (
 from bridge import run_id as run_ids
 from bridge.errors import InvalidRunId
 from bridge.tools.eventstream import EventStreamParser, ParsedEvent
+from bridge.tools.headers import HeaderError, parse_headers
 
 EXIT_COMPLETE = 0
 EXIT_ERROR = 1
@@ -126,12 +127,11 @@ def headers_from(given: list[str], environ: Mapping[str, str]) -> dict[str, str]
     if token:
         headers["Authorization"] = f"Bearer {token}"
     lines = [line for line in environ.get(ENV_HEADERS, "").splitlines() if line.strip()]
-    for line in [*lines, *given]:
-        name, sep, value = line.partition(":")
-        name, value = name.strip(), value.strip()
-        if not sep or not name or any(c in line for c in "\r\n\0"):
-            raise Refused(f"a header must look like 'Name: value', got {name or line!r}")
-        headers[name] = value
+    try:
+        headers.update(parse_headers(lines, f"${ENV_HEADERS} line"))
+        headers.update(parse_headers(given, "--header"))
+    except HeaderError as error:
+        raise Refused(str(error)) from None
     return headers
 
 

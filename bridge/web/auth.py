@@ -86,7 +86,7 @@ class ForwardAuth:
         """Return when the viewer may watch ``run_id``; raise UpstreamError otherwise."""
         key = (run_id, credentials_digest(self._secret, headers))
         status = self._verdicts.get(key)
-        if status is None:
+        while status is None:
             pending = self._inflight.get(key)
             if pending is None:
                 pending = asyncio.get_running_loop().create_future()
@@ -105,7 +105,13 @@ class ForwardAuth:
                     pending.set_result(answer)
                 finally:
                     del self._inflight[key]
-            status = await asyncio.shield(pending)
+            try:
+                status = await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if pending.cancelled() and task is not None and not task.cancelling():
+                    continue  # the asker left, this waiter did not: it asks itself
+                raise
         if 200 <= status < 300:
             return
         raise UpstreamRefused(status)

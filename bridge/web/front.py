@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Final, TypeAlias
 from urllib.parse import parse_qsl
@@ -164,9 +164,9 @@ class StreamFront:
         cors = self.cors.headers(request.get(b"origin"), scope["method"]) if self.cors else ()
         try:
             if scope["path"] == EVENTS_PATH:
-                query = query_args(scope)
-                envelope = parse_envelope(first_values(query).get("envelope"))
-                viewer = self._viewer(scope, send, request, query, stream=False)
+                args = first_values(query_args(scope))
+                envelope = parse_envelope(args.get("envelope"))
+                viewer = self._viewer(scope, send, request, args, stream=False)
                 try:
                     if self.events is None:
                         raise NoList()
@@ -195,14 +195,15 @@ class StreamFront:
     ) -> tuple[Viewer, list[str], Framer, bool]:
         """The viewer, its runs, their framer, and whether a refusal names its run."""
         query = query_args(scope)
+        args = first_values(query)
         if run_id is not None:
             runs = [run_ids.validate(run_id)]
-            viewer = self._viewer(scope, send, request, query, stream=True)
+            viewer = self._viewer(scope, send, request, args, stream=True)
             return viewer, runs, self.single_run, False
         wanted = [value for name, value in query if name == "runs"]
         runs = parse_runs(wanted, self.settings.multi_max_runs)
-        envelope = parse_envelope(first_values(query).get("envelope"))
-        viewer = self._viewer(scope, send, request, query, stream=False)
+        envelope = parse_envelope(args.get("envelope"))
+        viewer = self._viewer(scope, send, request, args, stream=False)
         return viewer, runs, partial(multi_frames, envelope=envelope), True
 
     def _refusal(self, refused: RunRefused | BridgeError, viewer: Viewer, name_run: bool) -> Reply:
@@ -228,11 +229,12 @@ class StreamFront:
         scope: Scope,
         send: Send,
         request: dict[bytes, str],
-        query: list[tuple[str, str]],
+        args: Mapping[str, str],
         *,
         stream: bool,
     ) -> Viewer:
-        """What the request says about its viewer (``stream``: it may take the fast path)."""
+        """What the request says about its viewer (``args``: the first value of each query
+        parameter; ``stream``: it may take the fast path)."""
         transports = self.transports
         transport = transports(scope, send) if stream and transports is not None else None
         client = scope.get("client")
@@ -244,7 +246,7 @@ class StreamFront:
             forwarded_for=request.get(b"x-forwarded-for", ""),
             remote_addr=client[0] if client else None,
             last_event_id=request.get(b"last-event-id"),
-            args=first_values(query),
+            args=args,
             accept=request.get(b"accept", ""),
             transport=transport,
         )
