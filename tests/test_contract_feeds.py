@@ -62,37 +62,6 @@ async def test_a_feed_resumes_by_the_cursor_query_parameter_too() -> None:
                 assert (await s.next_named("STEP")).id == "7"
 
 
-FEED_BUILTINS = """\
-[builtin.complete]
-event = "run.done"
-data = '{runId: $run_id, state: $state, last: .runStatus}'
-
-[[rule]]
-event = "never"
-items = '.events[]'
-"""
-
-
-async def test_a_feed_takes_the_files_builtin_section_not_its_rules(
-    tmp_path: pathlib.Path,
-) -> None:
-    path = tmp_path / "events.toml"
-    path.write_text(FEED_BUILTINS)
-    async with feed_upstream() as up:
-        run = up.run("n3")
-        run.add("STARTED")
-        async with (
-            running_bridge(up.url, **SEED_002, events_file=str(path)) as b,
-            sse(f"{b.url}/v1/runs/n3/stream", AUTH) as s,
-        ):
-            assert (await s.next_event()).event == "STARTED"
-            run.add("FINISHED")
-            run.status = "completed"
-            events = await s.rest()
-    assert [e.event for e in events] == ["FINISHED", "run.done"]
-    assert json.loads(events[-1].data) == {"runId": "n3", "state": "completed", "last": "completed"}
-
-
 async def test_a_feed_start_other_than_zero_is_the_first_cursor_asked() -> None:
     async with feed_upstream() as up:
         run = up.run("n4")
